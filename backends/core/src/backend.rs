@@ -1,0 +1,273 @@
+//! The two sides of a backend. The controller side talks to the cloud; the node side talks to
+//! the host. They run in different processes with different privileges, so they are two traits.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::capability::VolumeCapability;
+use crate::capacity::CapacityRange;
+use crate::error::Result;
+use crate::host::FsStats;
+use crate::params::CommonParams;
+use crate::paths::HostPath;
+use crate::secrets::Secrets;
+
+/// What kind of storage a backend provides; decides attach and stage behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Cloud disks: attached to a node, formatted and mounted there.
+    Block,
+    /// NFS shares.
+    File,
+    /// S3 buckets through FUSE.
+    Object,
+}
+
+/// The topology key every Everest node reports its availability zone under.
+pub const ZONE_TOPOLOGY_KEY: &str = "topology.everest.csi.io/zone";
+
+/// One topology segment set, e.g. `{"topology.everest.csi.io/zone": "az1"}`.
+pub type Topology = BTreeMap<String, String>;
+
+/// Where a CreateVolume may or should place the volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopologyRequirement {
+    /// The volume must be reachable from one of these.
+    pub requisite: Vec<Topology>,
+    /// Try these first, in order.
+    pub preferred: Vec<Topology>,
+}
+
+impl TopologyRequirement {
+    /// The values of `key` to try, preferred ones first, without repeats.
+    pub fn candidates(&self, key: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.preferred.iter().chain(&self.requisite) {
+            if let Some(v) = t.get(key)
+                && !out.contains(v)
+            {
+                out.push(v.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A validated CreateVolume.
+#[derive(Debug, Clone)]
+pub struct CreateVolume {
+    /// The idempotency key chosen by the provisioner (`pvc-<uid>`).
+    pub name: String,
+    /// Requested size.
+    pub capacity: CapacityRange,
+    /// Every capability the volume must support.
+    pub capabilities: Vec<VolumeCapability>,
+    /// The parameters shared by every backend.
+    pub common: CommonParams,
+    /// The backend's own parameters, for it to parse into its typed struct.
+    pub parameters: BTreeMap<String, String>,
+    /// Placement constraints.
+    pub topology: Option<TopologyRequirement>,
+    /// CSI secrets sent with the request.
+    pub secrets: Secrets,
+}
+
+/// A volume as the controller reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The backend's own ID (disk ID, share ID…), encoded into the CSI volume ID by the daemon.
+    pub native_id: String,
+    /// Actual size in bytes.
+    pub capacity_bytes: u64,
+    /// Passed to the node on every stage and publish.
+    pub context: BTreeMap<String, String>,
+    /// Where the volume can be reached from.
+    pub topology: Vec<Topology>,
+}
+
+/// A volume in ListVolumes/ControllerGetVolume, with its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedVolume {
+    /// The volume.
+    pub volume: Volume,
+    /// Node IDs the volume is attached to.
+    pub published_nodes: Vec<String>,
+    /// Why the volume is abnormal, if it is.
+    pub abnormal: Option<String>,
+}
+
+/// One page of ListVolumes.
+#[derive(Debug, Clone, Default)]
+pub struct VolumePage {
+    /// The volumes on this page.
+    pub entries: Vec<ListedVolume>,
+    /// Token for the next page, if any.
+    pub next_token: Option<String>,
+}
+
+/// A validated ControllerPublishVolume.
+#[derive(Debug, Clone)]
+pub struct ControllerPublish {
+    /// The backend's own volume ID.
+    pub native_id: String,
+    /// The node (cloud server ID) to attach to.
+    pub node_id: String,
+    /// How the volume will be used.
+    pub capability: VolumeCapability,
+    /// Attach read-only.
+    pub readonly: bool,
+    /// The volume context from CreateVolume.
+    pub context: BTreeMap<String, String>,
+    /// CSI secrets.
+    pub secrets: Secrets,
+}
+
+/// The result of ControllerExpandVolume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expanded {
+    /// The new size in bytes.
+    pub capacity_bytes: u64,
+    /// Whether the node must also grow the filesystem.
+    pub node_expansion_required: bool,
+}
+
+/// The controller side: cloud resources.
+#[async_trait]
+pub trait ControllerBackend: Send + Sync + Debug {
+    /// The kind of storage.
+    fn kind(&self) -> BackendKind;
+    /// Rejects capabilities this backend cannot serve (INVALID_ARGUMENT naming the capability).
+    fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()>;
+    /// Creates the volume, or returns the one already created under the same name.
+    async fn create_volume(&self, req: &CreateVolume) -> Result<Volume>;
+    /// Deletes the volume; a volume that is already gone is success.
+    async fn delete_volume(&self, native_id: &str, secrets: &Secrets) -> Result<()>;
+    /// Attaches the volume to a node; returns the publish context the node needs.
+    async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>>;
+    /// Detaches the volume from a node (or from all nodes when `node_id` is None); already detached is success.
+    async fn unpublish(&self, native_id: &str, node_id: Option<&str>) -> Result<()>;
+    /// Grows the volume to satisfy `capacity`.
+    async fn expand(&self, native_id: &str, capacity: CapacityRange) -> Result<Expanded>;
+    /// One volume with its health; NOT_FOUND when it does not exist.
+    async fn get_volume(&self, native_id: &str) -> Result<ListedVolume>;
+    /// A page of volumes.
+    async fn list_volumes(
+        &self,
+        starting_token: Option<&str>,
+        max_entries: u32,
+    ) -> Result<VolumePage>;
+    /// Checks that the backend's service answers.
+    async fn probe(&self) -> Result<()>;
+}
+
+/// A validated NodeStageVolume.
+#[derive(Debug, Clone)]
+pub struct NodeStage {
+    /// The backend's own volume ID.
+    pub native_id: String,
+    /// From ControllerPublish (how to find the device).
+    pub publish_context: BTreeMap<String, String>,
+    /// The global mount path for this volume on this node.
+    pub staging: HostPath,
+    /// How the volume will be used.
+    pub capability: VolumeCapability,
+    /// From CreateVolume.
+    pub volume_context: BTreeMap<String, String>,
+    /// CSI secrets.
+    pub secrets: Secrets,
+}
+
+/// A validated NodePublishVolume.
+#[derive(Debug, Clone)]
+pub struct NodePublish {
+    /// The backend's own volume ID.
+    pub native_id: String,
+    /// The staging path, when the backend stages.
+    pub staging: Option<HostPath>,
+    /// The pod's path for the volume.
+    pub target: HostPath,
+    /// How the volume will be used.
+    pub capability: VolumeCapability,
+    /// Publish read-only.
+    pub readonly: bool,
+    /// From ControllerPublish.
+    pub publish_context: BTreeMap<String, String>,
+    /// From CreateVolume.
+    pub volume_context: BTreeMap<String, String>,
+    /// CSI secrets.
+    pub secrets: Secrets,
+}
+
+/// A validated NodeExpandVolume.
+#[derive(Debug, Clone)]
+pub struct NodeExpand {
+    /// The backend's own volume ID.
+    pub native_id: String,
+    /// A path where the volume is published or staged.
+    pub volume_path: HostPath,
+    /// The staging path, if the kubelet sent it.
+    pub staging: Option<HostPath>,
+    /// The size asked for.
+    pub capacity: CapacityRange,
+    /// The capability, if the kubelet sent it (block volumes need no filesystem grow).
+    pub capability: Option<VolumeCapability>,
+}
+
+/// NodeGetVolumeStats' answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeUsage {
+    /// A mounted filesystem.
+    Filesystem {
+        /// Usage figures.
+        stats: FsStats,
+        /// Why the volume is abnormal, if it is.
+        abnormal: Option<String>,
+    },
+    /// A raw block device: only its size is known.
+    Block {
+        /// Device size in bytes.
+        total_bytes: u64,
+        /// Why the volume is abnormal, if it is.
+        abnormal: Option<String>,
+    },
+}
+
+/// The node side: devices and mounts on this host.
+#[async_trait]
+pub trait NodeBackend: Send + Sync + Debug {
+    /// The kind of storage.
+    fn kind(&self) -> BackendKind;
+    /// Rejects a capability this backend cannot serve on a node.
+    fn check_capability(&self, cap: &VolumeCapability) -> Result<()>;
+    /// Makes the volume available at the staging path (find device, format if blank, mount).
+    async fn stage(&self, req: &NodeStage) -> Result<()>;
+    /// Undoes [`NodeBackend::stage`]; not staged is success.
+    async fn unstage(&self, native_id: &str, staging: &HostPath) -> Result<()>;
+    /// Makes the volume available at the pod's target path.
+    async fn publish(&self, req: &NodePublish) -> Result<()>;
+    /// Undoes [`NodeBackend::publish`]; not published is success.
+    async fn unpublish(&self, native_id: &str, target: &HostPath) -> Result<()>;
+    /// Grows the filesystem after a controller expand; returns the new size in bytes.
+    async fn expand(&self, req: &NodeExpand) -> Result<u64>;
+    /// Usage and health of the volume at `volume_path`.
+    async fn stats(&self, native_id: &str, volume_path: &HostPath) -> Result<VolumeUsage>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_candidates_prefer_preferred_and_dedupe() {
+        let t = |z: &str| Topology::from([("zone".to_string(), z.to_string())]);
+        let req = TopologyRequirement {
+            requisite: vec![t("a"), t("b")],
+            preferred: vec![t("b")],
+        };
+        assert_eq!(req.candidates("zone"), vec!["b", "a"]);
+        assert!(req.candidates("other").is_empty());
+    }
+}

@@ -1,0 +1,378 @@
+//! The real host: runs the standard tools (mount, blkid, mkfs.*, resize2fs, xfs_growfs…) as
+//! argument vectors, never through a shell, with standard input closed so no tool can prompt.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tokio::process::Command;
+
+use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo};
+
+/// The Linux implementation of [`Host`].
+#[derive(Debug, Clone, Default)]
+pub struct LinuxHost;
+
+/// Runs `program args…`, returning standard output, or an error with the exit status and stderr.
+async fn run(program: &str, args: &[&str]) -> Result<String, HostError> {
+    let operation = format!("{program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| HostError::new(&operation, format!("could not start: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(HostError::new(
+            operation,
+            format!("{} ({})", stderr.trim(), out.status),
+        ))
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str, HostError> {
+    p.to_str()
+        .ok_or_else(|| HostError::new("path check", format!("{} is not valid UTF-8", p.display())))
+}
+
+fn io_err(what: &str, p: &Path, e: std::io::Error) -> HostError {
+    HostError::new(format!("{what} {}", p.display()), e.to_string())
+}
+
+/// Finds `key` in `text` lines of the form `key<sep>value` and parses the number after it.
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix(key)?;
+        rest.trim_start_matches([' ', ':', '=', '\t'])
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[async_trait]
+impl Host for LinuxHost {
+    async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
+        let text = tokio::fs::read_to_string("/proc/self/mountinfo")
+            .await
+            .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
+        Ok(parse_mountinfo(&text))
+    }
+
+    async fn mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> Result<(), HostError> {
+        let opts = options.join(",");
+        let mut args = vec!["-t", fs_type];
+        if !opts.is_empty() {
+            args.extend(["-o", &opts]);
+        }
+        args.extend([path_str(source)?, path_str(target)?]);
+        run("mount", &args).await.map(drop)
+    }
+
+    async fn bind_mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError> {
+        let target = path_str(target)?;
+        run("mount", &["--bind", path_str(source)?, target]).await?;
+        if read_only {
+            // A bind mount ignores "ro" on the first call; it takes a remount to make it read-only.
+            if let Err(e) = run("mount", &["-o", "remount,bind,ro", target]).await {
+                let _ = run("umount", &[target]).await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn unmount(&self, target: &Path) -> Result<(), HostError> {
+        run("umount", &[path_str(target)?]).await.map(drop)
+    }
+
+    async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError> {
+        let dev = path_str(device)?;
+        let out = Command::new("blkid")
+            .args(["-p", "-o", "export", dev])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| HostError::new(format!("blkid -p {dev}"), e.to_string()))?;
+        match out.status.code() {
+            // blkid's documented "nothing found": the device is blank.
+            Some(2) => Ok(None),
+            Some(0) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let field = |k: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(k).map(str::to_owned))
+                        .filter(|v| !v.is_empty())
+                };
+                // A partition table without a filesystem is still data: report it, never "blank".
+                let found = field("TYPE=")
+                    .or_else(|| field("PTTYPE=").map(|p| format!("partition-table:{p}")));
+                Ok(Some(
+                    found.unwrap_or_else(|| "unknown-signature".to_owned()),
+                ))
+            }
+            _ => Err(HostError::new(
+                format!("blkid -p {dev}"),
+                format!(
+                    "{} ({})",
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    out.status
+                ),
+            )),
+        }
+    }
+
+    async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
+        let dev = path_str(device)?;
+        // No force flags: if a signature was missed, the tool refuses (stdin is closed) instead of overwriting.
+        let (program, args): (&str, Vec<&str>) = match fs_type {
+            "ext4" => ("mkfs.ext4", vec!["-q", dev]),
+            "ext3" => ("mkfs.ext3", vec!["-q", dev]),
+            "xfs" => ("mkfs.xfs", vec!["-q", dev]),
+            "btrfs" => ("mkfs.btrfs", vec!["-q", dev]),
+            other => {
+                return Err(HostError::new(
+                    format!("mkfs {dev}"),
+                    format!("unsupported filesystem type {other:?}"),
+                ));
+            }
+        };
+        run(program, &args).await.map(drop)
+    }
+
+    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError> {
+        let dev = path_str(device)?;
+        let parse_err =
+            |what: &str| HostError::new(what.to_owned(), "could not read the filesystem size");
+        match fs_type {
+            "ext4" | "ext3" | "ext2" => {
+                let out = run("dumpe2fs", &["-h", dev]).await?;
+                let blocks =
+                    number_after(&out, "Block count").ok_or_else(|| parse_err("dumpe2fs"))?;
+                let size = number_after(&out, "Block size").ok_or_else(|| parse_err("dumpe2fs"))?;
+                Ok(blocks * size)
+            }
+            "xfs" => {
+                let out = run(
+                    "xfs_db",
+                    &[
+                        "-r",
+                        "-c",
+                        "sb 0",
+                        "-c",
+                        "print dblocks",
+                        "-c",
+                        "print blocksize",
+                        dev,
+                    ],
+                )
+                .await?;
+                let blocks = number_after(&out, "dblocks").ok_or_else(|| parse_err("xfs_db"))?;
+                let size = number_after(&out, "blocksize").ok_or_else(|| parse_err("xfs_db"))?;
+                Ok(blocks * size)
+            }
+            // btrfs grows with `resize max` whenever asked; report the device size so no grow is forced.
+            _ => self.device_size(device).await,
+        }
+    }
+
+    async fn grow_filesystem(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<(), HostError> {
+        let dev = path_str(device)?;
+        match (fs_type, mount_point) {
+            ("ext4" | "ext3" | "ext2", None) => {
+                // resize2fs insists on a freshly checked filesystem when offline; e2fsck exits 1 when it fixed something.
+                let out = Command::new("e2fsck")
+                    .args(["-f", "-p", dev])
+                    .stdin(Stdio::null())
+                    .output()
+                    .await
+                    .map_err(|e| HostError::new(format!("e2fsck -f -p {dev}"), e.to_string()))?;
+                if !matches!(out.status.code(), Some(0 | 1)) {
+                    return Err(HostError::new(
+                        format!("e2fsck -f -p {dev}"),
+                        format!(
+                            "{} ({})",
+                            String::from_utf8_lossy(&out.stderr).trim(),
+                            out.status
+                        ),
+                    ));
+                }
+                run("resize2fs", &[dev]).await.map(drop)
+            }
+            ("ext4" | "ext3" | "ext2", Some(_)) => run("resize2fs", &[dev]).await.map(drop),
+            ("xfs", Some(mp)) => run("xfs_growfs", &[path_str(mp)?]).await.map(drop),
+            ("btrfs", Some(mp)) => run("btrfs", &["filesystem", "resize", "max", path_str(mp)?])
+                .await
+                .map(drop),
+            (other, mp) => Err(HostError::new(
+                format!("grow {dev}"),
+                format!(
+                    "cannot grow {other:?} {}",
+                    if mp.is_some() { "online" } else { "offline" }
+                ),
+            )),
+        }
+    }
+
+    async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
+        let out = run("blockdev", &["--getsize64", path_str(device)?]).await?;
+        out.trim()
+            .parse()
+            .map_err(|e| HostError::new("blockdev --getsize64", format!("unexpected output: {e}")))
+    }
+
+    async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError> {
+        let target = match tokio::fs::canonicalize(link).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("resolve", link, e)),
+        };
+        let meta = tokio::fs::metadata(&target)
+            .await
+            .map_err(|e| io_err("stat", &target, e))?;
+        if meta.file_type().is_block_device() {
+            Ok(Some(target))
+        } else {
+            Err(HostError::new(
+                format!("resolve {}", link.display()),
+                format!("{} is not a block device", target.display()),
+            ))
+        }
+    }
+
+    async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || statvfs(&path))
+            .await
+            .map_err(|e| HostError::new("statvfs", e.to_string()))?
+    }
+
+    async fn exists(&self, path: &Path) -> Result<bool, HostError> {
+        match tokio::fs::symlink_metadata(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("stat", path, e)),
+        }
+    }
+
+    async fn make_dir(&self, path: &Path) -> Result<(), HostError> {
+        tokio::fs::create_dir_all(path)
+            .await
+            .map_err(|e| io_err("mkdir", path, e))
+    }
+
+    async fn make_file(&self, path: &Path) -> Result<(), HostError> {
+        if let Some(parent) = path.parent() {
+            self.make_dir(parent).await?;
+        }
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map(drop)
+            .map_err(|e| io_err("create", path, e))
+    }
+
+    async fn remove_path(&self, path: &Path) -> Result<(), HostError> {
+        let meta = match tokio::fs::symlink_metadata(path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("stat", path, e)),
+        };
+        let result = if meta.is_dir() {
+            tokio::fs::remove_dir(path).await
+        } else {
+            tokio::fs::remove_file(path).await
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", path, e)),
+        }
+    }
+}
+
+fn statvfs(path: &Path) -> Result<FsStats, HostError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| HostError::new("statvfs", e.to_string()))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and st a properly sized, writable struct.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(io_err("statvfs", path, std::io::Error::last_os_error()));
+    }
+    let frsize = st.f_frsize as u64;
+    let total_bytes = st.f_blocks as u64 * frsize;
+    let free_bytes = st.f_bfree as u64 * frsize;
+    Ok(FsStats {
+        total_bytes,
+        available_bytes: st.f_bavail as u64 * frsize,
+        used_bytes: total_bytes.saturating_sub(free_bytes),
+        total_inodes: st.f_files as u64,
+        free_inodes: st.f_ffree as u64,
+        used_inodes: (st.f_files as u64).saturating_sub(st.f_ffree as u64),
+        read_only: st.f_flag & libc::ST_RDONLY != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_numbers_from_tool_output() {
+        let dumpe2fs = "Block count:              2621440\nBlock size:               4096\n";
+        assert_eq!(number_after(dumpe2fs, "Block count"), Some(2_621_440));
+        assert_eq!(number_after(dumpe2fs, "Block size"), Some(4096));
+        let xfs_db = "dblocks = 2621440\nblocksize = 4096\n";
+        assert_eq!(number_after(xfs_db, "dblocks"), Some(2_621_440));
+        assert_eq!(number_after(xfs_db, "blocksize"), Some(4096));
+    }
+
+    #[tokio::test]
+    async fn statvfs_of_root_is_sane() {
+        let s = LinuxHost.fs_stats(Path::new("/")).await.unwrap();
+        assert!(s.total_bytes > 0 && s.used_bytes <= s.total_bytes);
+    }
+
+    #[tokio::test]
+    async fn make_and_remove_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a/b/block-target");
+        LinuxHost.make_file(&file).await.unwrap();
+        assert!(LinuxHost.exists(&file).await.unwrap());
+        LinuxHost.remove_path(&file).await.unwrap();
+        LinuxHost.remove_path(&file).await.unwrap();
+        assert!(!LinuxHost.exists(&file).await.unwrap());
+        assert_eq!(
+            LinuxHost
+                .resolve_device(&dir.path().join("missing"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(LinuxHost.resolve_device(dir.path()).await.is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Everything that touches the machine sits behind [`Host`], so node logic is unit-testable with
+//! [`FakeHost`] and the real [`LinuxHost`] is exercised by integration tests on loop devices.
+
+mod fake;
+mod linux;
+mod mountinfo;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+pub use fake::{FakeDevice, FakeHost};
+pub use linux::LinuxHost;
+pub use mountinfo::{MountEntry, parse_mountinfo};
+
+/// A host operation that failed: which command or call, and what it said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{operation} failed: {detail}")]
+pub struct HostError {
+    /// The program and its arguments, or the system call, that failed.
+    pub operation: String,
+    /// Exit status and the program's own error output.
+    pub detail: String,
+}
+
+impl HostError {
+    /// Builds an error for `operation` with `detail`.
+    pub fn new(operation: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            operation: operation.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Filesystem usage, as `statvfs` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FsStats {
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Bytes available to unprivileged users.
+    pub available_bytes: u64,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// Total inodes.
+    pub total_inodes: u64,
+    /// Free inodes.
+    pub free_inodes: u64,
+    /// Inodes in use.
+    pub used_inodes: u64,
+    /// Whether the filesystem is mounted read-only.
+    pub read_only: bool,
+}
+
+/// The machine as the node plugin sees it.
+#[async_trait]
+pub trait Host: Send + Sync + std::fmt::Debug {
+    /// The parsed `/proc/self/mountinfo`.
+    async fn mounts(&self) -> Result<Vec<MountEntry>, HostError>;
+    /// Mounts `source` of type `fs_type` on `target` with `options`.
+    async fn mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> Result<(), HostError>;
+    /// Bind-mounts `source` onto `target`, read-only when asked.
+    async fn bind_mount(
+        &self,
+        source: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<(), HostError>;
+    /// Unmounts `target`.
+    async fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// The filesystem type on `device`, or `None` when it is blank (probes the device itself).
+    async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError>;
+    /// Creates a filesystem of `fs_type` on `device`.
+    async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError>;
+    /// The size of the filesystem on `device`, in bytes (for the grow decision).
+    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError>;
+    /// Grows the filesystem to fill `device`: offline for ext4 (`mount_point` = None), online for xfs/btrfs/ext4 when mounted.
+    async fn grow_filesystem(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<(), HostError>;
+    /// The size of a block device in bytes.
+    async fn device_size(&self, device: &Path) -> Result<u64, HostError>;
+    /// Resolves a symlink such as `/dev/disk/by-id/virtio-…` to the block device it names, or `None`.
+    async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError>;
+    /// `statvfs` on a mounted path.
+    async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
+    /// Whether a path exists (without following a final symlink's target).
+    async fn exists(&self, path: &Path) -> Result<bool, HostError>;
+    /// Creates a directory and its parents.
+    async fn make_dir(&self, path: &Path) -> Result<(), HostError>;
+    /// Creates an empty file (the bind target for a raw block volume), parents included.
+    async fn make_file(&self, path: &Path) -> Result<(), HostError>;
+    /// Removes an empty directory or a file; a missing path is fine.
+    async fn remove_path(&self, path: &Path) -> Result<(), HostError>;
+}
+
+/// The mount entries whose mount point is exactly `path`, newest last.
+pub async fn mounts_at(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, HostError> {
+    Ok(host
+        .mounts()
+        .await?
+        .into_iter()
+        .filter(|m| m.mount_point == path)
+        .collect())
+}

@@ -1,0 +1,28 @@
+//! The shared core of every Everest backend:
+//! - [`backend`]: the controller-side and node-side traits and their request types;
+//! - [`registry`]: backend instances by name, chosen by StorageClass parameter or volume ID;
+//! - [`volume_id`]: the versioned `v1:<backend>:<native id>` volume ID;
+//! - [`params`]: typed StorageClass parameters that reject unknown keys;
+//! - [`capability`], [`capacity`]: access modes and sizes, parsed once from CSI messages;
+//! - [`error`]: the one error type and its one mapping to a gRPC status;
+//! - [`inflight`]: per-volume serialization (ABORTED for a conflicting call);
+//! - [`host`]: everything that touches the machine, with a Linux and a fake implementation;
+//! - [`node`]: node-side steps every backend shares (bind-publish, teardown, usage);
+//! - [`paths`], [`secrets`]: checked host paths and redacted request secrets.
+
+pub mod backend;
+pub mod capability;
+pub mod capacity;
+pub mod error;
+pub mod host;
+pub mod inflight;
+pub mod node;
+pub mod params;
+pub mod paths;
+pub mod registry;
+pub mod secrets;
+pub mod volume_id;
+
+pub use backend::{BackendKind, ControllerBackend, NodeBackend};
+pub use error::{Error, Result};
+pub use volume_id::{BackendName, VolumeId};

@@ -1,0 +1,234 @@
+//! Node-side steps every backend shares: bind-mounting a staged volume into a pod, tearing
+//! mounts down idempotently, and reporting usage and health. State is read from the kernel's
+//! mount table each time; nothing is remembered that could disagree with it.
+
+use std::path::Path;
+
+use crate::backend::VolumeUsage;
+use crate::error::{Error, Result};
+use crate::host::{Host, MountEntry, mounts_at};
+use crate::paths::HostPath;
+
+/// Bind-mounts a staged filesystem (`staging`) onto the pod's `target`; a matching existing
+/// publish is success, a conflicting one is ALREADY_EXISTS.
+pub async fn publish_filesystem(
+    host: &dyn Host,
+    volume: &str,
+    staging: &HostPath,
+    target: &HostPath,
+    readonly: bool,
+) -> Result<()> {
+    let staged = mounts_at(host, staging.as_path()).await?;
+    let Some(staged) = staged.last() else {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {volume} is not staged at {staging}; NodeStageVolume must succeed first"
+        )));
+    };
+    if let Some(existing) = mounts_at(host, target.as_path()).await?.last() {
+        return check_existing(volume, existing, &staged.source, target, readonly);
+    }
+    host.make_dir(target.as_path()).await?;
+    host.bind_mount(staging.as_path(), target.as_path(), readonly)
+        .await?;
+    Ok(())
+}
+
+/// Bind-mounts a block device node onto a file at the pod's `target` (raw block volumes).
+pub async fn publish_block(
+    host: &dyn Host,
+    volume: &str,
+    device: &Path,
+    target: &HostPath,
+    readonly: bool,
+) -> Result<()> {
+    if let Some(existing) = mounts_at(host, target.as_path()).await?.last() {
+        return check_existing(
+            volume,
+            existing,
+            &device.to_string_lossy(),
+            target,
+            readonly,
+        );
+    }
+    host.make_file(target.as_path()).await?;
+    host.bind_mount(device, target.as_path(), readonly).await?;
+    Ok(())
+}
+
+fn check_existing(
+    volume: &str,
+    existing: &MountEntry,
+    want_source: &str,
+    target: &HostPath,
+    readonly: bool,
+) -> Result<()> {
+    // A bind of a device shows the devtmpfs "udev"/"devtmpfs" as its source, so compare what we can.
+    let same_source = existing.source == want_source
+        || existing
+            .root
+            .ends_with(Path::new(want_source).file_name().unwrap_or_default());
+    if existing.is_read_only() != readonly {
+        return Err(Error::AlreadyExists(format!(
+            "volume {volume} is already published at {target} with readonly={}, not readonly={readonly}",
+            existing.is_read_only()
+        )));
+    }
+    if !same_source && existing.fs_type != "devtmpfs" && existing.fs_type != "tmpfs" {
+        tracing::debug!(%target, source = %existing.source, "target already mounted from a different source");
+    }
+    Ok(())
+}
+
+/// Unmounts everything stacked on `path` and removes it; nothing there is success.
+pub async fn unmount_and_remove(host: &dyn Host, path: &HostPath) -> Result<()> {
+    // Unmount until the kernel shows nothing at the path: a retried publish may have stacked mounts.
+    for _ in 0..16 {
+        if mounts_at(host, path.as_path()).await?.is_empty() {
+            host.remove_path(path.as_path()).await?;
+            return Ok(());
+        }
+        host.unmount(path.as_path()).await?;
+    }
+    Err(Error::Internal(format!(
+        "{path} still has mounts after 16 unmounts; something keeps mounting there"
+    )))
+}
+
+/// Usage and health of a published or staged filesystem at `path`.
+pub async fn filesystem_usage(
+    host: &dyn Host,
+    volume: &str,
+    path: &HostPath,
+) -> Result<VolumeUsage> {
+    if !host.exists(path.as_path()).await? {
+        return Err(Error::NotFound(format!(
+            "volume path {path} of volume {volume} does not exist"
+        )));
+    }
+    let mounts = mounts_at(host, path.as_path()).await?;
+    let Some(mount) = mounts.last() else {
+        return Err(Error::NotFound(format!(
+            "volume {volume} is not mounted at {path}"
+        )));
+    };
+    let stats = host.fs_stats(path.as_path()).await?;
+    let abnormal = (mount.super_options.iter().any(|o| o == "ro")
+        && !mount.mount_options.iter().any(|o| o == "ro"))
+    .then(|| {
+        "the filesystem was remounted read-only by the kernel (I/O or filesystem errors); check dmesg on the node".to_owned()
+    });
+    Ok(VolumeUsage::Filesystem { stats, abnormal })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{FakeDevice, FakeHost};
+    use crate::paths::AllowedRoot;
+
+    fn paths() -> (HostPath, HostPath) {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        (
+            root.check("/var/lib/kubelet/plugins/x/globalmount", "staging")
+                .unwrap(),
+            root.check("/var/lib/kubelet/pods/p/volumes/v/mount", "target")
+                .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn publish_requires_stage_and_is_idempotent() {
+        let host = FakeHost::default();
+        let (staging, target) = paths();
+        let err = publish_filesystem(&host, "v", &staging, &target, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+        host.add_device(
+            Path::new("/dev/disk/by-id/x"),
+            Path::new("/dev/loop0"),
+            FakeDevice {
+                size: 10,
+                fs_type: Some("ext4".into()),
+                fs_size: 10,
+            },
+        );
+        host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
+            .await
+            .unwrap();
+        publish_filesystem(&host, "v", &staging, &target, false)
+            .await
+            .unwrap();
+        publish_filesystem(&host, "v", &staging, &target, false)
+            .await
+            .unwrap();
+        let binds = host
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("bind"))
+            .count();
+        assert_eq!(binds, 1, "a repeated publish must not mount twice");
+        let err = publish_filesystem(&host, "v", &staging, &target, true)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn unmount_is_idempotent_and_removes_the_path() {
+        let host = FakeHost::default();
+        let (_, target) = paths();
+        unmount_and_remove(&host, &target).await.unwrap();
+        host.add_path(target.as_path());
+        host.mount(Path::new("/dev/loop0"), target.as_path(), "ext4", &[])
+            .await
+            .unwrap();
+        host.mount(Path::new("/dev/loop0"), target.as_path(), "ext4", &[])
+            .await
+            .unwrap();
+        unmount_and_remove(&host, &target).await.unwrap();
+        assert!(host.mount_table().is_empty());
+        assert!(!host.exists(target.as_path()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn usage_reports_missing_and_unmounted_paths() {
+        let host = FakeHost::default();
+        let (_, target) = paths();
+        assert_eq!(
+            filesystem_usage(&host, "v", &target)
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::NotFound
+        );
+        host.add_path(target.as_path());
+        assert_eq!(
+            filesystem_usage(&host, "v", &target)
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::NotFound
+        );
+        host.add_device(
+            Path::new("/l"),
+            Path::new("/dev/loop0"),
+            FakeDevice {
+                size: 100,
+                fs_type: Some("xfs".into()),
+                fs_size: 100,
+            },
+        );
+        host.mount(Path::new("/dev/loop0"), target.as_path(), "xfs", &[])
+            .await
+            .unwrap();
+        match filesystem_usage(&host, "v", &target).await.unwrap() {
+            VolumeUsage::Filesystem { stats, abnormal } => {
+                assert_eq!(stats.total_bytes, 100);
+                assert!(abnormal.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

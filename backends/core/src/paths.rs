@@ -1,0 +1,117 @@
+//! Host paths the node may touch: the kubelet hands us staging and target paths, and we refuse
+//! any that is relative, contains `..`, or lies outside the configured root.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::Error;
+
+/// The directory tree the node plugin may create, mount on and remove under (e.g. `/var/lib/kubelet`).
+#[derive(Debug, Clone)]
+pub struct AllowedRoot(PathBuf);
+
+impl AllowedRoot {
+    /// Wraps an absolute, normal root directory.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, Error> {
+        let root = root.into();
+        if !is_normal_absolute(&root) {
+            return Err(Error::InvalidArgument(format!(
+                "allowed root {} must be an absolute path without '..'",
+                root.display()
+            )));
+        }
+        Ok(Self(root))
+    }
+
+    /// The root itself.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Checks a path from a request; `field` names the request field in the error.
+    pub fn check(&self, raw: &str, field: &str) -> Result<HostPath, Error> {
+        if raw.is_empty() {
+            return Err(Error::InvalidArgument(format!("{field} is required")));
+        }
+        let path = PathBuf::from(raw);
+        // Path::components() silently drops "." segments, so check the raw text as well.
+        let dotted = raw.split('/').any(|seg| seg == "." || seg == "..");
+        if dotted || !is_normal_absolute(&path) {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {raw:?} must be an absolute path without '.' or '..' components"
+            )));
+        }
+        if !path.starts_with(&self.0) || path == self.0 {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {raw:?} is outside the directory this plugin may use ({})",
+                self.0.display()
+            )));
+        }
+        Ok(HostPath(path))
+    }
+}
+
+fn is_normal_absolute(p: &Path) -> bool {
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
+
+/// A path checked to lie under the allowed root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPath(PathBuf);
+
+impl HostPath {
+    /// The checked path.
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for HostPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl fmt::Display for HostPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_paths_under_the_root() {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        let p = root
+            .check(
+                "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/pvc/mount",
+                "target_path",
+            )
+            .unwrap();
+        assert!(p.as_path().starts_with("/var/lib/kubelet"));
+    }
+
+    #[test]
+    fn rejects_escapes() {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        for bad in [
+            "",
+            "relative/path",
+            "/etc/passwd",
+            "/var/lib/kubelet",
+            "/var/lib/kubelet/../../etc",
+            "/var/lib/kubelet/./x",
+            "/var/lib/kubeletX/y",
+        ] {
+            let err = root.check(bad, "staging_target_path").unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert!(err.to_string().contains("staging_target_path"));
+        }
+        assert!(AllowedRoot::new("relative").is_err());
+    }
+}
