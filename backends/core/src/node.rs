@@ -79,12 +79,18 @@ fn check_existing(
     Ok(())
 }
 
-/// Unmounts everything stacked on `path` and removes it; nothing there is success.
+/// Unmounts everything stacked on `path` and removes it (what NodeUnpublish owes the CO).
 pub async fn unmount_and_remove(host: &dyn Host, path: &HostPath) -> Result<()> {
+    unmount_all(host, path).await?;
+    host.remove_path(path.as_path()).await?;
+    Ok(())
+}
+
+/// Unmounts everything stacked on `path`; nothing mounted there is success.
+pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
     // Unmount until the kernel shows nothing at the path: a retried publish may have stacked mounts.
     for _ in 0..16 {
         if mounts_at(host, path.as_path()).await?.is_empty() {
-            host.remove_path(path.as_path()).await?;
             return Ok(());
         }
         host.unmount(path.as_path()).await?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
 
-use serde::de::{DeserializeOwned, IntoDeserializer, value::MapDeserializer};
+use serde::de::{DeserializeOwned, IntoDeserializer};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::Error;
@@ -80,9 +80,13 @@ pub fn parse<T: DeserializeOwned>(
     params: &BTreeMap<String, String>,
     what: &str,
 ) -> Result<T, Error> {
-    let de: MapDeserializer<'_, _, serde::de::value::Error> =
-        MapDeserializer::new(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    T::deserialize(de).map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))
+    // Through a JSON object of strings, so `Option` fields and `deny_unknown_fields` just work.
+    let object: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    T::deserialize(serde_json::Value::Object(object))
+        .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))
 }
 
 /// `deserialize_with` helper: a number, bool or enum written as a string parameter.
@@ -134,6 +138,8 @@ mod tests {
     struct Example {
         #[serde(rename = "everest.io/disk-volume-type")]
         volume_type: String,
+        #[serde(default)]
+        zone: Option<String>,
         #[serde(default, deserialize_with = "opt_from_str")]
         iops: Option<u32>,
     }
@@ -168,6 +174,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.iops, Some(3000));
+        assert_eq!(ok.zone, None);
         let err = parse::<Example>(
             &map(&[
                 ("everest.io/disk-volume-type", "SSD"),

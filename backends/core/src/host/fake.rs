@@ -260,6 +260,19 @@ impl Host for FakeHost {
         })
     }
 
+    async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
+        let s = self.state();
+        let bound_device = s
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == path)
+            .is_some_and(|m| {
+                m.fs_type == "devtmpfs" && s.devices.contains_key(Path::new(&m.source))
+            });
+        Ok(s.devices.contains_key(path) || bound_device)
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
         Ok(self.state().paths.contains(path))
     }

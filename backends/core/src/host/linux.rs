@@ -267,6 +267,14 @@ impl Host for LinuxHost {
             .map_err(|e| HostError::new("statvfs", e.to_string()))?
     }
 
+    async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
+        match tokio::fs::metadata(path).await {
+            Ok(m) => Ok(m.file_type().is_block_device()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("stat", path, e)),
+        }
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
         match tokio::fs::symlink_metadata(path).await {
             Ok(_) => Ok(true),

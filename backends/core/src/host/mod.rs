@@ -93,6 +93,8 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError>;
     /// `statvfs` on a mounted path.
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
+    /// Whether `path` is (or has bind-mounted over it) a block device node.
+    async fn is_block_device(&self, path: &Path) -> Result<bool, HostError>;
     /// Whether a path exists (without following a final symlink's target).
     async fn exists(&self, path: &Path) -> Result<bool, HostError>;
     /// Creates a directory and its parents.
