@@ -1,0 +1,116 @@
+//! Injected faults: delay, 500 errors and 429 throttling on cloud API calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::cloud::Cloud;
+use crate::errors::ApiError;
+
+/// The fault settings (`GET`/`PUT /_emulator/faults`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Probability of a 500 EVS.5500 (no side effects).
+    pub error_rate: f64,
+    /// Probability of a 429 APIGW.0308.
+    pub throttle_rate: f64,
+    /// Delay before every call, in milliseconds.
+    pub delay_ms: u64,
+}
+
+impl Faults {
+    /// Rates must be probabilities.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, rate) in [
+            ("error_rate", self.error_rate),
+            ("throttle_rate", self.throttle_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} must be between 0.0 and 1.0, got {rate}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Draws the fault for one call, if any. `roll` yields uniform numbers in [0, 1).
+    pub fn decide(&self, mut roll: impl FnMut() -> f64) -> Option<ApiError> {
+        if self.throttle_rate > 0.0 && roll() < self.throttle_rate {
+            return Some(ApiError::Gateway {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                code: "APIGW.0308",
+                message: "The throttling threshold has been reached (injected fault)".into(),
+            });
+        }
+        if self.error_rate > 0.0 && roll() < self.error_rate {
+            return Some(ApiError::internal("internal error (injected fault)"));
+        }
+        None
+    }
+}
+
+/// Middleware: applies the current faults before the handler runs, so a failed call
+/// never has side effects.
+pub async fn inject(State(cloud): State<Arc<Cloud>>, req: Request, next: Next) -> Response {
+    let faults = *cloud.faults.lock().unwrap_or_else(|p| p.into_inner());
+    if faults.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
+    }
+    if let Some(err) = faults.decide(rand::random::<f64>) {
+        return err.into_response();
+    }
+    next.run(req).await
+}
+
+/// `GET /_emulator/faults`.
+pub async fn get_faults(State(cloud): State<Arc<Cloud>>) -> Json<Faults> {
+    Json(*cloud.faults.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// `PUT /_emulator/faults`.
+pub async fn put_faults(
+    State(cloud): State<Arc<Cloud>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Faults>, ApiError> {
+    let faults: Faults = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid faults body: {e}")))?;
+    faults.validate().map_err(ApiError::BadRequest)?;
+    *cloud.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    tracing::info!(?faults, "faults changed");
+    Ok(Json(faults))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certain_faults_always_fire_and_zero_never() {
+        let throttle = Faults {
+            throttle_rate: 1.0,
+            ..Faults::default()
+        };
+        assert_eq!(throttle.decide(|| 0.999).unwrap().code(), "APIGW.0308");
+        let error = Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        };
+        assert_eq!(error.decide(|| 0.999).unwrap().code(), "EVS.5500");
+        assert!(Faults::default().decide(|| 0.0).is_none());
+    }
+
+    #[test]
+    fn rates_outside_zero_one_are_rejected() {
+        let bad = Faults {
+            error_rate: 1.5,
+            ..Faults::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

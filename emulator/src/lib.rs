@@ -1,0 +1,24 @@
+//! Everest's local cloud: the EVS, ECS, jobs, IAM token and instance-metadata APIs,
+//! modelled on the facts file alone, with real effects on the host (sparse image files,
+//! loop devices and `virtio-*` by-id links) and injectable faults.
+
+pub mod auth;
+pub mod cloud;
+pub mod config;
+pub mod ecs;
+pub mod effects;
+pub mod errors;
+pub mod evs;
+pub mod evs_list;
+pub mod faults;
+pub mod iam;
+pub mod jobs;
+pub mod metadata;
+pub mod server;
+pub mod state;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::Config;
+pub use server::{ServeError, router, serve};

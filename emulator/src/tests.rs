@@ -1,0 +1,353 @@
+//! Unit tests of the API logic and state transitions, on the fake host.
+
+use std::sync::Arc;
+
+use crate::auth::Credentials;
+use crate::cloud::Cloud;
+use crate::config::{Config, DEFAULT_PROJECT_ID as P, DEFAULT_SERVER_ID as S};
+use crate::effects::FakeEffects;
+use crate::errors::ApiError;
+use crate::state::JobStatus;
+use crate::{ecs, evs, jobs};
+
+struct World {
+    cloud: Cloud,
+    fx: Arc<FakeEffects>,
+    _dir: tempfile::TempDir,
+}
+
+fn world_with(edit: impl FnOnce(&mut Config)) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_dirs(
+        dir.path().join("state"),
+        dir.path().join("by-id"),
+        dir.path().join("creds.json"),
+    );
+    edit(&mut cfg);
+    let fx = Arc::new(FakeEffects::default());
+    let cloud = Cloud::new(cfg, Credentials::default(), fx.clone()).unwrap();
+    World {
+        cloud,
+        fx,
+        _dir: dir,
+    }
+}
+
+fn world() -> World {
+    world_with(|_| {})
+}
+
+fn body(size: u64) -> Vec<u8> {
+    format!(r#"{{"volume":{{"availability_zone":"emu-az1","volume_type":"SSD","name":"v","size":{size},"metadata":{{"pvc":"a"}}}}}}"#)
+        .into_bytes()
+}
+
+fn status(w: &World, id: &str) -> String {
+    w.cloud.lock().state.disks[id].status.clone()
+}
+
+fn job_status(w: &World, job: &str) -> JobStatus {
+    w.cloud.lock().state.jobs[job].status
+}
+
+/// Creates a disk and completes its job.
+fn available_disk(w: &World) -> String {
+    let c = evs::create_volume(&w.cloud, P, &body(10), None).unwrap();
+    jobs::complete(&w.cloud, &c.job_id);
+    c.volume_ids[0].clone()
+}
+
+fn err_code(r: Result<impl std::fmt::Debug, ApiError>) -> String {
+    r.unwrap_err().code().to_string()
+}
+
+#[test]
+fn create_is_creating_then_available_with_a_sparse_image() {
+    let w = world();
+    let c = evs::create_volume(&w.cloud, P, &body(10), None).unwrap();
+    let id = &c.volume_ids[0];
+    assert_eq!(status(&w, id), "creating");
+    assert_eq!(job_status(&w, &c.job_id), JobStatus::Init);
+    assert!(w.fx.host().images.is_empty());
+    jobs::complete(&w.cloud, &c.job_id);
+    assert_eq!(status(&w, id), "available");
+    assert_eq!(job_status(&w, &c.job_id), JobStatus::Success);
+    assert_eq!(
+        w.fx.host().images[&w.cloud.image_path(id)],
+        10 * 1024 * 1024 * 1024
+    );
+    // The state on disk matches memory.
+    let again = Cloud::new(w.cloud.cfg.clone(), Credentials::default(), w.fx.clone()).unwrap();
+    assert_eq!(again.lock().state, w.cloud.lock().state);
+}
+
+#[test]
+fn create_validation_rejects_bad_requests() {
+    let w = world();
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"volume":{"availability_zone":"emu-az1","volume_type":"SSD","size":9}}"#,
+            "EVS.1010",
+        ),
+        (
+            r#"{"volume":{"availability_zone":"emu-az1","volume_type":"SSD","size":32769}}"#,
+            "EVS.1010",
+        ),
+        (
+            r#"{"volume":{"availability_zone":"emu-az1","volume_type":"NVME","size":10}}"#,
+            "EVS.1020",
+        ),
+        (
+            r#"{"volume":{"availability_zone":"mars-1","volume_type":"SSD","size":10}}"#,
+            "EVS.1036",
+        ),
+        (
+            r#"{"volume":{"availability_zone":"emu-az1","volume_type":"SSD","size":10,"snapshot_id":"a","backup_id":"b"}}"#,
+            "EVS.1009",
+        ),
+        (
+            r#"{"volume":{"availability_zone":"emu-az1","volume_type":"GPSSD2","size":10,"iops":3000}}"#,
+            "EVS.1009",
+        ),
+        (
+            r#"{"volume":{"availability_zone":"emu-az1","volume_type":"ESSD2","size":10}}"#,
+            "EVS.1009",
+        ),
+        (r#"{"volume":"#, "EVS.1009"),
+    ];
+    for (b, code) in cases {
+        let got = err_code(evs::create_volume(&w.cloud, P, b.as_bytes(), None));
+        assert_eq!(&got, code, "body {b}");
+    }
+    assert_eq!(
+        err_code(evs::create_volume(&w.cloud, "other", &body(10), None)),
+        "EVS.0001"
+    );
+    let ok = r#"{"volume":{"availability_zone":"emu-az2","volume_type":"GPSSD2","size":10,"iops":3000,"throughput":125}}"#;
+    assert!(evs::create_volume(&w.cloud, P, ok.as_bytes(), None).is_ok());
+    assert_eq!(
+        w.cloud.lock().state.disks.len(),
+        1,
+        "failed creates leave nothing behind"
+    );
+}
+
+#[test]
+fn quota_and_client_token() {
+    let w = world_with(|c| c.max_disks = Some(1));
+    let token = "8d3f0a52-3c1e-4b6a-9f1e-0a1b2c3d4e5f";
+    let a = evs::create_volume(&w.cloud, P, &body(10), Some(token)).unwrap();
+    let b = evs::create_volume(&w.cloud, P, &body(10), Some(token)).unwrap();
+    assert_eq!(
+        (a.job_id.clone(), a.volume_ids.clone()),
+        (b.job_id, b.volume_ids)
+    );
+    assert!(b.replayed);
+    assert_eq!(
+        err_code(evs::create_volume(&w.cloud, P, &body(20), Some(token))),
+        "EVS.2219"
+    );
+    assert_eq!(
+        err_code(evs::create_volume(&w.cloud, P, &body(10), Some("nope"))),
+        "EVS.2218"
+    );
+    assert_eq!(
+        err_code(evs::create_volume(&w.cloud, P, &body(10), None)),
+        "EVS.1034"
+    );
+}
+
+#[test]
+fn extend_rules_and_effect() {
+    let w = world();
+    let id = available_disk(&w);
+    let grow = |n: u64| format!(r#"{{"os-extend":{{"new_size":{n}}}}}"#).into_bytes();
+    assert_eq!(
+        err_code(evs::extend_volume(&w.cloud, P, &id, &grow(10))),
+        "EVS.1015"
+    );
+    let job = evs::extend_volume(&w.cloud, P, &id, &grow(20)).unwrap();
+    assert_eq!(status(&w, &id), "extending");
+    assert_eq!(
+        err_code(evs::extend_volume(&w.cloud, P, &id, &grow(30))),
+        "EVS.1064"
+    );
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(status(&w, &id), "available");
+    assert_eq!(w.cloud.lock().state.disks[&id].size, 20);
+    assert_eq!(w.fx.host().images[&w.cloud.image_path(&id)], 20 << 30);
+    assert_eq!(
+        err_code(evs::extend_volume(&w.cloud, P, "missing", &grow(30))),
+        "itemNotFound"
+    );
+}
+
+#[test]
+fn attach_extend_detach_delete_with_effects() {
+    let w = world();
+    let id = available_disk(&w);
+    let attach = format!(r#"{{"volumeAttachment":{{"volumeId":"{id}"}}}}"#);
+    let job = ecs::attach_volume(&w.cloud, P, S, attach.as_bytes()).unwrap();
+    assert_eq!(status(&w, &id), "attaching");
+    assert_eq!(err_code(evs::delete_volume(&w.cloud, P, &id)), "EVS.1046");
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(status(&w, &id), "in-use");
+    let host = w.fx.host();
+    let link = w.cloud.link_path(&id);
+    assert!(link.ends_with(format!("virtio-{}", &id[..20])));
+    let dev = host.links[&link].clone();
+    assert_eq!(host.loops[&dev], w.cloud.image_path(&id));
+    let att = w.cloud.lock().state.disks[&id].attachment.clone().unwrap();
+    assert_eq!(
+        (att.device.as_str(), att.server_id.as_str()),
+        ("/dev/vdb", S)
+    );
+    assert_eq!(
+        err_code(ecs::attach_volume(&w.cloud, P, S, attach.as_bytes())),
+        "Ecs.0057"
+    );
+
+    // Extending an attached disk refreshes its loop device and returns to in-use.
+    let job = evs::extend_volume(&w.cloud, P, &id, br#"{"os-extend":{"new_size":11}}"#).unwrap();
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(status(&w, &id), "in-use");
+    assert_eq!(w.fx.host().refreshed, vec![dev.clone()]);
+
+    let job = ecs::detach_volume(&w.cloud, P, S, &id).unwrap();
+    assert_eq!(status(&w, &id), "detaching");
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(status(&w, &id), "available");
+    assert!(w.fx.host().loops.is_empty() && w.fx.host().links.is_empty());
+    assert_eq!(
+        err_code(ecs::detach_volume(&w.cloud, P, S, &id)),
+        "Ecs.0111"
+    );
+
+    let job = evs::delete_volume(&w.cloud, P, &id).unwrap();
+    assert_eq!(status(&w, &id), "deleting");
+    jobs::complete(&w.cloud, &job);
+    assert!(!w.cloud.lock().state.disks.contains_key(&id));
+    assert!(w.fx.host().images.is_empty());
+    assert_eq!(job_status(&w, &job), JobStatus::Success);
+}
+
+#[test]
+fn attach_errors() {
+    let w = world();
+    let id = available_disk(&w);
+    let attach = format!(r#"{{"volumeAttachment":{{"volumeId":"{id}"}}}}"#);
+    assert_eq!(
+        err_code(ecs::attach_volume(
+            &w.cloud,
+            P,
+            "no-such-server",
+            attach.as_bytes()
+        )),
+        "Ecs.0114"
+    );
+    let creating = evs::create_volume(&w.cloud, P, &body(10), None).unwrap();
+    let b = format!(
+        r#"{{"volumeAttachment":{{"volumeId":"{}"}}}}"#,
+        creating.volume_ids[0]
+    );
+    assert_eq!(
+        err_code(ecs::attach_volume(&w.cloud, P, S, b.as_bytes())),
+        "Ecs.0103"
+    );
+
+    // A failed host attach fails the job and leaves the disk available.
+    w.fx.fail_next_attach();
+    let job = ecs::attach_volume(&w.cloud, P, S, attach.as_bytes()).unwrap();
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(job_status(&w, &job), JobStatus::Fail);
+    assert_eq!(status(&w, &id), "available");
+    let view = jobs::view(&w.cloud.lock().state.jobs[&job]);
+    assert_eq!(view["status"], "FAIL");
+    assert!(view["fail_reason"].as_str().is_some());
+}
+
+#[test]
+fn a_server_holds_at_most_24_disks() {
+    let w = world();
+    for i in 0..25 {
+        let id = available_disk(&w);
+        let attach = format!(r#"{{"volumeAttachment":{{"volumeId":"{id}"}}}}"#);
+        let r = ecs::attach_volume(&w.cloud, P, S, attach.as_bytes());
+        if i < 24 {
+            jobs::complete(&w.cloud, &r.unwrap());
+        } else {
+            assert_eq!(err_code(r), "Ecs.0104");
+        }
+    }
+    let devices = w.cloud.lock().state.devices_in_use(S);
+    assert_eq!(devices.len(), 24);
+    assert!(devices.contains(&"/dev/vdy".to_string()));
+}
+
+#[test]
+fn reconcile_recreates_missing_loop_and_link() {
+    let w = world();
+    let id = available_disk(&w);
+    let attach = format!(r#"{{"volumeAttachment":{{"volumeId":"{id}"}}}}"#);
+    jobs::complete(
+        &w.cloud,
+        &ecs::attach_volume(&w.cloud, P, S, attach.as_bytes()).unwrap(),
+    );
+    w.cloud.cleanup_host();
+    assert!(w.fx.host().loops.is_empty() && w.fx.host().links.is_empty());
+    assert_eq!(status(&w, &id), "in-use", "cleanup keeps the cloud's view");
+    // A restart over the same state re-creates both.
+    let again = Cloud::new(w.cloud.cfg.clone(), Credentials::default(), w.fx.clone()).unwrap();
+    again.reconcile_attachments().unwrap();
+    let host = w.fx.host();
+    assert_eq!(host.loops.len(), 1);
+    assert_eq!(host.links.len(), 1);
+    let dev = host.links[&again.link_path(&id)].clone();
+    assert_eq!(
+        again.lock().state.disks[&id]
+            .attachment
+            .as_ref()
+            .unwrap()
+            .loop_device,
+        Some(dev)
+    );
+}
+
+#[test]
+fn listing_filters_and_pages() {
+    use crate::evs_list::ListQuery;
+    use std::collections::BTreeMap;
+    let w = world();
+    let ids: Vec<String> = (0..5).map(|_| available_disk(&w)).collect();
+    let inner = w.cloud.lock();
+    let q = |pairs: &[(&str, &str)]| {
+        let m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ListQuery::parse(&m)
+    };
+    let all = |q: ListQuery| {
+        let (page, count, more) = q.apply(inner.state.disks.values()).unwrap();
+        (
+            page.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            count,
+            more,
+        )
+    };
+    let (page, count, more) = all(q(&[("limit", "2"), ("sort_dir", "asc")]).unwrap());
+    assert_eq!((page, count, more), (ids[..2].to_vec(), 5, true));
+    let (page, _, more) =
+        all(q(&[("limit", "2"), ("sort_dir", "asc"), ("marker", &ids[3])]).unwrap());
+    assert_eq!((page, more), (vec![ids[4].clone()], false));
+    let list = format!("['{}','{}']", ids[1], ids[3]);
+    let (page, count, _) = all(q(&[("ids", &list)]).unwrap());
+    assert_eq!((page, count), (vec![ids[3].clone(), ids[1].clone()], 2));
+    assert_eq!(all(q(&[("metadata", r#"{"pvc":"a"}"#)]).unwrap()).1, 5);
+    assert_eq!(all(q(&[("metadata", r#"{"pvc":"b"}"#)]).unwrap()).1, 0);
+    assert_eq!(all(q(&[("status", "in-use")]).unwrap()).1, 0);
+    assert!(q(&[("limit", "0")]).is_err());
+    assert!(q(&[("limit", "1001")]).is_err());
+    let many = format!("[{}]", vec!["'x'"; 61].join(","));
+    assert_eq!(q(&[("ids", &many)]).unwrap_err().code(), "EVS.2228");
+}
