@@ -1,0 +1,331 @@
+//! Where the cloud is and how to talk to it: endpoints, timeouts, retries, credentials.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::error::Error;
+
+/// The cloud domain used when no endpoint is configured explicitly.
+pub const DEFAULT_CLOUD_DOMAIN: &str = "myhuaweicloud.com";
+
+/// Settings of the cloud API client; durations are configured in milliseconds.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CloudConfig {
+    /// EVS base URL; `https://evs.{region}.{cloud_domain}` when unset.
+    #[serde(default)]
+    pub evs_endpoint: Option<String>,
+    /// ECS base URL; `https://ecs.{region}.{cloud_domain}` when unset.
+    #[serde(default)]
+    pub ecs_endpoint: Option<String>,
+    /// IAM base URL; `https://iam.{region}.{cloud_domain}` when unset.
+    #[serde(default)]
+    pub iam_endpoint: Option<String>,
+    /// The project every call is scoped to.
+    pub project_id: String,
+    /// The region, e.g. `ap-southeast-1`.
+    pub region: String,
+    /// The cloud's DNS suffix.
+    #[serde(default = "default_cloud_domain")]
+    pub cloud_domain: String,
+    /// Timeout of one HTTP attempt.
+    #[serde(
+        rename = "request_timeout_ms",
+        with = "millis",
+        default = "default_request_timeout"
+    )]
+    pub request_timeout: Duration,
+    /// How many times a retryable failure is retried (0 = never).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First backoff ceiling; doubles per retry.
+    #[serde(
+        rename = "retry_base_ms",
+        with = "millis",
+        default = "default_retry_base"
+    )]
+    pub retry_base: Duration,
+    /// Largest backoff ceiling.
+    #[serde(
+        rename = "retry_cap_ms",
+        with = "millis",
+        default = "default_retry_cap"
+    )]
+    pub retry_cap: Duration,
+    /// First interval between two polls of a job or a disk.
+    #[serde(
+        rename = "job_poll_initial_ms",
+        with = "millis",
+        default = "default_job_poll_initial"
+    )]
+    pub job_poll_initial: Duration,
+    /// Longest interval between two polls.
+    #[serde(
+        rename = "job_poll_max_ms",
+        with = "millis",
+        default = "default_job_poll_max"
+    )]
+    pub job_poll_max: Duration,
+}
+
+fn default_cloud_domain() -> String {
+    DEFAULT_CLOUD_DOMAIN.to_owned()
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_retry_base() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_retry_cap() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_job_poll_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_job_poll_max() -> Duration {
+    Duration::from_secs(2)
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+impl CloudConfig {
+    /// A configuration with every optional setting at its default.
+    pub fn new(project_id: impl Into<String>, region: impl Into<String>) -> Self {
+        Self {
+            evs_endpoint: None,
+            ecs_endpoint: None,
+            iam_endpoint: None,
+            project_id: project_id.into(),
+            region: region.into(),
+            cloud_domain: default_cloud_domain(),
+            request_timeout: default_request_timeout(),
+            max_retries: default_max_retries(),
+            retry_base: default_retry_base(),
+            retry_cap: default_retry_cap(),
+            job_poll_initial: default_job_poll_initial(),
+            job_poll_max: default_job_poll_max(),
+        }
+    }
+
+    /// The EVS base URL, without a trailing slash.
+    pub fn evs_url(&self) -> String {
+        self.resolve(self.evs_endpoint.as_deref(), "evs")
+    }
+
+    /// The ECS base URL, without a trailing slash.
+    pub fn ecs_url(&self) -> String {
+        self.resolve(self.ecs_endpoint.as_deref(), "ecs")
+    }
+
+    /// The IAM base URL, without a trailing slash.
+    pub fn iam_url(&self) -> String {
+        self.resolve(self.iam_endpoint.as_deref(), "iam")
+    }
+
+    fn resolve(&self, explicit: Option<&str>, service: &str) -> String {
+        match explicit {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("https://{service}.{}.{}", self.region, self.cloud_domain),
+        }
+    }
+
+    /// Checks the settings without side effects.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |what: String| Err(Error::Config(what));
+        if self.project_id.is_empty() || !is_plain_id(&self.project_id) {
+            return bad("project_id must be a non-empty id of letters, digits, '-' or '_'".into());
+        }
+        if self.region.is_empty() || !is_plain_id(&self.region) {
+            return bad("region must be a non-empty name of letters, digits, '-' or '_'".into());
+        }
+        if self.endpoints_need_domain() && self.cloud_domain.trim().is_empty() {
+            return bad("cloud_domain must not be empty when an endpoint is left unset".into());
+        }
+        for (name, url) in [
+            ("evs_endpoint", self.evs_url()),
+            ("ecs_endpoint", self.ecs_url()),
+            ("iam_endpoint", self.iam_url()),
+        ] {
+            match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                    if u.query().is_some() || u.fragment().is_some() {
+                        return bad(format!("{name} must not carry a query or fragment: {url}"));
+                    }
+                }
+                _ => return bad(format!("{name} is not an http(s) URL: {url}")),
+            }
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request_timeout_ms must be positive".into());
+        }
+        if self.retry_base > self.retry_cap {
+            return bad("retry_base_ms must not exceed retry_cap_ms".into());
+        }
+        if self.job_poll_initial.is_zero() || self.job_poll_initial > self.job_poll_max {
+            return bad("job_poll_initial_ms must be positive and at most job_poll_max_ms".into());
+        }
+        Ok(())
+    }
+
+    fn endpoints_need_domain(&self) -> bool {
+        self.evs_endpoint.is_none() || self.ecs_endpoint.is_none() || self.iam_endpoint.is_none()
+    }
+}
+
+fn is_plain_id(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// How the client proves who it is.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
+pub enum Credentials {
+    /// Access key / secret key, every request signed with `SDK-HMAC-SHA256`.
+    AkSk {
+        /// The access key id (not secret, but still kept out of logs).
+        access_key: String,
+        /// The secret key.
+        secret_key: String,
+        /// Set for temporary credentials; sent as `X-Security-Token`.
+        #[serde(default)]
+        security_token: Option<String>,
+    },
+    /// An IAM user; a project-scoped token is fetched and cached.
+    Password {
+        /// The account (domain) name.
+        domain: String,
+        /// The IAM user name.
+        user: String,
+        /// The user's password.
+        password: String,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    // Hand-written so that no secret can reach a log through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::AkSk { security_token, .. } => f
+                .debug_struct("AkSk")
+                .field("access_key", &"<redacted>")
+                .field("secret_key", &"<redacted>")
+                .field(
+                    "security_token",
+                    &security_token.as_ref().map(|_| "<redacted>"),
+                )
+                .finish(),
+            Credentials::Password { domain, user, .. } => f
+                .debug_struct("Password")
+                .field("domain", domain)
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Rejects credentials with an empty required field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let empty = match self {
+            Credentials::AkSk {
+                access_key,
+                secret_key,
+                ..
+            } => access_key.is_empty() || secret_key.is_empty(),
+            Credentials::Password {
+                domain,
+                user,
+                password,
+            } => domain.is_empty() || user.is_empty() || password.is_empty(),
+        };
+        if empty {
+            return Err(Error::Config("credentials have an empty field".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_resolved_endpoints() {
+        let c: CloudConfig =
+            serde_json::from_str(r#"{"project_id":"p1","region":"ap-southeast-1"}"#).unwrap();
+        assert_eq!(c, CloudConfig::new("p1", "ap-southeast-1"));
+        assert_eq!(c.evs_url(), "https://evs.ap-southeast-1.myhuaweicloud.com");
+        assert_eq!(c.ecs_url(), "https://ecs.ap-southeast-1.myhuaweicloud.com");
+        assert_eq!(c.iam_url(), "https://iam.ap-southeast-1.myhuaweicloud.com");
+        assert_eq!(c.job_poll_initial, Duration::from_millis(100));
+        assert_eq!(c.job_poll_max, Duration::from_secs(2));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn explicit_endpoints_and_millis() {
+        let c: CloudConfig = serde_json::from_str(
+            r#"{"project_id":"p","region":"r","evs_endpoint":"http://127.0.0.1:9000/",
+                "cloud_domain":"example.org","request_timeout_ms":1500,"retry_cap_ms":3000,
+                "max_retries":2}"#,
+        )
+        .unwrap();
+        assert_eq!(c.evs_url(), "http://127.0.0.1:9000");
+        assert_eq!(c.ecs_url(), "https://ecs.r.example.org");
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.retry_cap, Duration::from_secs(3));
+        assert_eq!(c.max_retries, 2);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        assert!(
+            serde_json::from_str::<CloudConfig>(r#"{"project_id":"p","region":"r","regoin":"x"}"#)
+                .is_err()
+        );
+        let mut c = CloudConfig::new("p/../x", "r");
+        assert!(c.validate().is_err());
+        c.project_id = "p".into();
+        c.evs_endpoint = Some("ftp://x".into());
+        assert!(c.validate().is_err());
+        c.evs_endpoint = None;
+        c.job_poll_initial = Duration::from_secs(5);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn credentials_debug_redacts_secrets() {
+        let ak: Credentials = serde_json::from_str(
+            r#"{"type":"ak_sk","access_key":"AKVALUE","secret_key":"SKVALUE","security_token":"STVALUE"}"#,
+        )
+        .unwrap();
+        let pw: Credentials = serde_json::from_str(
+            r#"{"type":"password","domain":"dom","user":"bob","password":"PWVALUE"}"#,
+        )
+        .unwrap();
+        let text = format!("{ak:?} {pw:?} {ak:#?}");
+        for secret in ["AKVALUE", "SKVALUE", "STVALUE", "PWVALUE"] {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+        assert!(text.contains("bob") && text.contains("dom"));
+        ak.validate().unwrap();
+        pw.validate().unwrap();
+    }
+}

@@ -1,0 +1,544 @@
+//! The one request path every call takes: URL, authentication, timeout, retries, metrics.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+
+use super::auth::{Secret, TokenSource};
+use super::config::{CloudConfig, Credentials};
+use super::error::{ApiError, Error, Result, TransportKind};
+use super::sign;
+
+/// A cloud API, as named in metric labels and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Elastic Volume Service: disks and their jobs.
+    Evs,
+    /// Elastic Cloud Server: attach, detach, servers and their jobs.
+    Ecs,
+    /// Identity: tokens.
+    Iam,
+}
+
+impl Service {
+    /// The lowercase name used in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Evs => "evs",
+            Service::Ecs => "ecs",
+            Service::Iam => "iam",
+        }
+    }
+}
+
+/// One logical API call; it may be sent several times.
+///
+/// Deliberately not `Debug`: the IAM call's body holds a password.
+pub(crate) struct Call {
+    pub service: Service,
+    pub operation: &'static str,
+    pub method: Method,
+    /// Decoded path segments after the endpoint's own path.
+    pub path: Vec<String>,
+    /// Decoded query pairs, sent in this order.
+    pub query: Vec<(String, String)>,
+    /// A JSON body.
+    pub body: Option<Vec<u8>>,
+    /// Extra headers, signed like the others.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Call {
+    /// A call without query, body or extra headers.
+    pub fn new(
+        service: Service,
+        operation: &'static str,
+        method: Method,
+        path: Vec<String>,
+    ) -> Self {
+        Call {
+            service,
+            operation,
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sets a JSON body.
+    pub fn json<T: serde::Serialize>(mut self, body: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(body).map_err(|e| {
+            Error::InvalidInput(format!(
+                "{}: cannot encode the request body: {e}",
+                self.operation
+            ))
+        })?;
+        self.body = Some(bytes);
+        Ok(self)
+    }
+}
+
+/// A successful (2xx) answer.
+pub(crate) struct Reply {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// Decodes the JSON body.
+    pub fn json<T: DeserializeOwned>(&self, call: &Call) -> Result<T> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Decode {
+            service: call.service.as_str(),
+            operation: call.operation,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Static AK/SK credentials.
+struct AkSk {
+    access_key: Secret,
+    secret_key: Secret,
+    security_token: Option<Secret>,
+}
+
+enum Auth {
+    AkSk(AkSk),
+    Token(TokenSource),
+}
+
+/// How one attempt authenticates.
+enum AttemptAuth<'a> {
+    None,
+    AkSk(&'a AkSk),
+    Token(&'a Secret),
+}
+
+/// The shared HTTP machinery behind every client handle.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    config: CloudConfig,
+    evs: Url,
+    ecs: Url,
+    iam: Url,
+    auth: Auth,
+}
+
+impl Transport {
+    /// Validates the settings and builds the HTTP client.
+    pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
+        config.validate()?;
+        credentials.validate()?;
+        let parse = |url: String| {
+            Url::parse(&url).map_err(|e| Error::Config(format!("bad endpoint {url}: {e}")))
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.request_timeout)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let auth = match credentials {
+            Credentials::AkSk {
+                access_key,
+                secret_key,
+                security_token,
+            } => Auth::AkSk(AkSk {
+                access_key: Secret::new(access_key),
+                secret_key: Secret::new(secret_key),
+                security_token: security_token.map(Secret::new),
+            }),
+            Credentials::Password {
+                domain,
+                user,
+                password,
+            } => Auth::Token(TokenSource::new(domain, user, Secret::new(password))),
+        };
+        Ok(Transport {
+            evs: parse(config.evs_url())?,
+            ecs: parse(config.ecs_url())?,
+            iam: parse(config.iam_url())?,
+            http,
+            config,
+            auth,
+        })
+    }
+
+    /// The configuration the transport was built from.
+    pub fn config(&self) -> &CloudConfig {
+        &self.config
+    }
+
+    /// Sends an authenticated call with retries; a non-2xx answer becomes `Error::Api`.
+    pub async fn execute(&self, call: &Call) -> Result<Reply> {
+        match &self.auth {
+            Auth::AkSk(keys) => self.attempts(call, AttemptAuth::AkSk(keys)).await,
+            Auth::Token(source) => {
+                let token = source.token(self).await?;
+                match self.attempts(call, AttemptAuth::Token(&token)).await {
+                    // A token can be revoked before its expiry: fetch a new one, once.
+                    Err(e) if is_unauthorized(&e) => {
+                        source.invalidate(&token).await;
+                        let token = source.token(self).await?;
+                        self.attempts(call, AttemptAuth::Token(&token)).await
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// Sends a call without credentials (the IAM token request itself).
+    pub async fn execute_unauthenticated(&self, call: &Call) -> Result<Reply> {
+        self.attempts(call, AttemptAuth::None).await
+    }
+
+    fn base(&self, service: Service) -> &Url {
+        match service {
+            Service::Evs => &self.evs,
+            Service::Ecs => &self.ecs,
+            Service::Iam => &self.iam,
+        }
+    }
+
+    fn url(&self, call: &Call) -> Result<Url> {
+        let mut url = self.base(call.service).clone();
+        let mut path = url.path().trim_end_matches('/').to_owned();
+        for seg in &call.path {
+            if seg.is_empty() || seg == "." || seg == ".." || seg.contains('/') {
+                return Err(Error::InvalidInput(format!(
+                    "{}: {seg:?} is not a valid id",
+                    call.operation
+                )));
+            }
+            path.push('/');
+            path.push_str(&sign::escape(seg));
+        }
+        url.set_path(&path);
+        if !call.query.is_empty() {
+            let query = call
+                .query
+                .iter()
+                .map(|(k, v)| format!("{}={}", sign::escape(k), sign::escape(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            url.set_query(Some(&query));
+        }
+        Ok(url)
+    }
+
+    async fn attempts(&self, call: &Call, auth: AttemptAuth<'_>) -> Result<Reply> {
+        let url = self.url(call)?;
+        let service = call.service.as_str();
+        let mut attempt: u32 = 0;
+        loop {
+            let started = Instant::now();
+            let outcome = self.once(call, &url, &auth).await;
+            let status = match &outcome {
+                Ok((status, _, _)) => status.to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            metrics::histogram!(
+                "everest_cloud_api_request_duration_seconds",
+                "service" => service,
+                "operation" => call.operation,
+            )
+            .record(started.elapsed().as_secs_f64());
+            metrics::counter!(
+                "everest_cloud_api_requests_total",
+                "service" => service,
+                "operation" => call.operation,
+                "status" => status.clone(),
+            )
+            .increment(1);
+            tracing::debug!(
+                service,
+                operation = call.operation,
+                method = %call.method,
+                path = url.path(),
+                status = %status,
+                attempt,
+                "cloud API call"
+            );
+            let retry_after = outcome.as_ref().ok().and_then(|(_, h, _)| retry_after(h));
+            let result = outcome.and_then(|(status, headers, body)| {
+                if (200..300).contains(&status) {
+                    Ok(Reply { headers, body })
+                } else {
+                    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+                    Err(Error::Api {
+                        service,
+                        operation: call.operation,
+                        api: ApiError::from_body(status, &body, request_id),
+                    })
+                }
+            });
+            match result {
+                Err(e) if e.is_retryable() && attempt < self.config.max_retries => {
+                    let ceiling =
+                        backoff_ceiling(attempt, self.config.retry_base, self.config.retry_cap);
+                    let mut delay = full_jitter(ceiling);
+                    if let Some(asked) = retry_after {
+                        delay = delay.max(asked.min(self.config.retry_cap));
+                    }
+                    metrics::counter!(
+                        "everest_cloud_api_retries_total",
+                        "service" => service,
+                        "operation" => call.operation,
+                        "reason" => retry_reason(&e),
+                    )
+                    .increment(1);
+                    tracing::debug!(
+                        service,
+                        operation = call.operation,
+                        attempt,
+                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        error = %e,
+                        "retrying cloud API call"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One HTTP exchange: status, headers and the whole body, or a transport error.
+    async fn once(
+        &self,
+        call: &Call,
+        url: &Url,
+        auth: &AttemptAuth<'_>,
+    ) -> Result<(u16, HeaderMap, Vec<u8>)> {
+        let body = call.body.as_deref().unwrap_or_default();
+        let mut signed: Vec<(String, String)> = Vec::new();
+        if call.service != Service::Iam {
+            signed.push(("X-Project-Id".into(), self.config.project_id.clone()));
+        }
+        for (name, value) in &call.headers {
+            signed.push(((*name).to_owned(), value.clone()));
+        }
+        let mut secret_headers: Vec<(&'static str, String)> = Vec::new();
+        match auth {
+            AttemptAuth::None => {}
+            AttemptAuth::Token(token) => {
+                secret_headers.push(("X-Auth-Token", token.expose().to_owned()));
+            }
+            AttemptAuth::AkSk(keys) => {
+                // reqwest derives Host from the URL the same way, so the signed value is what is sent.
+                let mut host = url.host_str().unwrap_or_default().to_owned();
+                if let Some(port) = url.port() {
+                    host = format!("{host}:{port}");
+                }
+                signed.push(("Host".into(), host));
+                signed.push((
+                    sign::HEADER_SDK_DATE.into(),
+                    sign::sdk_date(chrono::Utc::now()),
+                ));
+                if let Some(token) = &keys.security_token {
+                    signed.push(("X-Security-Token".into(), token.expose().to_owned()));
+                }
+                let request = sign::SigningRequest {
+                    method: call.method.as_str(),
+                    path: url.path(),
+                    query: &call.query,
+                    headers: &signed,
+                    body,
+                };
+                let authorization = sign::authorization(
+                    keys.access_key.expose(),
+                    keys.secret_key.expose(),
+                    &request,
+                )
+                .unwrap_or_default();
+                secret_headers.push(("Authorization", authorization));
+            }
+        }
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &signed {
+            if name.eq_ignore_ascii_case("host") {
+                continue;
+            }
+            let sensitive = name.eq_ignore_ascii_case("x-security-token");
+            insert_header(&mut headers, call, name, value, sensitive)?;
+        }
+        for (name, value) in &secret_headers {
+            insert_header(&mut headers, call, name, value, true)?;
+        }
+        if call.body.is_some() {
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+
+        let transport_error = |e: reqwest::Error| Error::Transport {
+            service: call.service.as_str(),
+            operation: call.operation,
+            kind: if e.is_timeout() {
+                TransportKind::Timeout
+            } else if e.is_connect() {
+                TransportKind::Connect
+            } else {
+                TransportKind::Other
+            },
+            message: error_chain(&e),
+        };
+        let response = self
+            .http
+            .request(call.method.clone(), url.clone())
+            .headers(headers)
+            .timeout(self.config.request_timeout)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(transport_error)?;
+        Ok((status, headers, body.to_vec()))
+    }
+}
+
+fn insert_header(
+    headers: &mut HeaderMap,
+    call: &Call,
+    name: &str,
+    value: &str,
+    sensitive: bool,
+) -> Result<()> {
+    // The value may be secret, so the message names only the header.
+    let bad = || {
+        Error::InvalidInput(format!(
+            "{}: header {name} has an invalid value",
+            call.operation
+        ))
+    };
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+    let mut value = HeaderValue::from_str(value).map_err(|_| bad())?;
+    value.set_sensitive(sensitive);
+    headers.insert(name, value);
+    Ok(())
+}
+
+fn is_unauthorized(e: &Error) -> bool {
+    matches!(e, Error::Api { api, .. } if api.http_status == 401)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+fn retry_reason(e: &Error) -> &'static str {
+    match e {
+        Error::Api { api, .. } if api.http_status == 429 => "throttled",
+        Error::Transport {
+            kind: TransportKind::Timeout,
+            ..
+        } => "timeout",
+        Error::Transport { .. } => "connection",
+        _ => "server_error",
+    }
+}
+
+/// The upper bound of the delay before retry number `retry + 1`: `min(cap, base · 2^retry)`.
+pub fn backoff_ceiling(retry: u32, base: Duration, cap: Duration) -> Duration {
+    let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
+    base.checked_mul(factor).unwrap_or(cap).min(cap)
+}
+
+/// "Full jitter": a uniformly random delay in `[0, ceiling]`, which spreads out retry storms.
+pub fn full_jitter(ceiling: Duration) -> Duration {
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::random_range(0..=nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(2);
+        let ceilings: Vec<u128> = (0..8)
+            .map(|r| backoff_ceiling(r, base, cap).as_millis())
+            .collect();
+        assert_eq!(ceilings, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(backoff_ceiling(31, base, cap), cap);
+        assert_eq!(backoff_ceiling(u32::MAX, base, cap), cap);
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds_and_varies() {
+        let ceiling = Duration::from_millis(50);
+        let samples: Vec<Duration> = (0..200).map(|_| full_jitter(ceiling)).collect();
+        assert!(samples.iter().all(|d| *d <= ceiling));
+        assert!(
+            samples.iter().any(|d| *d != samples[0]),
+            "jitter never varied"
+        );
+        assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn urls_escape_segments_and_keep_endpoint_prefix() {
+        let mut config = CloudConfig::new("p1", "r1");
+        config.evs_endpoint = Some("http://127.0.0.1:8080/prefix/".into());
+        let creds = Credentials::AkSk {
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            security_token: None,
+        };
+        let t = Transport::new(config, creds).unwrap();
+        let mut call = Call::new(
+            Service::Evs,
+            "get_volume",
+            Method::GET,
+            vec!["v2".into(), "p1".into(), "a b".into()],
+        );
+        call.query = vec![("ids".into(), "['x','y']".into())];
+        let url = t.url(&call).unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8080/prefix/v2/p1/a%20b?ids=%5B%27x%27%2C%27y%27%5D"
+        );
+        for bad in ["", "..", "a/b"] {
+            let call = Call::new(Service::Evs, "get_volume", Method::GET, vec![bad.into()]);
+            assert!(
+                matches!(t.url(&call), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+    }
+}

@@ -1,0 +1,315 @@
+//! Waiting for the cloud: asynchronous jobs, and batched polling of many disks.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde::Deserialize;
+
+use super::EvsClient;
+use super::error::{Error, Result};
+use super::evs::{JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter};
+use super::http::{Call, Service};
+use super::lenient;
+
+/// The status of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "String")]
+pub enum JobStatus {
+    /// `INIT`
+    Init,
+    /// `RUNNING`
+    Running,
+    /// `SUCCESS`: done.
+    Success,
+    /// `FAIL`: done, with `error_code` and `fail_reason`.
+    Fail,
+    /// `PENDING_PAYMENT` (ECS, prepaid resources).
+    PendingPayment,
+    /// A value this client does not know; treated as still running.
+    Other(String),
+}
+
+impl From<String> for JobStatus {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "INIT" => JobStatus::Init,
+            "RUNNING" => JobStatus::Running,
+            "SUCCESS" => JobStatus::Success,
+            "FAIL" => JobStatus::Fail,
+            "PENDING_PAYMENT" => JobStatus::PendingPayment,
+            _ => JobStatus::Other(s),
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobStatus::Init => "INIT",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Success => "SUCCESS",
+            JobStatus::Fail => "FAIL",
+            JobStatus::PendingPayment => "PENDING_PAYMENT",
+            JobStatus::Other(s) => s,
+        })
+    }
+}
+
+/// What a job worked on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct JobEntities {
+    /// The disk; for a create job, the new disk's id.
+    #[serde(default)]
+    pub volume_id: Option<String>,
+    /// The server (ECS jobs).
+    #[serde(default)]
+    pub server_id: Option<String>,
+    /// The disk name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The disk size in GB.
+    #[serde(default, deserialize_with = "lenient::flexible_u64")]
+    pub size: u64,
+    /// The disk type.
+    #[serde(default)]
+    pub volume_type: Option<String>,
+    /// Child jobs (batch creates, ECS attach/detach).
+    #[serde(default, deserialize_with = "lenient::null_default")]
+    pub sub_jobs: Vec<Job>,
+}
+
+/// An asynchronous job of EVS or ECS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Job {
+    /// The job id.
+    pub job_id: String,
+    /// e.g. `createVolume`, `attachVolume`.
+    #[serde(default, deserialize_with = "lenient::null_default")]
+    pub job_type: String,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// What it worked on.
+    #[serde(default, deserialize_with = "lenient::null_default")]
+    pub entities: JobEntities,
+    /// Set when it failed.
+    #[serde(default)]
+    pub error_code: Option<String>,
+    /// Set when it failed.
+    #[serde(default)]
+    pub fail_reason: Option<String>,
+}
+
+impl Job {
+    /// The disk the job is about, looking into sub-jobs when the top level does not say.
+    pub fn volume_id(&self) -> Option<&str> {
+        self.entities.volume_id.as_deref().or_else(|| {
+            self.entities
+                .sub_jobs
+                .iter()
+                .find_map(|j| j.entities.volume_id.as_deref())
+        })
+    }
+
+    fn into_error(self) -> Error {
+        // Some clouds report the reason only on the failed sub-job.
+        let failed_sub = self
+            .entities
+            .sub_jobs
+            .iter()
+            .find(|j| j.status == JobStatus::Fail);
+        let error_code = self
+            .error_code
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or_else(|| failed_sub.and_then(|j| j.error_code.clone()));
+        let fail_reason = self
+            .fail_reason
+            .clone()
+            .filter(|r| !r.is_empty())
+            .or_else(|| failed_sub.and_then(|j| j.fail_reason.clone()));
+        Error::JobFailed {
+            job_id: self.job_id,
+            job_type: self.job_type,
+            error_code,
+            fail_reason,
+        }
+    }
+}
+
+/// A caller's verdict on one disk while waiting for many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeWait {
+    /// This disk is where it should be.
+    Done,
+    /// Not yet; poll again.
+    Pending,
+    /// It will never get there (e.g. status `error`); stop waiting.
+    Failed(String),
+}
+
+/// The interval after `current`: ×1.5, at most `max`.
+pub fn next_poll_interval(current: Duration, max: Duration) -> Duration {
+    current.saturating_add(current / 2).min(max)
+}
+
+impl EvsClient {
+    /// Reads a job from the EVS or ECS job API.
+    pub async fn get_job(&self, service: Service, job_id: &JobId) -> Result<Job> {
+        if service == Service::Iam {
+            return Err(Error::InvalidInput("IAM has no jobs".into()));
+        }
+        let call = Call::new(
+            service,
+            "get_job",
+            Method::GET,
+            vec![
+                "v1".to_owned(),
+                self.project_id().to_owned(),
+                "jobs".to_owned(),
+                job_id.0.clone(),
+            ],
+        );
+        self.transport().execute(&call).await?.json(&call)
+    }
+
+    /// Polls a job until `SUCCESS` (→ the job), `FAIL` (→ `JobFailed`) or `deadline` (→ `JobTimeout`).
+    pub async fn wait_for_job(
+        &self,
+        service: Service,
+        job_id: &JobId,
+        deadline: Duration,
+    ) -> Result<Job> {
+        let started = Instant::now();
+        let mut interval = self.config().job_poll_initial;
+        loop {
+            let job = self.get_job(service, job_id).await?;
+            match job.status {
+                JobStatus::Success => return Ok(job),
+                JobStatus::Fail => return Err(job.into_error()),
+                _ => {}
+            }
+            let waited = started.elapsed();
+            let Some(left) = deadline.checked_sub(waited).filter(|d| !d.is_zero()) else {
+                return Err(Error::JobTimeout {
+                    job_id: job_id.0.clone(),
+                    waited,
+                    last_status: job.status.to_string(),
+                });
+            };
+            tokio::time::sleep(interval.min(left)).await;
+            interval = next_poll_interval(interval, self.config().job_poll_max);
+        }
+    }
+
+    /// Polls many disks with one `list_volumes` call per 60 disks per round until `predicate`
+    /// says `Done` for each (→ the last seen state, `None` if absent) or `deadline` passes.
+    pub async fn wait_for_volumes<F>(
+        &self,
+        ids: &[String],
+        predicate: F,
+        deadline: Duration,
+    ) -> Result<BTreeMap<String, Option<Volume>>>
+    where
+        F: Fn(&str, Option<&Volume>) -> VolumeWait,
+    {
+        let started = Instant::now();
+        let mut interval = self.config().job_poll_initial;
+        let mut pending: BTreeSet<String> = ids.iter().cloned().collect();
+        let mut done = BTreeMap::new();
+        loop {
+            let round: Vec<String> = pending.iter().cloned().collect();
+            for chunk in round.chunks(MAX_IDS_PER_LIST) {
+                let filter = VolumeFilter {
+                    ids: chunk.to_vec(),
+                    ..VolumeFilter::default()
+                };
+                let mut seen: BTreeMap<String, Volume> = self
+                    .list_volumes(&filter)
+                    .await?
+                    .volumes
+                    .into_iter()
+                    .map(|v| (v.id.clone(), v))
+                    .collect();
+                for id in chunk {
+                    let volume = seen.remove(id);
+                    match predicate(id, volume.as_ref()) {
+                        VolumeWait::Done => {
+                            pending.remove(id);
+                            done.insert(id.clone(), volume);
+                        }
+                        VolumeWait::Pending => {}
+                        VolumeWait::Failed(reason) => {
+                            return Err(Error::VolumeFailed {
+                                volume_id: id.clone(),
+                                reason,
+                            });
+                        }
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(done);
+            }
+            let waited = started.elapsed();
+            let Some(left) = deadline.checked_sub(waited).filter(|d| !d.is_zero()) else {
+                return Err(Error::WaitTimeout {
+                    pending: pending.into_iter().collect(),
+                    waited,
+                });
+            };
+            tokio::time::sleep(interval.min(left)).await;
+            interval = next_poll_interval(interval, self.config().job_poll_max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poll_interval_grows_by_half_and_caps() {
+        let max = Duration::from_secs(2);
+        let mut d = Duration::from_millis(100);
+        let mut seen = vec![d.as_millis()];
+        for _ in 0..9 {
+            d = next_poll_interval(d, max);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(
+            seen,
+            vec![100, 150, 225, 337, 506, 759, 1139, 1708, 2000, 2000]
+        );
+    }
+
+    #[test]
+    fn job_decodes_and_failures_carry_codes() {
+        let ok: Job = serde_json::from_str(
+            r#"{"job_id":"j1","job_type":"createVolume","status":"SUCCESS",
+                "entities":{"volume_id":"v1","name":"pvc","size":10,"volume_type":"SSD"},
+                "error_code":null,"fail_reason":null,"begin_time":"2016-05-25T02:38:40.392Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.status, JobStatus::Success);
+        assert_eq!(ok.volume_id(), Some("v1"));
+
+        let ecs: Job = serde_json::from_str(
+            r#"{"job_id":"j2","job_type":"attachVolume","status":"FAIL","entities":{"sub_jobs":[
+                {"job_id":"j3","status":"FAIL","entities":{"volume_id":"v9","server_id":"s1"},
+                 "error_code":"Ecs.0104","fail_reason":"too many disks"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(ecs.volume_id(), Some("v9"));
+        let err = ecs.into_error();
+        assert_eq!(err.code(), Some("Ecs.0104"));
+        assert!(err.to_string().contains("too many disks"));
+
+        let odd: Job =
+            serde_json::from_str(r#"{"job_id":"j","status":"PENDING_PAYMENT","entities":null}"#)
+                .unwrap();
+        assert_eq!(odd.status, JobStatus::PendingPayment);
+        assert_eq!(JobStatus::from("NEW".to_owned()).to_string(), "NEW");
+    }
+}

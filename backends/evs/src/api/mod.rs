@@ -1,0 +1,68 @@
+//! The EVS / ECS / IAM API client: signing or token auth, retries, jobs, batched polling.
+//!
+//! One [`EvsClient`] (cheap to clone) serves every call; see [`error`] for how failures map
+//! to CSI codes.
+
+mod auth;
+pub mod config;
+pub mod ecs;
+pub mod error;
+pub mod evs;
+mod http;
+pub mod jobs;
+mod lenient;
+pub mod metadata;
+pub mod sign;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use config::{CloudConfig, Credentials};
+pub use ecs::{AttachableQuantity, AttachedVolume, BlockDevice, BlockDevices, Server};
+pub use error::{ApiError, Error, ErrorClass, Result, TransportKind};
+pub use evs::{
+    Attachment, CreateAccepted, CreateVolume, JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter,
+    VolumePage, VolumeStatus,
+};
+pub use http::{Service, backoff_ceiling, full_jitter};
+pub use jobs::{Job, JobEntities, JobStatus, VolumeWait, next_poll_interval};
+pub use metadata::{DEFAULT_METADATA_URL, InstanceMetadata, fetch_instance_metadata};
+
+use http::Transport;
+
+/// A handle on the cloud's disk, server and job APIs; clones share one connection pool and token.
+#[derive(Clone)]
+pub struct EvsClient {
+    transport: Arc<Transport>,
+}
+
+impl EvsClient {
+    /// Validates the settings and builds the client; sends nothing yet.
+    pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
+        Ok(EvsClient {
+            transport: Arc::new(Transport::new(config, credentials)?),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CloudConfig {
+        self.transport.config()
+    }
+
+    fn project_id(&self) -> &str {
+        &self.transport.config().project_id
+    }
+
+    fn transport(&self) -> &Transport {
+        &self.transport
+    }
+}
+
+impl fmt::Debug for EvsClient {
+    // Only the configuration: credentials and tokens stay out of debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EvsClient")
+            .field("config", self.config())
+            .finish_non_exhaustive()
+    }
+}

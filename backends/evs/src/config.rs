@@ -1,0 +1,211 @@
+//! One `[backends.<name>]` table of kind `evs`: the cloud client's settings plus the
+//! backend's own (defaults for new disks, where the node finds devices, how long to wait).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use everest_backend::Error;
+use serde::Deserialize;
+
+use crate::api::{CloudConfig, Credentials};
+
+/// The backend's own keys; the rest of the table belongs to [`CloudConfig`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    /// A JSON file (mode 0600) with `{"access_key","secret_key"}` or `{"domain","user","password"}`.
+    pub credentials_file: PathBuf,
+    /// Disk type when the StorageClass names none.
+    #[serde(default = "default_volume_type")]
+    pub default_volume_type: String,
+    /// Size when the claim asks for none.
+    #[serde(default = "default_size_gib")]
+    pub default_size_gib: u64,
+    /// Zone when neither topology nor the StorageClass names one.
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// How long one create/attach/detach/extend/delete job may take.
+    #[serde(default = "default_job_timeout")]
+    pub job_timeout_seconds: u64,
+    /// Where the node looks for `virtio-<id>` / `scsi-3<wwn>` links.
+    #[serde(default = "default_by_id_dir")]
+    pub by_id_dir: PathBuf,
+    /// Filesystem when the volume capability names none.
+    #[serde(default = "default_fs_type")]
+    pub default_fs_type: String,
+    /// How long NodeStage waits for an attached disk to show up.
+    #[serde(default = "default_device_wait")]
+    pub device_wait_seconds: u64,
+}
+
+/// The keys of [`BackendSettings`], so the table can be split between it and [`CloudConfig`].
+const BACKEND_KEYS: &[&str] = &[
+    "credentials_file",
+    "default_volume_type",
+    "default_size_gib",
+    "availability_zone",
+    "job_timeout_seconds",
+    "by_id_dir",
+    "default_fs_type",
+    "device_wait_seconds",
+];
+
+fn default_volume_type() -> String {
+    "SSD".into()
+}
+fn default_size_gib() -> u64 {
+    10
+}
+fn default_job_timeout() -> u64 {
+    300
+}
+fn default_by_id_dir() -> PathBuf {
+    PathBuf::from("/dev/disk/by-id")
+}
+fn default_fs_type() -> String {
+    "ext4".into()
+}
+fn default_device_wait() -> u64 {
+    30
+}
+
+impl BackendSettings {
+    /// How long a job may take.
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.job_timeout_seconds)
+    }
+
+    /// How long NodeStage waits for the device.
+    pub fn device_wait(&self) -> Duration {
+        Duration::from_secs(self.device_wait_seconds)
+    }
+}
+
+/// A parsed `evs` table.
+#[derive(Debug, Clone)]
+pub struct EvsConfig {
+    /// The API client's settings.
+    pub cloud: CloudConfig,
+    /// The backend's own settings.
+    pub backend: BackendSettings,
+}
+
+impl EvsConfig {
+    /// Splits and parses the table; an unknown key is an error that names it.
+    pub fn parse(
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, Error> {
+        let bad = |e: String| Error::InvalidArgument(format!("backend {name} (kind evs): {e}"));
+        let (mine, cloud): (serde_json::Map<_, _>, serde_json::Map<_, _>) = settings
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| BACKEND_KEYS.contains(&k.as_str()));
+        let backend: BackendSettings = serde_json::from_value(serde_json::Value::Object(mine))
+            .map_err(|e| bad(e.to_string()))?;
+        let cloud: CloudConfig = serde_json::from_value(serde_json::Value::Object(cloud))
+            .map_err(|e| bad(e.to_string()))?;
+        cloud.validate().map_err(|e| bad(e.to_string()))?;
+        if !matches!(
+            backend.default_fs_type.as_str(),
+            "ext4" | "xfs" | "ext3" | "btrfs"
+        ) {
+            return Err(bad(format!(
+                "default_fs_type {:?} is not one of ext4, xfs, ext3, btrfs",
+                backend.default_fs_type
+            )));
+        }
+        Ok(Self { cloud, backend })
+    }
+
+    /// Reads the credentials file named in the config; the error never contains its content.
+    pub fn load_credentials(&self) -> Result<Credentials, Error> {
+        let path = &self.backend.credentials_file;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot read credentials_file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "credentials_file {} is not valid JSON",
+                path.display()
+            ))
+        })?;
+        // Accept the plain form without a "type" tag: the keys say which kind it is.
+        if let Some(obj) = value.as_object_mut()
+            && !obj.contains_key("type")
+        {
+            let kind = if obj.contains_key("access_key") {
+                "ak_sk"
+            } else {
+                "password"
+            };
+            obj.insert("type".into(), kind.into());
+        }
+        let creds: Credentials = serde_json::from_value(value).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "credentials_file {} must hold {{\"access_key\",\"secret_key\"}} or {{\"domain\",\"user\",\"password\"}}",
+                path.display()
+            ))
+        })?;
+        creds.validate().map_err(|e| {
+            Error::InvalidArgument(format!("credentials_file {}: {e}", path.display()))
+        })?;
+        Ok(creds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn table(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn splits_cloud_and_backend_keys() {
+        let c = EvsConfig::parse(
+            "evs-default",
+            &table(json!({
+                "project_id": "p1", "region": "r1", "evs_endpoint": "http://127.0.0.1:1",
+                "credentials_file": "/etc/everest/c.json", "default_fs_type": "xfs",
+                "device_wait_seconds": 5
+            })),
+        )
+        .unwrap();
+        assert_eq!(c.cloud.evs_url(), "http://127.0.0.1:1");
+        assert_eq!(c.backend.default_fs_type, "xfs");
+        assert_eq!(c.backend.device_wait(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_by_name() {
+        let err = EvsConfig::parse(
+            "evs-default",
+            &table(json!({"project_id": "p1", "region": "r1", "credentials_file": "/c", "regoin": "x"})),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("regoin"), "{err}");
+    }
+
+    #[test]
+    fn credentials_file_plain_and_tagged_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(&path, r#"{"access_key":"AK","secret_key":"SECRETVALUE"}"#).unwrap();
+        let c = EvsConfig::parse(
+            "e",
+            &table(json!({"project_id": "p1", "region": "r1", "credentials_file": path})),
+        )
+        .unwrap();
+        let creds = c.load_credentials().unwrap();
+        assert!(matches!(creds, Credentials::AkSk { .. }));
+        std::fs::write(&path, "{not json SECRETVALUE").unwrap();
+        let err = c.load_credentials().unwrap_err().to_string();
+        assert!(!err.contains("SECRETVALUE"), "{err}");
+    }
+}

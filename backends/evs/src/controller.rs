@@ -1,0 +1,644 @@
+//! The controller side of EVS: disks are created, attached, extended and deleted through the
+//! cloud API. Every operation first reads the disk's current state, so a retried call (after a
+//! timeout, a leader change or a controller crash) finishes the job instead of repeating it.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use everest_backend::backend::{
+    BackendKind, ControllerBackend, ControllerPublish, CreateVolume, Expanded, ListedVolume,
+    Topology, Volume as CsiVolume, VolumePage as CsiPage, ZONE_TOPOLOGY_KEY,
+};
+use everest_backend::capability::VolumeCapability;
+use everest_backend::capacity::{CapacityRange, GIB};
+use everest_backend::secrets::Secrets;
+use everest_backend::{BackendName, Error, Result};
+use sha2::{Digest, Sha256};
+
+use crate::api::{
+    self, Attachment, CreateVolume as ApiCreate, EvsClient, Service, Volume, VolumeFilter,
+    VolumeStatus, VolumeWait,
+};
+use crate::capabilities::check_capability;
+use crate::config::EvsConfig;
+use crate::params::EvsParams;
+
+/// Metadata key holding the CSI request name a disk was created for (the idempotency key).
+pub const CSI_NAME_KEY: &str = "everest.io/csi-name";
+/// Metadata key marking disks this driver manages, for ListVolumes.
+pub const MANAGED_BY_KEY: &str = "everest.io/managed-by";
+/// Publish-context key: the disk's WWN, for SCSI (passthrough) disks.
+pub const WWN_CONTEXT_KEY: &str = "everest.io/wwn";
+/// Publish-context key: the device path the cloud reports (informational; the node trusts by-id links).
+pub const DEVICE_CONTEXT_KEY: &str = "DevicePath";
+/// EVS data disks are 10–32768 GB.
+const MIN_GIB: u64 = 10;
+const MAX_GIB: u64 = 32768;
+
+/// The controller side of one `evs` backend instance.
+#[derive(Debug)]
+pub struct EvsController {
+    name: BackendName,
+    client: EvsClient,
+    config: EvsConfig,
+}
+
+impl EvsController {
+    /// Builds the controller side from a parsed config and a client.
+    pub fn new(name: BackendName, config: EvsConfig, client: EvsClient) -> Self {
+        Self {
+            name,
+            client,
+            config,
+        }
+    }
+
+    /// The disk name for a CSI request name: the name itself when EVS accepts it, else a digest.
+    fn disk_name(&self, request_name: &str) -> String {
+        let plain = request_name.len() <= 64
+            && request_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if plain {
+            request_name.to_owned()
+        } else {
+            format!(
+                "everest-{}",
+                &hex::encode(Sha256::digest(request_name.as_bytes()))[..40]
+            )
+        }
+    }
+
+    /// A stable `X-Client-Token` per backend and request name, so a create resent after a
+    /// controller crash is recognised by the cloud instead of making a second disk.
+    fn client_token(&self, request_name: &str) -> String {
+        let digest = Sha256::digest(format!("{}/{request_name}", self.name).as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        b[6] = (b[6] & 0x0f) | 0x50; // version 5-style (name-based)
+        b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+        uuid::Uuid::from_bytes(b).to_string()
+    }
+
+    async fn find_by_request_name(&self, request_name: &str) -> Result<Option<Volume>> {
+        let filter = VolumeFilter {
+            name: Some(self.disk_name(request_name)),
+            metadata: BTreeMap::from([(CSI_NAME_KEY.to_owned(), request_name.to_owned())]),
+            ..VolumeFilter::default()
+        };
+        let mut found: Vec<Volume> = self
+            .client
+            .list_volumes(&filter)
+            .await?
+            .volumes
+            .into_iter()
+            .filter(|v| v.metadata.get(CSI_NAME_KEY).map(String::as_str) == Some(request_name))
+            .collect();
+        if found.len() > 1 {
+            return Err(Error::Internal(format!(
+                "{} disks carry CSI name {request_name}; remove the extra ones by hand",
+                found.len()
+            )));
+        }
+        Ok(found.pop())
+    }
+
+    async fn get(&self, disk_id: &str) -> Result<Volume> {
+        self.client.get_volume(disk_id).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "disk {disk_id} does not exist on backend {}",
+                self.name
+            ))
+        })
+    }
+
+    /// Waits until the disk is in a state `done` accepts; `None` from the cloud means gone.
+    async fn wait_until(
+        &self,
+        disk_id: &str,
+        what: &str,
+        done: impl Fn(Option<&Volume>) -> VolumeWait,
+    ) -> Result<Option<Volume>> {
+        let ids = [disk_id.to_owned()];
+        let mut seen = self
+            .client
+            .wait_for_volumes(&ids, |_, v| done(v), self.config.backend.job_timeout())
+            .await
+            .map_err(|e| {
+                Error::from(e).context(format!("waiting for disk {disk_id} to be {what}"))
+            })?;
+        Ok(seen.remove(disk_id).flatten())
+    }
+
+    fn zone(&self, req: &CreateVolume, params: &EvsParams) -> Result<String> {
+        let candidates = req
+            .topology
+            .as_ref()
+            .map(|t| t.candidates(ZONE_TOPOLOGY_KEY))
+            .unwrap_or_default();
+        let requisite: Vec<String> = req
+            .topology
+            .as_ref()
+            .map(|t| {
+                t.requisite
+                    .iter()
+                    .filter_map(|s| s.get(ZONE_TOPOLOGY_KEY).cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(fixed) = &params.availability_zone {
+            if !requisite.is_empty() && !requisite.contains(fixed) {
+                return Err(Error::InvalidArgument(format!(
+                    "StorageClass zone {fixed} is not among the zones the claim can use ({})",
+                    requisite.join(", ")
+                )));
+            }
+            return Ok(fixed.clone());
+        }
+        candidates
+            .into_iter()
+            .next()
+            .or_else(|| self.config.backend.availability_zone.clone())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "no availability zone: the request has no {ZONE_TOPOLOGY_KEY} topology, the StorageClass no everest.io/availability-zone, and backend {} no availability_zone",
+                    self.name
+                ))
+            })
+    }
+
+    fn to_csi(&self, v: &Volume) -> CsiVolume {
+        CsiVolume {
+            native_id: v.id.clone(),
+            capacity_bytes: v.size * GIB,
+            context: BTreeMap::from([(
+                "everest.io/disk-volume-type".to_owned(),
+                v.volume_type.clone(),
+            )]),
+            topology: vec![Topology::from([(
+                ZONE_TOPOLOGY_KEY.to_owned(),
+                v.availability_zone.clone(),
+            )])],
+        }
+    }
+
+    fn listed(&self, v: &Volume) -> ListedVolume {
+        ListedVolume {
+            volume: self.to_csi(v),
+            published_nodes: v.attachments.iter().map(|a| a.server_id.clone()).collect(),
+            abnormal: v
+                .status
+                .is_error()
+                .then(|| format!("disk {} is in status {}", v.id, v.status.as_str())),
+        }
+    }
+
+    fn publish_context(v: &Volume, attachment: &Attachment) -> BTreeMap<String, String> {
+        let mut ctx = BTreeMap::new();
+        if let Some(device) = &attachment.device {
+            ctx.insert(DEVICE_CONTEXT_KEY.to_owned(), device.clone());
+        }
+        if let Some(wwn) = v.wwn.as_ref().filter(|w| !w.is_empty()) {
+            ctx.insert(WWN_CONTEXT_KEY.to_owned(), wwn.clone());
+        }
+        ctx
+    }
+
+    fn check_existing(
+        &self,
+        req: &CreateVolume,
+        v: &Volume,
+        gib: u64,
+        params: &EvsParams,
+    ) -> Result<()> {
+        let wanted_type = params
+            .volume_type
+            .as_deref()
+            .unwrap_or(&self.config.backend.default_volume_type);
+        if !req.capacity.is_satisfied_by(v.size * GIB) || v.size < gib {
+            return Err(Error::AlreadyExists(format!(
+                "volume {} already exists as disk {} with {} GiB, which does not match the requested capacity",
+                req.name, v.id, v.size
+            )));
+        }
+        if v.volume_type != wanted_type {
+            return Err(Error::AlreadyExists(format!(
+                "volume {} already exists as disk {} of type {}, not {wanted_type}",
+                req.name, v.id, v.volume_type
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn wait_available(v: Option<&Volume>) -> VolumeWait {
+    match v.map(|v| &v.status) {
+        Some(VolumeStatus::Available | VolumeStatus::InUse) => VolumeWait::Done,
+        Some(s) if s.is_error() => VolumeWait::Failed(format!("status {}", s.as_str())),
+        Some(_) => VolumeWait::Pending,
+        None => VolumeWait::Failed("the disk disappeared".into()),
+    }
+}
+
+#[async_trait]
+impl ControllerBackend for EvsController {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Block
+    }
+
+    fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()> {
+        caps.iter().try_for_each(check_capability)
+    }
+
+    async fn create_volume(&self, req: &CreateVolume) -> Result<CsiVolume> {
+        let params = EvsParams::parse(&req.parameters, self.name.as_str())?;
+        let gib = req
+            .capacity
+            .to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
+        self.check_capabilities(&req.capabilities)?;
+
+        if let Some(existing) = self.find_by_request_name(&req.name).await? {
+            self.check_existing(req, &existing, gib, &params)?;
+            let ready = self
+                .wait_until(&existing.id, "available", wait_available)
+                .await?
+                .unwrap_or(existing);
+            return Ok(self.to_csi(&ready));
+        }
+
+        let zone = self.zone(req, &params)?;
+        let mut metadata = BTreeMap::from([
+            (CSI_NAME_KEY.to_owned(), req.name.clone()),
+            (MANAGED_BY_KEY.to_owned(), "everest".to_owned()),
+        ]);
+        if let Some(kms) = &params.kms_key_id {
+            metadata.insert("__system__encrypted".into(), "1".into());
+            metadata.insert("__system__cmkid".into(), kms.clone());
+        }
+        let mut tags = params.tag_map()?;
+        let k8s = &req.common.k8s;
+        for (key, value) in [
+            ("kubernetes.io/created-for/pv/name", &k8s.pv_name),
+            ("kubernetes.io/created-for/pvc/name", &k8s.pvc_name),
+            (
+                "kubernetes.io/created-for/pvc/namespace",
+                &k8s.pvc_namespace,
+            ),
+        ] {
+            if let Some(v) = value {
+                tags.insert(key.to_owned(), v.clone());
+            }
+        }
+        let create = ApiCreate {
+            availability_zone: zone,
+            volume_type: params
+                .volume_type
+                .clone()
+                .unwrap_or_else(|| self.config.backend.default_volume_type.clone()),
+            name: self.disk_name(&req.name),
+            description: Some(format!("Kubernetes volume {} (Everest CSI)", req.name)),
+            size: gib,
+            metadata,
+            tags,
+            iops: params.iops,
+            throughput: params.throughput,
+            ..ApiCreate::default()
+        };
+        let accepted = self
+            .client
+            .create_volume(&create, Some(&self.client_token(&req.name)))
+            .await
+            .map_err(|e| {
+                Error::from(e).context(format!("creating disk for volume {}", req.name))
+            })?;
+        let job = self
+            .client
+            .wait_for_job(
+                Service::Evs,
+                &accepted.job_id,
+                self.config.backend.job_timeout(),
+            )
+            .await
+            .map_err(|e| {
+                Error::from(e).context(format!("creating disk for volume {}", req.name))
+            })?;
+        let disk_id = job
+            .volume_id()
+            .map(str::to_owned)
+            .or_else(|| accepted.volume_ids.first().cloned())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "create job {} for volume {} succeeded without naming the disk",
+                    accepted.job_id, req.name
+                ))
+            })?;
+        let disk = self.get(&disk_id).await?;
+        tracing::info!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
+        Ok(self.to_csi(&disk))
+    }
+
+    async fn delete_volume(&self, disk_id: &str, _secrets: &Secrets) -> Result<()> {
+        let Some(disk) = self.client.get_volume(disk_id).await? else {
+            return Ok(());
+        };
+        if !disk.attachments.is_empty() {
+            let nodes: Vec<&str> = disk
+                .attachments
+                .iter()
+                .map(|a| a.server_id.as_str())
+                .collect();
+            return Err(Error::FailedPrecondition(format!(
+                "disk {disk_id} is still attached to node(s) {}; ControllerUnpublishVolume first",
+                nodes.join(", ")
+            )));
+        }
+        if disk.status != VolumeStatus::Deleting {
+            if !disk.status.is_deletable() {
+                return Err(Error::Unavailable(format!(
+                    "disk {disk_id} is {}; retry once it settles",
+                    disk.status.as_str()
+                )));
+            }
+            if let Some(job) = self.client.delete_volume(disk_id).await? {
+                self.client
+                    .wait_for_job(Service::Evs, &job, self.config.backend.job_timeout())
+                    .await
+                    .map_err(|e| Error::from(e).context(format!("deleting disk {disk_id}")))?;
+            }
+        }
+        self.wait_until(disk_id, "deleted", |v| match v {
+            None => VolumeWait::Done,
+            Some(v) if v.status == VolumeStatus::ErrorDeleting => {
+                VolumeWait::Failed("status error_deleting".into())
+            }
+            Some(_) => VolumeWait::Pending,
+        })
+        .await?;
+        tracing::info!(disk = %disk_id, "deleted disk");
+        Ok(())
+    }
+
+    async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>> {
+        check_capability(&req.capability)?;
+        let disk = self.get(&req.native_id).await?;
+        if self.client.get_server(&req.node_id).await?.is_none() {
+            return Err(Error::NotFound(format!(
+                "node {} is not a server of this project",
+                req.node_id
+            )));
+        }
+        if let Some(a) = disk.attachments.iter().find(|a| a.server_id == req.node_id) {
+            if disk.status == VolumeStatus::InUse {
+                return Ok(Self::publish_context(&disk, a));
+            }
+        } else if let Some(other) = disk.attachments.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "disk {} is attached to node {}; an EVS disk attaches to one node at a time",
+                disk.id, other.server_id
+            )));
+        } else if disk.status != VolumeStatus::Attaching {
+            if disk.status != VolumeStatus::Available {
+                return Err(Error::Unavailable(format!(
+                    "disk {} is {}; retry once it is available",
+                    disk.id,
+                    disk.status.as_str()
+                )));
+            }
+            let job = self
+                .client
+                .attach_volume(&req.node_id, &disk.id)
+                .await
+                .map_err(|e| {
+                    Error::from(e).context(format!(
+                        "attaching disk {} to node {}",
+                        disk.id, req.node_id
+                    ))
+                })?;
+            self.client
+                .wait_for_job(Service::Ecs, &job, self.config.backend.job_timeout())
+                .await
+                .map_err(|e| {
+                    Error::from(e).context(format!(
+                        "attaching disk {} to node {}",
+                        disk.id, req.node_id
+                    ))
+                })?;
+        }
+        let node = req.node_id.clone();
+        let attached = self
+            .wait_until(&disk.id, "attached", move |v| match v {
+                Some(v)
+                    if v.status == VolumeStatus::InUse
+                        && v.attachments.iter().any(|a| a.server_id == node) =>
+                {
+                    VolumeWait::Done
+                }
+                Some(v) if v.status.is_error() => {
+                    VolumeWait::Failed(format!("status {}", v.status.as_str()))
+                }
+                Some(_) => VolumeWait::Pending,
+                None => VolumeWait::Failed("the disk disappeared".into()),
+            })
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("disk {} disappeared while attaching", disk.id))
+            })?;
+        let attachment = attached
+            .attachments
+            .iter()
+            .find(|a| a.server_id == req.node_id)
+            .ok_or_else(|| Error::Internal(format!("disk {} lost its attachment", disk.id)))?;
+        tracing::info!(disk = %disk.id, node = %req.node_id, "attached disk");
+        Ok(Self::publish_context(&attached, attachment))
+    }
+
+    async fn unpublish(&self, disk_id: &str, node_id: Option<&str>) -> Result<()> {
+        let Some(disk) = self.client.get_volume(disk_id).await? else {
+            return Ok(());
+        };
+        let nodes: Vec<String> = disk
+            .attachments
+            .iter()
+            .map(|a| a.server_id.clone())
+            .filter(|s| node_id.is_none_or(|n| n == s))
+            .collect();
+        for node in &nodes {
+            if disk.status != VolumeStatus::Detaching
+                && let Some(job) = self
+                    .client
+                    .detach_volume(node, disk_id)
+                    .await
+                    .map_err(|e| {
+                        Error::from(e).context(format!("detaching disk {disk_id} from node {node}"))
+                    })?
+            {
+                self.client
+                    .wait_for_job(Service::Ecs, &job, self.config.backend.job_timeout())
+                    .await
+                    .map_err(|e| {
+                        Error::from(e).context(format!("detaching disk {disk_id} from node {node}"))
+                    })?;
+            }
+        }
+        if !nodes.is_empty() {
+            let detached = nodes.clone();
+            self.wait_until(disk_id, "detached", move |v| match v {
+                None => VolumeWait::Done,
+                Some(v)
+                    if v.attachments
+                        .iter()
+                        .any(|a| detached.contains(&a.server_id)) =>
+                {
+                    VolumeWait::Pending
+                }
+                Some(v) if v.status == VolumeStatus::Detaching => VolumeWait::Pending,
+                Some(_) => VolumeWait::Done,
+            })
+            .await?;
+            tracing::info!(disk = %disk_id, nodes = ?nodes, "detached disk");
+        }
+        Ok(())
+    }
+
+    async fn expand(&self, disk_id: &str, capacity: CapacityRange) -> Result<Expanded> {
+        let gib = capacity.to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
+        let disk = self.get(disk_id).await?;
+        if disk.size < gib {
+            if !matches!(disk.status, VolumeStatus::Available | VolumeStatus::InUse) {
+                return Err(Error::Unavailable(format!(
+                    "disk {disk_id} is {}; retry once it settles",
+                    disk.status.as_str()
+                )));
+            }
+            let job = self.client.extend_volume(disk_id, gib).await.map_err(|e| {
+                Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
+            })?;
+            self.client
+                .wait_for_job(Service::Evs, &job, self.config.backend.job_timeout())
+                .await
+                .map_err(|e| {
+                    Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
+                })?;
+        }
+        let disk = self
+            .wait_until(disk_id, "extended", move |v| match v {
+                Some(v)
+                    if v.size >= gib
+                        && matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) =>
+                {
+                    VolumeWait::Done
+                }
+                Some(v) if v.status.is_error() => {
+                    VolumeWait::Failed(format!("status {}", v.status.as_str()))
+                }
+                Some(_) => VolumeWait::Pending,
+                None => VolumeWait::Failed("the disk disappeared".into()),
+            })
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("disk {disk_id} disappeared while extending"))
+            })?;
+        Ok(Expanded {
+            capacity_bytes: disk.size * GIB,
+            node_expansion_required: true,
+        })
+    }
+
+    async fn get_volume(&self, disk_id: &str) -> Result<ListedVolume> {
+        let disk = self.get(disk_id).await?;
+        Ok(self.listed(&disk))
+    }
+
+    async fn list_volumes(
+        &self,
+        starting_token: Option<&str>,
+        max_entries: u32,
+    ) -> Result<CsiPage> {
+        let offset = match starting_token {
+            None | Some("") => 0,
+            Some(t) => t.parse::<u32>().map_err(|_| {
+                Error::Aborted(format!(
+                    "starting_token {t:?} is not one this backend issued"
+                ))
+            })?,
+        };
+        let limit = if max_entries == 0 {
+            1000
+        } else {
+            max_entries.min(1000)
+        };
+        let filter = VolumeFilter {
+            metadata: BTreeMap::from([(MANAGED_BY_KEY.to_owned(), "everest".to_owned())]),
+            limit: Some(limit),
+            offset: Some(offset),
+            ..VolumeFilter::default()
+        };
+        let page = self.client.list_volumes(&filter).await?;
+        let got = page.volumes.len() as u32;
+        let more = page.next_marker.is_some()
+            || page
+                .count
+                .is_some_and(|c| u64::from(offset) + u64::from(got) < c);
+        Ok(CsiPage {
+            entries: page.volumes.iter().map(|v| self.listed(v)).collect(),
+            next_token: (more && got > 0).then(|| (offset + got).to_string()),
+        })
+    }
+
+    async fn probe(&self) -> Result<()> {
+        let filter = VolumeFilter {
+            limit: Some(1),
+            ..VolumeFilter::default()
+        };
+        self.client
+            .list_volumes(&filter)
+            .await
+            .map(drop)
+            .map_err(|e: api::Error| {
+                Error::Unavailable(format!(
+                    "EVS API of backend {} does not answer: {e}",
+                    self.name
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller() -> EvsController {
+        let table = serde_json::json!({"project_id": "p", "region": "r", "credentials_file": "/nonexistent"});
+        let config = EvsConfig::parse("evs", table.as_object().unwrap()).unwrap();
+        let client = EvsClient::new(
+            config.cloud.clone(),
+            api::Credentials::AkSk {
+                access_key: "a".into(),
+                secret_key: "b".into(),
+                security_token: None,
+            },
+        )
+        .unwrap();
+        EvsController::new(BackendName::new("evs").unwrap(), config, client)
+    }
+
+    #[test]
+    fn disk_names_are_stable_and_valid() {
+        let c = controller();
+        assert_eq!(c.disk_name("pvc-1234"), "pvc-1234");
+        let long = "x".repeat(100);
+        let n = c.disk_name(&long);
+        assert!(n.len() <= 64 && n.starts_with("everest-"));
+        assert_eq!(n, c.disk_name(&long));
+        assert_ne!(c.disk_name("a b"), c.disk_name("a c"));
+    }
+
+    #[test]
+    fn client_token_is_a_stable_uuid_per_name() {
+        let c = controller();
+        let t = c.client_token("pvc-1");
+        assert_eq!(t, c.client_token("pvc-1"));
+        assert_ne!(t, c.client_token("pvc-2"));
+        assert!(uuid::Uuid::parse_str(&t).is_ok());
+    }
+}

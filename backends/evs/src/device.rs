@@ -1,0 +1,110 @@
+//! Finding an attached disk on the node. A KVM guest shows a virtio disk as
+//! `/dev/disk/by-id/virtio-<first 20 characters of the disk ID>` and a SCSI disk as
+//! `scsi-3<wwn>` or `wwn-0x<wwn>`; the attach may take a moment to appear, so we poll.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use everest_backend::host::Host;
+use everest_backend::{Error, Result};
+use tokio::time::Instant;
+
+use crate::controller::WWN_CONTEXT_KEY;
+
+/// The by-id names a disk may appear under, most likely first.
+pub fn candidate_links(
+    by_id_dir: &Path,
+    disk_id: &str,
+    publish_context: &BTreeMap<String, String>,
+) -> Vec<PathBuf> {
+    let serial: String = disk_id.chars().take(20).collect();
+    let mut links = vec![by_id_dir.join(format!("virtio-{serial}"))];
+    if let Some(wwn) = publish_context
+        .get(WWN_CONTEXT_KEY)
+        .filter(|w| !w.is_empty())
+    {
+        links.push(by_id_dir.join(format!("scsi-3{wwn}")));
+        links.push(by_id_dir.join(format!("wwn-0x{wwn}")));
+    }
+    links
+}
+
+/// Resolves the disk's device node, polling (50 ms doubling to 1 s) until `wait` runs out.
+pub async fn find_device(
+    host: &dyn Host,
+    by_id_dir: &Path,
+    disk_id: &str,
+    publish_context: &BTreeMap<String, String>,
+    wait: Duration,
+) -> Result<PathBuf> {
+    let links = candidate_links(by_id_dir, disk_id, publish_context);
+    let deadline = Instant::now() + wait;
+    let mut interval = Duration::from_millis(50);
+    loop {
+        for link in &links {
+            if let Some(device) = host.resolve_device(link).await? {
+                return Ok(device);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let tried: Vec<String> = links.iter().map(|l| l.display().to_string()).collect();
+            return Err(Error::Unavailable(format!(
+                "disk {disk_id} did not appear on this node within {wait:?} (looked for {}); is it attached here (ControllerPublishVolume)?",
+                tried.join(", ")
+            )));
+        }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+        interval = (interval * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use everest_backend::host::{FakeDevice, FakeHost};
+
+    #[test]
+    fn virtio_serial_is_the_first_20_characters() {
+        let links = candidate_links(
+            Path::new("/d"),
+            "0123456789abcdefghijKLMN",
+            &BTreeMap::new(),
+        );
+        assert_eq!(links, vec![PathBuf::from("/d/virtio-0123456789abcdefghij")]);
+        let ctx = BTreeMap::from([(WWN_CONTEXT_KEY.to_string(), "688860300001".to_string())]);
+        assert_eq!(candidate_links(Path::new("/d"), "x", &ctx).len(), 3);
+    }
+
+    #[tokio::test]
+    async fn finds_the_device_or_times_out_with_the_names_tried() {
+        let host = FakeHost::default();
+        host.add_device(
+            Path::new("/d/virtio-abc"),
+            Path::new("/dev/loop7"),
+            FakeDevice::default(),
+        );
+        let dev = find_device(
+            &host,
+            Path::new("/d"),
+            "abc",
+            &BTreeMap::new(),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/loop7"));
+        let err = find_device(
+            &host,
+            Path::new("/d"),
+            "missing",
+            &BTreeMap::new(),
+            Duration::from_millis(120),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.to_string().contains("/d/virtio-missing"), "{err}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The node side of EVS: find the attached disk, format it only if it is blank, mount it at the
+//! staging path, bind it into pods, and grow the filesystem after an expand. What is mounted
+//! where is read from the kernel every time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use everest_backend::backend::{
+    BackendKind, NodeBackend, NodeExpand, NodePublish, NodeStage, VolumeUsage,
+};
+use everest_backend::capability::VolumeCapability;
+use everest_backend::host::{Host, HostError, mounts_at};
+use everest_backend::node::{
+    filesystem_usage, publish_block, publish_filesystem, unmount_all, unmount_and_remove,
+};
+use everest_backend::paths::HostPath;
+use everest_backend::{Error, Result};
+
+use crate::capabilities::{check_capability, read_only_mode};
+use crate::config::EvsConfig;
+use crate::device::find_device;
+
+/// A filesystem smaller than its device by more than this is grown (tools round to blocks).
+const GROW_SLACK_BYTES: u64 = 1 << 20;
+/// Publishing a raw block volume happens after stage found the device; wait only briefly.
+const PUBLISH_DEVICE_WAIT: Duration = Duration::from_secs(5);
+
+/// The node side of one `evs` backend instance.
+#[derive(Debug)]
+pub struct EvsNode {
+    config: EvsConfig,
+    host: Arc<dyn Host>,
+}
+
+impl EvsNode {
+    /// Builds the node side on `host`.
+    pub fn new(config: EvsConfig, host: Arc<dyn Host>) -> Self {
+        Self { config, host }
+    }
+
+    fn by_id_dir(&self) -> &Path {
+        &self.config.backend.by_id_dir
+    }
+
+    /// Decides the filesystem and creates it only on a blank device; never reformats.
+    async fn ensure_filesystem(
+        &self,
+        disk: &str,
+        device: &Path,
+        requested: Option<&str>,
+    ) -> Result<String> {
+        match self.host.filesystem_of(device).await? {
+            None => {
+                let fs = requested
+                    .unwrap_or(&self.config.backend.default_fs_type)
+                    .to_owned();
+                tracing::info!(disk, device = %device.display(), fs = %fs, "formatting blank disk");
+                self.host.mkfs(device, &fs).await?;
+                Ok(fs)
+            }
+            Some(existing) if requested.is_none_or(|r| r == existing) => Ok(existing),
+            Some(existing) => Err(Error::FailedPrecondition(format!(
+                "disk {disk} already holds {existing}, but the volume asks for {}; refusing to reformat a disk that has data",
+                requested.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Whether the filesystem on `device` is smaller than the device (after a controller expand).
+    async fn needs_grow(&self, device: &Path, fs: &str) -> Result<bool> {
+        let device_size = self.host.device_size(device).await?;
+        let fs_size = self.host.filesystem_size(device, fs).await?;
+        Ok(device_size > fs_size + GROW_SLACK_BYTES)
+    }
+}
+
+fn is_ext(fs: &str) -> bool {
+    matches!(fs, "ext2" | "ext3" | "ext4")
+}
+
+fn mount_options(cap: &VolumeCapability) -> Vec<String> {
+    let mut opts = match &cap.access_type {
+        everest_backend::capability::AccessType::Mount { mount_flags, .. } => mount_flags.clone(),
+        everest_backend::capability::AccessType::Block => Vec::new(),
+    };
+    if read_only_mode(cap.access_mode) && !opts.iter().any(|o| o == "ro") {
+        opts.push("ro".into());
+    }
+    opts
+}
+
+fn ext_online_grow_failed(disk: &str, e: HostError) -> Error {
+    Error::FailedPrecondition(format!(
+        "growing the ext filesystem of disk {disk} online failed ({e}); the volume stays mounted and usable at its old size, and the filesystem is grown at the next NodeStageVolume (restart the pod to get there)"
+    ))
+}
+
+#[async_trait]
+impl NodeBackend for EvsNode {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Block
+    }
+
+    fn check_capability(&self, cap: &VolumeCapability) -> Result<()> {
+        check_capability(cap)
+    }
+
+    async fn stage(&self, req: &NodeStage) -> Result<()> {
+        check_capability(&req.capability)?;
+        let disk = req.native_id.as_str();
+        let device = find_device(
+            self.host.as_ref(),
+            self.by_id_dir(),
+            disk,
+            &req.publish_context,
+            self.config.backend.device_wait(),
+        )
+        .await?;
+        if req.capability.is_block() {
+            // Raw block volumes are published straight from the device node; nothing to mount.
+            return Ok(());
+        }
+        let staging = req.staging.as_path();
+        if let Some(m) = mounts_at(self.host.as_ref(), staging).await?.last() {
+            if Path::new(&m.source) != device {
+                return Err(Error::AlreadyExists(format!(
+                    "staging path {} already has {} mounted, not disk {disk} ({})",
+                    req.staging,
+                    m.source,
+                    device.display()
+                )));
+            }
+            if let Some(fs) = req.capability.fs_type()
+                && fs != m.fs_type
+            {
+                return Err(Error::AlreadyExists(format!(
+                    "disk {disk} is staged at {} as {}, not {fs}",
+                    req.staging, m.fs_type
+                )));
+            }
+            return Ok(());
+        }
+        let fs = self
+            .ensure_filesystem(disk, &device, req.capability.fs_type())
+            .await?;
+        // ext cannot grow online on every host; grow it here, unmounted, after an expand.
+        if is_ext(&fs) && self.needs_grow(&device, &fs).await? {
+            tracing::info!(disk, "growing ext filesystem offline before mounting");
+            self.host.grow_filesystem(&device, &fs, None).await?;
+        }
+        self.host.make_dir(staging).await?;
+        self.host
+            .mount(&device, staging, &fs, &mount_options(&req.capability))
+            .await?;
+        if !is_ext(&fs) && self.needs_grow(&device, &fs).await? {
+            tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
+            self.host
+                .grow_filesystem(&device, &fs, Some(staging))
+                .await?;
+        }
+        tracing::info!(disk, device = %device.display(), staging = %req.staging, fs = %fs, "staged");
+        Ok(())
+    }
+
+    async fn unstage(&self, _disk: &str, staging: &HostPath) -> Result<()> {
+        // The staging directory belongs to the kubelet; only our mounts on it are undone.
+        unmount_all(self.host.as_ref(), staging).await
+    }
+
+    async fn publish(&self, req: &NodePublish) -> Result<()> {
+        check_capability(&req.capability)?;
+        let readonly = req.readonly || read_only_mode(req.capability.access_mode);
+        if req.capability.is_block() {
+            let device = find_device(
+                self.host.as_ref(),
+                self.by_id_dir(),
+                &req.native_id,
+                &req.publish_context,
+                PUBLISH_DEVICE_WAIT,
+            )
+            .await?;
+            return publish_block(
+                self.host.as_ref(),
+                &req.native_id,
+                &device,
+                &req.target,
+                readonly,
+            )
+            .await;
+        }
+        let staging = req.staging.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("staging_target_path is required: EVS volumes are staged".into())
+        })?;
+        publish_filesystem(
+            self.host.as_ref(),
+            &req.native_id,
+            staging,
+            &req.target,
+            readonly,
+        )
+        .await
+    }
+
+    async fn unpublish(&self, _disk: &str, target: &HostPath) -> Result<()> {
+        unmount_and_remove(self.host.as_ref(), target).await
+    }
+
+    async fn expand(&self, req: &NodeExpand) -> Result<u64> {
+        let disk = req.native_id.as_str();
+        let path = req.volume_path.as_path();
+        if req
+            .capability
+            .as_ref()
+            .is_some_and(VolumeCapability::is_block)
+            || self.host.is_block_device(path).await?
+        {
+            // A raw device has no filesystem to grow; the kernel already sees the new size.
+            return Ok(self.host.device_size(path).await?);
+        }
+        let mount = mounts_at(self.host.as_ref(), path)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                Error::NotFound(format!("disk {disk} is not mounted at {}", req.volume_path))
+            })?;
+        let device = PathBuf::from(&mount.source);
+        let device_size = self.host.device_size(&device).await?;
+        if self.needs_grow(&device, &mount.fs_type).await? {
+            let grown = self
+                .host
+                .grow_filesystem(&device, &mount.fs_type, Some(path))
+                .await;
+            match grown {
+                Ok(()) => tracing::info!(disk, fs = %mount.fs_type, "grew filesystem online"),
+                Err(e) if is_ext(&mount.fs_type) => return Err(ext_online_grow_failed(disk, e)),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(device_size)
+    }
+
+    async fn stats(&self, disk: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
+        if self.host.is_block_device(volume_path.as_path()).await? {
+            return Ok(VolumeUsage::Block {
+                total_bytes: self.host.device_size(volume_path.as_path()).await?,
+                abnormal: None,
+            });
+        }
+        filesystem_usage(self.host.as_ref(), disk, volume_path).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use everest_backend::capability::{AccessMode, AccessType};
+    use everest_backend::host::{FakeDevice, FakeHost};
+    use everest_backend::paths::AllowedRoot;
+    use everest_backend::secrets::Secrets;
+
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn setup(fs: Option<&str>) -> (Arc<FakeHost>, EvsNode) {
+        let host = Arc::new(FakeHost::default());
+        host.add_device(
+            Path::new("/by-id/virtio-disk-1"),
+            Path::new("/dev/loop3"),
+            FakeDevice {
+                size: 10 * GIB,
+                fs_type: fs.map(str::to_owned),
+                fs_size: if fs.is_some() { 10 * GIB } else { 0 },
+            },
+        );
+        let table = serde_json::json!({"project_id": "p", "region": "r", "credentials_file": "/x", "by_id_dir": "/by-id", "device_wait_seconds": 0});
+        let config = EvsConfig::parse("evs", table.as_object().unwrap()).unwrap();
+        let node = EvsNode::new(config, host.clone());
+        (host, node)
+    }
+
+    fn stage_req(fs: &str) -> NodeStage {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        NodeStage {
+            native_id: "disk-1".into(),
+            publish_context: BTreeMap::new(),
+            staging: root
+                .check("/var/lib/kubelet/plugins/g/globalmount", "staging")
+                .unwrap(),
+            capability: VolumeCapability {
+                access_type: AccessType::Mount {
+                    fs_type: fs.into(),
+                    mount_flags: vec![],
+                },
+                access_mode: AccessMode::SingleNodeWriter,
+            },
+            volume_context: BTreeMap::new(),
+            secrets: Secrets::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn formats_a_blank_disk_once_and_stages_idempotently() {
+        let (host, node) = setup(None);
+        node.stage(&stage_req("xfs")).await.unwrap();
+        node.stage(&stage_req("xfs")).await.unwrap();
+        let mkfs: Vec<String> = host
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mkfs"))
+            .collect();
+        assert_eq!(mkfs, vec!["mkfs xfs /dev/loop3"]);
+        assert_eq!(host.mount_table().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn never_formats_a_disk_that_has_a_filesystem() {
+        let (host, node) = setup(Some("ext4"));
+        node.stage(&stage_req("")).await.unwrap();
+        assert!(!host.calls().iter().any(|c| c.starts_with("mkfs")));
+        assert_eq!(host.mount_table()[0].fs_type, "ext4");
+
+        let (host, node) = setup(Some("ext4"));
+        let err = node.stage(&stage_req("xfs")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(!host.calls().iter().any(|c| c.starts_with("mkfs")));
+        assert!(host.mount_table().is_empty());
+    }
+
+    #[tokio::test]
+    async fn grows_ext4_offline_at_stage_when_the_disk_grew() {
+        let (host, node) = setup(Some("ext4"));
+        host.resize_device(Path::new("/dev/loop3"), 20 * GIB);
+        node.stage(&stage_req("ext4")).await.unwrap();
+        let calls = host.calls();
+        let grow = calls
+            .iter()
+            .position(|c| c == "grow ext4 /dev/loop3 offline")
+            .expect("offline grow");
+        let mount = calls
+            .iter()
+            .position(|c| c.starts_with("mount /dev/loop3"))
+            .unwrap();
+        assert!(grow < mount, "grow must happen before mount: {calls:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_online_ext4_grow_is_a_clear_error_and_keeps_the_mount() {
+        let (host, node) = setup(Some("ext4"));
+        let req = stage_req("ext4");
+        node.stage(&req).await.unwrap();
+        host.resize_device(Path::new("/dev/loop3"), 20 * GIB);
+        host.fail("grow ext4", "Permission denied to resize filesystem");
+        let err = node
+            .expand(&NodeExpand {
+                native_id: "disk-1".into(),
+                volume_path: req.staging.clone(),
+                staging: None,
+                capacity: Default::default(),
+                capability: Some(req.capability.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.to_string().contains("next NodeStageVolume"), "{err}");
+        assert_eq!(host.mount_table().len(), 1, "the mount must stay");
+    }
+
+    #[tokio::test]
+    async fn missing_device_is_unavailable() {
+        let (_, node) = setup(None);
+        let mut req = stage_req("ext4");
+        req.native_id = "other-disk".into();
+        assert_eq!(
+            node.stage(&req).await.unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+}
