@@ -8,11 +8,13 @@
 //! - [`inflight`]: per-volume serialization (ABORTED for a conflicting call);
 //! - [`host`]: everything that touches the machine, with a Linux and a fake implementation;
 //! - [`node`]: node-side steps every backend shares (bind-publish, teardown, usage);
-//! - [`paths`], [`secrets`]: checked host paths and redacted request secrets.
+//! - [`paths`], [`secrets`]: checked host paths and redacted request secrets;
+//! - [`daemon`]: what both daemons share (config, socket, signals, logging, telemetry, Identity).
 
 pub mod backend;
 pub mod capability;
 pub mod capacity;
+pub mod daemon;
 pub mod error;
 pub mod host;
 pub mod inflight;

@@ -1,0 +1,19 @@
+//! Plumbing both daemons share, so `everest-controller` and `everest-node` stay thin and never
+//! depend on each other:
+//! - [`config`]: the layered configuration (defaults → TOML file → `EVEREST_` environment → flags);
+//! - [`fields`]: request fields both daemons parse alike (volume ID, maps, byte counts);
+//! - [`socket`]: the private CSI unix socket, with stale-socket detection and cleanup;
+//! - [`server`]: serving a router on that socket until a shutdown signal;
+//! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown;
+//! - [`logging`]: tracing output as text or JSON;
+//! - [`telemetry`]: the Prometheus exporter and the one wrapper every RPC runs through;
+//! - [`identity`]: the CSI Identity service, parameterised by capabilities and a readiness check.
+
+pub mod config;
+pub mod fields;
+pub mod identity;
+pub mod logging;
+pub mod server;
+pub mod shutdown;
+pub mod socket;
+pub mod telemetry;

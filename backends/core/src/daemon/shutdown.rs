@@ -1,0 +1,29 @@
+//! The signal that starts a graceful shutdown.
+
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Resolves on the first SIGTERM (what the kubelet sends) or SIGINT (Ctrl-C).
+///
+/// If a handler cannot be installed (which only happens when the runtime has no signal driver),
+/// that signal is logged and ignored rather than shutting the daemon down at once.
+pub async fn signal_received() {
+    let term = wait_for(SignalKind::terminate(), "SIGTERM");
+    let int = wait_for(SignalKind::interrupt(), "SIGINT");
+    tokio::select! {
+        () = term => {},
+        () = int => {},
+    }
+}
+
+async fn wait_for(kind: SignalKind, name: &'static str) {
+    match signal(kind) {
+        Ok(mut s) => {
+            s.recv().await;
+            tracing::info!(signal = name, "shutting down: finishing in-flight requests");
+        }
+        Err(e) => {
+            tracing::warn!(signal = name, error = %e, "cannot listen for signal");
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Metrics and tracing for every RPC, in one place: the Prometheus exporter and [`observe`].
+//!
+//! Metric names (documented for operators in `docs/metrics.md`):
+//! - `everest_csi_operations_total{service,method,backend,grpc_code}`: counter, one per RPC;
+//! - `everest_csi_operation_duration_seconds{service,method,backend,grpc_code}`: histogram.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use tonic::{Code, Status};
+use tracing::Instrument;
+
+use crate::error::Error;
+
+/// Counter of finished RPCs.
+pub const OPERATIONS_TOTAL: &str = "everest_csi_operations_total";
+/// Histogram of RPC latency in seconds.
+pub const OPERATION_DURATION: &str = "everest_csi_operation_duration_seconds";
+
+/// Buckets from 5 ms (an Identity call) to 5 min (a slow attach plus format).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// The `backend` label of an RPC whose backend is unknown (malformed or unconfigured volume ID),
+/// so a client cannot grow the label set with made-up names.
+pub const NO_BACKEND: &str = "none";
+
+/// Serves Prometheus metrics on `addr` (`/metrics` and every other path).
+pub fn install_exporter(addr: SocketAddr) -> Result<(), Error> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(PrometheusBuilder::install)
+        .map_err(|e| Error::Internal(format!("cannot start metrics listener on {addr}: {e}")))?;
+    metrics::describe_counter!(
+        OPERATIONS_TOTAL,
+        "CSI RPCs finished, by method, backend and gRPC code"
+    );
+    metrics::describe_histogram!(
+        OPERATION_DURATION,
+        metrics::Unit::Seconds,
+        "CSI RPC latency, by method, backend and gRPC code"
+    );
+    Ok(())
+}
+
+/// The `grpc_code` label for a status code.
+///
+/// Convention: the names grpc-go's `codes.Code.String()` prints (`OK`, `Canceled`,
+/// `InvalidArgument`, `NotFound`, …), which is what go-grpc-prometheus dashboards expect.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Runs one RPC inside a `rpc` span (`method`, `volume_id`, `backend`), then counts it, records
+/// its latency and logs the outcome: info with the duration, or warn with the code and message.
+///
+/// `service` is `identity`, `controller` or `node`; `volume_id` may be empty (e.g. for
+/// GetPluginInfo); `backend` should be a configured backend's name or [`NO_BACKEND`].
+pub async fn observe<T, F>(
+    service: &'static str,
+    method: &'static str,
+    volume_id: &str,
+    backend: &str,
+    rpc: F,
+) -> Result<T, Status>
+where
+    F: Future<Output = Result<T, Status>>,
+{
+    let span = tracing::info_span!("rpc", method, volume_id, backend);
+    let started = Instant::now();
+    let result = rpc.instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    let labels = [
+        ("service", service.to_owned()),
+        ("method", method.to_owned()),
+        ("backend", backend.to_owned()),
+        ("grpc_code", code_label(code).to_owned()),
+    ];
+    metrics::counter!(OPERATIONS_TOTAL, &labels).increment(1);
+    metrics::histogram!(OPERATION_DURATION, &labels).record(elapsed.as_secs_f64());
+    let _entered = span.enter();
+    let seconds = elapsed.as_secs_f64();
+    match &result {
+        Ok(_) => tracing::info!(seconds, "{method} succeeded"),
+        Err(status) => tracing::warn!(
+            seconds,
+            code = code_label(status.code()),
+            message = status.message(),
+            "{method} failed"
+        ),
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_labels_follow_grpc_go() {
+        assert_eq!(code_label(Code::Ok), "OK");
+        assert_eq!(code_label(Code::Cancelled), "Canceled");
+        assert_eq!(code_label(Code::InvalidArgument), "InvalidArgument");
+    }
+
+    #[tokio::test]
+    async fn observe_passes_the_result_through() {
+        let ok = observe("node", "NodeGetInfo", "", NO_BACKEND, async {
+            Ok::<_, Status>(7)
+        })
+        .await;
+        assert_eq!(ok.unwrap(), 7);
+        let err = observe("node", "NodeStageVolume", "v1:evs:x", "evs", async {
+            Err::<(), _>(Status::aborted("busy"))
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::Aborted);
+    }
+}

@@ -1,0 +1,595 @@
+//! The CSI Controller service: each RPC validates (`requests`), claims the volume, routes
+//! through the registry to a backend, and translates the answer (`responses`).
+
+use std::sync::Arc;
+
+use everest_backend::daemon::fields::{backend_label, ordered, signed_bytes, volume_id};
+use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
+use everest_backend::inflight::InFlight;
+use everest_backend::params::split_common;
+use everest_backend::registry::Registry;
+use everest_backend::{ControllerBackend, Error, VolumeId};
+use everest_proto::csi::v1 as csi;
+use everest_proto::csi::v1::controller_server::Controller;
+use everest_proto::csi::v1::controller_service_capability::{Rpc, Type, rpc};
+use tonic::{Request, Response, Status};
+
+use crate::listing::{self, ListToken};
+use crate::requests;
+use crate::responses;
+
+const SERVICE: &str = "controller";
+
+/// The Controller service over a registry of controller backends.
+#[derive(Debug, Clone)]
+pub struct ControllerService {
+    registry: Arc<Registry<dyn ControllerBackend>>,
+    /// CreateVolume calls by request name.
+    creating: InFlight<String>,
+    /// Every other mutating call by volume ID.
+    busy: InFlight<VolumeId>,
+}
+
+impl ControllerService {
+    /// A service routing to the backends in `registry`.
+    pub fn new(registry: Arc<Registry<dyn ControllerBackend>>) -> Self {
+        Self {
+            registry,
+            creating: InFlight::default(),
+            busy: InFlight::default(),
+        }
+    }
+
+    /// The `backend` label for a raw volume ID.
+    fn label(&self, raw_volume_id: &str) -> String {
+        backend_label(&self.registry, raw_volume_id)
+    }
+
+    /// The `backend` label for CreateVolume parameters.
+    fn label_for_params(&self, params: &std::collections::HashMap<String, String>) -> String {
+        split_common(&ordered(params.clone()))
+            .and_then(|(common, _)| self.registry.for_params(&common))
+            .map_or_else(|_| NO_BACKEND.to_owned(), |(name, _)| name.to_string())
+    }
+
+    /// The backend owning a volume that must be deleted or detached. A backend that is not
+    /// configured is INVALID_ARGUMENT (as the architecture prescribes for unknown instances),
+    /// never OK and never NOT_FOUND: we cannot tell whether the volume still exists, and a
+    /// caller reading "gone" could forget a disk that is still there or still attached.
+    fn owner(&self, id: &VolumeId) -> Result<Arc<dyn ControllerBackend>, Error> {
+        self.registry.for_volume(id).map_err(|e| match e {
+            Error::NotFound(m) => Error::InvalidArgument(format!(
+                "{m}; add the backend to the configuration before retrying"
+            )),
+            other => other,
+        })
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not supported by Everest"))
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    async fn create_volume(
+        &self,
+        request: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let label = self.label_for_params(&req.parameters);
+        let name = req.name.clone();
+        observe(SERVICE, "CreateVolume", &name, &label, async {
+            let create = requests::create_volume(req)?;
+            let (backend_name, backend) = self.registry.for_params(&create.common)?;
+            backend.check_capabilities(&create.capabilities)?;
+            let _claim = self.creating.claim(&create.name)?;
+            let volume = backend.create_volume(&create).await?;
+            Ok(Response::new(csi::CreateVolumeResponse {
+                volume: Some(responses::volume(&backend_name, volume)?),
+            }))
+        })
+        .await
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let label = self.label(&req.volume_id);
+        observe(SERVICE, "DeleteVolume", &req.volume_id, &label, async {
+            let id = volume_id(&req.volume_id)?;
+            let backend = self.owner(&id)?;
+            let _claim = self.busy.claim(&id)?;
+            let secrets = everest_backend::secrets::Secrets::new(ordered(req.secrets.clone()));
+            backend.delete_volume(id.native(), &secrets).await?;
+            Ok(Response::new(csi::DeleteVolumeResponse {}))
+        })
+        .await
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        request: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let raw_id = req.volume_id.clone();
+        let label = self.label(&raw_id);
+        observe(SERVICE, "ControllerPublishVolume", &raw_id, &label, async {
+            let (id, publish) = requests::publish(req)?;
+            let backend = self.registry.for_volume(&id)?;
+            backend.check_capabilities(std::slice::from_ref(&publish.capability))?;
+            let _claim = self.busy.claim(&id)?;
+            let publish_context = backend.publish(&publish).await?;
+            Ok(Response::new(csi::ControllerPublishVolumeResponse {
+                publish_context: publish_context.into_iter().collect(),
+            }))
+        })
+        .await
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        request: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let label = self.label(&req.volume_id);
+        observe(
+            SERVICE,
+            "ControllerUnpublishVolume",
+            &req.volume_id,
+            &label,
+            async {
+                let (id, node) = requests::unpublish(&req)?;
+                let backend = self.owner(&id)?;
+                let _claim = self.busy.claim(&id)?;
+                backend.unpublish(id.native(), node.as_deref()).await?;
+                Ok(Response::new(csi::ControllerUnpublishVolumeResponse {}))
+            },
+        )
+        .await
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        let raw_id = req.volume_id.clone();
+        let label = self.label(&raw_id);
+        observe(
+            SERVICE,
+            "ValidateVolumeCapabilities",
+            &raw_id,
+            &label,
+            async {
+                let (id, caps) = requests::validate_capabilities(&req)?;
+                let backend = self.registry.for_volume(&id)?;
+                backend.get_volume(id.native()).await?;
+                // Parameters can only be checked for the keys every backend shares; a StorageClass
+                // naming another backend cannot describe this volume.
+                let params =
+                    split_common(&ordered(req.parameters.clone())).and_then(|(common, _)| {
+                        match common.backend {
+                            Some(b) if &b != id.backend() => Err(Error::InvalidArgument(format!(
+                                "parameters name backend {b}, but volume {id} lives on {}",
+                                id.backend()
+                            ))),
+                            _ => Ok(()),
+                        }
+                    });
+                let verdict = params.and_then(|()| backend.check_capabilities(&caps));
+                let response = match verdict {
+                    Ok(()) => csi::ValidateVolumeCapabilitiesResponse {
+                        confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                            volume_context: req.volume_context,
+                            volume_capabilities: req.volume_capabilities,
+                            parameters: req.parameters,
+                            mutable_parameters: Default::default(),
+                        }),
+                        message: String::new(),
+                    },
+                    // Unsupported is an answer (confirmed unset), not an error.
+                    Err(Error::InvalidArgument(message)) => {
+                        csi::ValidateVolumeCapabilitiesResponse {
+                            confirmed: None,
+                            message,
+                        }
+                    }
+                    Err(other) => return Err(other.into()),
+                };
+                Ok(Response::new(response))
+            },
+        )
+        .await
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        observe(SERVICE, "ListVolumes", "", NO_BACKEND, async {
+            let max = requests::max_entries(req.max_entries)?;
+            let start = (!req.starting_token.is_empty())
+                .then(|| ListToken::parse(&req.starting_token))
+                .transpose()?;
+            let (volumes, next) = listing::list(&self.registry, start, max).await?;
+            let entries = volumes
+                .into_iter()
+                .map(|(name, v)| responses::list_entry(&name, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Response::new(csi::ListVolumesResponse {
+                entries,
+                next_token: next.unwrap_or_default(),
+            }))
+        })
+        .await
+    }
+
+    async fn get_capacity(
+        &self,
+        _: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        observe(SERVICE, "GetCapacity", "", NO_BACKEND, async {
+            Err(unimplemented("GetCapacity"))
+        })
+        .await
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        observe(
+            SERVICE,
+            "ControllerGetCapabilities",
+            "",
+            NO_BACKEND,
+            async {
+                let rpc = |t: rpc::Type| csi::ControllerServiceCapability {
+                    r#type: Some(Type::Rpc(Rpc { r#type: t.into() })),
+                };
+                Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+                    capabilities: vec![
+                        rpc(rpc::Type::CreateDeleteVolume),
+                        rpc(rpc::Type::PublishUnpublishVolume),
+                        rpc(rpc::Type::ListVolumes),
+                        rpc(rpc::Type::ListVolumesPublishedNodes),
+                        rpc(rpc::Type::ExpandVolume),
+                        rpc(rpc::Type::GetVolume),
+                        rpc(rpc::Type::VolumeCondition),
+                        rpc(rpc::Type::SingleNodeMultiWriter),
+                    ],
+                }))
+            },
+        )
+        .await
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        observe(SERVICE, "CreateSnapshot", "", NO_BACKEND, async {
+            Err(unimplemented("CreateSnapshot"))
+        })
+        .await
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        observe(SERVICE, "DeleteSnapshot", "", NO_BACKEND, async {
+            Err(unimplemented("DeleteSnapshot"))
+        })
+        .await
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        observe(SERVICE, "ListSnapshots", "", NO_BACKEND, async {
+            Err(unimplemented("ListSnapshots"))
+        })
+        .await
+    }
+
+    async fn get_snapshot(
+        &self,
+        _: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        observe(SERVICE, "GetSnapshot", "", NO_BACKEND, async {
+            Err(unimplemented("GetSnapshot"))
+        })
+        .await
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let label = self.label(&req.volume_id);
+        observe(
+            SERVICE,
+            "ControllerExpandVolume",
+            &req.volume_id,
+            &label,
+            async {
+                let (id, capacity) = requests::expand(&req)?;
+                let backend = self.registry.for_volume(&id)?;
+                let _claim = self.busy.claim(&id)?;
+                let expanded = backend.expand(id.native(), capacity).await?;
+                Ok(Response::new(csi::ControllerExpandVolumeResponse {
+                    capacity_bytes: signed_bytes(expanded.capacity_bytes),
+                    node_expansion_required: expanded.node_expansion_required,
+                }))
+            },
+        )
+        .await
+    }
+
+    async fn controller_get_volume(
+        &self,
+        request: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let label = self.label(&req.volume_id);
+        observe(
+            SERVICE,
+            "ControllerGetVolume",
+            &req.volume_id,
+            &label,
+            async {
+                let id = volume_id(&req.volume_id)?;
+                let backend = self.registry.for_volume(&id)?;
+                let listed = backend.get_volume(id.native()).await?;
+                Ok(Response::new(responses::get_volume(id.backend(), listed)?))
+            },
+        )
+        .await
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        observe(SERVICE, "ControllerModifyVolume", "", NO_BACKEND, async {
+            Err(unimplemented("ControllerModifyVolume"))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeBackend;
+    use everest_backend::BackendName;
+    use everest_proto::csi::v1::volume_capability::{
+        AccessMode, AccessType, MountVolume, access_mode::Mode,
+    };
+    use tonic::Code;
+
+    fn service() -> ControllerService {
+        let name = |s: &str| BackendName::new(s).unwrap();
+        let mut r: Registry<dyn ControllerBackend> = Registry::new(Some(name("alpha")));
+        r.insert(
+            name("alpha"),
+            Arc::new(FakeBackend::with(&["a1", "a2", "a3"])),
+        );
+        r.insert(name("beta"), Arc::new(FakeBackend::with(&["b1", "b2"])));
+        ControllerService::new(Arc::new(r))
+    }
+
+    fn cap(mode: Mode) -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+        }
+    }
+
+    async fn list_all(svc: &ControllerService, page: i32) -> (Vec<String>, usize) {
+        let (mut ids, mut calls, mut token) = (Vec::new(), 0, String::new());
+        loop {
+            let resp = svc
+                .list_volumes(Request::new(csi::ListVolumesRequest {
+                    max_entries: page,
+                    starting_token: token.clone(),
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            calls += 1;
+            assert!(page == 0 || resp.entries.len() <= page as usize);
+            ids.extend(
+                resp.entries
+                    .into_iter()
+                    .map(|e| e.volume.unwrap().volume_id),
+            );
+            if resp.next_token.is_empty() {
+                return (ids, calls);
+            }
+            token = resp.next_token;
+        }
+    }
+
+    #[tokio::test]
+    async fn list_volumes_pages_across_backends() {
+        let svc = service();
+        let expected = [
+            "v1:alpha:a1",
+            "v1:alpha:a2",
+            "v1:alpha:a3",
+            "v1:beta:b1",
+            "v1:beta:b2",
+        ];
+        for page in [0, 1, 2, 3, 5, 10] {
+            let (ids, _) = list_all(&svc, page).await;
+            assert_eq!(ids, expected, "page size {page}");
+        }
+        for bad in ["garbage", "gamma/0", "alpha/x"] {
+            let err = svc
+                .list_volumes(Request::new(csi::ListVolumesRequest {
+                    max_entries: 1,
+                    starting_token: bad.into(),
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::Aborted, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn create_routes_by_parameter_and_rejects_unknown_backends_and_modes() {
+        let svc = service();
+        let req = |params: &[(&str, &str)], mode: Mode| csi::CreateVolumeRequest {
+            name: "pvc-1".into(),
+            volume_capabilities: vec![cap(mode)],
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let made = svc
+            .create_volume(Request::new(req(
+                &[("everest.io/backend", "beta")],
+                Mode::SingleNodeWriter,
+            )))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(made.volume.unwrap().volume_id, "v1:beta:pvc-1");
+        let err = svc
+            .create_volume(Request::new(req(
+                &[("everest.io/backend", "nope")],
+                Mode::SingleNodeWriter,
+            )))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("nope"));
+        let err = svc
+            .create_volume(Request::new(req(&[], Mode::MultiNodeMultiWriter)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn delete_and_unpublish_never_succeed_for_an_unconfigured_backend() {
+        let svc = service();
+        let err = svc
+            .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: "v1:gamma:x".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("gamma"));
+        let err = svc
+            .controller_unpublish_volume(Request::new(csi::ControllerUnpublishVolumeRequest {
+                volume_id: "v1:gamma:x".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = svc
+            .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: "not-an-id".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("malformed"));
+        // A configured backend's missing volume is deleted successfully (idempotency).
+        svc.delete_volume(Request::new(csi::DeleteVolumeRequest {
+            volume_id: "v1:alpha:gone".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn validate_capabilities_confirms_or_explains() {
+        let svc = service();
+        let req = |id: &str, mode: Mode| csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.into(),
+            volume_capabilities: vec![cap(mode)],
+            ..Default::default()
+        };
+        let ok = svc
+            .validate_volume_capabilities(Request::new(req("v1:alpha:a1", Mode::SingleNodeWriter)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(ok.confirmed.is_some());
+        let no = svc
+            .validate_volume_capabilities(Request::new(req(
+                "v1:alpha:a1",
+                Mode::MultiNodeMultiWriter,
+            )))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(no.confirmed.is_none() && no.message.contains("access mode"));
+        let missing = svc
+            .validate_volume_capabilities(Request::new(req("v1:alpha:zz", Mode::SingleNodeWriter)))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn publish_expand_and_get_volume() {
+        let svc = service();
+        let published = svc
+            .controller_publish_volume(Request::new(csi::ControllerPublishVolumeRequest {
+                volume_id: "v1:alpha:a1".into(),
+                node_id: "server-1".into(),
+                volume_capability: Some(cap(Mode::SingleNodeWriter)),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(published.publish_context["node"], "server-1");
+        let expanded = svc
+            .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+                volume_id: "v1:alpha:a1".into(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 2 << 30,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(expanded.capacity_bytes, 2 << 30);
+        assert!(expanded.node_expansion_required);
+        let got = svc
+            .controller_get_volume(Request::new(csi::ControllerGetVolumeRequest {
+                volume_id: "v1:beta:b1".into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.volume.unwrap().volume_id, "v1:beta:b1");
+        assert!(!got.status.unwrap().volume_condition.unwrap().abnormal);
+        let err = svc
+            .get_capacity(Request::new(csi::GetCapacityRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+    }
+}

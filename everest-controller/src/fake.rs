@@ -1,0 +1,123 @@
+//! A controller backend that keeps volumes in memory, for the unit tests of routing and listing.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use everest_backend::backend::{
+    BackendKind, ControllerPublish, CreateVolume, Expanded, ListedVolume, Volume, VolumePage,
+};
+use everest_backend::capability::VolumeCapability;
+use everest_backend::capacity::CapacityRange;
+use everest_backend::secrets::Secrets;
+use everest_backend::{ControllerBackend, Error, Result};
+
+/// Volumes by native ID; single-node access modes only, like a cloud disk.
+#[derive(Debug, Default)]
+pub struct FakeBackend {
+    volumes: Mutex<BTreeMap<String, ListedVolume>>,
+}
+
+impl FakeBackend {
+    /// A backend holding volumes with these native IDs.
+    pub fn with(ids: &[&str]) -> Self {
+        let fake = Self::default();
+        for id in ids {
+            fake.add(id);
+        }
+        fake
+    }
+
+    fn add(&self, id: &str) {
+        let v = ListedVolume {
+            volume: Volume {
+                native_id: id.to_owned(),
+                capacity_bytes: 1 << 30,
+                context: BTreeMap::new(),
+                topology: Vec::new(),
+            },
+            published_nodes: Vec::new(),
+            abnormal: None,
+        };
+        self.lock().insert(id.to_owned(), v);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ListedVolume>> {
+        self.volumes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ControllerBackend for FakeBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Block
+    }
+
+    fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()> {
+        match caps.iter().find(|c| c.access_mode.is_multi_node()) {
+            Some(c) => Err(Error::InvalidArgument(format!(
+                "access mode {:?} is not supported",
+                c.access_mode
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    async fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
+        self.add(&req.name);
+        Ok(self.lock()[&req.name].volume.clone())
+    }
+
+    async fn delete_volume(&self, native_id: &str, _: &Secrets) -> Result<()> {
+        self.lock().remove(native_id);
+        Ok(())
+    }
+
+    async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>> {
+        Ok([("node".to_owned(), req.node_id.clone())].into())
+    }
+
+    async fn unpublish(&self, _: &str, _: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn expand(&self, _: &str, capacity: CapacityRange) -> Result<Expanded> {
+        Ok(Expanded {
+            capacity_bytes: capacity.required_bytes,
+            node_expansion_required: true,
+        })
+    }
+
+    async fn get_volume(&self, native_id: &str) -> Result<ListedVolume> {
+        self.lock()
+            .get(native_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("volume {native_id} does not exist")))
+    }
+
+    /// Pages by position; the token is the index of the next volume.
+    async fn list_volumes(&self, token: Option<&str>, max: u32) -> Result<VolumePage> {
+        let start: usize = match token {
+            None => 0,
+            Some(t) => t
+                .parse()
+                .map_err(|_| Error::Aborted(format!("bad token {t:?}")))?,
+        };
+        let all: Vec<ListedVolume> = self.lock().values().cloned().collect();
+        let end = if max == 0 {
+            all.len()
+        } else {
+            (start + max as usize).min(all.len())
+        };
+        Ok(VolumePage {
+            entries: all.get(start..end).unwrap_or_default().to_vec(),
+            next_token: (end < all.len()).then(|| end.to_string()),
+        })
+    }
+
+    async fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+}

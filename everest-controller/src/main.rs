@@ -1,0 +1,108 @@
+//! `everest-controller`: the CSI Identity and Controller services on a unix socket.
+//!
+//! Exit codes: 0 after a clean shutdown (or `--check-config` success), 1 when serving fails,
+//! 2 when the configuration is invalid.
+
+mod backends;
+mod controller;
+#[cfg(test)]
+mod fake;
+mod listing;
+mod requests;
+mod responses;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use everest_backend::daemon::config::{CommonArgs, ControllerConfig};
+use everest_backend::daemon::identity::{
+    IdentityService, expansion_capability, service_capability,
+};
+use everest_backend::daemon::{logging, server, telemetry};
+use everest_proto::csi::v1::controller_server::ControllerServer;
+use everest_proto::csi::v1::identity_server::IdentityServer;
+use everest_proto::csi::v1::plugin_capability::{service, volume_expansion};
+use tonic::transport::Server;
+
+use crate::backends::BackendsReady;
+use crate::controller::ControllerService;
+
+/// Command line of the controller plugin.
+#[derive(Debug, Parser)]
+#[command(
+    name = "everest-controller",
+    version,
+    about = "Everest CSI controller plugin: Identity and Controller services on a unix socket",
+    after_help = "Configuration layers: defaults, then --config FILE (TOML), then EVEREST_* \
+                  environment variables (EVEREST_LOG_FORMAT=json, EVEREST_BACKENDS__EVS_DEFAULT__REGION=…), \
+                  then these flags. See docs/config.example.toml."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match ControllerConfig::load(&cli.common, std::env::vars()) {
+        Ok(cfg) => cfg,
+        Err(e) => return config_error(&e),
+    };
+    let registry = match backends::build(&cfg) {
+        Ok(r) => Arc::new(r),
+        Err(e) => return config_error(&e),
+    };
+    if cli.common.check_config {
+        println!("config ok");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(cfg.log_format);
+    match run(&cfg, registry).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "everest-controller stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: &everest_backend::Error) -> ExitCode {
+    eprintln!("everest-controller: invalid configuration: {e}");
+    ExitCode::from(2)
+}
+
+async fn run(
+    cfg: &ControllerConfig,
+    registry: Arc<everest_backend::registry::Registry<dyn everest_backend::ControllerBackend>>,
+) -> Result<(), everest_backend::Error> {
+    if let Some(addr) = cfg.metrics_address {
+        telemetry::install_exporter(addr)?;
+    }
+    for (name, backend) in registry.iter() {
+        // Only name and kind: settings may name credential files and are not for logs.
+        tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
+    }
+    tracing::info!(
+        driver = %cfg.driver_name,
+        version = env!("CARGO_PKG_VERSION"),
+        default_backend = cfg.default_backend.as_deref().unwrap_or("none"),
+        metrics = %cfg.metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "everest-controller starting"
+    );
+    let identity = IdentityService::new(
+        cfg.driver_name.clone(),
+        env!("CARGO_PKG_VERSION"),
+        vec![
+            service_capability(service::Type::ControllerService),
+            service_capability(service::Type::VolumeAccessibilityConstraints),
+            expansion_capability(volume_expansion::Type::Online),
+        ],
+        Arc::new(BackendsReady(Arc::clone(&registry))),
+    );
+    let router = Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_service(ControllerServer::new(ControllerService::new(registry)));
+    server::serve(&cfg.endpoint, router).await
+}

@@ -1,0 +1,116 @@
+//! `everest-node`: the CSI Identity and Node services on a unix socket.
+//!
+//! Exit codes: 0 after a clean shutdown (or `--check-config` success), 1 when startup or serving
+//! fails (e.g. the metadata service is unreachable), 2 when the configuration is invalid.
+
+mod backends;
+mod node;
+mod node_info;
+mod requests;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use everest_backend::daemon::config::{CommonArgs, NodeConfig};
+use everest_backend::daemon::identity::{IdentityService, service_capability};
+use everest_backend::daemon::{logging, server, telemetry};
+use everest_backend::host::{Host, LinuxHost};
+use everest_backend::paths::AllowedRoot;
+use everest_backend::registry::Registry;
+use everest_backend::{Error, NodeBackend};
+use everest_proto::csi::v1::identity_server::IdentityServer;
+use everest_proto::csi::v1::node_server::NodeServer;
+use everest_proto::csi::v1::plugin_capability::service;
+use tonic::transport::Server;
+
+use crate::backends::NodeReady;
+use crate::node::NodeService;
+
+/// Command line of the node plugin.
+#[derive(Debug, Parser)]
+#[command(
+    name = "everest-node",
+    version,
+    about = "Everest CSI node plugin: Identity and Node services on a unix socket",
+    after_help = "Configuration layers: defaults, then --config FILE (TOML), then EVEREST_* \
+                  environment variables (EVEREST_NODE__NODE_ID=…, EVEREST_NODE__ZONE=…, \
+                  EVEREST_LOG_FORMAT=json), then these flags. See docs/config.example.toml."
+)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let host: Arc<dyn Host> = Arc::new(LinuxHost);
+    let checked = NodeConfig::load(&cli.common, std::env::vars()).and_then(|cfg| {
+        let root = AllowedRoot::new(&cfg.node.kubelet_root)
+            .map_err(|e| e.context("configuration key node.kubelet_root"))?;
+        let registry = backends::build(&cfg, &host)?;
+        Ok((cfg, root, Arc::new(registry)))
+    });
+    let (cfg, root, registry) = match checked {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("everest-node: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.common.check_config {
+        println!("config ok");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(cfg.log_format);
+    match run(&cfg, root, host, registry).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "everest-node stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    cfg: &NodeConfig,
+    root: AllowedRoot,
+    host: Arc<dyn Host>,
+    registry: Arc<Registry<dyn NodeBackend>>,
+) -> Result<(), Error> {
+    if let Some(addr) = cfg.metrics_address {
+        telemetry::install_exporter(addr)?;
+    }
+    for (name, backend) in registry.iter() {
+        // Only name and kind: settings may name credential files and are not for logs.
+        tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
+    }
+    let info = node_info::resolve(&cfg.node).await?;
+    tracing::info!(
+        driver = %cfg.driver_name,
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = %info.node_id,
+        zone = %info.zone,
+        max_volumes = info.max_volumes,
+        kubelet_root = %root.path().display(),
+        metrics = %cfg.metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "everest-node starting"
+    );
+    // No CONTROLLER_SERVICE here; the node does report its zone, hence accessibility constraints.
+    let identity = IdentityService::new(
+        cfg.driver_name.clone(),
+        env!("CARGO_PKG_VERSION"),
+        vec![service_capability(
+            service::Type::VolumeAccessibilityConstraints,
+        )],
+        Arc::new(NodeReady {
+            host,
+            registry: Arc::clone(&registry),
+        }),
+    );
+    let router = Server::builder()
+        .add_service(IdentityServer::new(identity))
+        .add_service(NodeServer::new(NodeService::new(registry, root, info)));
+    server::serve(&cfg.endpoint, router).await
+}
