@@ -3,6 +3,7 @@
 //! timeout, a leader change or a controller crash) finishes the job instead of repeating it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use async_trait::async_trait;
 use everest_backend::backend::{
@@ -16,8 +17,8 @@ use everest_backend::{BackendName, Error, Result};
 use sha2::{Digest, Sha256};
 
 use crate::api::{
-    self, Attachment, CreateVolume as ApiCreate, EvsClient, Service, Volume, VolumeFilter,
-    VolumeStatus, VolumeWait,
+    self, Attachment, CreateVolume as ApiCreate, EvsClient, Job, JobId, Service, Volume,
+    VolumeFilter, VolumeStatus, VolumeWait,
 };
 use crate::capabilities::check_capability;
 use crate::config::EvsConfig;
@@ -130,6 +131,44 @@ impl EvsController {
         Ok(seen.remove(disk_id).flatten())
     }
 
+    /// Waits until the disk satisfies `ready`; an error status or a vanished disk ends the wait.
+    async fn settle(
+        &self,
+        disk_id: &str,
+        what: &str,
+        ready: impl Fn(&Volume) -> bool,
+    ) -> Result<Volume> {
+        self.wait_until(disk_id, what, |v| match v {
+            Some(v) if ready(v) => VolumeWait::Done,
+            Some(v) if v.status.is_error() => {
+                VolumeWait::Failed(format!("status {}", v.status.as_str()))
+            }
+            Some(_) => VolumeWait::Pending,
+            None => VolumeWait::Failed("the disk disappeared".into()),
+        })
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("disk {disk_id} disappeared while becoming {what}")))
+    }
+
+    /// Starts an asynchronous cloud operation and waits for its job; `None` means there was
+    /// nothing to do (e.g. the disk was already detached). Errors say what was attempted.
+    async fn run_job(
+        &self,
+        service: Service,
+        what: &str,
+        start: impl Future<Output = api::Result<Option<JobId>>>,
+    ) -> Result<Option<Job>> {
+        let attempted = |e: api::Error| Error::from(e).context(what);
+        let Some(job) = start.await.map_err(attempted)? else {
+            return Ok(None);
+        };
+        self.client
+            .wait_for_job(service, &job, self.config.backend.job_timeout())
+            .await
+            .map(Some)
+            .map_err(attempted)
+    }
+
     fn zone(&self, req: &CreateVolume, params: &EvsParams) -> Result<String> {
         let candidates = req
             .topology
@@ -231,13 +270,9 @@ impl EvsController {
     }
 }
 
-fn wait_available(v: Option<&Volume>) -> VolumeWait {
-    match v.map(|v| &v.status) {
-        Some(VolumeStatus::Available | VolumeStatus::InUse) => VolumeWait::Done,
-        Some(s) if s.is_error() => VolumeWait::Failed(format!("status {}", s.as_str())),
-        Some(_) => VolumeWait::Pending,
-        None => VolumeWait::Failed("the disk disappeared".into()),
-    }
+/// Settled and usable: not creating, extending, attaching or detaching.
+fn is_usable(v: &Volume) -> bool {
+    matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
 }
 
 #[async_trait]
@@ -259,10 +294,7 @@ impl ControllerBackend for EvsController {
 
         if let Some(existing) = self.find_by_request_name(&req.name).await? {
             self.check_existing(req, &existing, gib, &params)?;
-            let ready = self
-                .wait_until(&existing.id, "available", wait_available)
-                .await?
-                .unwrap_or(existing);
+            let ready = self.settle(&existing.id, "available", is_usable).await?;
             return Ok(self.to_csi(&ready));
         }
 
@@ -304,32 +336,25 @@ impl ControllerBackend for EvsController {
             throughput: params.throughput,
             ..ApiCreate::default()
         };
-        let accepted = self
-            .client
-            .create_volume(&create, Some(&self.client_token(&req.name)))
-            .await
-            .map_err(|e| {
-                Error::from(e).context(format!("creating disk for volume {}", req.name))
-            })?;
+        let what = format!("creating disk for volume {}", req.name);
+        let token = self.client_token(&req.name);
+        let mut volume_ids = Vec::new();
         let job = self
-            .client
-            .wait_for_job(
-                Service::Evs,
-                &accepted.job_id,
-                self.config.backend.job_timeout(),
-            )
-            .await
-            .map_err(|e| {
-                Error::from(e).context(format!("creating disk for volume {}", req.name))
-            })?;
+            .run_job(Service::Evs, &what, async {
+                let accepted = self.client.create_volume(&create, Some(&token)).await?;
+                volume_ids = accepted.volume_ids;
+                Ok(Some(accepted.job_id))
+            })
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{what}: the cloud returned no job")))?;
         let disk_id = job
             .volume_id()
             .map(str::to_owned)
-            .or_else(|| accepted.volume_ids.first().cloned())
+            .or_else(|| volume_ids.first().cloned())
             .ok_or_else(|| {
                 Error::Internal(format!(
                     "create job {} for volume {} succeeded without naming the disk",
-                    accepted.job_id, req.name
+                    job.job_id, req.name
                 ))
             })?;
         let disk = self.get(&disk_id).await?;
@@ -359,12 +384,12 @@ impl ControllerBackend for EvsController {
                     disk.status.as_str()
                 )));
             }
-            if let Some(job) = self.client.delete_volume(disk_id).await? {
-                self.client
-                    .wait_for_job(Service::Evs, &job, self.config.backend.job_timeout())
-                    .await
-                    .map_err(|e| Error::from(e).context(format!("deleting disk {disk_id}")))?;
-            }
+            self.run_job(
+                Service::Evs,
+                &format!("deleting disk {disk_id}"),
+                self.client.delete_volume(disk_id),
+            )
+            .await?;
         }
         self.wait_until(disk_id, "deleted", |v| match v {
             None => VolumeWait::Done,
@@ -404,45 +429,24 @@ impl ControllerBackend for EvsController {
                     disk.status.as_str()
                 )));
             }
-            let job = self
-                .client
-                .attach_volume(&req.node_id, &disk.id)
-                .await
-                .map_err(|e| {
-                    Error::from(e).context(format!(
-                        "attaching disk {} to node {}",
-                        disk.id, req.node_id
-                    ))
-                })?;
-            self.client
-                .wait_for_job(Service::Ecs, &job, self.config.backend.job_timeout())
-                .await
-                .map_err(|e| {
-                    Error::from(e).context(format!(
-                        "attaching disk {} to node {}",
-                        disk.id, req.node_id
-                    ))
-                })?;
+            self.run_job(
+                Service::Ecs,
+                &format!("attaching disk {} to node {}", disk.id, req.node_id),
+                async {
+                    self.client
+                        .attach_volume(&req.node_id, &disk.id)
+                        .await
+                        .map(Some)
+                },
+            )
+            .await?;
         }
-        let node = req.node_id.clone();
         let attached = self
-            .wait_until(&disk.id, "attached", move |v| match v {
-                Some(v)
-                    if v.status == VolumeStatus::InUse
-                        && v.attachments.iter().any(|a| a.server_id == node) =>
-                {
-                    VolumeWait::Done
-                }
-                Some(v) if v.status.is_error() => {
-                    VolumeWait::Failed(format!("status {}", v.status.as_str()))
-                }
-                Some(_) => VolumeWait::Pending,
-                None => VolumeWait::Failed("the disk disappeared".into()),
+            .settle(&disk.id, "attached", |v| {
+                v.status == VolumeStatus::InUse
+                    && v.attachments.iter().any(|a| a.server_id == req.node_id)
             })
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!("disk {} disappeared while attaching", disk.id))
-            })?;
+            .await?;
         let attachment = attached
             .attachments
             .iter()
@@ -462,22 +466,14 @@ impl ControllerBackend for EvsController {
             .map(|a| a.server_id.clone())
             .filter(|s| node_id.is_none_or(|n| n == s))
             .collect();
-        for node in &nodes {
-            if disk.status != VolumeStatus::Detaching
-                && let Some(job) = self
-                    .client
-                    .detach_volume(node, disk_id)
-                    .await
-                    .map_err(|e| {
-                        Error::from(e).context(format!("detaching disk {disk_id} from node {node}"))
-                    })?
-            {
-                self.client
-                    .wait_for_job(Service::Ecs, &job, self.config.backend.job_timeout())
-                    .await
-                    .map_err(|e| {
-                        Error::from(e).context(format!("detaching disk {disk_id} from node {node}"))
-                    })?;
+        if disk.status != VolumeStatus::Detaching {
+            for node in &nodes {
+                self.run_job(
+                    Service::Ecs,
+                    &format!("detaching disk {disk_id} from node {node}"),
+                    self.client.detach_volume(node, disk_id),
+                )
+                .await?;
             }
         }
         if !nodes.is_empty() {
@@ -504,40 +500,22 @@ impl ControllerBackend for EvsController {
         let gib = capacity.to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
         let disk = self.get(disk_id).await?;
         if disk.size < gib {
-            if !matches!(disk.status, VolumeStatus::Available | VolumeStatus::InUse) {
+            if !is_usable(&disk) {
                 return Err(Error::Unavailable(format!(
                     "disk {disk_id} is {}; retry once it settles",
                     disk.status.as_str()
                 )));
             }
-            let job = self.client.extend_volume(disk_id, gib).await.map_err(|e| {
-                Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
-            })?;
-            self.client
-                .wait_for_job(Service::Evs, &job, self.config.backend.job_timeout())
-                .await
-                .map_err(|e| {
-                    Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
-                })?;
+            self.run_job(
+                Service::Evs,
+                &format!("extending disk {disk_id} to {gib} GiB"),
+                async { self.client.extend_volume(disk_id, gib).await.map(Some) },
+            )
+            .await?;
         }
         let disk = self
-            .wait_until(disk_id, "extended", move |v| match v {
-                Some(v)
-                    if v.size >= gib
-                        && matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse) =>
-                {
-                    VolumeWait::Done
-                }
-                Some(v) if v.status.is_error() => {
-                    VolumeWait::Failed(format!("status {}", v.status.as_str()))
-                }
-                Some(_) => VolumeWait::Pending,
-                None => VolumeWait::Failed("the disk disappeared".into()),
-            })
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!("disk {disk_id} disappeared while extending"))
-            })?;
+            .settle(disk_id, "extended", |v| v.size >= gib && is_usable(v))
+            .await?;
         Ok(Expanded {
             capacity_bytes: disk.size * GIB,
             node_expansion_required: true,
