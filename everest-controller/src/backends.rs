@@ -25,6 +25,11 @@ fn build_one(name: &BackendName, cfg: &BackendConfig) -> Result<Arc<dyn Controll
     }
 }
 
+/// Gives every backend kind's own metrics their help text (after the exporter is installed).
+pub fn describe_metrics() {
+    everest_evs::api::describe_metrics();
+}
+
 /// The registry of controller backends described by the configuration.
 pub fn build(cfg: &ControllerConfig) -> Result<Registry<dyn ControllerBackend>, Error> {
     let mut registry: Registry<dyn ControllerBackend> = Registry::new(cfg.default_backend()?);

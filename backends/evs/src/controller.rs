@@ -169,6 +169,36 @@ impl EvsController {
             .map_err(attempted)
     }
 
+    /// Sends one create with `token` and waits for its job; `None` when the disk the job names
+    /// no longer exists.
+    async fn create_disk(
+        &self,
+        create: &ApiCreate,
+        token: &str,
+        what: &str,
+    ) -> Result<Option<Volume>> {
+        let mut volume_ids = Vec::new();
+        let job = self
+            .run_job(Service::Evs, what, async {
+                let accepted = self.client.create_volume(create, Some(token)).await?;
+                volume_ids = accepted.volume_ids;
+                Ok(Some(accepted.job_id))
+            })
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{what}: the cloud returned no job")))?;
+        let disk_id = job
+            .volume_id()
+            .map(str::to_owned)
+            .or_else(|| volume_ids.first().cloned())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "{what}: job {} succeeded without naming the disk",
+                    job.job_id
+                ))
+            })?;
+        Ok(self.client.get_volume(&disk_id).await?)
+    }
+
     fn zone(&self, req: &CreateVolume, params: &EvsParams) -> Result<String> {
         let candidates = req
             .topology
@@ -337,27 +367,20 @@ impl ControllerBackend for EvsController {
             ..ApiCreate::default()
         };
         let what = format!("creating disk for volume {}", req.name);
-        let token = self.client_token(&req.name);
-        let mut volume_ids = Vec::new();
-        let job = self
-            .run_job(Service::Evs, &what, async {
-                let accepted = self.client.create_volume(&create, Some(&token)).await?;
-                volume_ids = accepted.volume_ids;
-                Ok(Some(accepted.job_id))
-            })
+        let disk = match self
+            .create_disk(&create, &self.client_token(&req.name), &what)
             .await?
-            .ok_or_else(|| Error::Internal(format!("{what}: the cloud returned no job")))?;
-        let disk_id = job
-            .volume_id()
-            .map(str::to_owned)
-            .or_else(|| volume_ids.first().cloned())
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "create job {} for volume {} succeeded without naming the disk",
-                    job.job_id, req.name
-                ))
-            })?;
-        let disk = self.get(&disk_id).await?;
+        {
+            Some(disk) => disk,
+            // The cloud replayed an earlier create with this token whose disk has been deleted
+            // since (the same request name re-created within the token's lifetime): start afresh.
+            None => self
+                .create_disk(&create, &uuid::Uuid::new_v4().to_string(), &what)
+                .await?
+                .ok_or_else(|| {
+                    Error::Unavailable(format!("{what}: the new disk vanished; retry"))
+                })?,
+        };
         tracing::info!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
         Ok(self.to_csi(&disk))
     }

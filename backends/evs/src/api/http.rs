@@ -241,13 +241,13 @@ impl Transport {
                 Err(_) => "error".to_owned(),
             };
             metrics::histogram!(
-                "everest_cloud_api_request_duration_seconds",
+                REQUEST_DURATION,
                 "service" => service,
                 "operation" => call.operation,
             )
             .record(started.elapsed().as_secs_f64());
             metrics::counter!(
-                "everest_cloud_api_requests_total",
+                REQUESTS_TOTAL,
                 "service" => service,
                 "operation" => call.operation,
                 "status" => status.clone(),
@@ -284,7 +284,7 @@ impl Transport {
                         delay = delay.max(asked.min(self.config.retry_cap));
                     }
                     metrics::counter!(
-                        "everest_cloud_api_retries_total",
+                        RETRIES_TOTAL,
                         "service" => service,
                         "operation" => call.operation,
                         "reason" => retry_reason(&e),
@@ -461,6 +461,30 @@ fn retry_reason(e: &Error) -> &'static str {
         Error::Transport { .. } => "connection",
         _ => "server_error",
     }
+}
+
+/// Counter of cloud API attempts by service, operation and HTTP status.
+pub const REQUESTS_TOTAL: &str = "everest_cloud_api_requests_total";
+/// Histogram of cloud API attempt latency.
+pub const REQUEST_DURATION: &str = "everest_cloud_api_request_duration_seconds";
+/// Counter of retried cloud API attempts by reason.
+pub const RETRIES_TOTAL: &str = "everest_cloud_api_retries_total";
+
+/// Gives the client's metrics their help text; call once after the metrics recorder is installed.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Cloud API requests sent (every attempt), by service, operation and HTTP status"
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Cloud API request latency per attempt, by service and operation"
+    );
+    metrics::describe_counter!(
+        RETRIES_TOTAL,
+        "Cloud API attempts retried, by service, operation and reason (throttled, server_error, timeout, connection)"
+    );
 }
 
 /// The upper bound of the delay before retry number `retry + 1`: `min(cap, base · 2^retry)`.

@@ -24,7 +24,7 @@ pub use evs::{
     Attachment, CreateAccepted, CreateVolume, JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter,
     VolumePage, VolumeStatus,
 };
-pub use http::{Service, backoff_ceiling, full_jitter};
+pub use http::{Service, backoff_ceiling, describe_metrics, full_jitter};
 pub use jobs::{Job, JobEntities, JobStatus, VolumeWait, next_poll_interval};
 pub use metadata::{DEFAULT_METADATA_URL, InstanceMetadata, fetch_instance_metadata};
 

@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Checks of the rendered chart that no schema validator does.
+
+Subcommands (each exits non-zero with a message naming the problem):
+  split RENDERED CORE_OUT CRD_OUT      split rendered YAML into built-in kinds and CRD-based kinds
+  crds FILE                            required fields of ServiceMonitor, PodMonitor, PrometheusRule,
+                                       VolumeSnapshotClass
+  wiring RENDERED CTRL_HELP NODE_HELP  daemon flags vs `--help`, sockets, registration paths,
+                                       sidecar flags vs the flags each pinned sidecar accepts
+  rules RENDERED OUT                   the PrometheusRule's spec as a plain Prometheus rules file
+  toml RENDERED OUT                    the daemon config (everest.toml) from the ConfigMap
+  metrics DASHBOARD RULES (--exposition FILE... | --source DIR)
+                                       every metric (and label) the dashboard and alerts use is
+                                       one the daemons export
+"""
+
+import json
+import re
+import sys
+
+import yaml
+
+CRD_GROUPS = ("monitoring.coreos.com/", "snapshot.storage.k8s.io/")
+
+
+def load_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def cmd_split(rendered, core_out, crd_out):
+    docs = load_docs(rendered)
+    core = [d for d in docs if not d["apiVersion"].startswith(CRD_GROUPS)]
+    crd = [d for d in docs if d["apiVersion"].startswith(CRD_GROUPS)]
+    for out, items in ((core_out, core), (crd_out, crd)):
+        with open(out, "w") as f:
+            yaml.safe_dump_all(items, f, sort_keys=False)
+    print(f"{len(core)} built-in objects, {len(crd)} CRD-based objects")
+
+
+# What each CRD kind must carry, as (path, type) pairs; paths are dotted, `[]` = every item.
+CRD_REQUIRED = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): [
+        ("spec.selector", dict),
+        ("spec.endpoints", list),
+        ("spec.endpoints[].port", str),
+    ],
+    ("monitoring.coreos.com/v1", "PodMonitor"): [
+        ("spec.selector", dict),
+        ("spec.podMetricsEndpoints", list),
+        ("spec.podMetricsEndpoints[].port", str),
+    ],
+    ("monitoring.coreos.com/v1", "PrometheusRule"): [
+        ("spec.groups", list),
+        ("spec.groups[].name", str),
+        ("spec.groups[].rules", list),
+        ("spec.groups[].rules[].expr", str),
+    ],
+    ("snapshot.storage.k8s.io/v1", "VolumeSnapshotClass"): [
+        ("driver", str),
+        ("deletionPolicy", str),
+    ],
+}
+DURATION = re.compile(r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$")
+
+
+def values_at(obj, path):
+    parts = path.split(".")
+    current = [obj]
+    for part in parts:
+        many = part.endswith("[]")
+        key = part[:-2] if many else part
+        nxt = []
+        for c in current:
+            if not isinstance(c, dict) or key not in c:
+                return None
+            v = c[key]
+            if many:
+                if not isinstance(v, list):
+                    return None
+                nxt.extend(v)
+            else:
+                nxt.append(v)
+        current = nxt
+    return current
+
+
+def cmd_crds(path):
+    docs = load_docs(path)
+    for d in docs:
+        key = (d.get("apiVersion"), d.get("kind"))
+        name = f"{key[1]}/{d.get('metadata', {}).get('name')}"
+        if key not in CRD_REQUIRED:
+            fail(f"{name}: unexpected CRD-based object {key}")
+        if not d.get("metadata", {}).get("name"):
+            fail(f"{name}: metadata.name missing")
+        for field, typ in CRD_REQUIRED[key]:
+            vals = values_at(d, field)
+            if not vals or not all(isinstance(v, typ) and v for v in vals):
+                fail(f"{name}: {field} missing or not a non-empty {typ.__name__}")
+        if key[1] == "VolumeSnapshotClass" and d["deletionPolicy"] not in ("Delete", "Retain"):
+            fail(f"{name}: deletionPolicy must be Delete or Retain")
+        for ep in (d.get("spec", {}).get("endpoints") or []) + (
+            d.get("spec", {}).get("podMetricsEndpoints") or []
+        ):
+            for k in ("interval", "scrapeTimeout"):
+                if k in ep and not DURATION.match(str(ep[k])):
+                    fail(f"{name}: {k} {ep[k]!r} is not a Prometheus duration")
+        for g in d.get("spec", {}).get("groups", []):
+            for r in g["rules"]:
+                if ("alert" in r) == ("record" in r):
+                    fail(f"{name}: a rule needs exactly one of alert/record: {r}")
+                if "for" in r and not DURATION.match(str(r["for"])):
+                    fail(f"{name}: for {r['for']!r} is not a duration")
+        print(f"ok  {name}")
+
+
+# Flags each pinned sidecar accepts (from the kubernetes-csi sidecars' documentation); a
+# misspelt flag makes the sidecar exit at start, which no schema check sees.
+SIDECAR_FLAGS = {
+    "csi-provisioner": {"csi-address", "v", "timeout", "worker-threads", "feature-gates",
+                        "extra-create-metadata", "default-fstype", "leader-election",
+                        "leader-election-namespace", "strict-topology", "immediate-topology",
+                        "http-endpoint", "metrics-address", "retry-interval-start",
+                        "retry-interval-max", "kube-api-qps", "kube-api-burst"},
+    "csi-attacher": {"csi-address", "v", "timeout", "worker-threads", "leader-election",
+                     "leader-election-namespace", "http-endpoint", "metrics-address",
+                     "retry-interval-start", "retry-interval-max", "kube-api-qps",
+                     "kube-api-burst"},
+    "csi-resizer": {"csi-address", "v", "timeout", "workers", "handle-volume-inuse-error",
+                    "leader-election", "leader-election-namespace", "http-endpoint",
+                    "metrics-address", "retry-interval-start", "retry-interval-max",
+                    "kube-api-qps", "kube-api-burst"},
+    "csi-snapshotter": {"csi-address", "v", "timeout", "extra-create-metadata",
+                        "leader-election", "leader-election-namespace", "http-endpoint",
+                        "metrics-address", "worker-threads", "kube-api-qps", "kube-api-burst"},
+    "liveness-probe": {"csi-address", "health-port", "probe-timeout", "v", "http-endpoint"},
+    "node-driver-registrar": {"csi-address", "kubelet-registration-path", "v",
+                              "http-endpoint", "plugin-registration-path"},
+}
+
+
+def help_flags(path):
+    text = open(path).read()
+    flags = set(re.findall(r"^\s+(?:-\w, )?--([a-z][a-z0-9-]*)", text, re.M))
+    if "endpoint" not in flags:
+        fail(f"{path}: no --endpoint in the daemon's --help output:\n{text[:400]}")
+    return flags
+
+
+def parse_args(args):
+    out = {}
+    for a in args:
+        if not a.startswith("--"):
+            fail(f"argument {a!r} is not a --flag")
+        name, _, value = a[2:].partition("=")
+        out[name] = value
+    return out
+
+
+def cmd_wiring(rendered, ctrl_help, node_help):
+    docs = load_docs(rendered)
+    daemons = {"everest-controller": help_flags(ctrl_help), "everest-node": help_flags(node_help)}
+    pods = {d["kind"]: d for d in docs if d["kind"] in ("Deployment", "DaemonSet")}
+    driver = next(d for d in docs if d["kind"] == "CSIDriver")["metadata"]["name"]
+    if set(pods) != {"Deployment", "DaemonSet"}:
+        fail("expected one Deployment and one DaemonSet")
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "everest.toml" in d.get("data", {}))
+    if f'driver_name = "{driver}"' not in config["data"]["everest.toml"]:
+        fail("everest.toml driver_name differs from the CSIDriver name")
+    for kind, pod in pods.items():
+        spec = pod["spec"]["template"]["spec"]
+        mounts_by_volume = {v["name"]: v for v in spec["volumes"]}
+        main = "everest-controller" if kind == "Deployment" else "everest-node"
+        containers = {c["name"]: c for c in spec["containers"]}
+        daemon = containers[main]
+        if daemon["command"] != [f"/usr/local/bin/{main}"]:
+            fail(f"{main}: command {daemon['command']} is not the image's binary path")
+        dargs = parse_args(daemon["args"])
+        unknown = set(dargs) - daemons[main]
+        if unknown:
+            fail(f"{main}: flags {sorted(unknown)} not in `{main} --help`")
+        endpoint = dargs.get("endpoint", "")
+        if not endpoint.startswith("unix:///"):
+            fail(f"{main}: --endpoint {endpoint!r} is not unix:///abs/path")
+        sock = endpoint[len("unix://"):]
+        sock_dir = sock.rsplit("/", 1)[0]
+
+        def mount_of(container, path_dir):
+            for m in container.get("volumeMounts", []):
+                if m["mountPath"].rstrip("/") == path_dir:
+                    return m["name"]
+            return None
+
+        sock_vol = mount_of(daemon, sock_dir)
+        if not sock_vol:
+            fail(f"{main}: the socket dir {sock_dir} is not a volume")
+        metrics_port = int(dargs["metrics-address"].rsplit(":", 1)[1])
+        ports = {p["name"]: p["containerPort"] for p in daemon.get("ports", [])}
+        if ports.get("metrics") != metrics_port:
+            fail(f"{main}: port 'metrics' {ports.get('metrics')} != --metrics-address {metrics_port}")
+        for name, c in containers.items():
+            if name == main:
+                continue
+            cargs = parse_args(c.get("args", []))
+            allowed = SIDECAR_FLAGS.get(name)
+            if allowed is None:
+                fail(f"{kind}: unknown sidecar container {name}")
+            bad = set(cargs) - allowed
+            if bad:
+                fail(f"{name}: flags {sorted(bad)} are not flags of this sidecar")
+            addr = cargs.get("csi-address")
+            if not addr:
+                fail(f"{name}: no --csi-address")
+            addr_dir = addr.rsplit("/", 1)[0]
+            if mount_of(c, addr_dir) != sock_vol or addr != sock:
+                fail(f"{name}: --csi-address {addr} is not {main}'s socket {sock} on the same volume")
+            if name == "liveness-probe":
+                if int(cargs["health-port"]) != ports.get("healthz"):
+                    fail(f"liveness-probe --health-port {cargs['health-port']} != {main} healthz port")
+            if name == "node-driver-registrar":
+                reg = cargs["kubelet-registration-path"]
+                host_dir = mounts_by_volume[sock_vol].get("hostPath", {}).get("path")
+                if reg != f"{host_dir}/{sock.rsplit('/', 1)[1]}":
+                    fail(f"registrar: --kubelet-registration-path {reg} is not the host path of {sock} ({host_dir})")
+                if not host_dir.endswith(f"/plugins/{driver}"):
+                    fail(f"registrar: plugin dir {host_dir} is not <kubelet>/plugins/{driver}")
+                reg_vol = mount_of(c, "/registration")
+                reg_host = mounts_by_volume.get(reg_vol, {}).get("hostPath", {}).get("path", "")
+                if not reg_host.endswith("/plugins_registry"):
+                    fail(f"registrar: /registration is not the kubelet's plugins_registry ({reg_host})")
+        if kind == "DaemonSet":
+            kubelet_mounts = [m for m in daemon["volumeMounts"] if m.get("mountPropagation") == "Bidirectional"]
+            if len(kubelet_mounts) != 1:
+                fail("everest-node: exactly one Bidirectional mount (the kubelet dir) expected")
+            host = mounts_by_volume[kubelet_mounts[0]["name"]]["hostPath"]["path"]
+            if kubelet_mounts[0]["mountPath"] != host:
+                fail("everest-node: the kubelet dir must be mounted at its host path")
+            if f'kubelet_root = "{host}"' not in config["data"]["everest.toml"]:
+                fail("everest.toml kubelet_root differs from the mounted kubelet dir")
+            if not mount_of(daemon, "/dev"):
+                fail("everest-node: /dev is not mounted")
+            for name, c in containers.items():
+                priv = c.get("securityContext", {}).get("privileged", False)
+                if priv != (name == main):
+                    fail(f"{name}: privileged={priv}; only everest-node may be privileged")
+        else:
+            for name, c in containers.items():
+                sc = c.get("securityContext", {})
+                if sc.get("privileged") or sc.get("allowPrivilegeEscalation", True) or not sc.get("readOnlyRootFilesystem"):
+                    fail(f"controller container {name} is not restricted: {sc}")
+            if not spec["securityContext"].get("runAsNonRoot"):
+                fail("controller pod does not run as non-root")
+        print(f"ok  {kind}: {main} flags {sorted(dargs)} accepted; socket {sock} shared with {sorted(set(containers) - {main})}")
+
+
+def cmd_rules(rendered, out):
+    rules = [d for d in load_docs(rendered) if d["kind"] == "PrometheusRule"]
+    if len(rules) != 1:
+        fail(f"expected one PrometheusRule, found {len(rules)}")
+    with open(out, "w") as f:
+        yaml.safe_dump({"groups": rules[0]["spec"]["groups"]}, f, sort_keys=False)
+
+
+def cmd_toml(rendered, out):
+    cms = [d for d in load_docs(rendered) if d["kind"] == "ConfigMap" and "everest.toml" in d.get("data", {})]
+    if len(cms) != 1:
+        fail("expected one ConfigMap with everest.toml")
+    with open(out, "w") as f:
+        f.write(cms[0]["data"]["everest.toml"])
+
+
+# ---------------------------------------------------------------- metric names
+
+METRIC = re.compile(r"\b(everest_[a-zA-Z0-9_]+)")
+SELECTOR = re.compile(r"\b(everest_[a-zA-Z0-9_]+)\s*\{([^}]*)\}")
+MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*\"([^\"]*)\"")
+BY = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+HIST_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def exprs_of(dashboard, rules):
+    out = []
+    dash = json.load(open(dashboard))
+
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []):
+                out.append((f"dashboard panel {p['title']!r}", t["expr"]))
+            walk(p.get("panels", []))
+
+    walk(dash["panels"])
+    for v in dash.get("templating", {}).get("list", []):
+        q = v.get("query")
+        if isinstance(q, dict):
+            q = q.get("query")
+        if isinstance(q, str) and "everest_" in q:
+            out.append((f"dashboard variable {v['name']}", q))
+    for g in yaml.safe_load(open(rules))["groups"]:
+        for r in g["rules"]:
+            out.append((f"alert {r.get('alert') or r.get('record')}", r["expr"]))
+    return out
+
+
+def parse_exposition(paths):
+    """name -> {label: set(values)}, and the TYPE of each family."""
+    series, types = {}, {}
+    line_re = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s")
+    for path in paths:
+        for line in open(path):
+            if line.startswith("# TYPE "):
+                _, _, name, typ = line.split()[:4]
+                types[name] = typ
+                continue
+            if line.startswith("#") or not line.strip():
+                continue
+            m = line_re.match(line)
+            if not m:
+                continue
+            labels = series.setdefault(m.group(1), {})
+            for k, _, v in MATCHER.findall(m.group(3) or ""):
+                labels.setdefault(k, set()).add(v)
+    return series, types
+
+
+def source_names(root):
+    """Metric names the Rust sources record; histograms (`histogram!`) also get their suffixes."""
+    import pathlib
+
+    names = {}
+    consts = {}
+    for p in pathlib.Path(root).rglob("*.rs"):
+        if "target" in p.parts:
+            continue
+        text = p.read_text(errors="replace")
+        for c, n in re.findall(r"const\s+([A-Z_]+)\s*:\s*&str\s*=\s*\"(everest_[a-z0-9_]+)\"", text):
+            consts[c] = n
+        for kind, arg in re.findall(r"metrics::(counter|histogram|gauge)!\(\s*([A-Za-z_\"][A-Za-z0-9_\"]*)", text):
+            name = arg.strip('"') if arg.startswith('"') else consts.get(arg)
+            if name:
+                names[name] = kind
+    # Constants used from another file than the one defining them.
+    for p in pathlib.Path(root).rglob("*.rs"):
+        if "target" in p.parts:
+            continue
+        text = p.read_text(errors="replace")
+        for kind, arg in re.findall(r"metrics::(counter|histogram|gauge)!\(\s*([A-Z_]+)", text):
+            if arg in consts:
+                names[consts[arg]] = kind
+    out = {}
+    for n, kind in names.items():
+        out[n] = {}
+        if kind == "histogram":
+            for s in HIST_SUFFIXES:
+                out[n + s] = {}
+    return out
+
+
+def cmd_metrics(argv):
+    dashboard, rules = argv[0], argv[1]
+    rest = argv[2:]
+    if rest[:1] == ["--exposition"]:
+        series, _ = parse_exposition(rest[1:])
+        check_labels = True
+        where = "the scraped expositions " + ", ".join(rest[1:])
+    elif rest[:1] == ["--source"]:
+        series = source_names(rest[1])
+        check_labels = False
+        where = f"the metrics recorded in the Rust sources under {rest[1]}"
+    else:
+        fail("metrics: give --exposition FILE... or --source DIR")
+    if not series:
+        fail(f"no everest_ metrics found in {where}")
+    problems, used = [], set()
+    for origin, expr in exprs_of(dashboard, rules):
+        names = set(METRIC.findall(expr))
+        if not names:
+            problems.append(f"{origin}: names no everest_ metric: {expr}")
+        for n in names:
+            used.add(n)
+            if n not in series:
+                problems.append(f"{origin}: metric {n} is not exported ({where})")
+        if not check_labels:
+            continue
+        known = set().union(*(series.get(n, {}).keys() for n in names)) | {"le"}
+        for n, body in SELECTOR.findall(expr):
+            for label, op, value in MATCHER.findall(body):
+                if label not in series.get(n, {}):
+                    problems.append(f"{origin}: {n} has no label {label}")
+                elif op == "=" and value and not value.startswith("$") and value not in series[n][label]:
+                    print(f"note: {origin}: {n}{{{label}={value!r}}} not seen in this exposition (values seen: {sorted(series[n][label])})")
+        for group in BY.findall(expr):
+            for label in (x.strip() for x in group.split(",") if x.strip()):
+                if label not in known:
+                    problems.append(f"{origin}: aggregates by {label}, which {sorted(names)} do not carry")
+    if problems:
+        fail("\n  ".join(["dashboard/alert metrics do not match the daemons:"] + problems))
+    print(f"ok  {len(used)} metric names used by the dashboard and alerts are exported ({where})")
+
+
+def main():
+    if len(sys.argv) < 2:
+        fail(__doc__)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {
+        "split": lambda: cmd_split(*args),
+        "crds": lambda: cmd_crds(*args),
+        "wiring": lambda: cmd_wiring(*args),
+        "rules": lambda: cmd_rules(*args),
+        "toml": lambda: cmd_toml(*args),
+        "metrics": lambda: cmd_metrics(args),
+    }.get(cmd, lambda: fail(f"unknown subcommand {cmd}\n{__doc__}"))()
+
+
+if __name__ == "__main__":
+    main()
