@@ -15,7 +15,8 @@ use crate::errors::ApiError;
 
 /// The fault settings (`GET`/`PUT /_emulator/faults`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `PUT` replaces all three; a field left out is 0.
+#[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Probability of a 500 EVS.5500 (no side effects).
     pub error_rate: f64,
@@ -112,5 +113,18 @@ mod tests {
             ..Faults::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_partial_body_sets_what_it_names_and_zeroes_the_rest() {
+        let f: Faults = serde_json::from_str(r#"{"error_rate":0.3}"#).unwrap();
+        assert_eq!(
+            f,
+            Faults {
+                error_rate: 0.3,
+                ..Faults::default()
+            }
+        );
+        assert!(serde_json::from_str::<Faults>(r#"{"eror_rate":0.3}"#).is_err());
     }
 }

@@ -99,10 +99,10 @@ mkdir -p "$OUT"
 curl -fsS "http://127.0.0.1:$CPORT/metrics" > "$OUT/controller.prom"
 curl -fsS "http://127.0.0.1:$NPORT/metrics" > "$OUT/node.prom"
 for f in "$OUT"/controller.prom "$OUT"/node.prom; do
-  # Exit 3 = lint findings (e.g. a metric without HELP): reported, fatal only when
-  # EVEREST_STRICT_METRICS_LINT=1; any other non-zero exit (unparsable exposition) is fatal.
+  # Lint findings (exit 3, e.g. a metric without HELP) are fatal too, unless
+  # EVEREST_STRICT_METRICS_LINT=0 asks to see them without failing.
   lint_rc=0; promtool check metrics < "$f" || lint_rc=$?
-  if (( lint_rc == 3 )) && [[ "${EVEREST_STRICT_METRICS_LINT:-0}" != 1 ]]; then
+  if (( lint_rc == 3 )) && [[ "${EVEREST_STRICT_METRICS_LINT:-1}" == 0 ]]; then
     echo "LINT (not fatal): promtool check metrics findings above for $f"
   elif (( lint_rc != 0 )); then
     echo "FAIL: promtool check metrics $f (exit $lint_rc)"; exit 1

@@ -1,0 +1,21 @@
+//! Test support for Everest: one way to start the world (the emulator and both daemons, on
+//! loopback and unix sockets, in a private temp root) and always tear it down.
+//!
+//! - [`world`]: [`World`], started with [`World::start`], with CSI clients, kubelet-style
+//!   paths, the emulator's test endpoints and the daemons' metrics; its `Drop` stops every
+//!   process, unmounts, detaches loop devices and removes the temp root, also on panic;
+//! - [`csi`]: unix-socket channels, request builders, sidecar-style retries, error assertions;
+//! - [`lifecycle`]: one volume through the calls of kubelet and the sidecars, step by step;
+//! - [`host`]: mounts, loop devices, filesystem sizes and the skip check for tests that need root;
+//! - [`process`]: child processes with captured logs, and where the workspace binaries are.
+
+pub mod csi;
+pub mod host;
+pub mod lifecycle;
+pub mod process;
+pub mod world;
+
+pub use everest_proto::csi::v1 as proto;
+pub use host::skip_unless_root_and_loop;
+pub use lifecycle::Lifecycle;
+pub use world::{BACKEND, DRIVER_NAME, Daemon, Leftovers, World, WorldOptions};
