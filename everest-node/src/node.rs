@@ -80,6 +80,7 @@ pub fn stats_response(usage: VolumeUsage) -> csi::NodeGetVolumeStatsResponse {
             total_bytes,
             abnormal,
         } => (vec![entry(Unit::Bytes, 0, total_bytes, 0)], abnormal),
+        VolumeUsage::Lost { abnormal } => (Vec::new(), Some(abnormal)),
     };
     csi::NodeGetVolumeStatsResponse {
         usage,

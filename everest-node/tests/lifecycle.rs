@@ -445,3 +445,51 @@ async fn restage_after_node_restart_keeps_data_and_never_reformats() {
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }
+
+#[tokio::test]
+async fn a_mount_lost_under_the_pod_is_reported_abnormal_and_torn_down() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-lost",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    bring_up(&mut v, &world, 10).await;
+    let healthy = v.stats().await.expect("NodeGetVolumeStats");
+    assert!(
+        !healthy
+            .volume_condition
+            .as_ref()
+            .is_some_and(|c| c.abnormal),
+        "a healthy volume reported abnormal: {healthy:?}"
+    );
+
+    // Someone unmounts the pod's volume behind the kubelet's back.
+    let out = std::process::Command::new("umount")
+        .arg(&v.target)
+        .output()
+        .expect("run umount");
+    assert!(out.status.success(), "umount: {out:?}");
+    let lost = v.stats().await.expect("NodeGetVolumeStats on a lost mount");
+    let condition = lost.volume_condition.clone().expect("a volume condition");
+    assert!(
+        condition.abnormal,
+        "a lost mount must be abnormal: {condition:?}"
+    );
+    assert!(
+        condition.message.contains("no longer mounted"),
+        "{condition:?}"
+    );
+    assert!(
+        lost.usage.is_empty(),
+        "no figures for a lost mount: {lost:?}"
+    );
+
+    // The teardown still works from there.
+    tear_down(&v, &world).await;
+}

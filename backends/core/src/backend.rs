@@ -226,6 +226,11 @@ pub enum VolumeUsage {
         /// Why the volume is abnormal, if it is.
         abnormal: Option<String>,
     },
+    /// The path exists but nothing is mounted there any more: no figures, only the condition.
+    Lost {
+        /// What is wrong, for the volume condition.
+        abnormal: String,
+    },
     /// A raw block device: only its size is known.
     Block {
         /// Device size in bytes.

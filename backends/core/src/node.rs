@@ -113,9 +113,13 @@ pub async fn filesystem_usage(
     }
     let mounts = mounts_at(host, path.as_path()).await?;
     let Some(mount) = mounts.last() else {
-        return Err(Error::NotFound(format!(
-            "volume {volume} is not mounted at {path}"
-        )));
+        // The kubelet still has the volume here, but its mount is gone (unmounted by hand, or
+        // lost with a crashed mounter): report it as a condition the kubelet can surface.
+        return Ok(VolumeUsage::Lost {
+            abnormal: format!(
+                "volume {volume} is no longer mounted at {path}; restart the pod to mount it again"
+            ),
+        });
     };
     let stats = host.fs_stats(path.as_path()).await?;
     let abnormal = (mount.super_options.iter().any(|o| o == "ro")
@@ -210,13 +214,10 @@ mod tests {
             tonic::Code::NotFound
         );
         host.add_path(target.as_path());
-        assert_eq!(
-            filesystem_usage(&host, "v", &target)
-                .await
-                .unwrap_err()
-                .code(),
-            tonic::Code::NotFound
-        );
+        match filesystem_usage(&host, "v", &target).await.unwrap() {
+            VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("no longer mounted")),
+            other => panic!("an unmounted path must be reported lost, got {other:?}"),
+        }
         host.add_device(
             Path::new("/l"),
             Path::new("/dev/loop0"),

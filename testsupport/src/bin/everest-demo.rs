@@ -13,6 +13,13 @@ use everest_testsupport::{Daemon, Lifecycle, World, WorldOptions, skip_unless_ro
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    if std::env::args().len() > 1 {
+        // No options: anything on the command line is a question, not a request to run.
+        println!(
+            "usage: everest-demo\n\nWalks one block volume through create, attach, stage, publish, write/read,\nonline expand and teardown against the local cloud emulator, then prints the\ndaemons' operation counts. Needs root. Usually started by scripts/demo.sh."
+        );
+        return ExitCode::SUCCESS;
+    }
     if skip_unless_root_and_loop() {
         eprintln!("everest-demo needs root and loop devices: run `sudo bash scripts/demo.sh`");
         return ExitCode::from(2);
