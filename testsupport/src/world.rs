@@ -524,7 +524,9 @@ impl World {
         )?;
         writeln!(toml, "by_id_dir = \"{}\"", self.by_id_dir().display())?;
         writeln!(toml, "default_fs_type = \"{}\"", self.opts.default_fs_type)?;
-        writeln!(toml, "device_wait_seconds = 30")?;
+        // The emulator links a disk before ControllerPublish returns; a short wait keeps the
+        // "volume does not exist" cases quick.
+        writeln!(toml, "device_wait_seconds = 5")?;
         writeln!(toml, "job_timeout_seconds = 120")?;
         writeln!(toml, "default_volume_type = \"SSD\"")?;
         // Calls without a topology requirement (the sidecar always sends one) land in the emulator's zone.

@@ -50,6 +50,11 @@ pub async fn publish_block(
             readonly,
         );
     }
+    // Nothing is mounted at the target, so whatever is there is a leftover (an empty directory
+    // made by an older kubelet or a failed attempt, or a stale file): a device node can only be
+    // bound onto a file. `remove_path` removes only files and empty directories, so no data can
+    // go; anything else makes the publish fail instead.
+    host.remove_path(target.as_path()).await?;
     host.make_file(target.as_path()).await?;
     host.bind_mount(device, target.as_path(), readonly).await?;
     Ok(())
@@ -73,8 +78,14 @@ fn check_existing(
             existing.is_read_only()
         )));
     }
-    if !same_source && existing.fs_type != "devtmpfs" && existing.fs_type != "tmpfs" {
-        tracing::debug!(%target, source = %existing.source, "target already mounted from a different source");
+    // Something else mounted at the target is not this volume: answering OK would hand the pod
+    // another volume's data (or none), so it is a conflict the CO must resolve.
+    if !same_source {
+        return Err(Error::AlreadyExists(format!(
+            "{target} already has {} mounted (root {}), not volume {volume} ({want_source})",
+            existing.source,
+            existing.root.display()
+        )));
     }
     Ok(())
 }
@@ -183,6 +194,57 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn block_publish_replaces_an_empty_directory_at_the_target() {
+        let host = FakeHost::default();
+        let (_, target) = paths();
+        host.add_device(
+            Path::new("/dev/disk/by-id/x"),
+            Path::new("/dev/loop0"),
+            FakeDevice::default(),
+        );
+        host.make_dir(target.as_path()).await.unwrap();
+        publish_block(&host, "v", Path::new("/dev/loop0"), &target, false)
+            .await
+            .unwrap();
+        publish_block(&host, "v", Path::new("/dev/loop0"), &target, false)
+            .await
+            .unwrap();
+        assert_eq!(host.mount_table().len(), 1);
+        assert!(host.is_block_device(target.as_path()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_target_mounted_from_another_source_is_a_conflict() {
+        let host = FakeHost::default();
+        let (staging, target) = paths();
+        for (link, dev) in [("/l0", "/dev/loop0"), ("/l1", "/dev/loop1")] {
+            host.add_device(
+                Path::new(link),
+                Path::new(dev),
+                FakeDevice {
+                    size: 10,
+                    fs_type: Some("ext4".into()),
+                    fs_size: 10,
+                },
+            );
+        }
+        host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
+            .await
+            .unwrap();
+        host.mount(Path::new("/dev/loop1"), target.as_path(), "ext4", &[])
+            .await
+            .unwrap();
+        let err = publish_filesystem(&host, "v", &staging, &target, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        let err = publish_block(&host, "v", Path::new("/dev/loop0"), &target, false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
     }
 
     #[tokio::test]

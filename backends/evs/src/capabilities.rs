@@ -7,7 +7,10 @@ use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
 pub const FS_TYPES: &[&str] = &["ext4", "xfs", "ext3", "btrfs"];
 
 /// Mount options a StorageClass or PV may add; anything else is refused so user input never
-/// reaches `mount` unchecked.
+/// reaches `mount` unchecked. Options that trade the filesystem's consistency away are left
+/// out on purpose: `nobarrier` (a host crash or power loss can corrupt the filesystem; newer
+/// kernels refuse it on xfs anyway) and `norecovery` (mounts without replaying the journal, so
+/// the workload sees an inconsistent filesystem).
 pub const ALLOWED_MOUNT_FLAGS: &[&str] = &[
     "noatime",
     "nodiratime",
@@ -16,7 +19,6 @@ pub const ALLOWED_MOUNT_FLAGS: &[&str] = &[
     "lazytime",
     "discard",
     "nodiscard",
-    "nobarrier",
     "sync",
     "dirsync",
     "noexec",
@@ -28,7 +30,6 @@ pub const ALLOWED_MOUNT_FLAGS: &[&str] = &[
     "data=ordered",
     "data=writeback",
     "data=journal",
-    "norecovery",
     "inode64",
     "largeio",
 ];
@@ -101,6 +102,8 @@ mod tests {
             cap("ext4", &[], AccessMode::MultiNodeMultiWriter),
             cap("zfs", &[], AccessMode::SingleNodeWriter),
             cap("ext4", &["remount,exec"], AccessMode::SingleNodeWriter),
+            cap("ext4", &["nobarrier"], AccessMode::SingleNodeWriter),
+            cap("xfs", &["norecovery"], AccessMode::SingleNodeReaderOnly),
         ] {
             assert_eq!(
                 check_capability(&c).unwrap_err().code(),

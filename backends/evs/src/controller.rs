@@ -32,6 +32,8 @@ pub const MANAGED_BY_KEY: &str = "everest.io/managed-by";
 pub const WWN_CONTEXT_KEY: &str = "everest.io/wwn";
 /// Publish-context key: the device path the cloud reports (informational; the node trusts by-id links).
 pub const DEVICE_CONTEXT_KEY: &str = "DevicePath";
+/// The ECS code for "this server does not exist" (the node was deleted).
+const SERVER_GONE_CODE: &str = "Ecs.0114";
 /// EVS data disks are 10–32768 GB.
 const MIN_GIB: u64 = 10;
 const MAX_GIB: u64 = 32768;
@@ -273,6 +275,27 @@ impl EvsController {
         ctx
     }
 
+    /// Deletes a disk (unless its delete is already `in_progress`) and waits until it is gone.
+    async fn remove_disk(&self, disk_id: &str, in_progress: bool) -> Result<()> {
+        if !in_progress {
+            self.run_job(
+                Service::Evs,
+                &format!("deleting disk {disk_id}"),
+                self.client.delete_volume(disk_id),
+            )
+            .await?;
+        }
+        self.wait_until(disk_id, "deleted", |v| match v {
+            None => VolumeWait::Done,
+            Some(v) if v.status == VolumeStatus::ErrorDeleting => {
+                VolumeWait::Failed("status error_deleting".into())
+            }
+            Some(_) => VolumeWait::Pending,
+        })
+        .await
+        .map(drop)
+    }
+
     fn check_existing(
         &self,
         req: &CreateVolume,
@@ -300,6 +323,13 @@ impl EvsController {
     }
 }
 
+/// A disk found by request name that CreateVolume must replace rather than return: its creation
+/// failed (`error`, which holds no data), or such a disk is already being removed (`deleting`, left
+/// by an earlier attempt that timed out while waiting for the removal).
+fn is_failed_create(v: &Volume) -> bool {
+    matches!(v.status, VolumeStatus::Error | VolumeStatus::Deleting)
+}
+
 /// Settled and usable: not creating, extending, attaching or detaching.
 fn is_usable(v: &Volume) -> bool {
     matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
@@ -322,10 +352,23 @@ impl ControllerBackend for EvsController {
             .to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
         self.check_capabilities(&req.capabilities)?;
 
+        let mut token = self.client_token(&req.name);
         if let Some(existing) = self.find_by_request_name(&req.name).await? {
-            self.check_existing(req, &existing, gib, &params)?;
-            let ready = self.settle(&existing.id, "available", is_usable).await?;
-            return Ok(self.to_csi(&ready));
+            if !is_failed_create(&existing) {
+                self.check_existing(req, &existing, gib, &params)?;
+                let ready = self.settle(&existing.id, "available", is_usable).await?;
+                return Ok(self.to_csi(&ready));
+            }
+            // The cloud failed to create this disk: it never held data and will never become
+            // available, so settling on it would fail on every retry while it leaks. Remove it
+            // (or finish removing it, after a retry) and create anew.
+            tracing::warn!(disk = %existing.id, status = %existing.status, volume = %req.name, "removing a disk whose creation failed");
+            self.remove_disk(&existing.id, existing.status == VolumeStatus::Deleting)
+                .await?;
+            // The stable token belongs to the attempt that failed: replayed, it could only answer
+            // with that failed job. A token derived from the failed disk keeps HTTP retries of
+            // this new create idempotent without replaying the old one.
+            token = self.client_token(&format!("{}\n{}", req.name, existing.id));
         }
 
         let zone = self.zone(req, &params)?;
@@ -367,10 +410,7 @@ impl ControllerBackend for EvsController {
             ..ApiCreate::default()
         };
         let what = format!("creating disk for volume {}", req.name);
-        let disk = match self
-            .create_disk(&create, &self.client_token(&req.name), &what)
-            .await?
-        {
+        let disk = match self.create_disk(&create, &token, &what).await? {
             Some(disk) => disk,
             // The cloud replayed an earlier create with this token whose disk has been deleted
             // since (the same request name re-created within the token's lifetime): start afresh.
@@ -400,28 +440,14 @@ impl ControllerBackend for EvsController {
                 nodes.join(", ")
             )));
         }
-        if disk.status != VolumeStatus::Deleting {
-            if !disk.status.is_deletable() {
-                return Err(Error::Unavailable(format!(
-                    "disk {disk_id} is {}; retry once it settles",
-                    disk.status.as_str()
-                )));
-            }
-            self.run_job(
-                Service::Evs,
-                &format!("deleting disk {disk_id}"),
-                self.client.delete_volume(disk_id),
-            )
-            .await?;
+        if disk.status != VolumeStatus::Deleting && !disk.status.is_deletable() {
+            return Err(Error::Unavailable(format!(
+                "disk {disk_id} is {}; retry once it settles",
+                disk.status.as_str()
+            )));
         }
-        self.wait_until(disk_id, "deleted", |v| match v {
-            None => VolumeWait::Done,
-            Some(v) if v.status == VolumeStatus::ErrorDeleting => {
-                VolumeWait::Failed("status error_deleting".into())
-            }
-            Some(_) => VolumeWait::Pending,
-        })
-        .await?;
+        self.remove_disk(disk_id, disk.status == VolumeStatus::Deleting)
+            .await?;
         tracing::info!(disk = %disk_id, "deleted disk");
         Ok(())
     }
@@ -483,21 +509,35 @@ impl ControllerBackend for EvsController {
         let Some(disk) = self.client.get_volume(disk_id).await? else {
             return Ok(());
         };
-        let nodes: Vec<String> = disk
+        let mut nodes: Vec<String> = disk
             .attachments
             .iter()
             .map(|a| a.server_id.clone())
             .filter(|s| node_id.is_none_or(|n| n == s))
             .collect();
         if disk.status != VolumeStatus::Detaching {
+            let mut gone = Vec::new();
             for node in &nodes {
-                self.run_job(
-                    Service::Ecs,
-                    &format!("detaching disk {disk_id} from node {node}"),
-                    self.client.detach_volume(node, disk_id),
-                )
-                .await?;
+                let what = format!("detaching disk {disk_id} from node {node}");
+                let started = self.client.detach_volume(node, disk_id).await;
+                match started {
+                    // The server no longer exists: nothing is attached to a deleted node, and
+                    // CSI wants OK when the node cannot be found, or the VolumeAttachment (and
+                    // with it the disk) stays stuck forever.
+                    Err(e)
+                        if e.code()
+                            .is_some_and(|c| c.eq_ignore_ascii_case(SERVER_GONE_CODE)) =>
+                    {
+                        tracing::warn!(disk = %disk_id, node = %node, "node is gone; counting the disk as detached from it");
+                        gone.push(node.clone());
+                    }
+                    started => {
+                        self.run_job(Service::Ecs, &what, async { started }).await?;
+                    }
+                }
             }
+            // The cloud may list a deleted server's attachment for a while; do not wait on it.
+            nodes.retain(|n| !gone.contains(n));
         }
         if !nodes.is_empty() {
             let detached = nodes.clone();
@@ -575,14 +615,12 @@ impl ControllerBackend for EvsController {
             ..VolumeFilter::default()
         };
         let page = self.client.list_volumes(&filter).await?;
-        let got = page.volumes.len() as u32;
-        let more = page.next_marker.is_some()
-            || page
-                .count
-                .is_some_and(|c| u64::from(offset) + u64::from(got) < c);
+        // u64 so that a crafted token near u32::MAX cannot overflow.
+        let next = u64::from(offset) + page.volumes.len() as u64;
+        let more = page.next_marker.is_some() || page.count.is_some_and(|c| next < c);
         Ok(CsiPage {
             entries: page.volumes.iter().map(|v| self.listed(v)).collect(),
-            next_token: (more && got > 0).then(|| (offset + got).to_string()),
+            next_token: (more && !page.volumes.is_empty()).then(|| next.to_string()),
         })
     }
 

@@ -42,16 +42,29 @@ pub async fn find_device(
     let deadline = Instant::now() + wait;
     let mut interval = Duration::from_millis(50);
     loop {
+        // A link that exists but does not lead to a block device (udev still settling, a stale
+        // or foreign link) must neither end the search nor hide the other names: try them all,
+        // keep waiting, and report what was wrong if nothing turns up.
+        let mut problems = Vec::new();
         for link in &links {
-            if let Some(device) = host.resolve_device(link).await? {
-                return Ok(device);
+            match host.resolve_device(link).await {
+                Ok(Some(device)) => return Ok(device),
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
             }
         }
         let now = Instant::now();
         if now >= deadline {
             let tried: Vec<String> = links.iter().map(|l| l.display().to_string()).collect();
-            return Err(Error::Unavailable(format!(
-                "disk {disk_id} did not appear on this node within {wait:?} (looked for {}); is it attached here (ControllerPublishVolume)?",
+            let problems = if problems.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", problems.join("; "))
+            };
+            // NOT_FOUND is what CSI asks of NodeStage for a volume that does not exist; for one
+            // still attaching, the kubelet retries it like any other error.
+            return Err(Error::NotFound(format!(
+                "disk {disk_id} did not appear on this node within {wait:?} (looked for {}){problems}; is it attached here (ControllerPublishVolume)?",
                 tried.join(", ")
             )));
         }
@@ -104,7 +117,35 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert_eq!(err.code(), tonic::Code::NotFound);
         assert!(err.to_string().contains("/d/virtio-missing"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_link_to_a_non_block_file_neither_ends_the_search_nor_hides_other_names() {
+        let host = FakeHost::default();
+        host.add_link(Path::new("/d/virtio-abc"), Path::new("/tmp/not-a-device"));
+        let ctx = BTreeMap::from([(WWN_CONTEXT_KEY.to_string(), "6888".to_string())]);
+        host.add_device(
+            Path::new("/d/scsi-36888"),
+            Path::new("/dev/sdb"),
+            FakeDevice::default(),
+        );
+        let dev = find_device(&host, Path::new("/d"), "abc", &ctx, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(dev, PathBuf::from("/dev/sdb"));
+
+        let err = find_device(
+            &host,
+            Path::new("/d"),
+            "abc",
+            &BTreeMap::new(),
+            Duration::from_millis(60),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+        assert!(err.to_string().contains("not a block device"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use everest_backend::backend::{
     BackendKind, NodeBackend, NodeExpand, NodePublish, NodeStage, VolumeUsage,
 };
 use everest_backend::capability::VolumeCapability;
+use everest_backend::capacity::CapacityRange;
 use everest_backend::host::{Host, HostError, mounts_at};
 use everest_backend::node::{
     filesystem_usage, publish_block, publish_filesystem, unmount_all, unmount_and_remove,
@@ -85,10 +86,34 @@ fn mount_options(cap: &VolumeCapability) -> Vec<String> {
         everest_backend::capability::AccessType::Mount { mount_flags, .. } => mount_flags.clone(),
         everest_backend::capability::AccessType::Block => Vec::new(),
     };
-    if read_only_mode(cap.access_mode) && !opts.iter().any(|o| o == "ro") {
-        opts.push("ro".into());
+    if read_only_mode(cap.access_mode) {
+        // A read-only access mode wins over a StorageClass "rw": drop it rather than rely on
+        // mount taking the last of two conflicting options.
+        opts.retain(|o| o != "rw");
+        if !opts.iter().any(|o| o == "ro") {
+            opts.push("ro".into());
+        }
     }
     opts
+}
+
+/// Whether the staging mount will be read-only (by access mode or by a mount option).
+fn mounts_read_only(opts: &[String]) -> bool {
+    opts.iter().any(|o| o == "ro")
+}
+
+/// The device size, or UNAVAILABLE while the guest does not see the size asked for yet.
+///
+/// The kubelet records a resize as finished on success whatever size is returned, so
+/// succeeding before the guest sees the larger disk would leave the filesystem small for good.
+fn check_device_grew(disk: &str, device_size: u64, capacity: &CapacityRange) -> Result<u64> {
+    if device_size < capacity.required_bytes {
+        return Err(Error::Unavailable(format!(
+            "disk {disk} still shows {device_size} bytes on this node, less than the {} requested; the larger size has not reached the guest yet, retry",
+            capacity.required_bytes
+        )));
+    }
+    Ok(device_size)
 }
 
 fn ext_online_grow_failed(disk: &str, e: HostError) -> Error {
@@ -145,16 +170,19 @@ impl NodeBackend for EvsNode {
         let fs = self
             .ensure_filesystem(disk, &device, req.capability.fs_type())
             .await?;
+        let options = mount_options(&req.capability);
+        // A read-only volume is never written to: no fsck/resize2fs before mounting, and no
+        // xfs_growfs/btrfs resize on a read-only mount (which fails and would block every stage).
+        // It is grown at the first read-write stage.
+        let may_grow = !mounts_read_only(&options);
         // ext cannot grow online on every host; grow it here, unmounted, after an expand.
-        if is_ext(&fs) && self.needs_grow(&device, &fs).await? {
+        if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs).await? {
             tracing::info!(disk, "growing ext filesystem offline before mounting");
             self.host.grow_filesystem(&device, &fs, None).await?;
         }
         self.host.make_dir(staging).await?;
-        self.host
-            .mount(&device, staging, &fs, &mount_options(&req.capability))
-            .await?;
-        if !is_ext(&fs) && self.needs_grow(&device, &fs).await? {
+        self.host.mount(&device, staging, &fs, &options).await?;
+        if may_grow && !is_ext(&fs) && self.needs_grow(&device, &fs).await? {
             tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
             self.host
                 .grow_filesystem(&device, &fs, Some(staging))
@@ -191,7 +219,11 @@ impl NodeBackend for EvsNode {
             .await;
         }
         let staging = req.staging.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("staging_target_path is required: EVS volumes are staged".into())
+            // CSI's answer when a plugin that stages is asked to publish without a staging path.
+            Error::FailedPrecondition(
+                "staging_target_path is required: EVS volumes are staged (NodeStageVolume first)"
+                    .into(),
+            )
         })?;
         publish_filesystem(
             self.host.as_ref(),
@@ -216,8 +248,9 @@ impl NodeBackend for EvsNode {
             .is_some_and(VolumeCapability::is_block)
             || self.host.is_block_device(path).await?
         {
-            // A raw device has no filesystem to grow; the kernel already sees the new size.
-            return Ok(self.host.device_size(path).await?);
+            // A raw device has no filesystem to grow, but must show the new size too.
+            let size = self.host.device_size(path).await?;
+            return check_device_grew(disk, size, &req.capacity);
         }
         let mount = mounts_at(self.host.as_ref(), path)
             .await?
@@ -227,6 +260,7 @@ impl NodeBackend for EvsNode {
             })?;
         let device = PathBuf::from(&mount.source);
         let device_size = self.host.device_size(&device).await?;
+        check_device_grew(disk, device_size, &req.capacity)?;
         if self.needs_grow(&device, &mount.fs_type).await? {
             let grown = self
                 .host
@@ -369,14 +403,66 @@ mod tests {
         assert_eq!(host.mount_table().len(), 1, "the mount must stay");
     }
 
+    fn read_only(mut req: NodeStage) -> NodeStage {
+        req.capability.access_mode = AccessMode::SingleNodeReaderOnly;
+        req
+    }
+
     #[tokio::test]
-    async fn missing_device_is_unavailable() {
+    async fn read_only_stage_never_grows_or_writes() {
+        for fs in ["xfs", "ext4"] {
+            let (host, node) = setup(Some(fs));
+            host.resize_device(Path::new("/dev/loop3"), 20 * GIB);
+            node.stage(&read_only(stage_req(fs))).await.unwrap();
+            let calls = host.calls();
+            assert!(
+                !calls.iter().any(|c| c.starts_with("grow")),
+                "{fs}: a read-only volume must not be grown: {calls:?}"
+            );
+            assert!(host.mount_table()[0].is_read_only());
+        }
+    }
+
+    #[test]
+    fn read_only_mode_drops_a_conflicting_rw_option() {
+        let mut cap = read_only(stage_req("ext4")).capability;
+        cap.access_type = AccessType::Mount {
+            fs_type: "ext4".into(),
+            mount_flags: vec!["rw".into(), "noatime".into()],
+        };
+        assert_eq!(mount_options(&cap), vec!["noatime", "ro"]);
+    }
+
+    #[tokio::test]
+    async fn expand_waits_until_the_guest_sees_the_new_size() {
+        let (host, node) = setup(Some("xfs"));
+        let req = stage_req("xfs");
+        node.stage(&req).await.unwrap();
+        let expand = NodeExpand {
+            native_id: "disk-1".into(),
+            volume_path: req.staging.clone(),
+            staging: None,
+            capacity: CapacityRange::new((20 * GIB) as i64, 0).unwrap(),
+            capability: Some(req.capability.clone()),
+        };
+        let err = node.expand(&expand).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        host.resize_device(Path::new("/dev/loop3"), 20 * GIB);
+        assert_eq!(node.expand(&expand).await.unwrap(), 20 * GIB);
+        assert_eq!(
+            host.device(Path::new("/dev/loop3")).unwrap().fs_size,
+            20 * GIB
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_device_is_not_found() {
         let (_, node) = setup(None);
         let mut req = stage_req("ext4");
         req.native_id = "other-disk".into();
         assert_eq!(
             node.stage(&req).await.unwrap_err().code(),
-            tonic::Code::Unavailable
+            tonic::Code::NotFound
         );
     }
 }

@@ -25,6 +25,7 @@ struct State {
     devices: BTreeMap<PathBuf, FakeDevice>,
     links: BTreeMap<PathBuf, PathBuf>,
     paths: BTreeSet<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
     mounts: Vec<MountEntry>,
     calls: Vec<String>,
     fail: BTreeMap<String, String>,
@@ -48,6 +49,15 @@ impl FakeHost {
         s.links.insert(link.to_owned(), path.to_owned());
         s.paths.insert(link.to_owned());
         s.paths.insert(path.to_owned());
+    }
+
+    /// Adds a link at `link` to `target`, which is not a block device (resolving it fails, as
+    /// on Linux).
+    pub fn add_link(&self, link: &Path, target: &Path) {
+        let mut s = self.state();
+        s.links.insert(link.to_owned(), target.to_owned());
+        s.paths.insert(link.to_owned());
+        s.paths.insert(target.to_owned());
     }
 
     /// Changes a device's size (as an expand would).
@@ -230,10 +240,14 @@ impl Host for FakeHost {
 
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError> {
         let s = self.state();
-        Ok(s.links
-            .get(link)
-            .cloned()
-            .or_else(|| s.devices.contains_key(link).then(|| link.to_owned())))
+        match s.links.get(link) {
+            Some(target) if !s.devices.contains_key(target) => Err(HostError::new(
+                format!("resolve {}", link.display()),
+                format!("{} is not a block device", target.display()),
+            )),
+            Some(target) => Ok(Some(target.clone())),
+            None => Ok(s.devices.contains_key(link).then(|| link.to_owned())),
+        }
     }
 
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
@@ -279,19 +293,30 @@ impl Host for FakeHost {
 
     async fn make_dir(&self, path: &Path) -> Result<(), HostError> {
         self.record(format!("mkdir {}", path.display()))?;
-        self.state().paths.insert(path.to_owned());
+        let mut s = self.state();
+        s.paths.insert(path.to_owned());
+        s.dirs.insert(path.to_owned());
         Ok(())
     }
 
     async fn make_file(&self, path: &Path) -> Result<(), HostError> {
         self.record(format!("touch {}", path.display()))?;
-        self.state().paths.insert(path.to_owned());
+        let mut s = self.state();
+        if s.dirs.contains(path) {
+            return Err(HostError::new(
+                format!("create {}", path.display()),
+                "Is a directory (os error 21)",
+            ));
+        }
+        s.paths.insert(path.to_owned());
         Ok(())
     }
 
     async fn remove_path(&self, path: &Path) -> Result<(), HostError> {
         self.record(format!("rm {}", path.display()))?;
-        self.state().paths.remove(path);
+        let mut s = self.state();
+        s.paths.remove(path);
+        s.dirs.remove(path);
         Ok(())
     }
 }

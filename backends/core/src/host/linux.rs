@@ -43,6 +43,19 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> HostError {
     HostError::new(format!("{what} {}", p.display()), e.to_string())
 }
 
+/// Opens `device` and reads its first block; an error when either fails.
+async fn check_readable(device: &Path) -> Result<(), HostError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(device)
+        .await
+        .map_err(|e| io_err("open", device, e))?;
+    let mut first = [0u8; 4096];
+    file.read(&mut first)
+        .await
+        .map(drop)
+        .map_err(|e| io_err("read", device, e))
+}
+
 /// Finds `key` in `text` lines of the form `key<sep>value` and parses the number after it.
 fn number_after(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -103,6 +116,10 @@ impl Host for LinuxHost {
 
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError> {
         let dev = path_str(device)?;
+        // `blkid -p` also exits 2 ("nothing found") when it cannot open or read the device at
+        // all (a missing node, an I/O error), silently. Prove the device readable first, so an
+        // unreadable disk is an error and never "blank" — blank is what leads to mkfs.
+        check_readable(device).await?;
         let out = Command::new("blkid")
             .args(["-p", "-o", "export", dev])
             .stdin(Stdio::null())
@@ -363,6 +380,30 @@ mod tests {
     async fn statvfs_of_root_is_sane() {
         let s = LinuxHost.fs_stats(Path::new("/")).await.unwrap();
         assert!(s.total_bytes > 0 && s.used_bytes <= s.total_bytes);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_device_is_an_error_never_blank() {
+        if std::process::Command::new("blkid")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: blkid is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let blank = dir.path().join("blank.img");
+        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
+        assert_eq!(LinuxHost.filesystem_of(&blank).await.unwrap(), None);
+        // blkid exits 2 for these too, as it does for a blank device.
+        assert!(
+            LinuxHost
+                .filesystem_of(&dir.path().join("missing"))
+                .await
+                .is_err()
+        );
+        assert!(LinuxHost.filesystem_of(dir.path()).await.is_err());
     }
 
     #[tokio::test]

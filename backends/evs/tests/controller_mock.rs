@@ -1,0 +1,485 @@
+//! The controller side against a small stateful mock of the EVS and ECS APIs on 127.0.0.1:
+//! recovery from a disk whose creation failed, detaching from a deleted node, idempotent
+//! expand and delete.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use everest_backend::backend::CreateVolume;
+use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::capacity::{CapacityRange, GIB};
+use everest_backend::params::CommonParams;
+use everest_backend::secrets::Secrets;
+use everest_backend::{BackendName, ControllerBackend};
+use everest_evs::api::{Credentials, EvsClient};
+use everest_evs::{EvsConfig, EvsController};
+use percent_encoding::percent_decode_str;
+use serde_json::{Value, json};
+
+const PROJECT: &str = "p1";
+const SECRET_KEY: &str = "mock-secret-key-value";
+
+/// One request as the mock saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Cloud {
+    /// Disks by id, as the API returns them.
+    disks: BTreeMap<String, Value>,
+    /// Servers that exist.
+    servers: Vec<String>,
+    /// Disks that vanish only after this many more reads once their delete was accepted.
+    deleting: BTreeMap<String, usize>,
+    seen: Vec<Seen>,
+    next: usize,
+}
+
+impl Cloud {
+    /// A read of disk `id`: a disk being deleted shows `deleting` a few times, then is gone.
+    fn read(&mut self, id: &str) -> Option<Value> {
+        if let Some(left) = self.deleting.get_mut(id) {
+            if *left == 0 {
+                self.deleting.remove(id);
+                self.disks.remove(id);
+                return None;
+            }
+            *left -= 1;
+            let mut d = self.disks.get(id)?.clone();
+            d["status"] = json!("deleting");
+            return Some(d);
+        }
+        self.disks.get(id).cloned()
+    }
+}
+
+type Shared = Arc<Mutex<Cloud>>;
+
+fn disk(id: &str, name: &str, status: &str, size: u64) -> Value {
+    json!({"id": id, "name": name, "status": status, "size": size, "volume_type": "SSD",
+           "availability_zone": "az1", "multiattach": false,
+           "metadata": {"everest.io/csi-name": name, "everest.io/managed-by": "everest"},
+           "attachments": [], "created_at": "2016-05-25T02:38:40.392463"})
+}
+
+fn job(id: &str, volume: &str) -> Value {
+    json!({"job_id": id, "job_type": "x", "status": "SUCCESS", "entities": {"volume_id": volume}})
+}
+
+fn not_found(code: &str) -> Response {
+    let body = json!({"error": {"code": code, "message": format!("{code}: not found")}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+fn ok(body: Value) -> Response {
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn query(uri: &Uri) -> BTreeMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| {
+            let d = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+            (d(k), d(v))
+        })
+        .collect()
+}
+
+async fn handle(
+    State(cloud): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut c = cloud.lock().unwrap();
+    c.seen.push(Seen {
+        method: method.clone(),
+        path: uri.path().to_owned(),
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("GET", ["evs", "v2", PROJECT, "cloudvolumes", "detail"]) => {
+            let q = query(&uri);
+            let ids: Vec<String> = q
+                .get("ids")
+                .map(|s| {
+                    s.trim_matches(['[', ']'])
+                        .split(',')
+                        .map(|i| i.trim_matches('\'').to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let wanted_meta: BTreeMap<String, String> = q
+                .get("metadata")
+                .map(|m| serde_json::from_str(m).unwrap())
+                .unwrap_or_default();
+            let all: Vec<String> = c.disks.keys().cloned().collect();
+            let mut volumes = Vec::new();
+            for id in all {
+                let Some(d) = c.read(&id) else { continue };
+                let name_ok = q.get("name").is_none_or(|n| d["name"] == json!(n));
+                let ids_ok = ids.is_empty() || ids.contains(&id);
+                let meta_ok = wanted_meta
+                    .iter()
+                    .all(|(k, v)| d["metadata"][k] == json!(v));
+                if name_ok && ids_ok && meta_ok {
+                    volumes.push(d);
+                }
+            }
+            ok(json!({"volumes": volumes, "count": volumes.len()}))
+        }
+        ("GET", ["evs", "v2", PROJECT, "cloudvolumes", id]) => match c.read(id) {
+            Some(d) => ok(json!({"volume": d})),
+            None => not_found("EVS.5404"),
+        },
+        ("DELETE", ["evs", "v2", PROJECT, "cloudvolumes", id]) => {
+            let Some(d) = c.disks.get(*id) else {
+                return not_found("EVS.5404");
+            };
+            let status = d["status"].as_str().unwrap_or_default();
+            if !matches!(status, "available" | "error") || c.deleting.contains_key(*id) {
+                let body = json!({"error": {"code": "EVS.1046", "message": "bad state"}});
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
+            c.deleting.insert((*id).to_owned(), 2);
+            ok(json!({"job_id": format!("job-delete-{id}")}))
+        }
+        ("POST", ["evs", "v2.1", PROJECT, "cloudvolumes"]) => {
+            c.next += 1;
+            let id = format!("disk-new-{}", c.next);
+            let v = &c.seen.last().unwrap().body["volume"];
+            let mut d = disk(
+                &id,
+                v["name"].as_str().unwrap(),
+                "available",
+                v["size"].as_u64().unwrap(),
+            );
+            d["metadata"] = v["metadata"].clone();
+            c.disks.insert(id.clone(), d);
+            ok(json!({"job_id": format!("job-create-{id}"), "volume_ids": [id]}))
+        }
+        ("POST", ["evs", "v2.1", PROJECT, "cloudvolumes", id, "action"]) => {
+            let new_size = c.seen.last().unwrap().body["os-extend"]["new_size"].clone();
+            let Some(d) = c.disks.get_mut(*id) else {
+                return not_found("EVS.5404");
+            };
+            if d["size"].as_u64() >= new_size.as_u64() {
+                let body =
+                    json!({"error": {"code": "EVS.1015", "message": "new size must be larger"}});
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
+            d["size"] = new_size;
+            ok(json!({"job_id": format!("job-extend-{id}")}))
+        }
+        ("GET", ["evs" | "ecs", "v1", PROJECT, "jobs", id]) => {
+            let volume = id.rsplit_once("disk-").map(|(_, v)| format!("disk-{v}"));
+            ok(job(id, volume.as_deref().unwrap_or_default()))
+        }
+        (
+            "DELETE",
+            [
+                "ecs",
+                "v1",
+                PROJECT,
+                "cloudservers",
+                server,
+                "detachvolume",
+                id,
+            ],
+        ) => {
+            if !c.servers.iter().any(|s| s == server) {
+                return not_found("Ecs.0114");
+            }
+            if let Some(d) = c.disks.get_mut(*id) {
+                d["attachments"] = json!([]);
+                d["status"] = json!("available");
+            }
+            ok(json!({"job_id": format!("job-detach-{id}")}))
+        }
+        _ => not_found("APIGW.0101"),
+    }
+}
+
+struct Mock {
+    cloud: Shared,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Mock {
+    async fn start(disks: Vec<Value>, servers: &[&str]) -> Mock {
+        let cloud: Shared = Arc::new(Mutex::new(Cloud {
+            disks: disks
+                .into_iter()
+                .map(|d| (d["id"].as_str().unwrap().to_owned(), d))
+                .collect(),
+            servers: servers.iter().map(|s| (*s).to_owned()).collect(),
+            ..Cloud::default()
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(handle).with_state(cloud.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Mock {
+            cloud,
+            addr,
+            server,
+        }
+    }
+
+    fn controller(&self) -> EvsController {
+        let table = json!({
+            "project_id": PROJECT, "region": "r1", "credentials_file": "/nonexistent",
+            "evs_endpoint": format!("http://{}/evs", self.addr),
+            "ecs_endpoint": format!("http://{}/ecs", self.addr),
+            "retry_base_ms": 1, "retry_cap_ms": 5, "max_retries": 1,
+            "job_poll_initial_ms": 5, "job_poll_max_ms": 20,
+            "job_timeout_seconds": 5, "availability_zone": "az1",
+        });
+        let config = EvsConfig::parse("evs", table.as_object().unwrap()).unwrap();
+        let client = EvsClient::new(
+            config.cloud.clone(),
+            Credentials::AkSk {
+                access_key: "MOCKACCESSKEY".into(),
+                secret_key: SECRET_KEY.into(),
+                security_token: None,
+            },
+        )
+        .unwrap();
+        EvsController::new(BackendName::new("evs").unwrap(), config, client)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.cloud.lock().unwrap().seen.clone()
+    }
+
+    /// `METHOD /path` of every request that changes something.
+    fn writes(&self) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method != Method::GET)
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect()
+    }
+
+    fn disk(&self, id: &str) -> Option<Value> {
+        self.cloud.lock().unwrap().disks.get(id).cloned()
+    }
+}
+
+fn create_request(name: &str, gib: u64) -> CreateVolume {
+    CreateVolume {
+        name: name.into(),
+        capacity: CapacityRange::new((gib * GIB) as i64, 0).unwrap(),
+        capabilities: vec![VolumeCapability {
+            access_type: AccessType::Mount {
+                fs_type: "ext4".into(),
+                mount_flags: vec![],
+            },
+            access_mode: AccessMode::SingleNodeWriter,
+        }],
+        common: CommonParams::default(),
+        parameters: BTreeMap::new(),
+        topology: None,
+        secrets: Secrets::default(),
+    }
+}
+
+#[tokio::test]
+async fn create_replaces_a_disk_whose_creation_failed() {
+    let mock = Mock::start(vec![disk("disk-failed", "pvc-1", "error", 10)], &[]).await;
+    let c = mock.controller();
+
+    let volume = c.create_volume(&create_request("pvc-1", 10)).await.unwrap();
+
+    assert_eq!(volume.native_id, "disk-new-1");
+    assert_eq!(
+        mock.writes(),
+        vec![
+            "DELETE /evs/v2/p1/cloudvolumes/disk-failed",
+            "POST /evs/v2.1/p1/cloudvolumes",
+        ],
+        "the failed disk must be deleted, then a new one created"
+    );
+    assert!(mock.disk("disk-failed").is_none(), "the failed disk leaked");
+    let seen = mock.seen();
+    let create = seen.iter().position(|s| s.method == Method::POST).unwrap();
+    // A token derived from the failed disk, not the stable one whose attempt failed.
+    let token = seen[create]
+        .headers
+        .get("x-client-token")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&token).is_ok());
+
+    // A retry finds the new disk and creates nothing more.
+    let again = c.create_volume(&create_request("pvc-1", 10)).await.unwrap();
+    assert_eq!(again.native_id, "disk-new-1");
+    assert_eq!(mock.writes().len(), 2, "{:?}", mock.writes());
+    // The stable token of a fresh request differs from the replacement's.
+    let mock2 = Mock::start(vec![], &[]).await;
+    mock2
+        .controller()
+        .create_volume(&create_request("pvc-1", 10))
+        .await
+        .unwrap();
+    let stable = mock2
+        .seen()
+        .into_iter()
+        .find(|s| s.method == Method::POST)
+        .unwrap()
+        .headers
+        .get("x-client-token")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(stable, token);
+}
+
+#[tokio::test]
+async fn create_finishes_removing_a_failed_disk_already_being_deleted() {
+    let mock = Mock::start(vec![disk("disk-failed", "pvc-2", "error", 10)], &[]).await;
+    mock.cloud
+        .lock()
+        .unwrap()
+        .deleting
+        .insert("disk-failed".into(), 2);
+    let volume = mock
+        .controller()
+        .create_volume(&create_request("pvc-2", 10))
+        .await
+        .unwrap();
+    assert_eq!(volume.native_id, "disk-new-1");
+    assert_eq!(mock.writes(), vec!["POST /evs/v2.1/p1/cloudvolumes"]);
+}
+
+#[tokio::test]
+async fn create_never_deletes_a_usable_disk() {
+    let mock = Mock::start(vec![disk("disk-ok", "pvc-3", "available", 10)], &[]).await;
+    let c = mock.controller();
+    assert_eq!(
+        c.create_volume(&create_request("pvc-3", 10))
+            .await
+            .unwrap()
+            .native_id,
+        "disk-ok"
+    );
+    // A size mismatch is ALREADY_EXISTS, never a delete.
+    let err = c
+        .create_volume(&create_request("pvc-3", 20))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+#[tokio::test]
+async fn unpublish_from_a_deleted_node_is_done() {
+    let mut d = disk("disk-a", "pvc-4", "in-use", 10);
+    d["attachments"] = json!([{"attachment_id": "a1", "volume_id": "disk-a",
+                               "server_id": "server-gone", "device": "/dev/vdb"}]);
+    let mock = Mock::start(vec![d], &[]).await;
+    mock.controller()
+        .unpublish("disk-a", Some("server-gone"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mock.writes(),
+        vec!["DELETE /ecs/v1/p1/cloudservers/server-gone/detachvolume/disk-a"]
+    );
+}
+
+#[tokio::test]
+async fn unpublish_from_a_live_node_detaches_and_waits() {
+    let mut d = disk("disk-b", "pvc-5", "in-use", 10);
+    d["attachments"] = json!([{"attachment_id": "a1", "volume_id": "disk-b",
+                               "server_id": "server-1", "device": "/dev/vdb"}]);
+    let mock = Mock::start(vec![d], &["server-1"]).await;
+    mock.controller()
+        .unpublish("disk-b", Some("server-1"))
+        .await
+        .unwrap();
+    assert_eq!(mock.disk("disk-b").unwrap()["status"], "available");
+}
+
+#[tokio::test]
+async fn expand_of_a_disk_already_large_enough_is_ok_and_sends_nothing() {
+    let mock = Mock::start(vec![disk("disk-c", "pvc-6", "in-use", 30)], &[]).await;
+    let c = mock.controller();
+    for _ in 0..2 {
+        let e = c
+            .expand("disk-c", CapacityRange::new((20 * GIB) as i64, 0).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(e.capacity_bytes, 30 * GIB);
+    }
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+    let e = c
+        .expand("disk-c", CapacityRange::new((40 * GIB) as i64, 0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(e.capacity_bytes, 40 * GIB);
+    assert_eq!(mock.writes().len(), 1);
+}
+
+#[tokio::test]
+async fn delete_of_a_disk_already_deleting_waits_without_a_second_delete() {
+    let mock = Mock::start(vec![disk("disk-d", "pvc-7", "available", 10)], &[]).await;
+    mock.cloud
+        .lock()
+        .unwrap()
+        .deleting
+        .insert("disk-d".into(), 3);
+    let c = mock.controller();
+    c.delete_volume("disk-d", &Secrets::default())
+        .await
+        .unwrap();
+    c.delete_volume("disk-d", &Secrets::default())
+        .await
+        .unwrap();
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+    assert!(mock.disk("disk-d").is_none());
+}
+
+#[tokio::test]
+async fn errors_never_carry_the_secret_key() {
+    let mock = Mock::start(vec![disk("disk-e", "pvc-8", "available", 10)], &[]).await;
+    let c = mock.controller();
+    let errors = [
+        c.get_volume("missing").await.err(),
+        c.expand("missing", CapacityRange::default()).await.err(),
+        c.list_volumes(Some("bogus"), 0).await.err(),
+        c.create_volume(&create_request("pvc-8", 20)).await.err(),
+    ];
+    for e in errors.into_iter().flatten() {
+        assert!(!e.to_string().contains(SECRET_KEY), "{e}");
+    }
+    assert!(!format!("{c:?}").contains(SECRET_KEY));
+}

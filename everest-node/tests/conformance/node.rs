@@ -1,0 +1,603 @@
+//! Node: bad input, state checks, NodeGetInfo/NodeGetCapabilities, and the whole sequence.
+
+use super::*;
+
+// ------------------------------------------------------------------------ Node: bad input
+
+fn stage_request(world: &World) -> csi::NodeStageVolumeRequest {
+    let id = some_volume_id();
+    csi::NodeStageVolumeRequest {
+        staging_target_path: world.staging_path(&id),
+        volume_id: id,
+        volume_capability: Some(ext4()),
+        publish_context: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+fn node_publish_request(world: &World) -> csi::NodePublishVolumeRequest {
+    let id = some_volume_id();
+    csi::NodePublishVolumeRequest {
+        staging_target_path: world.staging_path(&id),
+        target_path: world.target_path("pod-conformance", &id),
+        volume_id: id,
+        volume_capability: Some(ext4()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn node_stage_without_volume_id_is_invalid_argument() {
+    let world = World::start().await;
+    let mut req = stage_request(&world);
+    req.volume_id.clear();
+    expect_error(
+        world.node().await.node_stage_volume(req).await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_stage_without_staging_path_is_invalid_argument() {
+    let world = World::start().await;
+    let mut req = stage_request(&world);
+    req.staging_target_path.clear();
+    expect_error(
+        world.node().await.node_stage_volume(req).await,
+        Code::InvalidArgument,
+        &["staging_target_path"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_stage_without_capability_is_invalid_argument() {
+    let world = World::start().await;
+    let mut req = stage_request(&world);
+    req.volume_capability = None;
+    expect_error(
+        world.node().await.node_stage_volume(req).await,
+        Code::InvalidArgument,
+        &["volume_capability"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_unstage_without_volume_id_is_invalid_argument() {
+    let world = World::start().await;
+    let staging = world.staging_path(&some_volume_id());
+    expect_error(
+        world
+            .node()
+            .await
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: String::new(),
+                staging_target_path: staging,
+            })
+            .await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_unstage_without_staging_path_is_invalid_argument() {
+    let world = World::start().await;
+    expect_error(
+        world
+            .node()
+            .await
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: some_volume_id(),
+                staging_target_path: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        &["staging_target_path"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_publish_without_volume_id_is_invalid_argument() {
+    let world = World::start().await;
+    let mut req = node_publish_request(&world);
+    req.volume_id.clear();
+    expect_error(
+        world.node().await.node_publish_volume(req).await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_publish_without_target_path_is_invalid_argument() {
+    let world = World::start().await;
+    let mut req = node_publish_request(&world);
+    req.target_path.clear();
+    expect_error(
+        world.node().await.node_publish_volume(req).await,
+        Code::InvalidArgument,
+        &["target_path"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_publish_without_capability_is_invalid_argument() {
+    let world = World::start().await;
+    let mut req = node_publish_request(&world);
+    req.volume_capability = None;
+    expect_error(
+        world.node().await.node_publish_volume(req).await,
+        Code::InvalidArgument,
+        &["volume_capability"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_unpublish_without_volume_id_is_invalid_argument() {
+    let world = World::start().await;
+    let target = world.target_path("pod-conformance", "vol");
+    expect_error(
+        world
+            .node()
+            .await
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: String::new(),
+                target_path: target,
+            })
+            .await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_unpublish_without_target_path_is_invalid_argument() {
+    let world = World::start().await;
+    expect_error(
+        world
+            .node()
+            .await
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: some_volume_id(),
+                target_path: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        &["target_path"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_expand_without_volume_id_is_invalid_argument() {
+    let world = World::start().await;
+    let target = world.target_path("pod-conformance", "vol");
+    expect_error(
+        world
+            .node()
+            .await
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_path: target,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_expand_without_volume_path_is_invalid_argument() {
+    let world = World::start().await;
+    expect_error(
+        world
+            .node()
+            .await
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: some_volume_id(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["volume_path"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_get_volume_stats_without_volume_id_is_invalid_argument() {
+    let world = World::start().await;
+    let target = world.target_path("pod-conformance", "vol");
+    expect_error(
+        world
+            .node()
+            .await
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_path: target,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["volume_id"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_get_volume_stats_without_volume_path_is_invalid_argument() {
+    let world = World::start().await;
+    expect_error(
+        world
+            .node()
+            .await
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: some_volume_id(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        &["volume_path"],
+    );
+    shut_down_clean(world).await;
+}
+
+// --------------------------------------------------------------------- Node: state checks
+
+#[tokio::test]
+async fn node_get_volume_stats_on_a_missing_path_is_not_found() {
+    let world = World::start().await;
+    let vol = create_volume(&world, "pvc-stats-nowhere").await;
+    // The parent exists (kubelet makes it); the path itself was never created.
+    let target = world.target_path("pod-conformance", "pvc-stats-nowhere");
+    assert!(!std::path::Path::new(&target).exists());
+    expect_error(
+        world
+            .node()
+            .await
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: vol.volume_id.clone(),
+                volume_path: target.clone(),
+                staging_target_path: String::new(),
+            })
+            .await,
+        Code::NotFound,
+        &[&target, &vol.volume_id, "volume_path"],
+    );
+    delete_volume(&world, &vol.volume_id).await;
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_unpublish_of_a_never_published_path_is_ok() {
+    let world = World::start().await;
+    let vol = create_volume(&world, "pvc-unpub-never").await;
+    let target = world.target_path("pod-conformance", "pvc-unpub-never");
+    world
+        .node()
+        .await
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            target_path: target,
+        })
+        .await
+        .expect("NodeUnpublishVolume of a path never published");
+    delete_volume(&world, &vol.volume_id).await;
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_unstage_of_a_never_staged_path_is_ok() {
+    let world = World::start().await;
+    let vol = create_volume(&world, "pvc-unstage-never").await;
+    let staging = world.staging_path(&vol.volume_id);
+    world
+        .node()
+        .await
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging,
+        })
+        .await
+        .expect("NodeUnstageVolume of a path never staged");
+    delete_volume(&world, &vol.volume_id).await;
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_publish_of_a_volume_not_staged_is_failed_precondition() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(&world, "pvc-unstaged", ext4(), "pod-conformance").await;
+    v.create(1, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    // The staging directory exists (kubelet made it), but NodeStageVolume never ran.
+    expect_error(
+        v.publish(false).await,
+        Code::FailedPrecondition,
+        &[&v.id(), "staging_target_path", "not staged", "stage"],
+    );
+    assert!(
+        everest_testsupport::host::mount_at(std::path::Path::new(&v.target)).is_none(),
+        "the failed NodePublish mounted something"
+    );
+    v.unpublish().await.expect("NodeUnpublishVolume");
+    v.detach().await.expect("ControllerUnpublishVolume");
+    v.delete().await.expect("DeleteVolume");
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_get_info_reports_id_limit_and_zone() {
+    let world = World::start().await;
+    let info = world
+        .node()
+        .await
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .expect("NodeGetInfo")
+        .into_inner();
+    assert!(!info.node_id.is_empty(), "empty node_id");
+    assert!(info.node_id.len() <= 256, "node_id over 256 bytes");
+    assert!(info.max_volumes_per_node > 0, "{info:?}");
+    let zone = info
+        .accessible_topology
+        .as_ref()
+        .and_then(|t| t.segments.get(ZONE_KEY));
+    assert!(
+        zone.is_some_and(|z| !z.is_empty()),
+        "no {ZONE_KEY} in {info:?}"
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_get_capabilities_lists_known_rpcs_once() {
+    let world = World::start().await;
+    let caps = node_rpcs(&world).await;
+    assert!(!caps.contains(&NodeRpc::Unknown), "{caps:?}");
+    let mut unique = caps.clone();
+    unique.sort_by_key(|c| *c as i32);
+    unique.dedup();
+    assert_eq!(unique.len(), caps.len(), "duplicates in {caps:?}");
+    // The controller publishes, so the node must stage (kubelet needs the staging step for
+    // the device the attach produced).
+    assert!(caps.contains(&NodeRpc::StageUnstageVolume), "{caps:?}");
+    shut_down_clean(world).await;
+}
+
+// ------------------------------------------------------------- more csi-sanity cases
+
+#[tokio::test]
+async fn create_volume_with_one_name_and_another_size_is_already_exists() {
+    let world = World::start().await;
+    // The backend may round up (EVS disks are at least 10 GiB), so ask for more than it made.
+    let vol = create_volume(&world, "pvc-resized").await;
+    let mut req = create_request("pvc-resized", vol.capacity_bytes + 10 * GIB, ext4(), &[]);
+    req.accessibility_requirements = Some(world.topology_requirement().await);
+    expect_error(
+        world.controller().await.create_volume(req).await,
+        Code::AlreadyExists,
+        &["pvc-resized"],
+    );
+    delete_volume(&world, &vol.volume_id).await;
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn validate_volume_capabilities_leaves_unsupported_capabilities_unconfirmed() {
+    let world = World::start().await;
+    let vol = create_volume(&world, "pvc-validate-mnmw").await;
+    let resp = world
+        .controller()
+        .await
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: vol.volume_id.clone(),
+            volume_capabilities: vec![block_cap(Mode::MultiNodeMultiWriter)],
+            ..Default::default()
+        })
+        .await
+        .expect("ValidateVolumeCapabilities answers OK for unsupported capabilities")
+        .into_inner();
+    assert!(resp.confirmed.is_none(), "{resp:?}");
+    assert!(!resp.message.is_empty(), "no reason given: {resp:?}");
+    delete_volume(&world, &vol.volume_id).await;
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn controller_unpublish_of_a_missing_volume_is_ok() {
+    let world = World::start().await;
+    let node = world.node_id().await;
+    world
+        .controller()
+        .await
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: missing_volume_id(),
+            node_id: node,
+            ..Default::default()
+        })
+        .await
+        .expect("ControllerUnpublishVolume of a volume that does not exist");
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_stage_of_a_missing_volume_is_not_found() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let req = stage_request(&world);
+    expect_error(
+        world.node().await.node_stage_volume(req).await,
+        Code::NotFound,
+        &[MISSING_NATIVE_ID],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_publish_without_staging_path_is_failed_precondition() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(&world, "pvc-nostaging", ext4(), "pod-conformance").await;
+    v.create(1, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    v.stage().await.expect("NodeStageVolume");
+    let req = csi::NodePublishVolumeRequest {
+        volume_id: v.id(),
+        publish_context: v.publish_context.clone(),
+        staging_target_path: String::new(),
+        target_path: v.target.clone(),
+        volume_capability: Some(ext4()),
+        ..Default::default()
+    };
+    let result = world.node().await.node_publish_volume(req).await;
+    // Clean up before asserting, so a deviation leaves nothing mounted or attached.
+    v.unpublish().await.expect("NodeUnpublishVolume");
+    v.unstage().await.expect("NodeUnstageVolume");
+    v.detach().await.expect("ControllerUnpublishVolume");
+    v.delete().await.expect("DeleteVolume");
+    expect_error(result, Code::FailedPrecondition, &["staging_target_path"]);
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn node_expand_of_a_missing_volume_is_not_found() {
+    let world = World::start().await;
+    let target = world.target_path("pod-conformance", "vol");
+    std::fs::create_dir_all(&target).expect("create the volume path");
+    expect_error(
+        world
+            .node()
+            .await
+            .node_expand_volume(csi::NodeExpandVolumeRequest {
+                volume_id: missing_volume_id(),
+                volume_path: target,
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 2 * GIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        &[MISSING_NATIVE_ID, "volume_path", "not"],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+#[ignore = "deliberate: a volume whose mount is gone from an existing volume_path is reported as an abnormal volume_condition (what the kubelet surfaces as an event), not NOT_FOUND"]
+async fn node_get_volume_stats_of_a_volume_not_at_the_path_is_not_found() {
+    let world = World::start().await;
+    // The path exists but nothing is mounted there.
+    let target = world.target_path("pod-conformance", "vol");
+    std::fs::create_dir_all(&target).expect("create the volume path");
+    expect_error(
+        world
+            .node()
+            .await
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: missing_volume_id(),
+                volume_path: target.clone(),
+                staging_target_path: String::new(),
+            })
+            .await,
+        Code::NotFound,
+        &[MISSING_NATIVE_ID, &target],
+    );
+    shut_down_clean(world).await;
+}
+
+#[tokio::test]
+async fn list_volumes_with_negative_max_entries_is_invalid_argument() {
+    let world = World::start().await;
+    expect_error(
+        world
+            .controller()
+            .await
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: -1,
+                starting_token: String::new(),
+            })
+            .await,
+        Code::InvalidArgument,
+        &["max_entries"],
+    );
+    shut_down_clean(world).await;
+}
+
+// ----------------------------------------------------------------------- the happy path
+
+#[tokio::test]
+async fn full_lifecycle_as_csi_sanity_runs_it() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let node_caps = node_rpcs(&world).await;
+    let mut v = Lifecycle::new(&world, "pvc-sanity", ext4(), "pod-sanity").await;
+    let vol = v.create(1, &[]).await.expect("CreateVolume");
+    assert!(!vol.volume_id.is_empty());
+    v.attach().await.expect("ControllerPublishVolume");
+    v.stage().await.expect("NodeStageVolume");
+    v.publish(false).await.expect("NodePublishVolume");
+    if node_caps.contains(&NodeRpc::GetVolumeStats) {
+        let stats = v.stats().await.expect("NodeGetVolumeStats");
+        assert!(
+            stats
+                .usage
+                .iter()
+                .any(|u| u.unit == csi::volume_usage::Unit::Bytes as i32 && u.total > 0),
+            "{stats:?}"
+        );
+        if node_caps.contains(&NodeRpc::VolumeCondition) {
+            let cond = stats.volume_condition.expect("VOLUME_CONDITION advertised");
+            assert!(!cond.abnormal, "{cond:?}");
+        }
+    }
+    if node_caps.contains(&NodeRpc::ExpandVolume) {
+        // Online expansion, as csi-resizer and kubelet do it: the controller grows the disk,
+        // the node grows the filesystem on the published volume.
+        let gib = vol.capacity_bytes / GIB + 1;
+        let grown = v
+            .controller_expand(gib)
+            .await
+            .expect("ControllerExpandVolume");
+        assert!(grown.capacity_bytes >= gib * GIB, "{grown:?}");
+        match v.node_expand(gib).await {
+            Ok(node) => assert!(
+                node.capacity_bytes == 0 || node.capacity_bytes >= gib * GIB,
+                "{node:?}"
+            ),
+            // The spec's answer when the filesystem cannot grow while published; a machine
+            // without CAP_SYS_RESOURCE cannot grow a mounted ext4.
+            Err(status) => {
+                let id = v.id();
+                let native = id.rsplit(':').next().unwrap_or(&id);
+                expect_error(Err::<(), _>(status), Code::FailedPrecondition, &[native]);
+            }
+        }
+    }
+    v.unpublish().await.expect("NodeUnpublishVolume");
+    v.unstage().await.expect("NodeUnstageVolume");
+    v.detach().await.expect("ControllerUnpublishVolume");
+    v.delete().await.expect("DeleteVolume");
+    shut_down_clean(world).await;
+}
