@@ -26,231 +26,150 @@ fn node_publish_request(world: &World) -> csi::NodePublishVolumeRequest {
     }
 }
 
-#[tokio::test]
-async fn node_stage_without_volume_id_is_invalid_argument() {
-    let world = World::start().await;
-    let mut req = stage_request(&world);
-    req.volume_id.clear();
-    expect_error(
-        world.node().await.node_stage_volume(req).await,
-        Code::InvalidArgument,
-        &["volume_id"],
-    );
-    shut_down_clean(world).await;
+/// One bad-input case: build the request from the world, send it with `rpc`, and expect
+/// INVALID_ARGUMENT naming `field`.
+macro_rules! rejects {
+    ($name:ident, $rpc:ident, |$world:ident| $req:expr, $field:literal) => {
+        #[tokio::test]
+        async fn $name() {
+            let $world = World::start().await;
+            let req = $req;
+            expect_error(
+                $world.node().await.$rpc(req).await,
+                Code::InvalidArgument,
+                &[$field],
+            );
+            shut_down_clean($world).await;
+        }
+    };
 }
 
-#[tokio::test]
-async fn node_stage_without_staging_path_is_invalid_argument() {
-    let world = World::start().await;
-    let mut req = stage_request(&world);
-    req.staging_target_path.clear();
-    expect_error(
-        world.node().await.node_stage_volume(req).await,
-        Code::InvalidArgument,
-        &["staging_target_path"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_stage_without_capability_is_invalid_argument() {
-    let world = World::start().await;
-    let mut req = stage_request(&world);
-    req.volume_capability = None;
-    expect_error(
-        world.node().await.node_stage_volume(req).await,
-        Code::InvalidArgument,
-        &["volume_capability"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_unstage_without_volume_id_is_invalid_argument() {
-    let world = World::start().await;
-    let staging = world.staging_path(&some_volume_id());
-    expect_error(
-        world
-            .node()
-            .await
-            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
-                volume_id: String::new(),
-                staging_target_path: staging,
-            })
-            .await,
-        Code::InvalidArgument,
-        &["volume_id"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_unstage_without_staging_path_is_invalid_argument() {
-    let world = World::start().await;
-    expect_error(
-        world
-            .node()
-            .await
-            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
-                volume_id: some_volume_id(),
-                staging_target_path: String::new(),
-            })
-            .await,
-        Code::InvalidArgument,
-        &["staging_target_path"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_publish_without_volume_id_is_invalid_argument() {
-    let world = World::start().await;
-    let mut req = node_publish_request(&world);
-    req.volume_id.clear();
-    expect_error(
-        world.node().await.node_publish_volume(req).await,
-        Code::InvalidArgument,
-        &["volume_id"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_publish_without_target_path_is_invalid_argument() {
-    let world = World::start().await;
-    let mut req = node_publish_request(&world);
-    req.target_path.clear();
-    expect_error(
-        world.node().await.node_publish_volume(req).await,
-        Code::InvalidArgument,
-        &["target_path"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_publish_without_capability_is_invalid_argument() {
-    let world = World::start().await;
-    let mut req = node_publish_request(&world);
-    req.volume_capability = None;
-    expect_error(
-        world.node().await.node_publish_volume(req).await,
-        Code::InvalidArgument,
-        &["volume_capability"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_unpublish_without_volume_id_is_invalid_argument() {
-    let world = World::start().await;
-    let target = world.target_path("pod-conformance", "vol");
-    expect_error(
-        world
-            .node()
-            .await
-            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-                volume_id: String::new(),
-                target_path: target,
-            })
-            .await,
-        Code::InvalidArgument,
-        &["volume_id"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_unpublish_without_target_path_is_invalid_argument() {
-    let world = World::start().await;
-    expect_error(
-        world
-            .node()
-            .await
-            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
-                volume_id: some_volume_id(),
-                target_path: String::new(),
-            })
-            .await,
-        Code::InvalidArgument,
-        &["target_path"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_expand_without_volume_id_is_invalid_argument() {
-    let world = World::start().await;
-    let target = world.target_path("pod-conformance", "vol");
-    expect_error(
-        world
-            .node()
-            .await
-            .node_expand_volume(csi::NodeExpandVolumeRequest {
-                volume_path: target,
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        &["volume_id"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_expand_without_volume_path_is_invalid_argument() {
-    let world = World::start().await;
-    expect_error(
-        world
-            .node()
-            .await
-            .node_expand_volume(csi::NodeExpandVolumeRequest {
-                volume_id: some_volume_id(),
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        &["volume_path"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_get_volume_stats_without_volume_id_is_invalid_argument() {
-    let world = World::start().await;
-    let target = world.target_path("pod-conformance", "vol");
-    expect_error(
-        world
-            .node()
-            .await
-            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-                volume_path: target,
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        &["volume_id"],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn node_get_volume_stats_without_volume_path_is_invalid_argument() {
-    let world = World::start().await;
-    expect_error(
-        world
-            .node()
-            .await
-            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
-                volume_id: some_volume_id(),
-                ..Default::default()
-            })
-            .await,
-        Code::InvalidArgument,
-        &["volume_path"],
-    );
-    shut_down_clean(world).await;
-}
+rejects!(
+    node_stage_without_volume_id_is_invalid_argument,
+    node_stage_volume,
+    |w| csi::NodeStageVolumeRequest {
+        volume_id: String::new(),
+        ..stage_request(&w)
+    },
+    "volume_id"
+);
+rejects!(
+    node_stage_without_staging_path_is_invalid_argument,
+    node_stage_volume,
+    |w| csi::NodeStageVolumeRequest {
+        staging_target_path: String::new(),
+        ..stage_request(&w)
+    },
+    "staging_target_path"
+);
+rejects!(
+    node_stage_without_capability_is_invalid_argument,
+    node_stage_volume,
+    |w| csi::NodeStageVolumeRequest {
+        volume_capability: None,
+        ..stage_request(&w)
+    },
+    "volume_capability"
+);
+rejects!(
+    node_unstage_without_volume_id_is_invalid_argument,
+    node_unstage_volume,
+    |w| csi::NodeUnstageVolumeRequest {
+        volume_id: String::new(),
+        staging_target_path: w.staging_path(&some_volume_id()),
+    },
+    "volume_id"
+);
+rejects!(
+    node_unstage_without_staging_path_is_invalid_argument,
+    node_unstage_volume,
+    |w| csi::NodeUnstageVolumeRequest {
+        volume_id: some_volume_id(),
+        staging_target_path: String::new(),
+    },
+    "staging_target_path"
+);
+rejects!(
+    node_publish_without_volume_id_is_invalid_argument,
+    node_publish_volume,
+    |w| csi::NodePublishVolumeRequest {
+        volume_id: String::new(),
+        ..node_publish_request(&w)
+    },
+    "volume_id"
+);
+rejects!(
+    node_publish_without_target_path_is_invalid_argument,
+    node_publish_volume,
+    |w| csi::NodePublishVolumeRequest {
+        target_path: String::new(),
+        ..node_publish_request(&w)
+    },
+    "target_path"
+);
+rejects!(
+    node_publish_without_capability_is_invalid_argument,
+    node_publish_volume,
+    |w| csi::NodePublishVolumeRequest {
+        volume_capability: None,
+        ..node_publish_request(&w)
+    },
+    "volume_capability"
+);
+rejects!(
+    node_unpublish_without_volume_id_is_invalid_argument,
+    node_unpublish_volume,
+    |w| csi::NodeUnpublishVolumeRequest {
+        volume_id: String::new(),
+        target_path: w.target_path("pod-conformance", "vol"),
+    },
+    "volume_id"
+);
+rejects!(
+    node_unpublish_without_target_path_is_invalid_argument,
+    node_unpublish_volume,
+    |w| csi::NodeUnpublishVolumeRequest {
+        volume_id: some_volume_id(),
+        target_path: String::new(),
+    },
+    "target_path"
+);
+rejects!(
+    node_expand_without_volume_id_is_invalid_argument,
+    node_expand_volume,
+    |w| csi::NodeExpandVolumeRequest {
+        volume_path: w.target_path("pod-conformance", "vol"),
+        ..Default::default()
+    },
+    "volume_id"
+);
+rejects!(
+    node_expand_without_volume_path_is_invalid_argument,
+    node_expand_volume,
+    |w| csi::NodeExpandVolumeRequest {
+        volume_id: some_volume_id(),
+        ..Default::default()
+    },
+    "volume_path"
+);
+rejects!(
+    node_get_volume_stats_without_volume_id_is_invalid_argument,
+    node_get_volume_stats,
+    |w| csi::NodeGetVolumeStatsRequest {
+        volume_path: w.target_path("pod-conformance", "vol"),
+        ..Default::default()
+    },
+    "volume_id"
+);
+rejects!(
+    node_get_volume_stats_without_volume_path_is_invalid_argument,
+    node_get_volume_stats,
+    |w| csi::NodeGetVolumeStatsRequest {
+        volume_id: some_volume_id(),
+        ..Default::default()
+    },
+    "volume_path"
+);
 
 // --------------------------------------------------------------------- Node: state checks
 
