@@ -6,7 +6,7 @@ use std::path::Path;
 use everest_proto::csi::v1 as csi;
 use everest_testsupport::csi::{GIB, block_cap, create_request, expect_error, mount_cap};
 use everest_testsupport::host::{mount_at, mounts};
-use everest_testsupport::{Daemon, Lifecycle, World, skip_unless_root_and_loop};
+use everest_testsupport::{Daemon, Lifecycle, World, WorldOptions, skip_unless_root_and_loop};
 use tonic::Code;
 
 use csi::volume_capability::access_mode::Mode;
@@ -445,4 +445,75 @@ async fn a_name_deleted_and_created_again_gets_a_new_disk() {
     second.attach().await.expect("the new disk attaches");
     second.detach().await.expect("ControllerUnpublishVolume");
     second.delete().await.expect("DeleteVolume");
+}
+
+#[tokio::test]
+async fn a_controller_killed_mid_create_leaks_no_disk() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    // Slow jobs, so the kill lands while the create job is still running in the cloud.
+    let world = World::start_with(WorldOptions {
+        job_latency_ms: 1500,
+        ..WorldOptions::default()
+    })
+    .await
+    .expect("start the world");
+    let topology = world.topology_requirement().await;
+    let mut req = create_request("pvc-crash", 10 * GIB, ext4(), &[]);
+    req.accessibility_requirements = Some(topology);
+
+    let mut first = world.controller().await;
+    let pending = tokio::spawn({
+        let req = req.clone();
+        async move { first.create_volume(req).await }
+    });
+    // Wait until the cloud has the disk in `creating`, then kill the controller.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while world.disks().await.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never reached the cloud"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    world
+        .crash_and_restart(Daemon::Controller)
+        .await
+        .expect("restart the controller");
+    let cut = pending.await.expect("join");
+    assert!(cut.is_err(), "the killed controller answered: {cut:?}");
+
+    // The provisioner retries with the same name: it must get the disk already being made.
+    let volume =
+        everest_testsupport::csi::retry("CreateVolume", std::time::Duration::from_secs(30), || {
+            let req = req.clone();
+            let world = &world;
+            async move { world.controller().await.create_volume(req).await }
+        })
+        .await
+        .expect("CreateVolume after the restart")
+        .0
+        .into_inner()
+        .volume
+        .expect("a volume");
+    let disks = world.disks().await;
+    assert_eq!(disks.len(), 1, "a second disk was made: {disks:?}");
+    assert_eq!(
+        volume.volume_id,
+        format!(
+            "v1:evs-default:{}",
+            disks[0]["id"].as_str().expect("disk id")
+        )
+    );
+    world
+        .controller()
+        .await
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: volume.volume_id,
+            ..Default::default()
+        })
+        .await
+        .expect("DeleteVolume");
+    assert!(world.disks().await.is_empty());
 }

@@ -111,6 +111,16 @@ impl Proc {
         self.exited
     }
 
+    /// SIGKILLs and reaps at once, as an OOM kill or a node crash would. Idempotent.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+        self.exited
+    }
+
     /// The captured output, both streams, each cut to its last `max_lines` lines.
     pub fn log_tail(&self, max_lines: usize) -> String {
         let mut out = String::new();

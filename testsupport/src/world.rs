@@ -363,6 +363,17 @@ impl World {
         self.restart(Daemon::Controller).await
     }
 
+    /// Kills a daemon with SIGKILL (no graceful shutdown, in-flight RPCs cut off) and starts it
+    /// again, as after an OOM kill or a node crash.
+    pub async fn crash_and_restart(&self, d: Daemon) -> Result<(), Error> {
+        let old = lock(self.slot(d)).take();
+        if let Some(mut p) = old {
+            let status = p.kill();
+            eprintln!("[world] {} killed: {status:?}", d.name());
+        }
+        self.start_daemon(d).await
+    }
+
     async fn restart(&self, d: Daemon) -> Result<(), Error> {
         let old = lock(self.slot(d)).take();
         if let Some(mut p) = old {
