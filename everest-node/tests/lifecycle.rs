@@ -493,3 +493,102 @@ async fn a_mount_lost_under_the_pod_is_reported_abnormal_and_torn_down() {
     // The teardown still works from there.
     tear_down(&v, &world).await;
 }
+
+#[tokio::test]
+async fn a_disk_reattached_under_a_new_loop_device_is_restaged_from_it() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-reattach",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    bring_up(&mut v, &world, 10).await;
+    write_and_read_back(&v.target, "before.txt", "written before the re-attach\n");
+    let old = mount_at(Path::new(&v.staging)).expect("staged");
+
+    // The disk is detached while still mounted and attached again. The kernel keeps the mount
+    // on the old loop device (a busy loop device is only marked auto-clear), and the disk
+    // comes back as another loop device with another number.
+    v.detach()
+        .await
+        .expect("ControllerUnpublishVolume while staged");
+    v.attach().await.expect("ControllerPublishVolume again");
+    let disk = world.disk(&v.id()).await.expect("disk");
+    let new = disk["attachment"]["loop_device"]
+        .as_str()
+        .expect("the emulator names the new loop device")
+        .to_owned();
+    assert_ne!(new, old.source, "the re-attach reused the loop device");
+    assert_eq!(
+        mount_at(Path::new(&v.staging)).expect("still mounted").dev,
+        old.dev,
+        "the kernel keeps the old mount"
+    );
+
+    // The pod still uses the old mount: stage must neither answer OK nor mount the disk a
+    // second time beside it.
+    let err = v
+        .stage()
+        .await
+        .expect_err("NodeStageVolume while a pod holds the stale mount");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains(&v.target), "{err:?}");
+    assert_eq!(mount_at(Path::new(&v.staging)).unwrap().dev, old.dev);
+
+    // Once the pod is gone, stage replaces the stale mount with the disk's current device.
+    v.unpublish().await.expect("NodeUnpublishVolume");
+    v.stage()
+        .await
+        .expect("NodeStageVolume replaces the stale staging mount");
+    let staged = mount_at(Path::new(&v.staging)).expect("restaged");
+    assert_eq!(staged.source, new, "staged from {staged:?}");
+    assert_ne!(staged.dev, old.dev);
+    v.stage()
+        .await
+        .expect("NodeStageVolume again is idempotent");
+    v.publish(false).await.expect("NodePublishVolume");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&v.target).join("before.txt")).unwrap(),
+        "written before the re-attach\n",
+        "data lost across the re-attach"
+    );
+    tear_down(&v, &world).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
+
+#[tokio::test]
+async fn a_stage_with_the_other_read_only_mode_is_refused() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-ro-mismatch",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    bring_up(&mut v, &world, 10).await;
+    let writer = v.cap.clone();
+    v.cap = mount_cap("ext4", Mode::SingleNodeReaderOnly);
+    let err = v
+        .stage()
+        .await
+        .expect_err("a read-only NodeStage of a read-write stage");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("read-only"), "{err:?}");
+    let m = mount_at(Path::new(&v.staging)).expect("still staged");
+    assert!(!m.read_only(), "the stage was changed: {m:?}");
+    v.cap = writer;
+    v.stage().await.expect("the matching NodeStage is still OK");
+    tear_down(&v, &world).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}

@@ -33,7 +33,8 @@ pub fn controller_from_config(
     let config = EvsConfig::parse(name.as_str(), settings)?;
     let credentials = config.load_credentials()?;
     let client = api::EvsClient::new(config.cloud.clone(), credentials)
-        .map_err(|e| Error::InvalidArgument(format!("backend {name}: {e}")))?;
+        .map_err(|e| Error::InvalidArgument(format!("backend {name}: {e}")))?
+        .with_backend(name.as_str());
     Ok(Arc::new(EvsController::new(name.clone(), config, client)))
 }
 

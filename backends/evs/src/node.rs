@@ -12,7 +12,7 @@ use everest_backend::backend::{
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
-use everest_backend::host::{Host, HostError, mounts_at};
+use everest_backend::host::{Host, HostError, is_mount_of, mounts_at};
 use everest_backend::node::{
     filesystem_usage, publish_block, publish_filesystem, unmount_all, unmount_and_remove,
 };
@@ -69,6 +69,108 @@ impl EvsNode {
         }
     }
 
+    /// Grows a freshly mounted xfs/btrfs when the disk was expanded while it was not staged.
+    async fn grow_mounted(
+        &self,
+        disk: &str,
+        device: &Path,
+        fs: &str,
+        staging: &Path,
+    ) -> Result<()> {
+        if self.needs_grow(device, fs).await? {
+            tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
+            self.host.grow_filesystem(device, fs, Some(staging)).await?;
+        }
+        Ok(())
+    }
+
+    /// Looks at what is mounted at the staging path already: `true` when it is this disk staged
+    /// as asked (nothing to do), `false` when nothing is (or no longer anything is) mounted
+    /// there, and ALREADY_EXISTS for a stage that is incompatible with the request.
+    ///
+    /// Mounts are matched to the disk by device number, not by name: names move on a re-attach
+    /// (`/dev/vdb` → `/dev/vdc`, a new loop device) and may be spelt differently.
+    ///
+    /// A mount there from another device is, in practice, this disk under a device it no longer
+    /// has: the kubelet derives the staging path from the volume ID, and a disk detached while
+    /// staged stays mounted on its old device (a loop device only gets auto-clear and lives on
+    /// until unmounted; a hot-removed virtio disk leaves a dead mount), while the re-attached
+    /// disk comes back with a new name and number. Answering OK would serve pods the old device;
+    /// mounting the new device beside the old mount would run two instances of one filesystem
+    /// on one disk, which ext4 does not refuse and which corrupts it. So:
+    /// - if nothing but the staging path holds the old filesystem (no pod publish is bound to
+    ///   it), the stale mount is unmounted and the disk staged afresh from its current device;
+    /// - if pods still use it, ALREADY_EXISTS says so; once the kubelet has unpublished them the
+    ///   next NodeStage recovers.
+    ///
+    /// A mount there that is not a block filesystem (a tmpfs, say) is never unmounted.
+    async fn check_existing_stage(
+        &self,
+        req: &NodeStage,
+        device: &Path,
+        wants_read_only: bool,
+    ) -> Result<bool> {
+        let disk = req.native_id.as_str();
+        let staging = req.staging.as_path();
+        let mounts = self.host.mounts().await?;
+        let Some(m) = mounts.iter().rev().find(|m| m.mount_point == staging) else {
+            return Ok(false);
+        };
+        let number = self.host.device_number(device).await?;
+        if !is_mount_of(self.host.as_ref(), m, &number).await? {
+            let users: Vec<String> = mounts
+                .iter()
+                .filter(|o| o.device_number == m.device_number && o.mount_point != staging)
+                .map(|o| o.mount_point.display().to_string())
+                .collect();
+            if !STAGED_FILESYSTEMS.contains(&m.fs_type.as_str()) || !users.is_empty() {
+                let in_use = if users.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; it is still in use at {} (pods must be unpublished before it can be replaced)",
+                        users.join(", ")
+                    )
+                };
+                return Err(Error::AlreadyExists(format!(
+                    "staging path {} already has {} ({}, device {}) mounted, not disk {disk} ({}, device {number}){in_use}",
+                    req.staging,
+                    m.source,
+                    m.fs_type,
+                    m.device_number,
+                    device.display()
+                )));
+            }
+            tracing::warn!(
+                disk,
+                stale = %m.source,
+                stale_device = %m.device_number,
+                device = %device.display(),
+                "the staging mount is on a device this disk no longer has (re-attached); unmounting it to stage again"
+            );
+            unmount_all(self.host.as_ref(), &req.staging).await?;
+            return Ok(false);
+        }
+        if let Some(fs) = req.capability.fs_type()
+            && fs != m.fs_type
+        {
+            return Err(Error::AlreadyExists(format!(
+                "disk {disk} is staged at {} as {}, not {fs}",
+                req.staging, m.fs_type
+            )));
+        }
+        if m.is_read_only() != wants_read_only {
+            let how = |ro: bool| if ro { "read-only" } else { "read-write" };
+            return Err(Error::AlreadyExists(format!(
+                "disk {disk} is staged at {} {}, but the volume capability asks for {}; unstage it first",
+                req.staging,
+                how(m.is_read_only()),
+                how(wants_read_only)
+            )));
+        }
+        Ok(true)
+    }
+
     /// Whether the filesystem on `device` is smaller than the device (after a controller expand).
     async fn needs_grow(&self, device: &Path, fs: &str) -> Result<bool> {
         let device_size = self.host.device_size(device).await?;
@@ -76,6 +178,9 @@ impl EvsNode {
         Ok(device_size > fs_size + GROW_SLACK_BYTES)
     }
 }
+
+/// The filesystems stage creates or mounts; only such a mount is ever replaced at a staging path.
+const STAGED_FILESYSTEMS: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs"];
 
 fn is_ext(fs: &str) -> bool {
     matches!(fs, "ext2" | "ext3" | "ext4")
@@ -148,29 +253,16 @@ impl NodeBackend for EvsNode {
             return Ok(());
         }
         let staging = req.staging.as_path();
-        if let Some(m) = mounts_at(self.host.as_ref(), staging).await?.last() {
-            if Path::new(&m.source) != device {
-                return Err(Error::AlreadyExists(format!(
-                    "staging path {} already has {} mounted, not disk {disk} ({})",
-                    req.staging,
-                    m.source,
-                    device.display()
-                )));
-            }
-            if let Some(fs) = req.capability.fs_type()
-                && fs != m.fs_type
-            {
-                return Err(Error::AlreadyExists(format!(
-                    "disk {disk} is staged at {} as {}, not {fs}",
-                    req.staging, m.fs_type
-                )));
-            }
+        let options = mount_options(&req.capability);
+        if self
+            .check_existing_stage(req, &device, mounts_read_only(&options))
+            .await?
+        {
             return Ok(());
         }
         let fs = self
             .ensure_filesystem(disk, &device, req.capability.fs_type())
             .await?;
-        let options = mount_options(&req.capability);
         // A read-only volume is never written to: no fsck/resize2fs before mounting, and no
         // xfs_growfs/btrfs resize on a read-only mount (which fails and would block every stage).
         // It is grown at the first read-write stage.
@@ -182,11 +274,16 @@ impl NodeBackend for EvsNode {
         }
         self.host.make_dir(staging).await?;
         self.host.mount(&device, staging, &fs, &options).await?;
-        if may_grow && !is_ext(&fs) && self.needs_grow(&device, &fs).await? {
-            tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
-            self.host
-                .grow_filesystem(&device, &fs, Some(staging))
-                .await?;
+        if may_grow && !is_ext(&fs) {
+            // A failed NodeStage counts as "not staged" to the kubelet, which then never sends
+            // NodeUnstage for it: leave nothing mounted behind an error, or the mount leaks and
+            // the disk is later detached from under it.
+            if let Err(e) = self.grow_mounted(disk, &device, &fs, staging).await {
+                if let Err(u) = self.host.unmount(staging).await {
+                    tracing::warn!(disk, error = %u, "could not undo the mount of a failed stage");
+                }
+                return Err(e);
+            }
         }
         tracing::info!(disk, device = %device.display(), staging = %req.staging, fs = %fs, "staged");
         Ok(())
@@ -452,6 +549,158 @@ mod tests {
         assert_eq!(
             host.device(Path::new("/dev/loop3")).unwrap().fs_size,
             20 * GIB
+        );
+    }
+
+    /// The disk comes back under another device node (detach and re-attach while staged).
+    fn reattach(host: &FakeHost, new_device: &str) {
+        let old = host
+            .device(Path::new("/dev/loop3"))
+            .expect("the first device");
+        host.add_device(
+            Path::new("/by-id/virtio-disk-1"),
+            Path::new(new_device),
+            old,
+        );
+    }
+
+    fn sources(host: &FakeHost) -> Vec<(String, String)> {
+        host.mount_table()
+            .into_iter()
+            .map(|m| (m.source, m.mount_point.display().to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stale_staging_mount_of_a_reattached_disk_is_replaced() {
+        let (host, node) = setup(Some("ext4"));
+        let req = stage_req("ext4");
+        node.stage(&req).await.unwrap();
+        reattach(&host, "/dev/loop4");
+        node.stage(&req).await.unwrap();
+        assert_eq!(
+            sources(&host),
+            vec![("/dev/loop4".into(), req.staging.to_string())],
+            "the stale mount must give way to the disk's current device: {:?}",
+            host.calls()
+        );
+        node.stage(&req).await.unwrap();
+        assert_eq!(host.mount_table().len(), 1);
+
+        // A hot-removed virtio disk: the old node is gone, the mount stays.
+        let (host, node) = setup(Some("xfs"));
+        node.stage(&stage_req("xfs")).await.unwrap();
+        host.remove_device(Path::new("/dev/loop3"));
+        reattach_from(&host, "/dev/vdc");
+        node.stage(&stage_req("xfs")).await.unwrap();
+        assert_eq!(host.mount_table()[0].source, "/dev/vdc");
+        assert_eq!(host.mount_table().len(), 1);
+    }
+
+    fn reattach_from(host: &FakeHost, new_device: &str) {
+        host.add_device(
+            Path::new("/by-id/virtio-disk-1"),
+            Path::new(new_device),
+            FakeDevice {
+                size: 10 * GIB,
+                fs_type: Some("xfs".into()),
+                fs_size: 10 * GIB,
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_staging_mount_still_used_by_pods_is_refused_and_kept() {
+        let (host, node) = setup(Some("ext4"));
+        let req = stage_req("ext4");
+        node.stage(&req).await.unwrap();
+        let target = AllowedRoot::new("/var/lib/kubelet")
+            .unwrap()
+            .check("/var/lib/kubelet/pods/p/volumes/v/mount", "target")
+            .unwrap();
+        host.bind_mount(req.staging.as_path(), target.as_path(), false)
+            .await
+            .unwrap();
+        reattach(&host, "/dev/loop4");
+        let err = node.stage(&req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(err.to_string().contains(&target.to_string()), "{err}");
+        assert!(
+            !host.calls().iter().any(|c| c.contains("/dev/loop4")),
+            "the new device must not be mounted beside the live old filesystem: {:?}",
+            host.calls()
+        );
+        assert_eq!(host.mount_table().len(), 2);
+        // Once the pod is unpublished, the next stage recovers.
+        host.unmount(target.as_path()).await.unwrap();
+        node.stage(&req).await.unwrap();
+        assert_eq!(host.mount_table()[0].source, "/dev/loop4");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_mount_at_the_staging_path_is_never_unmounted() {
+        let (host, node) = setup(Some("ext4"));
+        let req = stage_req("ext4");
+        host.mount(Path::new("tmpfs"), req.staging.as_path(), "tmpfs", &[])
+            .await
+            .unwrap();
+        let err = node.stage(&req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert_eq!(host.mount_table().len(), 1);
+        assert!(!host.calls().iter().any(|c| c.starts_with("umount")));
+    }
+
+    #[tokio::test]
+    async fn a_staging_mount_is_recognised_by_device_number_not_spelling() {
+        let (host, node) = setup(Some("ext4"));
+        let req = stage_req("ext4");
+        // Mounted through the by-id link: mountinfo shows that name, but it is the same device.
+        host.mount(
+            Path::new("/by-id/virtio-disk-1"),
+            req.staging.as_path(),
+            "ext4",
+            &[],
+        )
+        .await
+        .unwrap();
+        node.stage(&req).await.unwrap();
+        assert_eq!(host.mount_table().len(), 1, "{:?}", host.calls());
+
+        // btrfs shows an anonymous device number; its source still names the device.
+        let (host, node) = setup(Some("btrfs"));
+        node.stage(&stage_req("btrfs")).await.unwrap();
+        assert!(host.mount_table()[0].device_number.starts_with("0:"));
+        node.stage(&stage_req("btrfs")).await.unwrap();
+        assert_eq!(host.mount_table().len(), 1, "{:?}", host.calls());
+    }
+
+    #[tokio::test]
+    async fn a_stage_with_the_other_read_only_mode_is_already_exists() {
+        let (_, node) = setup(Some("ext4"));
+        node.stage(&stage_req("ext4")).await.unwrap();
+        let err = node.stage(&read_only(stage_req("ext4"))).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("read-write"), "{err}");
+
+        let (_, node) = setup(Some("ext4"));
+        node.stage(&read_only(stage_req("ext4"))).await.unwrap();
+        node.stage(&read_only(stage_req("ext4"))).await.unwrap();
+        let err = node.stage(&stage_req("ext4")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_fails_after_mounting_leaves_nothing_mounted() {
+        let (host, node) = setup(Some("xfs"));
+        host.resize_device(Path::new("/dev/loop3"), 20 * GIB);
+        host.fail("grow xfs", "xfs_growfs: XFS_IOC_FSGROWFSDATA xfsctl failed");
+        let err = node.stage(&stage_req("xfs")).await.unwrap_err();
+        assert!(err.to_string().contains("xfs_growfs"), "{err}");
+        assert!(
+            host.mount_table().is_empty(),
+            "the kubelet sends no NodeUnstage after a failed stage; the mount would leak: {:?}",
+            host.mount_table()
         );
     }
 

@@ -909,44 +909,153 @@ impl metrics::Recorder for CaptureRecorder {
     }
 }
 
-#[test]
-fn metrics_count_requests_retries_and_latency() {
+/// Runs `work` on a current-thread runtime with `recorder` installed (the local recorder is per
+/// thread) and returns the captured lines.
+fn capture_metrics<F: std::future::Future<Output = ()>>(work: F) -> Vec<String> {
     let recorder = CaptureRecorder::default();
-    // The local recorder is per thread, so everything runs on one current-thread runtime.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let cloud = Cloud::start(AuthMode::AkSk, |_, n| match n {
-                0 => answer(
-                    429,
-                    json!({"error_code": "APIGW.0308", "error_msg": "slow down"}),
-                ),
-                _ => answer(200, json!({"volume": volume_json("v-1", "available")})),
-            })
-            .await;
-            cloud.aksk_client().get_volume("v-1").await.unwrap();
-        })
+    metrics::with_local_recorder(&recorder, || runtime.block_on(work));
+    recorder.lines.lock().unwrap().clone()
+}
+
+fn throttled_once(_: &Seen, n: usize) -> Answer {
+    match n {
+        0 => answer(
+            429,
+            json!({"error_code": "APIGW.0308", "error_msg": "slow down"}),
+        ),
+        _ => answer(200, json!({"volume": volume_json("v-1", "available")})),
+    }
+}
+
+#[test]
+fn metrics_count_requests_retries_and_latency() {
+    let lines = capture_metrics(async {
+        let cloud = Cloud::start(AuthMode::AkSk, throttled_once).await;
+        let client = cloud.aksk_client().with_backend("evs-a");
+        assert_eq!(client.backend(), "evs-a");
+        // Clones keep the label.
+        client.clone().get_volume("v-1").await.unwrap();
     });
-    let lines = recorder.lines.lock().unwrap().clone();
     let count = |line: &str| lines.iter().filter(|l| *l == line).count();
     assert_eq!(
-        count("everest_cloud_api_requests_total{operation=get_volume,service=evs,status=429}"),
+        count(
+            "everest_cloud_api_requests_total{backend=evs-a,operation=get_volume,service=evs,status=429}"
+        ),
         1,
         "{lines:#?}"
     );
     assert_eq!(
-        count("everest_cloud_api_requests_total{operation=get_volume,service=evs,status=200}"),
+        count(
+            "everest_cloud_api_requests_total{backend=evs-a,operation=get_volume,service=evs,status=200}"
+        ),
         1
     );
     assert_eq!(
-        count("everest_cloud_api_retries_total{operation=get_volume,reason=throttled,service=evs}"),
+        count(
+            "everest_cloud_api_retries_total{backend=evs-a,operation=get_volume,reason=throttled,service=evs}"
+        ),
         1
     );
     assert_eq!(
-        count("everest_cloud_api_request_duration_seconds{operation=get_volume,service=evs}"),
+        count(
+            "everest_cloud_api_request_duration_seconds{backend=evs-a,operation=get_volume,service=evs}"
+        ),
         2
+    );
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+}
+
+#[test]
+fn metrics_of_an_unnamed_client_and_of_the_iam_call_carry_a_backend() {
+    let lines = capture_metrics(async {
+        let cloud = Cloud::start(AuthMode::AkSk, throttled_once).await;
+        cloud.aksk_client().get_volume("v-1").await.unwrap();
+        // The token request is counted under the instance whose call needed it.
+        let cloud = Cloud::start(AuthMode::Token(Mutex::new("tok-1".into())), |s, _| {
+            if s.path == "/iam/v3/auth/tokens" {
+                let expires = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
+                Answer {
+                    headers: vec![("x-subject-token", "tok-1".into())],
+                    ..answer(
+                        201,
+                        json!({"token": {"expires_at": expires, "methods": ["password"]}}),
+                    )
+                }
+            } else {
+                answer(200, json!({"volume": volume_json("v-1", "available")}))
+            }
+        })
+        .await;
+        let creds = Credentials::Password {
+            domain: "acme".into(),
+            user: "csi".into(),
+            password: "pw".into(),
+        };
+        let client = EvsClient::new(cloud.config(), creds)
+            .unwrap()
+            .with_backend("evs-b");
+        client.get_volume("v-1").await.unwrap();
+    });
+    let count = |line: &str| lines.iter().filter(|l| *l == line).count();
+    assert_eq!(
+        count(
+            "everest_cloud_api_requests_total{backend=none,operation=get_volume,service=evs,status=200}"
+        ),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count(
+            "everest_cloud_api_requests_total{backend=evs-b,operation=create_token,service=iam,status=201}"
+        ),
+        1,
+        "{lines:#?}"
+    );
+    assert_eq!(
+        count(
+            "everest_cloud_api_requests_total{backend=evs-b,operation=get_volume,service=evs,status=200}"
+        ),
+        1
+    );
+}
+
+/// The daemon builds its clients through `controller_from_config`: their calls carry the
+/// instance name.
+#[test]
+fn controller_from_config_labels_the_client_with_the_instance_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("evs.json");
+    std::fs::write(
+        &credentials,
+        format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
+    )
+    .unwrap();
+    let lines = capture_metrics(async move {
+        let cloud = Cloud::start(AuthMode::AkSk, |_, _| {
+            answer(200, json!({"volumes": [], "count": 0}))
+        })
+        .await;
+        let table = json!({
+            "project_id": PROJECT, "region": "test-region-1",
+            "evs_endpoint": format!("http://{}/evs", cloud.addr),
+            "ecs_endpoint": format!("http://{}/ecs", cloud.addr),
+            "iam_endpoint": format!("http://{}/iam", cloud.addr),
+            "credentials_file": credentials,
+        });
+        let name = everest_backend::BackendName::new("evs-default").unwrap();
+        let controller =
+            everest_evs::controller_from_config(&name, table.as_object().unwrap()).unwrap();
+        controller.probe().await.unwrap();
+    });
+    assert!(
+        lines.contains(
+            &"everest_cloud_api_requests_total{backend=evs-default,operation=list_volumes,service=evs,status=200}"
+                .to_owned()
+        ),
+        "{lines:#?}"
     );
 }

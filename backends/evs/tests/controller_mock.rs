@@ -1,6 +1,6 @@
 //! The controller side against a small stateful mock of the EVS and ECS APIs on 127.0.0.1:
 //! recovery from a disk whose creation failed, detaching from a deleted node, idempotent
-//! expand and delete.
+//! expand and delete, disks stuck in a failed state, and what counts as the same disk.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use everest_backend::backend::CreateVolume;
+use everest_backend::backend::{CreateVolume, Topology, TopologyRequirement, ZONE_TOPOLOGY_KEY};
 use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
 use everest_backend::capacity::{CapacityRange, GIB};
 use everest_backend::params::CommonParams;
@@ -42,6 +42,10 @@ struct Cloud {
     servers: Vec<String>,
     /// Disks that vanish only after this many more reads once their delete was accepted.
     deleting: BTreeMap<String, usize>,
+    /// Accepted deletes and extends fail in the cloud: the disk goes to `error_deleting` /
+    /// `error_extending` (and stays there).
+    fail_deletes: bool,
+    fail_extends: bool,
     seen: Vec<Seen>,
     next: usize,
 }
@@ -157,7 +161,11 @@ async fn handle(
                 let body = json!({"error": {"code": "EVS.1046", "message": "bad state"}});
                 return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
             }
-            c.deleting.insert((*id).to_owned(), 2);
+            if c.fail_deletes {
+                c.disks.get_mut(*id).unwrap()["status"] = json!("error_deleting");
+            } else {
+                c.deleting.insert((*id).to_owned(), 2);
+            }
             ok(json!({"job_id": format!("job-delete-{id}")}))
         }
         ("POST", ["evs", "v2.1", PROJECT, "cloudvolumes"]) => {
@@ -176,6 +184,7 @@ async fn handle(
         }
         ("POST", ["evs", "v2.1", PROJECT, "cloudvolumes", id, "action"]) => {
             let new_size = c.seen.last().unwrap().body["os-extend"]["new_size"].clone();
+            let fail = c.fail_extends;
             let Some(d) = c.disks.get_mut(*id) else {
                 return not_found("EVS.5404");
             };
@@ -184,7 +193,11 @@ async fn handle(
                     json!({"error": {"code": "EVS.1015", "message": "new size must be larger"}});
                 return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
             }
-            d["size"] = new_size;
+            if fail {
+                d["status"] = json!("error_extending");
+            } else {
+                d["size"] = new_size;
+            }
             ok(json!({"job_id": format!("job-extend-{id}")}))
         }
         ("GET", ["evs" | "ecs", "v1", PROJECT, "jobs", id]) => {
@@ -482,4 +495,159 @@ async fn errors_never_carry_the_secret_key() {
         assert!(!e.to_string().contains(SECRET_KEY), "{e}");
     }
     assert!(!format!("{c:?}").contains(SECRET_KEY));
+}
+
+/// Asserts a FAILED_PRECONDITION whose message names the disk, its status and the way out.
+fn assert_stuck(err: &everest_backend::Error, disk: &str, status: &str) {
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    let msg = err.to_string();
+    for part in [disk, status, "support"] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn delete_of_a_disk_stuck_in_error_deleting_is_failed_precondition() {
+    let mock = Mock::start(vec![disk("disk-f", "pvc-9", "error_deleting", 10)], &[]).await;
+    let err = mock
+        .controller()
+        .delete_volume("disk-f", &Secrets::default())
+        .await
+        .unwrap_err();
+    assert_stuck(&err, "disk-f", "error_deleting");
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+#[tokio::test]
+async fn delete_that_leaves_the_disk_in_error_deleting_is_failed_precondition() {
+    let mock = Mock::start(vec![disk("disk-g", "pvc-10", "available", 10)], &[]).await;
+    mock.cloud.lock().unwrap().fail_deletes = true;
+    let c = mock.controller();
+    let err = c
+        .delete_volume("disk-g", &Secrets::default())
+        .await
+        .unwrap_err();
+    assert_stuck(&err, "disk-g", "error_deleting");
+    // The retry sends no second delete and answers the same.
+    let again = c
+        .delete_volume("disk-g", &Secrets::default())
+        .await
+        .unwrap_err();
+    assert_stuck(&again, "disk-g", "error_deleting");
+    assert_eq!(mock.writes(), vec!["DELETE /evs/v2/p1/cloudvolumes/disk-g"]);
+}
+
+#[tokio::test]
+async fn expand_of_a_disk_stuck_in_error_extending_is_failed_precondition() {
+    let mock = Mock::start(vec![disk("disk-h", "pvc-11", "error_extending", 10)], &[]).await;
+    let err = mock
+        .controller()
+        .expand("disk-h", CapacityRange::new((20 * GIB) as i64, 0).unwrap())
+        .await
+        .unwrap_err();
+    assert_stuck(&err, "disk-h", "error_extending");
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+#[tokio::test]
+async fn expand_that_leaves_the_disk_in_error_extending_is_failed_precondition() {
+    let mock = Mock::start(vec![disk("disk-i", "pvc-12", "in-use", 10)], &[]).await;
+    mock.cloud.lock().unwrap().fail_extends = true;
+    let c = mock.controller();
+    let want = CapacityRange::new((20 * GIB) as i64, 0).unwrap();
+    let err = c.expand("disk-i", want).await.unwrap_err();
+    assert_stuck(&err, "disk-i", "error_extending");
+    let again = c.expand("disk-i", want).await.unwrap_err();
+    assert_stuck(&again, "disk-i", "error_extending");
+    assert_eq!(mock.writes().len(), 1, "{:?}", mock.writes());
+}
+
+fn zones(requisite: &[&str]) -> Option<TopologyRequirement> {
+    let t = |z: &str| Topology::from([(ZONE_TOPOLOGY_KEY.to_owned(), z.to_owned())]);
+    Some(TopologyRequirement {
+        requisite: requisite.iter().map(|z| t(z)).collect(),
+        preferred: requisite.iter().take(1).map(|z| t(z)).collect(),
+    })
+}
+
+fn with_params(mut req: CreateVolume, params: &[(&str, &str)]) -> CreateVolume {
+    req.parameters = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    req
+}
+
+#[tokio::test]
+async fn existing_disk_in_another_zone_is_already_exists() {
+    // The disk sits in az1.
+    let mock = Mock::start(vec![disk("disk-j", "pvc-13", "available", 10)], &[]).await;
+    let c = mock.controller();
+
+    let mut req = create_request("pvc-13", 10);
+    req.topology = zones(&["az2", "az3"]);
+    let err = c.create_volume(&req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    for part in ["disk-j", "az1", "az2"] {
+        assert!(err.to_string().contains(part), "{part}: {err}");
+    }
+
+    let req = with_params(
+        create_request("pvc-13", 10),
+        &[("everest.io/availability-zone", "az2")],
+    );
+    let err = c.create_volume(&req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    assert!(err.to_string().contains("az2"), "{err}");
+
+    // A requisite that includes the disk's zone, or a matching StorageClass zone, is the same disk.
+    let mut req = create_request("pvc-13", 10);
+    req.topology = zones(&["az2", "az1"]);
+    assert_eq!(c.create_volume(&req).await.unwrap().native_id, "disk-j");
+    let req = with_params(
+        create_request("pvc-13", 10),
+        &[("everest.io/availability-zone", "az1")],
+    );
+    assert_eq!(c.create_volume(&req).await.unwrap().native_id, "disk-j");
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+#[tokio::test]
+async fn existing_disk_with_other_encryption_is_already_exists() {
+    let mut keyed = disk("disk-k", "pvc-14", "available", 10);
+    keyed["metadata"]["__system__encrypted"] = json!("1");
+    keyed["metadata"]["__system__cmkid"] = json!("key-1");
+    let plain = disk("disk-l", "pvc-15", "available", 10);
+    let mock = Mock::start(vec![keyed, plain], &[]).await;
+    let c = mock.controller();
+    let kms = |name: &str, key: &str| {
+        with_params(
+            create_request(name, 10),
+            &[("everest.io/crypt-key-id", key)],
+        )
+    };
+
+    let err = c.create_volume(&kms("pvc-14", "key-2")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    for part in ["disk-k", "key-1", "key-2"] {
+        assert!(err.to_string().contains(part), "{part}: {err}");
+    }
+    let err = c.create_volume(&kms("pvc-15", "key-2")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    assert!(err.to_string().contains("not encrypted"), "{err}");
+
+    assert_eq!(
+        c.create_volume(&kms("pvc-14", "key-1"))
+            .await
+            .unwrap()
+            .native_id,
+        "disk-k"
+    );
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+
+    // A disk this driver created with a key is recognised by a retry with the same key.
+    let first = c.create_volume(&kms("pvc-16", "key-3")).await.unwrap();
+    let again = c.create_volume(&kms("pvc-16", "key-3")).await.unwrap();
+    assert_eq!(first.native_id, again.native_id);
+    assert_eq!(mock.writes().len(), 1, "{:?}", mock.writes());
 }

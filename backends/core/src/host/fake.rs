@@ -23,6 +23,11 @@ pub struct FakeDevice {
 #[derive(Debug, Default)]
 struct State {
     devices: BTreeMap<PathBuf, FakeDevice>,
+    /// `major:minor` per device node ever added: distinct, and kept after a removal, as the
+    /// kernel keeps a mounted device's number.
+    numbers: BTreeMap<PathBuf, String>,
+    /// btrfs superblocks' anonymous device numbers, per source.
+    anonymous: BTreeMap<String, String>,
     links: BTreeMap<PathBuf, PathBuf>,
     paths: BTreeSet<PathBuf>,
     dirs: BTreeSet<PathBuf>,
@@ -46,6 +51,10 @@ impl FakeHost {
     pub fn add_device(&self, link: &Path, path: &Path, device: FakeDevice) {
         let mut s = self.state();
         s.devices.insert(path.to_owned(), device);
+        let n = s.numbers.len();
+        s.numbers
+            .entry(path.to_owned())
+            .or_insert_with(|| format!("7:{n}"));
         s.links.insert(link.to_owned(), path.to_owned());
         s.paths.insert(link.to_owned());
         s.paths.insert(path.to_owned());
@@ -58,6 +67,13 @@ impl FakeHost {
         s.links.insert(link.to_owned(), target.to_owned());
         s.paths.insert(link.to_owned());
         s.paths.insert(target.to_owned());
+    }
+
+    /// Removes a device node (a hot-unplugged disk); mounts of it stay, as in the kernel.
+    pub fn remove_device(&self, path: &Path) {
+        let mut s = self.state();
+        s.devices.remove(path);
+        s.paths.remove(path);
     }
 
     /// Changes a device's size (as an expand would).
@@ -109,9 +125,15 @@ impl FakeHost {
     }
 }
 
-fn entry(source: &str, target: &Path, fs_type: &str, read_only: bool) -> MountEntry {
+fn entry(
+    device_number: String,
+    source: &str,
+    target: &Path,
+    fs_type: &str,
+    read_only: bool,
+) -> MountEntry {
     MountEntry {
-        device_number: "7:0".into(),
+        device_number,
         root: PathBuf::from("/"),
         mount_point: target.to_owned(),
         mount_options: vec![if read_only { "ro" } else { "rw" }.into()],
@@ -142,7 +164,20 @@ impl Host for FakeHost {
         ))?;
         let ro = options.iter().any(|o| o == "ro");
         let mut s = self.state();
-        let m = entry(&source.to_string_lossy(), target, fs_type, ro);
+        let src = source.to_string_lossy().into_owned();
+        // Like the kernel: a block filesystem shows its device's number, btrfs an anonymous one.
+        let number = if fs_type == "btrfs" {
+            let n = s.anonymous.len();
+            s.anonymous
+                .entry(src.clone())
+                .or_insert_with(|| format!("0:{}", 40 + n))
+                .clone()
+        } else {
+            // mount(8) follows a link (a by-id name) to the device node.
+            let node = s.links.get(source).map_or(source, PathBuf::as_path);
+            s.numbers.get(node).cloned().unwrap_or_else(|| "0:0".into())
+        };
+        let m = entry(number, &src, target, fs_type, ro);
         s.mounts.push(m);
         Ok(())
     }
@@ -159,13 +194,17 @@ impl Host for FakeHost {
             target.display()
         ))?;
         let mut s = self.state();
-        let (src, fs) = s
+        let (number, src, fs) = s
             .mounts
             .iter()
+            .rev()
             .find(|m| m.mount_point == source)
-            .map(|m| (m.source.clone(), m.fs_type.clone()))
-            .unwrap_or_else(|| (source.to_string_lossy().into_owned(), "devtmpfs".into()));
-        s.mounts.push(entry(&src, target, &fs, read_only));
+            .map(|m| (m.device_number.clone(), m.source.clone(), m.fs_type.clone()))
+            .unwrap_or_else(|| {
+                let src = source.to_string_lossy().into_owned();
+                ("0:5".into(), src, "devtmpfs".into())
+            });
+        s.mounts.push(entry(number, &src, target, &fs, read_only));
         Ok(())
     }
 
@@ -228,6 +267,15 @@ impl Host for FakeHost {
             d.fs_size = d.size;
         }
         Ok(())
+    }
+
+    async fn device_number(&self, device: &Path) -> Result<String, HostError> {
+        let s = self.state();
+        s.devices
+            .contains_key(device)
+            .then(|| s.numbers.get(device).cloned())
+            .flatten()
+            .ok_or_else(|| HostError::new(format!("stat {}", device.display()), "no such device"))
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {

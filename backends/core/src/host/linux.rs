@@ -251,6 +251,21 @@ impl Host for LinuxHost {
         }
     }
 
+    async fn device_number(&self, device: &Path) -> Result<String, HostError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = tokio::fs::metadata(device)
+            .await
+            .map_err(|e| io_err("stat", device, e))?;
+        if !meta.file_type().is_block_device() {
+            return Err(HostError::new(
+                format!("stat {}", device.display()),
+                "not a block device",
+            ));
+        }
+        let rdev = meta.rdev();
+        Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+    }
+
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
         let out = run("blockdev", &["--getsize64", path_str(device)?]).await?;
         out.trim()
@@ -404,6 +419,29 @@ mod tests {
                 .is_err()
         );
         assert!(LinuxHost.filesystem_of(dir.path()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn device_number_is_the_rdev_of_a_block_device_only() {
+        assert!(
+            LinuxHost
+                .device_number(Path::new("/dev/null"))
+                .await
+                .is_err()
+        );
+        let Ok(meta) = std::fs::metadata("/dev/loop0") else {
+            eprintln!("skipping the block device half: no /dev/loop0");
+            return;
+        };
+        if meta.file_type().is_block_device() {
+            assert_eq!(
+                LinuxHost
+                    .device_number(Path::new("/dev/loop0"))
+                    .await
+                    .unwrap(),
+                "7:0"
+            );
+        }
     }
 
     #[tokio::test]

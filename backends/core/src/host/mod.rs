@@ -87,6 +87,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         fs_type: &str,
         mount_point: Option<&Path>,
     ) -> Result<(), HostError>;
+    /// The `major:minor` of the block device node `device` (its `st_rdev`), written as mountinfo
+    /// writes a mount's device, so a mount can be matched to a device whatever its name.
+    async fn device_number(&self, device: &Path) -> Result<String, HostError>;
     /// The size of a block device in bytes.
     async fn device_size(&self, device: &Path) -> Result<u64, HostError>;
     /// Resolves a symlink such as `/dev/disk/by-id/virtio-…` to the block device it names, or `None`.
@@ -113,4 +116,28 @@ pub async fn mounts_at(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, 
         .into_iter()
         .filter(|m| m.mount_point == path)
         .collect())
+}
+
+/// Whether `mount` is a filesystem on the block device numbered `device_number`.
+///
+/// mountinfo names a mount's device by number, which stays right when device names move
+/// (`/dev/vdb` → `/dev/vdc` after a re-attach). btrfs is the exception: it shows an anonymous
+/// number (`0:NN`), so for those the device its source names is asked instead.
+pub async fn is_mount_of(
+    host: &dyn Host,
+    mount: &MountEntry,
+    device_number: &str,
+) -> Result<bool, HostError> {
+    if mount.device_number == device_number {
+        return Ok(true);
+    }
+    if !mount.device_number.starts_with("0:") || !mount.source.starts_with('/') {
+        return Ok(false);
+    }
+    let source = Path::new(&mount.source);
+    // A source whose node is gone (a hot-removed disk) or is no block device is not our device.
+    if !host.is_block_device(source).await? {
+        return Ok(false);
+    }
+    Ok(host.device_number(source).await? == device_number)
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::error::{Error, Result};
-use super::http::{Call, Service, Transport};
+use super::http::{Bound, Call, Service};
 
 /// A string that never shows in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl TokenSource {
     }
 
     /// A token valid for a while yet.
-    pub async fn token(&self, transport: &Transport) -> Result<Secret> {
+    pub async fn token(&self, transport: &Bound<'_>) -> Result<Secret> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref()
             && Instant::now() < c.refresh_at
@@ -95,7 +95,7 @@ impl TokenSource {
         }
     }
 
-    async fn fetch(&self, transport: &Transport) -> Result<Cached> {
+    async fn fetch(&self, transport: &Bound<'_>) -> Result<Cached> {
         let body = json!({
             "auth": {
                 "identity": {

@@ -15,20 +15,22 @@ pub const DEFAULT_CLOUD_DOMAIN: &str = "myhuaweicloud.com";
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     /// EVS base URL; `https://evs.{region}.{cloud_domain}` when unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar::opt_text")]
     pub evs_endpoint: Option<String>,
     /// ECS base URL; `https://ecs.{region}.{cloud_domain}` when unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar::opt_text")]
     pub ecs_endpoint: Option<String>,
     /// IAM base URL; `https://iam.{region}.{cloud_domain}` when unset.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "scalar::opt_text")]
     pub iam_endpoint: Option<String>,
     /// The project every call is scoped to.
+    #[serde(deserialize_with = "scalar::text")]
     pub project_id: String,
     /// The region, e.g. `ap-southeast-1`.
+    #[serde(deserialize_with = "scalar::text")]
     pub region: String,
     /// The cloud's DNS suffix.
-    #[serde(default = "default_cloud_domain")]
+    #[serde(default = "default_cloud_domain", deserialize_with = "scalar::text")]
     pub cloud_domain: String,
     /// Timeout of one HTTP attempt.
     #[serde(
@@ -38,7 +40,7 @@ pub struct CloudConfig {
     )]
     pub request_timeout: Duration,
     /// How many times a retryable failure is retried (0 = never).
-    #[serde(default = "default_max_retries")]
+    #[serde(default = "default_max_retries", deserialize_with = "scalar::number")]
     pub max_retries: u32,
     /// First backoff ceiling; doubles per retry.
     #[serde(
@@ -95,10 +97,66 @@ fn default_job_poll_max() -> Duration {
 mod millis {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::Deserializer;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
+        super::scalar::number::<D, u64>(d).map(Duration::from_millis)
+    }
+}
+
+/// Settings as the daemons' configuration layer hands them over. It types environment values by
+/// their look (`EVEREST_…__PROJECT_ID=0123456789` arrives as a number, `…=true` as a bool), and a
+/// hand-written file may quote a number: so a text setting takes a number or bool as its text,
+/// and a numeric setting takes a string holding a whole number. Anything else is still an error.
+pub(crate) mod scalar {
+    use std::path::PathBuf;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    /// A string, or a number or bool kept as its text.
+    pub fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(s),
+            v @ (Value::Number(_) | Value::Bool(_)) => Ok(v.to_string()),
+            other => Err(D::Error::custom(format!(
+                "expected a string, found {other}"
+            ))),
+        }
+    }
+
+    /// Like [`text`]; `null` or absent is `None`.
+    pub fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match Option::<Value>::deserialize(d)? {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => text(v).map(Some).map_err(D::Error::custom),
+        }
+    }
+
+    /// A path, read like [`text`].
+    pub fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        text(d).map(PathBuf::from)
+    }
+
+    /// A whole number, or a string holding one (surrounding blanks allowed).
+    pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: TryFrom<u64>,
+    {
+        let value = Value::deserialize(d)?;
+        let n = match &value {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "expected a non-negative whole number, found {value}"
+            ))
+        })?;
+        T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is out of range")))
     }
 }
 

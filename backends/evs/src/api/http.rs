@@ -171,28 +171,12 @@ impl Transport {
         &self.config
     }
 
-    /// Sends an authenticated call with retries; a non-2xx answer becomes `Error::Api`.
-    pub async fn execute(&self, call: &Call) -> Result<Reply> {
-        match &self.auth {
-            Auth::AkSk(keys) => self.attempts(call, AttemptAuth::AkSk(keys)).await,
-            Auth::Token(source) => {
-                let token = source.token(self).await?;
-                match self.attempts(call, AttemptAuth::Token(&token)).await {
-                    // A token can be revoked before its expiry: fetch a new one, once.
-                    Err(e) if is_unauthorized(&e) => {
-                        source.invalidate(&token).await;
-                        let token = source.token(self).await?;
-                        self.attempts(call, AttemptAuth::Token(&token)).await
-                    }
-                    other => other,
-                }
-            }
+    /// This transport as a client handle labelled `backend` uses it.
+    pub fn bound<'a>(&'a self, backend: &'a str) -> Bound<'a> {
+        Bound {
+            transport: self,
+            backend,
         }
-    }
-
-    /// Sends a call without credentials (the IAM token request itself).
-    pub async fn execute_unauthenticated(&self, call: &Call) -> Result<Reply> {
-        self.attempts(call, AttemptAuth::None).await
     }
 
     fn base(&self, service: Service) -> &Url {
@@ -229,8 +213,9 @@ impl Transport {
         Ok(url)
     }
 
-    async fn attempts(&self, call: &Call, auth: AttemptAuth<'_>) -> Result<Reply> {
+    async fn attempts(&self, call: &Call, auth: AttemptAuth<'_>, backend: &str) -> Result<Reply> {
         let url = self.url(call)?;
+        let backend = backend.to_owned();
         let service = call.service.as_str();
         let mut attempt: u32 = 0;
         loop {
@@ -242,18 +227,21 @@ impl Transport {
             };
             metrics::histogram!(
                 REQUEST_DURATION,
+                "backend" => backend.clone(),
                 "service" => service,
                 "operation" => call.operation,
             )
             .record(started.elapsed().as_secs_f64());
             metrics::counter!(
                 REQUESTS_TOTAL,
+                "backend" => backend.clone(),
                 "service" => service,
                 "operation" => call.operation,
                 "status" => status.clone(),
             )
             .increment(1);
             tracing::debug!(
+                backend,
                 service,
                 operation = call.operation,
                 method = %call.method,
@@ -285,6 +273,7 @@ impl Transport {
                     }
                     metrics::counter!(
                         RETRIES_TOTAL,
+                        "backend" => backend.clone(),
                         "service" => service,
                         "operation" => call.operation,
                         "reason" => retry_reason(&e),
@@ -404,6 +393,49 @@ impl Transport {
     }
 }
 
+/// The transport as one client handle uses it: every attempt is counted under the handle's
+/// backend instance, so two instances of the same kind stay apart in the metrics.
+#[derive(Clone, Copy)]
+pub(crate) struct Bound<'a> {
+    transport: &'a Transport,
+    backend: &'a str,
+}
+
+impl Bound<'_> {
+    /// The configuration the transport was built from.
+    pub fn config(&self) -> &CloudConfig {
+        self.transport.config()
+    }
+
+    /// Sends an authenticated call with retries; a non-2xx answer becomes `Error::Api`.
+    pub async fn execute(&self, call: &Call) -> Result<Reply> {
+        match &self.transport.auth {
+            Auth::AkSk(keys) => self.attempts(call, AttemptAuth::AkSk(keys)).await,
+            Auth::Token(source) => {
+                let token = source.token(self).await?;
+                match self.attempts(call, AttemptAuth::Token(&token)).await {
+                    // A token can be revoked before its expiry: fetch a new one, once.
+                    Err(e) if is_unauthorized(&e) => {
+                        source.invalidate(&token).await;
+                        let token = source.token(self).await?;
+                        self.attempts(call, AttemptAuth::Token(&token)).await
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// Sends a call without credentials (the IAM token request itself).
+    pub async fn execute_unauthenticated(&self, call: &Call) -> Result<Reply> {
+        self.attempts(call, AttemptAuth::None).await
+    }
+
+    async fn attempts(&self, call: &Call, auth: AttemptAuth<'_>) -> Result<Reply> {
+        self.transport.attempts(call, auth, self.backend).await
+    }
+}
+
 fn insert_header(
     headers: &mut HeaderMap,
     call: &Call,
@@ -463,7 +495,7 @@ fn retry_reason(e: &Error) -> &'static str {
     }
 }
 
-/// Counter of cloud API attempts by service, operation and HTTP status.
+/// Counter of cloud API attempts by backend instance, service, operation and HTTP status.
 pub const REQUESTS_TOTAL: &str = "everest_cloud_api_requests_total";
 /// Histogram of cloud API attempt latency.
 pub const REQUEST_DURATION: &str = "everest_cloud_api_request_duration_seconds";
@@ -474,16 +506,16 @@ pub const RETRIES_TOTAL: &str = "everest_cloud_api_retries_total";
 pub fn describe_metrics() {
     metrics::describe_counter!(
         REQUESTS_TOTAL,
-        "Cloud API requests sent (every attempt), by service, operation and HTTP status"
+        "Cloud API requests sent (every attempt), by backend instance, service, operation and HTTP status"
     );
     metrics::describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
-        "Cloud API request latency per attempt, by service and operation"
+        "Cloud API request latency per attempt, by backend instance, service and operation"
     );
     metrics::describe_counter!(
         RETRIES_TOTAL,
-        "Cloud API attempts retried, by service, operation and reason (throttled, server_error, timeout, connection)"
+        "Cloud API attempts retried, by backend instance, service, operation and reason (throttled, server_error, timeout, connection)"
     );
 }
 

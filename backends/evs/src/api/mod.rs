@@ -28,12 +28,17 @@ pub use http::{Service, backoff_ceiling, describe_metrics, full_jitter};
 pub use jobs::{Job, JobEntities, JobStatus, VolumeWait, next_poll_interval};
 pub use metadata::{DEFAULT_METADATA_URL, InstanceMetadata, fetch_instance_metadata};
 
-use http::Transport;
+use http::{Bound, Transport};
+
+/// The `backend` metric label of a client that was not given its instance name.
+pub const UNNAMED_BACKEND: &str = "none";
 
 /// A handle on the cloud's disk, server and job APIs; clones share one connection pool and token.
 #[derive(Clone)]
 pub struct EvsClient {
     transport: Arc<Transport>,
+    /// The backend instance, as the `backend` label of the cloud API metrics.
+    backend: Arc<str>,
 }
 
 impl EvsClient {
@@ -41,7 +46,20 @@ impl EvsClient {
     pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
         Ok(EvsClient {
             transport: Arc::new(Transport::new(config, credentials)?),
+            backend: Arc::from(UNNAMED_BACKEND),
         })
+    }
+
+    /// Counts this handle's calls (and clones made from it) under the backend instance `name`,
+    /// e.g. `evs-default`; without it they count under [`UNNAMED_BACKEND`].
+    pub fn with_backend(mut self, name: &str) -> Self {
+        self.backend = Arc::from(name);
+        self
+    }
+
+    /// The backend instance its calls are counted under.
+    pub fn backend(&self) -> &str {
+        &self.backend
     }
 
     /// The configuration in use.
@@ -53,8 +71,8 @@ impl EvsClient {
         &self.transport.config().project_id
     }
 
-    fn transport(&self) -> &Transport {
-        &self.transport
+    fn transport(&self) -> Bound<'_> {
+        self.transport.bound(&self.backend)
     }
 }
 
@@ -62,6 +80,7 @@ impl fmt::Debug for EvsClient {
     // Only the configuration: credentials and tokens stay out of debug output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EvsClient")
+            .field("backend", &self.backend)
             .field("config", self.config())
             .finish_non_exhaustive()
     }

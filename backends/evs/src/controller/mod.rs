@@ -14,7 +14,6 @@ use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::{CapacityRange, GIB};
 use everest_backend::secrets::Secrets;
 use everest_backend::{BackendName, Error, Result};
-use sha2::{Digest, Sha256};
 
 use crate::api::{
     self, Attachment, CreateVolume as ApiCreate, EvsClient, Job, JobId, Service, Volume,
@@ -24,6 +23,12 @@ use crate::capabilities::check_capability;
 use crate::config::EvsConfig;
 use crate::params::EvsParams;
 
+mod existing;
+mod naming;
+mod placement;
+
+use existing::{is_failed_create, stuck_in_error};
+
 /// Metadata key holding the CSI request name a disk was created for (the idempotency key).
 pub const CSI_NAME_KEY: &str = "everest.io/csi-name";
 /// Metadata key marking disks this driver manages, for ListVolumes.
@@ -32,6 +37,10 @@ pub const MANAGED_BY_KEY: &str = "everest.io/managed-by";
 pub const WWN_CONTEXT_KEY: &str = "everest.io/wwn";
 /// Publish-context key: the device path the cloud reports (informational; the node trusts by-id links).
 pub const DEVICE_CONTEXT_KEY: &str = "DevicePath";
+/// Disk metadata key: `1` when the disk is encrypted.
+const ENCRYPTED_KEY: &str = "__system__encrypted";
+/// Disk metadata key: the KMS key an encrypted disk uses.
+const CMK_ID_KEY: &str = "__system__cmkid";
 /// The ECS code for "this server does not exist" (the node was deleted).
 const SERVER_GONE_CODE: &str = "Ecs.0114";
 /// EVS data disks are 10–32768 GB.
@@ -54,33 +63,6 @@ impl EvsController {
             client,
             config,
         }
-    }
-
-    /// The disk name for a CSI request name: the name itself when EVS accepts it, else a digest.
-    fn disk_name(&self, request_name: &str) -> String {
-        let plain = request_name.len() <= 64
-            && request_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if plain {
-            request_name.to_owned()
-        } else {
-            format!(
-                "everest-{}",
-                &hex::encode(Sha256::digest(request_name.as_bytes()))[..40]
-            )
-        }
-    }
-
-    /// A stable `X-Client-Token` per backend and request name, so a create resent after a
-    /// controller crash is recognised by the cloud instead of making a second disk.
-    fn client_token(&self, request_name: &str) -> String {
-        let digest = Sha256::digest(format!("{}/{request_name}", self.name).as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
-        b[6] = (b[6] & 0x0f) | 0x50; // version 5-style (name-based)
-        b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-        uuid::Uuid::from_bytes(b).to_string()
     }
 
     async fn find_by_request_name(&self, request_name: &str) -> Result<Option<Volume>> {
@@ -201,43 +183,6 @@ impl EvsController {
         Ok(self.client.get_volume(&disk_id).await?)
     }
 
-    fn zone(&self, req: &CreateVolume, params: &EvsParams) -> Result<String> {
-        let candidates = req
-            .topology
-            .as_ref()
-            .map(|t| t.candidates(ZONE_TOPOLOGY_KEY))
-            .unwrap_or_default();
-        let requisite: Vec<String> = req
-            .topology
-            .as_ref()
-            .map(|t| {
-                t.requisite
-                    .iter()
-                    .filter_map(|s| s.get(ZONE_TOPOLOGY_KEY).cloned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(fixed) = &params.availability_zone {
-            if !requisite.is_empty() && !requisite.contains(fixed) {
-                return Err(Error::InvalidArgument(format!(
-                    "StorageClass zone {fixed} is not among the zones the claim can use ({})",
-                    requisite.join(", ")
-                )));
-            }
-            return Ok(fixed.clone());
-        }
-        candidates
-            .into_iter()
-            .next()
-            .or_else(|| self.config.backend.availability_zone.clone())
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "no availability zone: the request has no {ZONE_TOPOLOGY_KEY} topology, the StorageClass no everest.io/availability-zone, and backend {} no availability_zone",
-                    self.name
-                ))
-            })
-    }
-
     fn to_csi(&self, v: &Volume) -> CsiVolume {
         CsiVolume {
             native_id: v.id.clone(),
@@ -285,49 +230,19 @@ impl EvsController {
             )
             .await?;
         }
-        self.wait_until(disk_id, "deleted", |v| match v {
-            None => VolumeWait::Done,
-            Some(v) if v.status == VolumeStatus::ErrorDeleting => {
-                VolumeWait::Failed("status error_deleting".into())
-            }
-            Some(_) => VolumeWait::Pending,
-        })
-        .await
-        .map(drop)
-    }
-
-    fn check_existing(
-        &self,
-        req: &CreateVolume,
-        v: &Volume,
-        gib: u64,
-        params: &EvsParams,
-    ) -> Result<()> {
-        let wanted_type = params
-            .volume_type
-            .as_deref()
-            .unwrap_or(&self.config.backend.default_volume_type);
-        if !req.capacity.is_satisfied_by(v.size * GIB) || v.size < gib {
-            return Err(Error::AlreadyExists(format!(
-                "volume {} already exists as disk {} with {} GiB, which does not match the requested capacity",
-                req.name, v.id, v.size
-            )));
+        // A disk that falls into `error_deleting` ends the wait as seen, to be reported as stuck.
+        match self
+            .wait_until(disk_id, "deleted", |v| match v {
+                None => VolumeWait::Done,
+                Some(v) if v.status == VolumeStatus::ErrorDeleting => VolumeWait::Done,
+                Some(_) => VolumeWait::Pending,
+            })
+            .await?
+        {
+            Some(stuck) => Err(stuck_in_error(&stuck, "DeleteVolume")),
+            None => Ok(()),
         }
-        if v.volume_type != wanted_type {
-            return Err(Error::AlreadyExists(format!(
-                "volume {} already exists as disk {} of type {}, not {wanted_type}",
-                req.name, v.id, v.volume_type
-            )));
-        }
-        Ok(())
     }
-}
-
-/// A disk found by request name that CreateVolume must replace rather than return: its creation
-/// failed (`error`, which holds no data), or such a disk is already being removed (`deleting`, left
-/// by an earlier attempt that timed out while waiting for the removal).
-fn is_failed_create(v: &Volume) -> bool {
-    matches!(v.status, VolumeStatus::Error | VolumeStatus::Deleting)
 }
 
 /// Settled and usable: not creating, extending, attaching or detaching.
@@ -377,8 +292,8 @@ impl ControllerBackend for EvsController {
             (MANAGED_BY_KEY.to_owned(), "everest".to_owned()),
         ]);
         if let Some(kms) = &params.kms_key_id {
-            metadata.insert("__system__encrypted".into(), "1".into());
-            metadata.insert("__system__cmkid".into(), kms.clone());
+            metadata.insert(ENCRYPTED_KEY.into(), "1".into());
+            metadata.insert(CMK_ID_KEY.into(), kms.clone());
         }
         let mut tags = params.tag_map()?;
         let k8s = &req.common.k8s;
@@ -439,6 +354,9 @@ impl ControllerBackend for EvsController {
                 "disk {disk_id} is still attached to node(s) {}; ControllerUnpublishVolume first",
                 nodes.join(", ")
             )));
+        }
+        if disk.status.is_error() && !disk.status.is_deletable() {
+            return Err(stuck_in_error(&disk, "DeleteVolume"));
         }
         if disk.status != VolumeStatus::Deleting && !disk.status.is_deletable() {
             return Err(Error::Unavailable(format!(
@@ -562,6 +480,9 @@ impl ControllerBackend for EvsController {
     async fn expand(&self, disk_id: &str, capacity: CapacityRange) -> Result<Expanded> {
         let gib = capacity.to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
         let disk = self.get(disk_id).await?;
+        if disk.status.is_error() {
+            return Err(stuck_in_error(&disk, "ControllerExpandVolume"));
+        }
         if disk.size < gib {
             if !is_usable(&disk) {
                 return Err(Error::Unavailable(format!(
@@ -576,9 +497,22 @@ impl ControllerBackend for EvsController {
             )
             .await?;
         }
+        // A disk that falls into an error state ends the wait as seen, to be reported as stuck.
         let disk = self
-            .settle(disk_id, "extended", |v| v.size >= gib && is_usable(v))
-            .await?;
+            .wait_until(disk_id, "extended", |v| match v {
+                Some(v) if (v.size >= gib && is_usable(v)) || v.status.is_error() => {
+                    VolumeWait::Done
+                }
+                Some(_) => VolumeWait::Pending,
+                None => VolumeWait::Failed("the disk disappeared".into()),
+            })
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("disk {disk_id} disappeared while being extended"))
+            })?;
+        if disk.status.is_error() {
+            return Err(stuck_in_error(&disk, "ControllerExpandVolume"));
+        }
         Ok(Expanded {
             capacity_bytes: disk.size * GIB,
             node_expansion_required: true,
@@ -639,45 +573,5 @@ impl ControllerBackend for EvsController {
                     self.name
                 ))
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn controller() -> EvsController {
-        let table = serde_json::json!({"project_id": "p", "region": "r", "credentials_file": "/nonexistent"});
-        let config = EvsConfig::parse("evs", table.as_object().unwrap()).unwrap();
-        let client = EvsClient::new(
-            config.cloud.clone(),
-            api::Credentials::AkSk {
-                access_key: "a".into(),
-                secret_key: "b".into(),
-                security_token: None,
-            },
-        )
-        .unwrap();
-        EvsController::new(BackendName::new("evs").unwrap(), config, client)
-    }
-
-    #[test]
-    fn disk_names_are_stable_and_valid() {
-        let c = controller();
-        assert_eq!(c.disk_name("pvc-1234"), "pvc-1234");
-        let long = "x".repeat(100);
-        let n = c.disk_name(&long);
-        assert!(n.len() <= 64 && n.starts_with("everest-"));
-        assert_eq!(n, c.disk_name(&long));
-        assert_ne!(c.disk_name("a b"), c.disk_name("a c"));
-    }
-
-    #[test]
-    fn client_token_is_a_stable_uuid_per_name() {
-        let c = controller();
-        let t = c.client_token("pvc-1");
-        assert_eq!(t, c.client_token("pvc-1"));
-        assert_ne!(t, c.client_token("pvc-2"));
-        assert!(uuid::Uuid::parse_str(&t).is_ok());
     }
 }
