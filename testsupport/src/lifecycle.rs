@@ -14,6 +14,28 @@ use tonic::Status;
 use crate::csi::{GIB, create_request, retry};
 use crate::world::World;
 
+/// Sends `req` with `world.$client().$rpc`, retried as `self.retries` says, and answers the
+/// response body.
+macro_rules! call {
+    ($self:ident, $what:literal, $client:ident, $rpc:ident, $req:expr) => {{
+        let req = $req;
+        let world = $self.world;
+        $self
+            .run($what, || {
+                let req = req.clone();
+                async move {
+                    world
+                        .$client()
+                        .await
+                        .$rpc(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await
+    }};
+}
+
 /// A volume on its way through the lifecycle.
 #[derive(Debug)]
 pub struct Lifecycle<'w> {
@@ -97,20 +119,7 @@ impl<'w> Lifecycle<'w> {
     ) -> Result<csi::Volume, Status> {
         let mut req = create_request(&self.name, gib * GIB, self.cap.clone(), params);
         req.accessibility_requirements = Some(self.world.topology_requirement().await);
-        let world = self.world;
-        let vol = self
-            .run("CreateVolume", || {
-                let req = req.clone();
-                async move {
-                    world
-                        .controller()
-                        .await
-                        .create_volume(req)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-            .await?
+        let vol = call!(self, "CreateVolume", controller, create_volume, req)?
             .volume
             .ok_or_else(|| Status::internal("CreateVolume answered without a volume"))?;
         self.volume = Some(vol.clone());
@@ -127,20 +136,13 @@ impl<'w> Lifecycle<'w> {
             volume_context: self.volume_context(),
             ..Default::default()
         };
-        let world = self.world;
-        let resp = self
-            .run("ControllerPublishVolume", || {
-                let req = req.clone();
-                async move {
-                    world
-                        .controller()
-                        .await
-                        .controller_publish_volume(req)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-            .await?;
+        let resp = call!(
+            self,
+            "ControllerPublishVolume",
+            controller,
+            controller_publish_volume,
+            req
+        )?;
         self.publish_context = resp.publish_context.clone();
         Ok(resp.publish_context)
     }
@@ -155,12 +157,7 @@ impl<'w> Lifecycle<'w> {
             volume_context: self.volume_context(),
             ..Default::default()
         };
-        let world = self.world;
-        self.run("NodeStageVolume", || {
-            let req = req.clone();
-            async move { world.node().await.node_stage_volume(req).await.map(|_| ()) }
-        })
-        .await
+        call!(self, "NodeStageVolume", node, node_stage_volume, req).map(drop)
     }
 
     /// NodePublishVolume at the target path.
@@ -175,19 +172,7 @@ impl<'w> Lifecycle<'w> {
             volume_context: self.volume_context(),
             ..Default::default()
         };
-        let world = self.world;
-        self.run("NodePublishVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .node()
-                    .await
-                    .node_publish_volume(req)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await
+        call!(self, "NodePublishVolume", node, node_publish_volume, req).map(drop)
     }
 
     /// ControllerExpandVolume to `gib` GiB; returns the response.
@@ -204,19 +189,13 @@ impl<'w> Lifecycle<'w> {
             volume_capability: Some(self.cap.clone()),
             ..Default::default()
         };
-        let world = self.world;
-        self.run("ControllerExpandVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .controller()
-                    .await
-                    .controller_expand_volume(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        call!(
+            self,
+            "ControllerExpandVolume",
+            controller,
+            controller_expand_volume,
+            req
+        )
     }
 
     /// NodeExpandVolume on the target path (what kubelet sends for a published volume).
@@ -232,19 +211,7 @@ impl<'w> Lifecycle<'w> {
             volume_capability: Some(self.cap.clone()),
             ..Default::default()
         };
-        let world = self.world;
-        self.run("NodeExpandVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .node()
-                    .await
-                    .node_expand_volume(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        call!(self, "NodeExpandVolume", node, node_expand_volume, req)
     }
 
     /// NodeGetVolumeStats on the target path.
@@ -254,19 +221,7 @@ impl<'w> Lifecycle<'w> {
             volume_path: self.target.clone(),
             staging_target_path: self.staging.clone(),
         };
-        let world = self.world;
-        self.run("NodeGetVolumeStats", || {
-            let req = req.clone();
-            async move {
-                world
-                    .node()
-                    .await
-                    .node_get_volume_stats(req)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
+        call!(self, "NodeGetVolumeStats", node, node_get_volume_stats, req)
     }
 
     /// NodeUnpublishVolume.
@@ -275,19 +230,14 @@ impl<'w> Lifecycle<'w> {
             volume_id: self.id(),
             target_path: self.target.clone(),
         };
-        let world = self.world;
-        self.run("NodeUnpublishVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .node()
-                    .await
-                    .node_unpublish_volume(req)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await
+        call!(
+            self,
+            "NodeUnpublishVolume",
+            node,
+            node_unpublish_volume,
+            req
+        )
+        .map(drop)
     }
 
     /// NodeUnstageVolume.
@@ -296,19 +246,7 @@ impl<'w> Lifecycle<'w> {
             volume_id: self.id(),
             staging_target_path: self.staging.clone(),
         };
-        let world = self.world;
-        self.run("NodeUnstageVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .node()
-                    .await
-                    .node_unstage_volume(req)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await
+        call!(self, "NodeUnstageVolume", node, node_unstage_volume, req).map(drop)
     }
 
     /// ControllerUnpublishVolume from this node.
@@ -318,19 +256,14 @@ impl<'w> Lifecycle<'w> {
             node_id: self.node_id.clone(),
             ..Default::default()
         };
-        let world = self.world;
-        self.run("ControllerUnpublishVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .controller()
-                    .await
-                    .controller_unpublish_volume(req)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await
+        call!(
+            self,
+            "ControllerUnpublishVolume",
+            controller,
+            controller_unpublish_volume,
+            req
+        )
+        .map(drop)
     }
 
     /// DeleteVolume.
@@ -339,18 +272,6 @@ impl<'w> Lifecycle<'w> {
             volume_id: self.id(),
             ..Default::default()
         };
-        let world = self.world;
-        self.run("DeleteVolume", || {
-            let req = req.clone();
-            async move {
-                world
-                    .controller()
-                    .await
-                    .delete_volume(req)
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .await
+        call!(self, "DeleteVolume", controller, delete_volume, req).map(drop)
     }
 }
