@@ -356,6 +356,18 @@ impl NodeBackend for EvsNode {
                 Error::NotFound(format!("disk {disk} is not mounted at {}", req.volume_path))
             })?;
         let device = PathBuf::from(&mount.source);
+        // The mount's source is only a name: make sure it still names the mounted device, so a
+        // name the kernel re-used for another disk can never get that disk's filesystem grown.
+        let still_ours = match self.host.device_number(&device).await {
+            Ok(number) => is_mount_of(self.host.as_ref(), &mount, &number).await?,
+            Err(_) => false,
+        };
+        if !still_ours {
+            return Err(Error::FailedPrecondition(format!(
+                "disk {disk} is mounted at {} from {}, which no longer names that device (the disk was re-attached); unpublish and unstage it, then stage again",
+                req.volume_path, mount.source
+            )));
+        }
         let device_size = self.host.device_size(&device).await?;
         check_device_grew(disk, device_size, &req.capacity)?;
         if self.needs_grow(&device, &mount.fs_type).await? {
@@ -528,6 +540,37 @@ mod tests {
             mount_flags: vec!["rw".into(), "noatime".into()],
         };
         assert_eq!(mount_options(&cap), vec!["noatime", "ro"]);
+    }
+
+    #[tokio::test]
+    async fn expand_never_grows_a_device_that_only_shares_the_old_name() {
+        let (host, node) = setup(Some("xfs"));
+        let req = stage_req("xfs");
+        node.stage(&req).await.unwrap();
+        // The disk goes away and the kernel gives its name to another, larger disk.
+        host.replace_device(
+            Path::new("/dev/loop3"),
+            FakeDevice {
+                size: 20 * GIB,
+                fs_type: Some("xfs".into()),
+                fs_size: 10 * GIB,
+            },
+        );
+        let expand = NodeExpand {
+            native_id: "disk-1".into(),
+            volume_path: req.staging.clone(),
+            staging: None,
+            capacity: CapacityRange::new((20 * GIB) as i64, 0).unwrap(),
+            capability: Some(req.capability.clone()),
+        };
+        let err = node.expand(&expand).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+        assert!(err.to_string().contains("no longer names"), "{err}");
+        assert!(
+            !host.calls().iter().any(|c| c.starts_with("grow")),
+            "grew another disk: {:?}",
+            host.calls()
+        );
     }
 
     #[tokio::test]

@@ -7,8 +7,9 @@
 //! at start instead of being silently ignored.
 //!
 //! Environment: `EVEREST_<KEY>` with `__` between levels, e.g. `EVEREST_LOG_FORMAT=json`,
-//! `EVEREST_NODE__ZONE=az1`, `EVEREST_BACKENDS__EVS_DEFAULT__REGION=r1`. Values that read as
-//! numbers or booleans become numbers or booleans. Environment variable names cannot hold `-`,
+//! `EVEREST_NODE__ZONE=az1`, `EVEREST_BACKENDS__EVS_DEFAULT__REGION=r1`. Values of the daemon's
+//! own keys that read as numbers or booleans become numbers or booleans; values inside a backend
+//! table stay text (the backend parses its own numbers). Environment variable names cannot hold `-`,
 //! so `_` in a backend name is read as `-` (`EVS_DEFAULT` → `evs-default`). Only variables whose
 //! first level is a known top-level key are read, so unrelated `EVEREST_*` variables (such as
 //! the ones Kubernetes injects for a Service named `everest-…`) cannot break startup.
@@ -188,13 +189,20 @@ impl<C: DeserializeOwned + Default, N: DeserializeOwned + Default> DaemonConfig<
                     .required(true),
             );
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(known_env(env))),
-        );
+        // Backend tables keep environment values as text (an all-digit project ID must keep its
+        // leading zeros; backends parse their own numbers); the daemon's own keys are typed.
+        let (backend_env, daemon_env): (config::Map<_, _>, config::Map<_, _>) = known_env(env)
+            .into_iter()
+            .partition(|(k, _)| is_backend_key(k));
+        for (vars, typed) in [(daemon_env, true), (backend_env, false)] {
+            builder = builder.add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(typed)
+                    .source(Some(vars)),
+            );
+        }
         let mut tree: Value = builder
             .build()
             .and_then(config::Config::try_deserialize)
@@ -293,6 +301,13 @@ fn known_env(env: impl IntoIterator<Item = (String, String)>) -> config::Map<Str
         .collect()
 }
 
+/// Whether an `EVEREST_…` variable sets a key inside a `[backends.<name>]` table.
+fn is_backend_key(var: &str) -> bool {
+    var.strip_prefix(ENV_PREFIX)
+        .and_then(|rest| rest.strip_prefix('_'))
+        .is_some_and(|rest| rest.to_lowercase().starts_with("backends__"))
+}
+
 /// Folds `evs_default` (from the environment) into `evs-default`, the environment winning.
 fn merge_env_backend_names(backends: &mut serde_json::Map<String, Value>) {
     let underscored: Vec<String> = backends
@@ -382,6 +397,8 @@ device_wait_seconds = 30
             ("EVEREST_LOG_FORMAT", "json"),
             ("EVEREST_NODE__NODE_ID", "12345"),
             ("EVEREST_BACKENDS__EVS_DEFAULT__REGION", "r2"),
+            ("EVEREST_BACKENDS__EVS_DEFAULT__PROJECT_ID", "0123456789"),
+            ("EVEREST_NODE__MAX_VOLUMES_PER_NODE", "16"),
             ("EVEREST_METRICS_SERVICE_HOST", "10.0.0.1"),
             ("EVEREST_CONFIG", "/ignored"),
         ]);
@@ -393,6 +410,8 @@ device_wait_seconds = 30
         let evs = &cfg.backends["evs-default"];
         assert_eq!(evs.kind, "evs");
         assert_eq!(evs.settings["region"], "r2");
+        // Backend values from the environment stay text: the leading zero survives.
+        assert_eq!(evs.settings["project_id"], "0123456789");
         assert_eq!(evs.settings["device_wait_seconds"], 30);
         assert_eq!(cfg.backends.len(), 1);
 

@@ -60,6 +60,15 @@ impl FakeHost {
         s.paths.insert(path.to_owned());
     }
 
+    /// Puts a different device behind an existing device name (the kernel re-using a name after
+    /// a hot-unplug): same path, new device number.
+    pub fn replace_device(&self, path: &Path, device: FakeDevice) {
+        let mut s = self.state();
+        let n = s.numbers.len();
+        s.numbers.insert(path.to_owned(), format!("7:{n}"));
+        s.devices.insert(path.to_owned(), device);
+    }
+
     /// Adds a link at `link` to `target`, which is not a block device (resolving it fails, as
     /// on Linux).
     pub fn add_link(&self, link: &Path, target: &Path) {
