@@ -169,11 +169,7 @@ mod tests {
         host.add_device(
             Path::new("/dev/disk/by-id/x"),
             Path::new("/dev/loop0"),
-            FakeDevice {
-                size: 10,
-                fs_type: Some("ext4".into()),
-                fs_size: 10,
-            },
+            FakeDevice::formatted("ext4", 10),
         );
         host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
             .await
@@ -224,11 +220,7 @@ mod tests {
             host.add_device(
                 Path::new(link),
                 Path::new(dev),
-                FakeDevice {
-                    size: 10,
-                    fs_type: Some("ext4".into()),
-                    fs_size: 10,
-                },
+                FakeDevice::formatted("ext4", 10),
             );
         }
         host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
@@ -283,11 +275,7 @@ mod tests {
         host.add_device(
             Path::new("/l"),
             Path::new("/dev/loop0"),
-            FakeDevice {
-                size: 100,
-                fs_type: Some("xfs".into()),
-                fs_size: 100,
-            },
+            FakeDevice::formatted("xfs", 100),
         );
         host.mount(Path::new("/dev/loop0"), target.as_path(), "xfs", &[])
             .await

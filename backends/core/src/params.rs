@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
 
-use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::Error;
@@ -122,11 +122,6 @@ pub fn parse_key_values(s: &str, what: &str) -> Result<BTreeMap<String, String>,
             Ok((k.trim().to_owned(), v.trim().to_owned()))
         })
         .collect()
-}
-
-/// Lets a plain string value deserialize as an enum variant name (serde's `IntoDeserializer`).
-pub fn enum_from_str<T: DeserializeOwned>(s: &str) -> Result<T, serde::de::value::Error> {
-    T::deserialize(s.into_deserializer())
 }
 
 #[cfg(test)]

@@ -105,7 +105,11 @@ impl FromStr for VolumeId {
             ))
         };
         if s.len() > MAX_VOLUME_ID_LEN {
-            return Err(malformed("longer than 128 bytes"));
+            // Not echoed: an oversized ID would make an oversized error message and log line.
+            return Err(Error::InvalidArgument(format!(
+                "volume ID of {} bytes is longer than the CSI limit of {MAX_VOLUME_ID_LEN}; expected v1:<backend>:<native id>",
+                s.len()
+            )));
         }
         let mut parts = s.splitn(3, ':');
         let (Some(version), Some(backend), Some(native)) =

@@ -1,7 +1,7 @@
 //! What an EVS disk can be used as: one node at a time, a filesystem we can make or a raw device.
 
 use everest_backend::Error;
-use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::capability::{AccessType, VolumeCapability};
 
 /// Filesystems the node can create and grow on an EVS disk.
 pub const FS_TYPES: &[&str] = &["ext4", "xfs", "ext3", "btrfs"];
@@ -66,13 +66,10 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether the workload must not write, whatever the publish flag says.
-pub fn read_only_mode(mode: AccessMode) -> bool {
-    mode.is_read_only()
-}
-
 #[cfg(test)]
 mod tests {
+    use everest_backend::capability::AccessMode;
+
     use super::*;
 
     fn cap(fs: &str, flags: &[&str], mode: AccessMode) -> VolumeCapability {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::api::config::scalar;
 use crate::api::{CloudConfig, Credentials};
+use crate::capabilities::FS_TYPES;
 
 /// The backend's own keys; the rest of the table belongs to [`CloudConfig`].
 #[derive(Debug, Clone, Deserialize)]
@@ -108,13 +109,11 @@ impl EvsConfig {
         let cloud: CloudConfig = serde_json::from_value(serde_json::Value::Object(cloud))
             .map_err(|e| bad(e.to_string()))?;
         cloud.validate().map_err(|e| bad(e.to_string()))?;
-        if !matches!(
-            backend.default_fs_type.as_str(),
-            "ext4" | "xfs" | "ext3" | "btrfs"
-        ) {
+        if !FS_TYPES.contains(&backend.default_fs_type.as_str()) {
             return Err(bad(format!(
-                "default_fs_type {:?} is not one of ext4, xfs, ext3, btrfs",
-                backend.default_fs_type
+                "default_fs_type {:?} is not one of {}",
+                backend.default_fs_type,
+                FS_TYPES.join(", ")
             )));
         }
         Ok(Self { cloud, backend })

@@ -19,7 +19,7 @@ use everest_backend::node::{
 use everest_backend::paths::HostPath;
 use everest_backend::{Error, Result};
 
-use crate::capabilities::{check_capability, read_only_mode};
+use crate::capabilities::check_capability;
 use crate::config::EvsConfig;
 use crate::device::find_device;
 
@@ -45,13 +45,14 @@ impl EvsNode {
         &self.config.backend.by_id_dir
     }
 
-    /// Decides the filesystem and creates it only on a blank device; never reformats.
+    /// Decides the filesystem and creates it only on a blank device; never reformats. Says
+    /// whether it was just made (and so already fills the device).
     async fn ensure_filesystem(
         &self,
         disk: &str,
         device: &Path,
         requested: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<(String, bool)> {
         match self.host.filesystem_of(device).await? {
             None => {
                 let fs = requested
@@ -59,9 +60,9 @@ impl EvsNode {
                     .to_owned();
                 tracing::info!(disk, device = %device.display(), fs = %fs, "formatting blank disk");
                 self.host.mkfs(device, &fs).await?;
-                Ok(fs)
+                Ok((fs, true))
             }
-            Some(existing) if requested.is_none_or(|r| r == existing) => Ok(existing),
+            Some(existing) if requested.is_none_or(|r| r == existing) => Ok((existing, false)),
             Some(existing) => Err(Error::FailedPrecondition(format!(
                 "disk {disk} already holds {existing}, but the volume asks for {}; refusing to reformat a disk that has data",
                 requested.unwrap_or_default()
@@ -191,7 +192,7 @@ fn mount_options(cap: &VolumeCapability) -> Vec<String> {
         everest_backend::capability::AccessType::Mount { mount_flags, .. } => mount_flags.clone(),
         everest_backend::capability::AccessType::Block => Vec::new(),
     };
-    if read_only_mode(cap.access_mode) {
+    if cap.access_mode.is_read_only() {
         // A read-only access mode wins over a StorageClass "rw": drop it rather than rely on
         // mount taking the last of two conflicting options.
         opts.retain(|o| o != "rw");
@@ -260,13 +261,13 @@ impl NodeBackend for EvsNode {
         {
             return Ok(());
         }
-        let fs = self
+        let (fs, formatted) = self
             .ensure_filesystem(disk, &device, req.capability.fs_type())
             .await?;
         // A read-only volume is never written to: no fsck/resize2fs before mounting, and no
         // xfs_growfs/btrfs resize on a read-only mount (which fails and would block every stage).
-        // It is grown at the first read-write stage.
-        let may_grow = !mounts_read_only(&options);
+        // It is grown at the first read-write stage. A filesystem just made fills its disk.
+        let may_grow = !formatted && !mounts_read_only(&options);
         // ext cannot grow online on every host; grow it here, unmounted, after an expand.
         if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs).await? {
             tracing::info!(disk, "growing ext filesystem offline before mounting");
@@ -296,7 +297,7 @@ impl NodeBackend for EvsNode {
 
     async fn publish(&self, req: &NodePublish) -> Result<()> {
         check_capability(&req.capability)?;
-        let readonly = req.readonly || read_only_mode(req.capability.access_mode);
+        let readonly = req.readonly || req.capability.access_mode.is_read_only();
         if req.capability.is_block() {
             let device = find_device(
                 self.host.as_ref(),
@@ -457,6 +458,21 @@ mod tests {
             .collect();
         assert_eq!(mkfs, vec!["mkfs xfs /dev/loop3"]);
         assert_eq!(host.mount_table().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_freshly_made_filesystem_is_not_measured_for_a_grow() {
+        for fs in ["xfs", "ext4"] {
+            let (host, node) = setup(None);
+            node.stage(&stage_req(fs)).await.unwrap();
+            let calls = host.calls();
+            assert!(
+                !calls
+                    .iter()
+                    .any(|c| c.starts_with("fssize") || c.starts_with("grow")),
+                "{fs}: {calls:?}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -644,11 +660,7 @@ mod tests {
         host.add_device(
             Path::new("/by-id/virtio-disk-1"),
             Path::new(new_device),
-            FakeDevice {
-                size: 10 * GIB,
-                fs_type: Some("xfs".into()),
-                fs_size: 10 * GIB,
-            },
+            FakeDevice::formatted("xfs", 10 * GIB),
         );
     }
 

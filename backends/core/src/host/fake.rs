@@ -20,6 +20,17 @@ pub struct FakeDevice {
     pub fs_size: u64,
 }
 
+impl FakeDevice {
+    /// A device of `size` bytes holding an `fs_type` filesystem that fills it.
+    pub fn formatted(fs_type: &str, size: u64) -> Self {
+        Self {
+            size,
+            fs_type: Some(fs_type.to_owned()),
+            fs_size: size,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     devices: BTreeMap<PathBuf, FakeDevice>,

@@ -14,23 +14,39 @@ use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo};
 #[derive(Debug, Clone, Default)]
 pub struct LinuxHost;
 
-/// Runs `program args…`, returning standard output, or an error with the exit status and stderr.
-async fn run(program: &str, args: &[&str]) -> Result<String, HostError> {
-    let operation = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
+/// Runs `program args…` with standard input closed; its output, whatever the exit status.
+async fn output(program: &str, args: &[&str]) -> Result<std::process::Output, HostError> {
+    Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| HostError::new(&operation, format!("could not start: {e}")))?;
+        .map_err(|e| HostError::new(command_line(program, args), format!("could not start: {e}")))
+}
+
+/// The error for a run of `program args…` that ended in `out`: its exit status and stderr.
+fn failed(program: &str, args: &[&str], out: &std::process::Output) -> HostError {
+    HostError::new(
+        command_line(program, args),
+        format!(
+            "{} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        ),
+    )
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    format!("{program} {}", args.join(" "))
+}
+
+/// Runs `program args…`, returning standard output, or an error with the exit status and stderr.
+async fn run(program: &str, args: &[&str]) -> Result<String, HostError> {
+    let out = output(program, args).await?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(HostError::new(
-            operation,
-            format!("{} ({})", stderr.trim(), out.status),
-        ))
+        Err(failed(program, args, &out))
     }
 }
 
@@ -120,12 +136,8 @@ impl Host for LinuxHost {
         // all (a missing node, an I/O error), silently. Prove the device readable first, so an
         // unreadable disk is an error and never "blank" — blank is what leads to mkfs.
         check_readable(device).await?;
-        let out = Command::new("blkid")
-            .args(["-p", "-o", "export", dev])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| HostError::new(format!("blkid -p {dev}"), e.to_string()))?;
+        let args = ["-p", "-o", "export", dev];
+        let out = output("blkid", &args).await?;
         match out.status.code() {
             // blkid's documented "nothing found": the device is blank.
             Some(2) => Ok(None),
@@ -143,14 +155,7 @@ impl Host for LinuxHost {
                     found.unwrap_or_else(|| "unknown-signature".to_owned()),
                 ))
             }
-            _ => Err(HostError::new(
-                format!("blkid -p {dev}"),
-                format!(
-                    "{} ({})",
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    out.status
-                ),
-            )),
+            _ => Err(failed("blkid", &args, &out)),
         }
     }
 
@@ -218,21 +223,10 @@ impl Host for LinuxHost {
         match (fs_type, mount_point) {
             ("ext4" | "ext3" | "ext2", None) => {
                 // resize2fs insists on a freshly checked filesystem when offline; e2fsck exits 1 when it fixed something.
-                let out = Command::new("e2fsck")
-                    .args(["-f", "-p", dev])
-                    .stdin(Stdio::null())
-                    .output()
-                    .await
-                    .map_err(|e| HostError::new(format!("e2fsck -f -p {dev}"), e.to_string()))?;
+                let args = ["-f", "-p", dev];
+                let out = output("e2fsck", &args).await?;
                 if !matches!(out.status.code(), Some(0 | 1)) {
-                    return Err(HostError::new(
-                        format!("e2fsck -f -p {dev}"),
-                        format!(
-                            "{} ({})",
-                            String::from_utf8_lossy(&out.stderr).trim(),
-                            out.status
-                        ),
-                    ));
+                    return Err(failed("e2fsck", &args, &out));
                 }
                 run("resize2fs", &[dev]).await.map(drop)
             }

@@ -139,6 +139,19 @@ pub enum TransportKind {
     Other,
 }
 
+impl TransportKind {
+    /// What kind of failure a request error is.
+    pub(crate) fn of(e: &reqwest::Error) -> Self {
+        if e.is_timeout() {
+            TransportKind::Timeout
+        } else if e.is_connect() {
+            TransportKind::Connect
+        } else {
+            TransportKind::Other
+        }
+    }
+}
+
 impl fmt::Display for TransportKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -337,12 +337,20 @@ impl Transport {
                     headers: &signed,
                     body,
                 };
+                // Only `None` without an X-Sdk-Date header, which was added just above; an
+                // empty Authorization would only come back as a puzzling 401.
                 let authorization = sign::authorization(
                     keys.access_key.expose(),
                     keys.secret_key.expose(),
                     &request,
                 )
-                .unwrap_or_default();
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "{}: cannot sign a request without {}",
+                        call.operation,
+                        sign::HEADER_SDK_DATE
+                    ))
+                })?;
                 secret_headers.push(("Authorization", authorization));
             }
         }
@@ -368,13 +376,7 @@ impl Transport {
         let transport_error = |e: reqwest::Error| Error::Transport {
             service: call.service.as_str(),
             operation: call.operation,
-            kind: if e.is_timeout() {
-                TransportKind::Timeout
-            } else if e.is_connect() {
-                TransportKind::Connect
-            } else {
-                TransportKind::Other
-            },
+            kind: TransportKind::of(&e),
             message: error_chain(&e),
         };
         let response = self

@@ -35,15 +35,6 @@ pub async fn fetch_instance_metadata(url: &str, timeout: Duration) -> Result<Ins
         kind,
         message,
     };
-    let classify = |e: &reqwest::Error| {
-        if e.is_timeout() {
-            TransportKind::Timeout
-        } else if e.is_connect() {
-            TransportKind::Connect
-        } else {
-            TransportKind::Other
-        }
-    };
     let client = reqwest::Client::builder()
         .timeout(timeout)
         // The metadata service is link-local; a proxy would answer for the wrong machine.
@@ -54,12 +45,12 @@ pub async fn fetch_instance_metadata(url: &str, timeout: Duration) -> Result<Ins
         .get(url)
         .send()
         .await
-        .map_err(|e| transport(classify(&e), e.to_string()))?;
+        .map_err(|e| transport(TransportKind::of(&e), e.to_string()))?;
     let status = response.status().as_u16();
     let body = response
         .bytes()
         .await
-        .map_err(|e| transport(classify(&e), e.to_string()))?;
+        .map_err(|e| transport(TransportKind::of(&e), e.to_string()))?;
     if !(200..300).contains(&status) {
         return Err(Error::Api {
             service: SERVICE,

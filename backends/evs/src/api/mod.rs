@@ -24,8 +24,8 @@ pub use evs::{
     Attachment, CreateAccepted, CreateVolume, JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter,
     VolumePage, VolumeStatus,
 };
-pub use http::{Service, backoff_ceiling, describe_metrics, full_jitter};
-pub use jobs::{Job, JobEntities, JobStatus, VolumeWait, next_poll_interval};
+pub use http::{Service, describe_metrics};
+pub use jobs::{Job, JobEntities, JobStatus, VolumeWait};
 pub use metadata::{DEFAULT_METADATA_URL, InstanceMetadata, fetch_instance_metadata};
 
 use http::{Bound, Transport};
