@@ -11,6 +11,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Deserialize;
+use serde_json::error::Category;
 use sha2::{Digest, Sha256};
 
 /// The signing algorithm name, as it appears in `Authorization` and the string to sign.
@@ -86,7 +87,7 @@ pub enum CredentialsError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file is not the expected JSON (serde's message names the field, not its value).
+    /// The file is not the expected JSON (the reason gives a position, never a value).
     #[error("credentials file {path} is not valid: {reason}")]
     Parse {
         /// The file.
@@ -111,8 +112,17 @@ impl Credentials {
 
     /// Parses the credentials JSON.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        // serde_json's messages name positions and types, never the offending string value.
-        let file: CredentialsFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        // serde_json's type errors quote the value (`invalid type: string "…"`), and a misplaced
+        // secret would be that value: report the kind of problem and where, nothing from the file.
+        let file: CredentialsFile = serde_json::from_str(text).map_err(|e| {
+            let what = match e.classify() {
+                Category::Data => {
+                    r#"a value of the wrong type or shape (expected {"access_keys":[{"ak","sk"}],"users":[{"domain","name","password"}]})"#
+                }
+                Category::Syntax | Category::Eof | Category::Io => "not valid JSON",
+            };
+            format!("{what} at line {} column {}", e.line(), e.column())
+        })?;
         Ok(Credentials {
             access_keys: file.access_keys.into_iter().map(|e| (e.ak, e.sk)).collect(),
             users: file.users,
@@ -393,8 +403,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn known_answer_post_verifies() {
+    /// Date and signature of the known-answer POST (`{"Name":"test","Id":1}` with `key=value`).
+    fn known_answer_post_headers() -> HeaderMap {
         let mut h = headers("20060102T150405Z");
         h.insert(
             "authorization",
@@ -402,6 +412,12 @@ mod tests {
                 "SDK-HMAC-SHA256 Access=AccessKey, SignedHeaders=x-sdk-date, Signature=cecc2af119b18ab70b4d094c0750f3b42c02f254903179a0fc2cc72fc9db4f59",
             ),
         );
+        h
+    }
+
+    #[test]
+    fn known_answer_post_verifies() {
+        let h = known_answer_post_headers();
         let req = post_request(&h, b"{\"Name\":\"test\",\"Id\":1}\n");
         assert_eq!(
             verify(&creds(), &req, at("20060102T150405Z")),
@@ -411,13 +427,7 @@ mod tests {
 
     #[test]
     fn tampered_body_or_wrong_key_is_rejected() {
-        let mut h = headers("20060102T150405Z");
-        h.insert(
-            "authorization",
-            HeaderValue::from_static(
-                "SDK-HMAC-SHA256 Access=AccessKey, SignedHeaders=x-sdk-date, Signature=cecc2af119b18ab70b4d094c0750f3b42c02f254903179a0fc2cc72fc9db4f59",
-            ),
-        );
+        let h = known_answer_post_headers();
         let tampered = post_request(&h, b"{\"Name\":\"test\",\"Id\":2}\n");
         let err = verify(&creds(), &tampered, at("20060102T150405Z")).unwrap_err();
         assert!(err.contains("does not match"), "{err}");
@@ -487,5 +497,24 @@ mod tests {
         );
         assert!(c.check_password("d", "u", "pw-secret"));
         assert!(!c.check_password("d", "u", "pw-secreT"));
+    }
+
+    #[test]
+    fn a_malformed_file_never_quotes_its_values() {
+        for (text, secret) in [
+            (r#"{"access_keys":["AK:topsecret"]}"#, "topsecret"),
+            (
+                r#"{"users":[{"domain":"d","name":"u","password":918273}]}"#,
+                "918273",
+            ),
+            (
+                r#"{"access_keys":[{"ak":"A","sk":"topsecret"}"#,
+                "topsecret",
+            ),
+        ] {
+            let err = Credentials::from_json(text).unwrap_err();
+            assert!(!err.contains(secret), "{err}");
+            assert!(err.contains("line 1"), "{err}");
+        }
     }
 }

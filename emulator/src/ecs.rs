@@ -75,18 +75,13 @@ pub fn attach_volume(
     })?;
     let id = req.attachment.volume_id;
     let mut inner = cloud.lock();
-    let disk = inner
-        .state
-        .disks
-        .get(&id)
-        .filter(|d| d.project_id == project)
-        .ok_or_else(|| {
-            ecs(
-                StatusCode::BAD_REQUEST,
-                "Ecs.0103",
-                format!("volume {id} does not exist"),
-            )
-        })?;
+    let disk = inner.state.project_disk(project, &id).ok_or_else(|| {
+        ecs(
+            StatusCode::BAD_REQUEST,
+            "Ecs.0103",
+            format!("volume {id} does not exist"),
+        )
+    })?;
     if disk
         .attachment
         .as_ref()
@@ -162,18 +157,13 @@ pub fn detach_volume(
 ) -> Result<String, ApiError> {
     check_server(cloud, project, server_id)?;
     let mut inner = cloud.lock();
-    let disk = inner
-        .state
-        .disks
-        .get_mut(id)
-        .filter(|d| d.project_id == project)
-        .ok_or_else(|| {
-            ecs(
-                StatusCode::BAD_REQUEST,
-                "Ecs.0111",
-                format!("volume {id} is not attached"),
-            )
-        })?;
+    let disk = inner.state.project_disk_mut(project, id).ok_or_else(|| {
+        ecs(
+            StatusCode::BAD_REQUEST,
+            "Ecs.0111",
+            format!("volume {id} is not attached"),
+        )
+    })?;
     if disk
         .attachment
         .as_ref()

@@ -276,9 +276,7 @@ pub fn delete_volume(cloud: &Cloud, project: &str, id: &str) -> Result<String, A
     let mut inner = cloud.lock();
     let disk = inner
         .state
-        .disks
-        .get_mut(id)
-        .filter(|d| d.project_id == project)
+        .project_disk_mut(project, id)
         .ok_or_else(|| not_found(id))?;
     if !DELETABLE.contains(&disk.status.as_str()) {
         return Err(ApiError::bad_request(
@@ -326,9 +324,7 @@ pub fn extend_volume(
     let mut inner = cloud.lock();
     let disk = inner
         .state
-        .disks
-        .get_mut(id)
-        .filter(|d| d.project_id == project)
+        .project_disk_mut(project, id)
         .ok_or_else(|| not_found(id))?;
     if disk.status != "available" && disk.status != "in-use" {
         return Err(ApiError::bad_request(
@@ -455,9 +451,7 @@ pub async fn get_handler(
     let inner = cloud.lock();
     let disk = inner
         .state
-        .disks
-        .get(&id)
-        .filter(|d| d.project_id == project)
+        .project_disk(&project, &id)
         .ok_or_else(|| not_found(&id))?;
     Ok(Json(json!({"volume": view(disk, &base_url(&headers))})))
 }

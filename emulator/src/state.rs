@@ -269,6 +269,16 @@ impl State {
         self.tokens.retain(|_, t| t.expires_at > now);
     }
 
+    /// A disk of `project`; another project's disk is as absent as a missing one.
+    pub fn project_disk(&self, project: &str, id: &str) -> Option<&Disk> {
+        self.disks.get(id).filter(|d| d.project_id == project)
+    }
+
+    /// [`State::project_disk`], for changing it.
+    pub fn project_disk_mut(&mut self, project: &str, id: &str) -> Option<&mut Disk> {
+        self.disks.get_mut(id).filter(|d| d.project_id == project)
+    }
+
     /// The attachment-bearing or attaching disks of a server, with their devices.
     pub fn devices_in_use(&self, server_id: &str) -> Vec<String> {
         let attached = self
@@ -297,7 +307,7 @@ pub fn evs_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
 }
 
-/// `2016-05-25T02:42:10Z` — the jobs API's form.
+/// `2016-05-25T02:42:10.856Z` — the jobs API's form (UTC, milliseconds).
 pub fn job_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }

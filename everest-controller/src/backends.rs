@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use everest_backend::daemon::config::ControllerConfig;
+use everest_backend::daemon::config::{ControllerConfig, unknown_kind};
 use everest_backend::daemon::identity::Readiness;
 use everest_backend::registry::{BackendConfig, Registry};
 use everest_backend::{BackendName, ControllerBackend, Error};
@@ -18,10 +18,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 fn build_one(name: &BackendName, cfg: &BackendConfig) -> Result<Arc<dyn ControllerBackend>, Error> {
     match cfg.kind.as_str() {
         everest_evs::KIND => everest_evs::controller_from_config(name, &cfg.settings),
-        other => Err(Error::InvalidArgument(format!(
-            "backend {name}: unknown kind {other:?} (supported: {})",
-            KINDS.join(", ")
-        ))),
+        other => Err(unknown_kind(name, other, KINDS)),
     }
 }
 
@@ -32,12 +29,7 @@ pub fn describe_metrics() {
 
 /// The registry of controller backends described by the configuration.
 pub fn build(cfg: &ControllerConfig) -> Result<Registry<dyn ControllerBackend>, Error> {
-    let mut registry: Registry<dyn ControllerBackend> = Registry::new(cfg.default_backend()?);
-    for (name, backend) in cfg.backends()? {
-        registry.insert(name.clone(), build_one(&name, backend)?);
-    }
-    registry.validate()?;
-    Ok(registry)
+    cfg.build_registry(build_one)
 }
 
 /// Ready when every backend's service answers its probe.

@@ -40,16 +40,9 @@ impl ControllerService {
         }
     }
 
-    /// The `backend` label for a raw volume ID.
-    fn label(&self, raw_volume_id: &str) -> String {
-        backend_label(&self.registry, raw_volume_id)
-    }
-
-    /// The `backend` label for CreateVolume parameters.
-    fn label_for_params(&self, params: &std::collections::HashMap<String, String>) -> String {
-        split_common(&ordered(params.clone()))
-            .and_then(|(common, _)| self.registry.for_params(&common))
-            .map_or_else(|_| NO_BACKEND.to_owned(), |(name, _)| name.to_string())
+    /// The `backend` label for a request whose volume ID parsed (`None` when it did not).
+    fn label(&self, id: Option<&VolumeId>) -> String {
+        backend_label(&self.registry, id)
     }
 
     /// The backend owning a volume that must be deleted or detached. A backend that is not
@@ -77,11 +70,17 @@ impl Controller for ControllerService {
         request: Request<csi::CreateVolumeRequest>,
     ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label_for_params(&req.parameters);
         let name = req.name.clone();
-        observe(SERVICE, "CreateVolume", &name, &label, async {
-            let create = requests::create_volume(req)?;
+        // Parsed and routed once, before the span opens, so the backend label comes for free.
+        let routed = requests::create_volume(req).and_then(|create| {
             let (backend_name, backend) = self.registry.for_params(&create.common)?;
+            Ok((create, backend_name, backend))
+        });
+        let label = routed
+            .as_ref()
+            .map_or_else(|_| NO_BACKEND.to_owned(), |(_, name, _)| name.to_string());
+        observe(SERVICE, "CreateVolume", &name, &label, async {
+            let (create, backend_name, backend) = routed?;
             backend.check_capabilities(&create.capabilities)?;
             let _claim = self.creating.claim(&create.name)?;
             let volume = backend.create_volume(&create).await?;
@@ -97,9 +96,10 @@ impl Controller for ControllerService {
         request: Request<csi::DeleteVolumeRequest>,
     ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let id = volume_id(&req.volume_id);
+        let label = self.label(id.as_ref().ok());
         observe(SERVICE, "DeleteVolume", &req.volume_id, &label, async {
-            let id = volume_id(&req.volume_id)?;
+            let id = id?;
             let backend = self.owner(&id)?;
             let _claim = self.busy.claim(&id)?;
             let secrets = everest_backend::secrets::Secrets::new(ordered(req.secrets.clone()));
@@ -115,9 +115,10 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let raw_id = req.volume_id.clone();
-        let label = self.label(&raw_id);
+        let parsed = requests::publish(req);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "ControllerPublishVolume", &raw_id, &label, async {
-            let (id, publish) = requests::publish(req)?;
+            let (id, publish) = parsed?;
             let backend = self.registry.for_volume(&id)?;
             backend.check_capabilities(std::slice::from_ref(&publish.capability))?;
             let _claim = self.busy.claim(&id)?;
@@ -134,14 +135,15 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let parsed = requests::unpublish(&req);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(
             SERVICE,
             "ControllerUnpublishVolume",
             &req.volume_id,
             &label,
             async {
-                let (id, node) = requests::unpublish(&req)?;
+                let (id, node) = parsed?;
                 let backend = self.owner(&id)?;
                 let _claim = self.busy.claim(&id)?;
                 backend.unpublish(id.native(), node.as_deref()).await?;
@@ -157,14 +159,15 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
         let req = request.into_inner();
         let raw_id = req.volume_id.clone();
-        let label = self.label(&raw_id);
+        let parsed = requests::validate_capabilities(&req);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(
             SERVICE,
             "ValidateVolumeCapabilities",
             &raw_id,
             &label,
             async {
-                let (id, caps) = requests::validate_capabilities(&req)?;
+                let (id, caps) = parsed?;
                 let backend = self.registry.for_volume(&id)?;
                 backend.get_volume(id.native()).await?;
                 // Parameters can only be checked for the keys every backend shares; a StorageClass
@@ -313,14 +316,15 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let parsed = requests::expand(&req);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(
             SERVICE,
             "ControllerExpandVolume",
             &req.volume_id,
             &label,
             async {
-                let (id, capacity) = requests::expand(&req)?;
+                let (id, capacity) = parsed?;
                 let backend = self.registry.for_volume(&id)?;
                 let _claim = self.busy.claim(&id)?;
                 let expanded = backend.expand(id.native(), capacity).await?;
@@ -338,14 +342,15 @@ impl Controller for ControllerService {
         request: Request<csi::ControllerGetVolumeRequest>,
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let id = volume_id(&req.volume_id);
+        let label = self.label(id.as_ref().ok());
         observe(
             SERVICE,
             "ControllerGetVolume",
             &req.volume_id,
             &label,
             async {
-                let id = volume_id(&req.volume_id)?;
+                let id = id?;
                 let backend = self.registry.for_volume(&id)?;
                 let listed = backend.get_volume(id.native()).await?;
                 Ok(Response::new(responses::get_volume(id.backend(), listed)?))

@@ -19,7 +19,8 @@ use everest_backend::daemon::config::{CommonArgs, ControllerConfig};
 use everest_backend::daemon::identity::{
     IdentityService, expansion_capability, service_capability,
 };
-use everest_backend::daemon::{logging, server, telemetry};
+use everest_backend::daemon::startup::launch;
+use everest_backend::daemon::{server, telemetry};
 use everest_proto::csi::v1::controller_server::ControllerServer;
 use everest_proto::csi::v1::identity_server::IdentityServer;
 use everest_proto::csi::v1::plugin_capability::{service, volume_expansion};
@@ -46,31 +47,17 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match ControllerConfig::load(&cli.common, std::env::vars()) {
-        Ok(cfg) => cfg,
-        Err(e) => return config_error(&e),
-    };
-    let registry = match backends::build(&cfg) {
-        Ok(r) => Arc::new(r),
-        Err(e) => return config_error(&e),
-    };
-    if cli.common.check_config {
-        println!("config ok");
-        return ExitCode::SUCCESS;
-    }
-    logging::init(cfg.log_format);
-    match run(&cfg, registry).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "everest-controller stopped with an error");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn config_error(e: &everest_backend::Error) -> ExitCode {
-    eprintln!("everest-controller: invalid configuration: {e}");
-    ExitCode::from(2)
+    launch(
+        "everest-controller",
+        cli.common.check_config,
+        || {
+            let cfg = ControllerConfig::load(&cli.common, std::env::vars())?;
+            let registry = Arc::new(backends::build(&cfg)?);
+            Ok((cfg.log_format, (cfg, registry)))
+        },
+        |(cfg, registry)| async move { run(&cfg, registry).await },
+    )
+    .await
 }
 
 async fn run(

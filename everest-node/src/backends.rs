@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use everest_backend::daemon::config::NodeConfig;
+use everest_backend::daemon::config::{NodeConfig, unknown_kind};
 use everest_backend::daemon::identity::Readiness;
 use everest_backend::host::Host;
 use everest_backend::registry::{BackendConfig, Registry};
@@ -19,21 +19,13 @@ fn build_one(
 ) -> Result<Arc<dyn NodeBackend>, Error> {
     match cfg.kind.as_str() {
         everest_evs::KIND => everest_evs::node_from_config(name, &cfg.settings, host),
-        other => Err(Error::InvalidArgument(format!(
-            "backend {name}: unknown kind {other:?} (supported: {})",
-            KINDS.join(", ")
-        ))),
+        other => Err(unknown_kind(name, other, KINDS)),
     }
 }
 
 /// The registry of node backends described by the configuration, all sharing `host`.
 pub fn build(cfg: &NodeConfig, host: &Arc<dyn Host>) -> Result<Registry<dyn NodeBackend>, Error> {
-    let mut registry: Registry<dyn NodeBackend> = Registry::new(cfg.default_backend()?);
-    for (name, backend) in cfg.backends()? {
-        registry.insert(name.clone(), build_one(&name, backend, Arc::clone(host))?);
-    }
-    registry.validate()?;
-    Ok(registry)
+    cfg.build_registry(|name, backend| build_one(name, backend, Arc::clone(host)))
 }
 
 /// Ready when the mount table is readable and at least one backend is configured (backends are

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use clap::Parser;
 use everest_backend::daemon::config::{CommonArgs, NodeConfig};
 use everest_backend::daemon::identity::{IdentityService, service_capability};
-use everest_backend::daemon::{logging, server, telemetry};
+use everest_backend::daemon::startup::launch;
+use everest_backend::daemon::{server, telemetry};
 use everest_backend::host::{Host, LinuxHost};
 use everest_backend::paths::AllowedRoot;
 use everest_backend::registry::Registry;
@@ -45,32 +46,20 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let host: Arc<dyn Host> = Arc::new(LinuxHost);
-    let checked = NodeConfig::load(&cli.common, std::env::vars()).and_then(|cfg| {
-        let root = AllowedRoot::new(&cfg.node.kubelet_root)
-            .map_err(|e| e.context("configuration key node.kubelet_root"))?;
-        let registry = backends::build(&cfg, &host)?;
-        Ok((cfg, root, Arc::new(registry)))
-    });
-    let (cfg, root, registry) = match checked {
-        Ok(built) => built,
-        Err(e) => {
-            eprintln!("everest-node: invalid configuration: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if cli.common.check_config {
-        println!("config ok");
-        return ExitCode::SUCCESS;
-    }
-    logging::init(cfg.log_format);
-    match run(&cfg, root, host, registry).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "everest-node stopped with an error");
-            ExitCode::FAILURE
-        }
-    }
+    launch(
+        "everest-node",
+        cli.common.check_config,
+        || {
+            let host: Arc<dyn Host> = Arc::new(LinuxHost);
+            let cfg = NodeConfig::load(&cli.common, std::env::vars())?;
+            let root = AllowedRoot::new(&cfg.node.kubelet_root)
+                .map_err(|e| e.context("configuration key node.kubelet_root"))?;
+            let registry = Arc::new(backends::build(&cfg, &host)?);
+            Ok((cfg.log_format, (cfg, root, host, registry)))
+        },
+        |(cfg, root, host, registry)| async move { run(&cfg, root, host, registry).await },
+    )
+    .await
 }
 
 async fn run(

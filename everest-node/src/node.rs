@@ -44,8 +44,9 @@ impl NodeService {
         }
     }
 
-    fn label(&self, raw_volume_id: &str) -> String {
-        backend_label(&self.registry, raw_volume_id)
+    /// The `backend` label for a request whose volume ID parsed (`None` when it did not).
+    fn label(&self, id: Option<&VolumeId>) -> String {
+        backend_label(&self.registry, id)
     }
 }
 
@@ -99,9 +100,10 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         let raw_id = req.volume_id.clone();
-        let label = self.label(&raw_id);
+        let parsed = requests::stage(req, &self.root);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "NodeStageVolume", &raw_id, &label, async {
-            let (id, stage) = requests::stage(req, &self.root)?;
+            let (id, stage) = parsed?;
             let backend = self.registry.for_volume(&id)?;
             backend.check_capability(&stage.capability)?;
             let _claim = self.busy.claim(&id)?;
@@ -116,14 +118,15 @@ impl Node for NodeService {
         request: Request<csi::NodeUnstageVolumeRequest>,
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let parsed = requests::unstage(&req, &self.root);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(
             SERVICE,
             "NodeUnstageVolume",
             &req.volume_id,
             &label,
             async {
-                let (id, staging) = requests::unstage(&req, &self.root)?;
+                let (id, staging) = parsed?;
                 let backend = self.registry.for_volume(&id)?;
                 let _claim = self.busy.claim(&id)?;
                 backend.unstage(id.native(), &staging).await?;
@@ -139,9 +142,10 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let raw_id = req.volume_id.clone();
-        let label = self.label(&raw_id);
+        let parsed = requests::publish(req, &self.root);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "NodePublishVolume", &raw_id, &label, async {
-            let (id, publish) = requests::publish(req, &self.root)?;
+            let (id, publish) = parsed?;
             let backend = self.registry.for_volume(&id)?;
             backend.check_capability(&publish.capability)?;
             let _claim = self.busy.claim(&id)?;
@@ -156,14 +160,15 @@ impl Node for NodeService {
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let parsed = requests::unpublish(&req, &self.root);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(
             SERVICE,
             "NodeUnpublishVolume",
             &req.volume_id,
             &label,
             async {
-                let (id, target) = requests::unpublish(&req, &self.root)?;
+                let (id, target) = parsed?;
                 let backend = self.registry.for_volume(&id)?;
                 let _claim = self.busy.claim(&id)?;
                 backend.unpublish(id.native(), &target).await?;
@@ -178,14 +183,15 @@ impl Node for NodeService {
         request: Request<csi::NodeGetVolumeStatsRequest>,
     ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let parsed = requests::stats(&req, &self.root);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(
             SERVICE,
             "NodeGetVolumeStats",
             &req.volume_id,
             &label,
             async {
-                let (id, path) = requests::stats(&req, &self.root)?;
+                let (id, path) = parsed?;
                 let backend = self.registry.for_volume(&id)?;
                 // No claim: stats only read, and the kubelet polls them; claiming would turn a
                 // concurrent stage or publish into a spurious ABORTED.
@@ -201,9 +207,10 @@ impl Node for NodeService {
         request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
-        let label = self.label(&req.volume_id);
+        let parsed = requests::expand(&req, &self.root);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "NodeExpandVolume", &req.volume_id, &label, async {
-            let (id, expand) = requests::expand(&req, &self.root)?;
+            let (id, expand) = parsed?;
             let backend = self.registry.for_volume(&id)?;
             let _claim = self.busy.claim(&id)?;
             let bytes = backend.expand(&expand).await?;

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
@@ -25,7 +26,7 @@ use serde_json::Value;
 use super::logging::LogFormat;
 use super::socket::parse_endpoint;
 use crate::error::Error;
-use crate::registry::BackendConfig;
+use crate::registry::{BackendConfig, Registry};
 use crate::volume_id::BackendName;
 
 /// The prefix of configuration environment variables.
@@ -266,9 +267,32 @@ impl<C, N> DaemonConfig<C, N> {
             .collect()
     }
 
+    /// The registry of every `[backends.*]` instance, each built by `build` (which matches on
+    /// the `kind` and answers [`unknown_kind`] for the ones its daemon cannot build).
+    pub fn build_registry<B: ?Sized>(
+        &self,
+        mut build: impl FnMut(&BackendName, &BackendConfig) -> Result<Arc<B>, Error>,
+    ) -> Result<Registry<B>, Error> {
+        let mut registry = Registry::new(self.default_backend()?);
+        for (name, cfg) in self.backends()? {
+            let backend = build(&name, cfg)?;
+            registry.insert(name, backend);
+        }
+        registry.validate()?;
+        Ok(registry)
+    }
+
     fn backend_names(&self) -> Result<Vec<BackendName>, Error> {
         Ok(self.backends()?.into_iter().map(|(n, _)| n).collect())
     }
+}
+
+/// The error for a `[backends.<name>]` table whose `kind` this daemon cannot build.
+pub fn unknown_kind(name: &BackendName, kind: &str, supported: &[&str]) -> Error {
+    Error::InvalidArgument(format!(
+        "backend {name}: unknown kind {kind:?} (supported: {})",
+        supported.join(", ")
+    ))
 }
 
 /// A CSI driver name: at most 63 characters, alphanumerics, `-` and `.`, alphanumeric at both ends.

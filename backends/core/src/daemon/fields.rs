@@ -26,13 +26,11 @@ pub fn signed_bytes(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The `backend` metrics label for a raw volume ID: its backend when that is configured, else
-/// [`NO_BACKEND`], so made-up IDs cannot grow the label set.
-pub fn backend_label<B: ?Sized>(registry: &Registry<B>, raw_volume_id: &str) -> String {
-    raw_volume_id
-        .parse::<VolumeId>()
-        .ok()
-        .filter(|id| registry.for_volume(id).is_ok())
+/// The `backend` metrics label for a request's parsed volume ID: its backend when that is
+/// configured, else [`NO_BACKEND`] (no ID, or an invalid request), so made-up IDs cannot grow the
+/// label set.
+pub fn backend_label<B: ?Sized>(registry: &Registry<B>, id: Option<&VolumeId>) -> String {
+    id.filter(|id| registry.for_volume(id).is_ok())
         .map_or_else(|| NO_BACKEND.to_owned(), |id| id.backend().to_string())
 }
 
@@ -57,9 +55,10 @@ mod tests {
     fn labels_only_configured_backends() {
         let mut r: Registry<str> = Registry::new(None);
         r.insert(BackendName::new("evs").unwrap(), Arc::from("x"));
-        assert_eq!(backend_label(&r, "v1:evs:d1"), "evs");
-        assert_eq!(backend_label(&r, "v1:made-up:d1"), NO_BACKEND);
-        assert_eq!(backend_label(&r, "garbage"), NO_BACKEND);
+        let label = |raw: &str| backend_label(&r, raw.parse::<VolumeId>().ok().as_ref());
+        assert_eq!(label("v1:evs:d1"), "evs");
+        assert_eq!(label("v1:made-up:d1"), NO_BACKEND);
+        assert_eq!(label("garbage"), NO_BACKEND);
         assert_eq!(signed_bytes(u64::MAX), i64::MAX);
     }
 }

@@ -4,6 +4,7 @@
 //! - [`fields`]: request fields both daemons parse alike (volume ID, maps, byte counts);
 //! - [`socket`]: the private CSI unix socket, with stale-socket detection and cleanup;
 //! - [`server`]: serving a router on that socket until a shutdown signal;
+//! - [`startup`]: from flags to exit code (invalid configuration, `--check-config`, serving);
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown;
 //! - [`logging`]: tracing output as text or JSON;
 //! - [`telemetry`]: the Prometheus exporter and the one wrapper every RPC runs through;
@@ -16,4 +17,5 @@ pub mod logging;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
+pub mod startup;
 pub mod telemetry;
