@@ -44,6 +44,9 @@ command -v cargo >/dev/null || { echo "cargo not found; install Rust" >&2; exit 
 # Every temp dir the tests make goes under one private dir, so the leak check below looks
 # only at what this run made.
 run_tmp=$(mktemp -d /tmp/everest-testrun-XXXXXX)
+# Removed however the run ends (an early failure in fmt, clippy or the build included);
+# --one-file-system so a leaked mount is reported by rm, not emptied.
+trap 'rm -rf --one-file-system "$run_tmp"' EXIT
 export TMPDIR=$run_tmp
 leak_check() {
     local failed=0
@@ -96,7 +99,6 @@ section "leak check"
 leak_status=0
 leak_check || leak_status=1
 [[ $leak_status -eq 0 ]] && echo "no loop device or mount left under $run_tmp"
-rm -rf "$run_tmp" 2>/dev/null || true
 
 section "summary"
 echo "cargo test: $([[ $test_status -eq 0 ]] && echo ok || echo FAILED)"

@@ -184,19 +184,15 @@ async fn injected_errors_have_no_side_effects() {
         .unwrap();
     assert_eq!(meta["uuid"], SERVER);
     let client = reqwest::Client::new();
-    let put = |f: Value| {
-        client
+    // PUT /_emulator/faults with these rates and no delay; answers the status code.
+    let set_faults = |error_rate: f64, throttle_rate: f64| {
+        let req = client
             .put(format!("{}/_emulator/faults", api.base))
-            .json(&f)
-            .send()
+            .json(&json!({"error_rate": error_rate, "throttle_rate": throttle_rate, "delay_ms": 0}))
+            .send();
+        async move { req.await.expect("PUT /_emulator/faults").status() }
     };
-    assert_eq!(
-        put(json!({"error_rate": 0.0, "throttle_rate": 0.0, "delay_ms": 0}))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(set_faults(0.0, 0.0).await, 200);
 
     let (code, body) = api
         .call("GET", &format!("/v2/{PROJECT}/cloudvolumes/detail"), None)
@@ -208,25 +204,13 @@ async fn injected_errors_have_no_side_effects() {
         .count();
     assert_eq!(images, 0);
 
-    assert_eq!(
-        put(json!({"error_rate": 0.0, "throttle_rate": 1.0, "delay_ms": 0}))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(set_faults(0.0, 1.0).await, 200);
     let (code, body) = api
         .call("GET", &format!("/v2/{PROJECT}/cloudvolumes/detail"), None)
         .await;
     assert_eq!(code, 429);
     assert_eq!(body["error_code"], "APIGW.0308");
-    assert_eq!(
-        put(json!({"error_rate": 2.0, "throttle_rate": 0.0, "delay_ms": 0}))
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
+    assert_eq!(set_faults(2.0, 0.0).await, 400);
 }
 
 #[tokio::test]

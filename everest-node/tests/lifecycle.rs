@@ -176,9 +176,12 @@ async fn xfs_full_lifecycle_with_online_expand() {
             .any(|u| u.unit == csi::volume_usage::Unit::Inodes as i32),
         "no INODES usage: {stats:?}"
     );
-    if let Some(c) = &stats.volume_condition {
-        assert!(!c.abnormal, "volume reported abnormal: {c:?}");
-    }
+    // The node advertises VOLUME_CONDITION, so the condition must be there.
+    let c = stats
+        .volume_condition
+        .as_ref()
+        .unwrap_or_else(|| panic!("no volume_condition: {stats:?}"));
+    assert!(!c.abnormal, "volume reported abnormal: {c:?}");
 
     tear_down(&v, &world).await;
     let left = world.shutdown();
@@ -346,16 +349,16 @@ async fn raw_block_publish_is_the_whole_device() {
 
     // A raw block volume is handed over as is: never formatted.
     let disk = world.disk(&v.id()).await.unwrap();
+    // The emulator backs every attachment with a loop device and records it.
     let loop_dev = disk["attachment"]["loop_device"]
         .as_str()
-        .map(str::to_owned);
-    if let Some(dev) = &loop_dev {
-        assert_eq!(
-            host::fs_uuid(Path::new(dev)),
-            None,
-            "the raw block device was formatted"
-        );
-    }
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("the emulator state names no loop device: {disk}"));
+    assert_eq!(
+        host::fs_uuid(Path::new(&loop_dev)),
+        None,
+        "the raw block device was formatted"
+    );
 
     let payload = b"everest raw block payload";
     let offset = 5 * 1024 * 1024 + 17;
@@ -377,10 +380,11 @@ async fn raw_block_publish_is_the_whole_device() {
     };
     assert_eq!(read_at(target), payload);
     // The same bytes are on the disk's loop device: the target is a bind of the device.
-    match &loop_dev {
-        Some(dev) => assert_eq!(read_at(Path::new(dev)), payload, "not the disk's device"),
-        None => eprintln!("the emulator state names no loop device; skipped the cross-check"),
-    }
+    assert_eq!(
+        read_at(Path::new(&loop_dev)),
+        payload,
+        "not the disk's device"
+    );
     tear_down(&v, &world).await;
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");

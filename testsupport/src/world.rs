@@ -189,24 +189,27 @@ impl World {
     /// The target path kubelet would use for a filesystem volume in a pod; kubelet creates
     /// its parent and the plugin creates the path itself.
     pub fn target_path(&self, pod: &str, volume: &str) -> String {
-        let p = self
-            .kubelet_root()
-            .join("pods")
-            .join(sanitize(pod))
-            .join("volumes/kubernetes.io~csi")
-            .join(sanitize(volume))
-            .join("mount");
-        std::fs::create_dir_all(p.parent().expect("has a parent")).expect("create target parent");
-        p.to_string_lossy().into_owned()
+        self.kubelet_path_in_parent(&[
+            "pods",
+            &sanitize(pod),
+            "volumes/kubernetes.io~csi",
+            &sanitize(volume),
+            "mount",
+        ])
     }
 
     /// The target path kubelet would use for a raw block volume in a pod (a file, made by the plugin).
     pub fn block_target_path(&self, pod: &str, volume: &str) -> String {
-        let p = self
-            .kubelet_root()
-            .join("plugins/kubernetes.io/csi/volumeDevices/publish")
-            .join(sanitize(volume))
-            .join(sanitize(pod));
+        self.kubelet_path_in_parent(&[
+            "plugins/kubernetes.io/csi/volumeDevices/publish",
+            &sanitize(volume),
+            &sanitize(pod),
+        ])
+    }
+
+    /// `parts` joined under the kubelet root, with the parent directory created, as kubelet does.
+    fn kubelet_path_in_parent(&self, parts: &[&str]) -> String {
+        let p: PathBuf = parts.iter().fold(self.kubelet_root(), |p, s| p.join(s));
         std::fs::create_dir_all(p.parent().expect("has a parent")).expect("create target parent");
         p.to_string_lossy().into_owned()
     }
@@ -234,29 +237,30 @@ impl World {
         }
     }
 
-    /// The node ID the node plugin reports (what csi-attacher passes to ControllerPublish).
-    pub async fn node_id(&self) -> String {
-        let info = self
-            .node()
+    /// What the node plugin answers to NodeGetInfo.
+    pub async fn node_info(&self) -> csi::NodeGetInfoResponse {
+        self.node()
             .await
             .node_get_info(csi::NodeGetInfoRequest {})
             .await
             .expect("NodeGetInfo")
-            .into_inner();
-        info.node_id
+            .into_inner()
+    }
+
+    /// The node ID the node plugin reports (what csi-attacher passes to ControllerPublish).
+    pub async fn node_id(&self) -> String {
+        self.node_info().await.node_id
     }
 
     /// What csi-provisioner sends as `accessibility_requirements` for a volume scheduled to
     /// this node (WaitForFirstConsumer): the node's topology from NodeGetInfo, requisite and preferred.
     pub async fn topology_requirement(&self) -> csi::TopologyRequirement {
-        let info = self
-            .node()
+        let topo: Vec<csi::Topology> = self
+            .node_info()
             .await
-            .node_get_info(csi::NodeGetInfoRequest {})
-            .await
-            .expect("NodeGetInfo")
-            .into_inner();
-        let topo: Vec<csi::Topology> = info.accessible_topology.into_iter().collect();
+            .accessible_topology
+            .into_iter()
+            .collect();
         csi::TopologyRequirement {
             requisite: topo.clone(),
             preferred: topo,

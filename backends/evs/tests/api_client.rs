@@ -276,6 +276,18 @@ impl Cloud {
     }
 }
 
+/// IAM's answer to a password token request: `token`, valid for a day.
+fn token_issued(token: String) -> Answer {
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
+    Answer {
+        headers: vec![("x-subject-token", token)],
+        ..answer(
+            201,
+            json!({"token": {"expires_at": expires, "methods": ["password"]}}),
+        )
+    }
+}
+
 fn volume_json(id: &str, status: &str) -> Value {
     json!({"id": id, "name": format!("pvc-{id}"), "status": status, "size": 10,
            "volume_type": "SSD", "availability_zone": "az1", "multiattach": false,
@@ -742,14 +754,7 @@ async fn token_auth_refreshes_once_on_401() {
     let cloud = Cloud::start(AuthMode::Token(Mutex::new("tok-2".into())), move |s, _| {
         if s.path == "/iam/v3/auth/tokens" {
             let n = issued_in_mock.fetch_add(1, Ordering::SeqCst) + 1;
-            let expires = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
-            Answer {
-                headers: vec![("x-subject-token", format!("tok-{n}"))],
-                ..answer(
-                    201,
-                    json!({"token": {"expires_at": expires, "methods": ["password"]}}),
-                )
-            }
+            token_issued(format!("tok-{n}"))
         } else {
             answer(200, json!({"volume": volume_json("v-1", "available")}))
         }
@@ -977,14 +982,7 @@ fn metrics_of_an_unnamed_client_and_of_the_iam_call_carry_a_backend() {
         // The token request is counted under the instance whose call needed it.
         let cloud = Cloud::start(AuthMode::Token(Mutex::new("tok-1".into())), |s, _| {
             if s.path == "/iam/v3/auth/tokens" {
-                let expires = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
-                Answer {
-                    headers: vec![("x-subject-token", "tok-1".into())],
-                    ..answer(
-                        201,
-                        json!({"token": {"expires_at": expires, "methods": ["password"]}}),
-                    )
-                }
+                token_issued("tok-1".into())
             } else {
                 answer(200, json!({"volume": volume_json("v-1", "available")}))
             }

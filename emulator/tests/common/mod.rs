@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -45,7 +46,14 @@ impl World {
         let creds = format!(
             r#"{{"access_keys":[{{"ak":"{AK}","sk":"{SK}"}}],"users":[{{"domain":"emu-domain","name":"emu-user","password":"emu-password"}}]}}"#
         );
-        std::fs::write(dir.path().join("credentials.json"), creds).expect("write credentials");
+        // Only the owner may read credentials, as in a real deployment.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dir.path().join("credentials.json"))
+            .expect("create credentials");
+        f.write_all(creds.as_bytes()).expect("write credentials");
         World {
             dir,
             child: None,

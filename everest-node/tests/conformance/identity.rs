@@ -66,15 +66,15 @@ async fn identity_capabilities_are_consistent_and_probe_is_ready() {
                 .await
                 .expect("ControllerGetCapabilities on a plugin advertising CONTROLLER_SERVICE");
         }
-        if services.contains(&ServiceType::VolumeAccessibilityConstraints) && d == Daemon::Node {
-            let info = world
-                .node()
-                .await
-                .node_get_info(csi::NodeGetInfoRequest {})
-                .await
-                .expect("NodeGetInfo")
-                .into_inner();
-            assert!(info.accessible_topology.is_some());
+        // Everest's disks are zonal, so both daemons must say so; otherwise the topology check
+        // below would be skipped without notice.
+        assert!(
+            services.contains(&ServiceType::VolumeAccessibilityConstraints),
+            "{d:?} does not advertise VOLUME_ACCESSIBILITY_CONSTRAINTS: {caps:?}"
+        );
+        if d == Daemon::Node {
+            let info = world.node_info().await;
+            assert!(info.accessible_topology.is_some(), "{info:?}");
         }
         let probe = id
             .probe(csi::ProbeRequest {})

@@ -51,6 +51,55 @@ pub(crate) fn expect_error<T: std::fmt::Debug>(
     msg
 }
 
+/// One error case as a test: start the world, build the request from it (and, with
+/// `volume "name"`, from a freshly created volume, deleted again afterwards), send it with
+/// `client.rpc` (`controller` or `node`), and expect INVALID_ARGUMENT naming `field`, or
+/// `=> Code, [needles]` for another code.
+macro_rules! rejects {
+    ($name:ident, $client:ident.$rpc:ident, |$world:ident| $req:expr, $field:literal) => {
+        rejects!($name, $client.$rpc, |$world| $req => InvalidArgument, [$field]);
+    };
+    ($name:ident, $client:ident.$rpc:ident, |$world:ident| $req:expr => $code:ident, [$($needle:expr),+]) => {
+        #[tokio::test]
+        async fn $name() {
+            let $world = World::start().await;
+            let req = $req;
+            expect_error(
+                $world.$client().await.$rpc(req).await,
+                Code::$code,
+                &[$($needle),+],
+            );
+            shut_down_clean($world).await;
+        }
+    };
+    ($name:ident, $client:ident.$rpc:ident, volume $volume:literal, |$world:ident, $vol:ident| $req:expr, $field:literal) => {
+        rejects!($name, $client.$rpc, volume $volume, |$world, $vol| $req => InvalidArgument, [$field]);
+    };
+    ($name:ident, $client:ident.$rpc:ident, volume $volume:literal, |$world:ident, $vol:ident| $req:expr => $code:ident, [$($needle:expr),+]) => {
+        #[tokio::test]
+        async fn $name() {
+            let $world = World::start().await;
+            let $vol = create_volume(&$world, $volume).await;
+            let req = $req;
+            expect_error(
+                $world.$client().await.$rpc(req).await,
+                Code::$code,
+                &[$($needle),+],
+            );
+            delete_volume(&$world, &$vol.volume_id).await;
+            shut_down_clean($world).await;
+        }
+    };
+}
+
+/// A capacity range asking for at least `bytes`.
+pub(crate) fn at_least(bytes: i64) -> Option<csi::CapacityRange> {
+    Some(csi::CapacityRange {
+        required_bytes: bytes,
+        limit_bytes: 0,
+    })
+}
+
 /// Creates a 1 GiB ext4 volume named `name` in the node's zone.
 pub(crate) async fn create_volume(world: &World, name: &str) -> csi::Volume {
     let mut req = create_request(name, GIB, ext4(), &[]);

@@ -26,27 +26,9 @@ fn node_publish_request(world: &World) -> csi::NodePublishVolumeRequest {
     }
 }
 
-/// One bad-input case: build the request from the world, send it with `rpc`, and expect
-/// INVALID_ARGUMENT naming `field`.
-macro_rules! rejects {
-    ($name:ident, $rpc:ident, |$world:ident| $req:expr, $field:literal) => {
-        #[tokio::test]
-        async fn $name() {
-            let $world = World::start().await;
-            let req = $req;
-            expect_error(
-                $world.node().await.$rpc(req).await,
-                Code::InvalidArgument,
-                &[$field],
-            );
-            shut_down_clean($world).await;
-        }
-    };
-}
-
 rejects!(
     node_stage_without_volume_id_is_invalid_argument,
-    node_stage_volume,
+    node.node_stage_volume,
     |w| csi::NodeStageVolumeRequest {
         volume_id: String::new(),
         ..stage_request(&w)
@@ -55,7 +37,7 @@ rejects!(
 );
 rejects!(
     node_stage_without_staging_path_is_invalid_argument,
-    node_stage_volume,
+    node.node_stage_volume,
     |w| csi::NodeStageVolumeRequest {
         staging_target_path: String::new(),
         ..stage_request(&w)
@@ -64,7 +46,7 @@ rejects!(
 );
 rejects!(
     node_stage_without_capability_is_invalid_argument,
-    node_stage_volume,
+    node.node_stage_volume,
     |w| csi::NodeStageVolumeRequest {
         volume_capability: None,
         ..stage_request(&w)
@@ -73,7 +55,7 @@ rejects!(
 );
 rejects!(
     node_unstage_without_volume_id_is_invalid_argument,
-    node_unstage_volume,
+    node.node_unstage_volume,
     |w| csi::NodeUnstageVolumeRequest {
         volume_id: String::new(),
         staging_target_path: w.staging_path(&some_volume_id()),
@@ -82,7 +64,7 @@ rejects!(
 );
 rejects!(
     node_unstage_without_staging_path_is_invalid_argument,
-    node_unstage_volume,
+    node.node_unstage_volume,
     |w| csi::NodeUnstageVolumeRequest {
         volume_id: some_volume_id(),
         staging_target_path: String::new(),
@@ -91,7 +73,7 @@ rejects!(
 );
 rejects!(
     node_publish_without_volume_id_is_invalid_argument,
-    node_publish_volume,
+    node.node_publish_volume,
     |w| csi::NodePublishVolumeRequest {
         volume_id: String::new(),
         ..node_publish_request(&w)
@@ -100,7 +82,7 @@ rejects!(
 );
 rejects!(
     node_publish_without_target_path_is_invalid_argument,
-    node_publish_volume,
+    node.node_publish_volume,
     |w| csi::NodePublishVolumeRequest {
         target_path: String::new(),
         ..node_publish_request(&w)
@@ -109,7 +91,7 @@ rejects!(
 );
 rejects!(
     node_publish_without_capability_is_invalid_argument,
-    node_publish_volume,
+    node.node_publish_volume,
     |w| csi::NodePublishVolumeRequest {
         volume_capability: None,
         ..node_publish_request(&w)
@@ -118,7 +100,7 @@ rejects!(
 );
 rejects!(
     node_unpublish_without_volume_id_is_invalid_argument,
-    node_unpublish_volume,
+    node.node_unpublish_volume,
     |w| csi::NodeUnpublishVolumeRequest {
         volume_id: String::new(),
         target_path: w.target_path("pod-conformance", "vol"),
@@ -127,7 +109,7 @@ rejects!(
 );
 rejects!(
     node_unpublish_without_target_path_is_invalid_argument,
-    node_unpublish_volume,
+    node.node_unpublish_volume,
     |w| csi::NodeUnpublishVolumeRequest {
         volume_id: some_volume_id(),
         target_path: String::new(),
@@ -136,7 +118,7 @@ rejects!(
 );
 rejects!(
     node_expand_without_volume_id_is_invalid_argument,
-    node_expand_volume,
+    node.node_expand_volume,
     |w| csi::NodeExpandVolumeRequest {
         volume_path: w.target_path("pod-conformance", "vol"),
         ..Default::default()
@@ -145,7 +127,7 @@ rejects!(
 );
 rejects!(
     node_expand_without_volume_path_is_invalid_argument,
-    node_expand_volume,
+    node.node_expand_volume,
     |w| csi::NodeExpandVolumeRequest {
         volume_id: some_volume_id(),
         ..Default::default()
@@ -154,7 +136,7 @@ rejects!(
 );
 rejects!(
     node_get_volume_stats_without_volume_id_is_invalid_argument,
-    node_get_volume_stats,
+    node.node_get_volume_stats,
     |w| csi::NodeGetVolumeStatsRequest {
         volume_path: w.target_path("pod-conformance", "vol"),
         ..Default::default()
@@ -163,7 +145,7 @@ rejects!(
 );
 rejects!(
     node_get_volume_stats_without_volume_path_is_invalid_argument,
-    node_get_volume_stats,
+    node.node_get_volume_stats,
     |w| csi::NodeGetVolumeStatsRequest {
         volume_id: some_volume_id(),
         ..Default::default()
@@ -261,13 +243,7 @@ async fn node_publish_of_a_volume_not_staged_is_failed_precondition() {
 #[tokio::test]
 async fn node_get_info_reports_id_limit_and_zone() {
     let world = World::start().await;
-    let info = world
-        .node()
-        .await
-        .node_get_info(csi::NodeGetInfoRequest {})
-        .await
-        .expect("NodeGetInfo")
-        .into_inner();
+    let info = world.node_info().await;
     assert!(!info.node_id.is_empty(), "empty node_id");
     assert!(info.node_id.len() <= 256, "node_id over 256 bytes");
     assert!(info.max_volumes_per_node > 0, "{info:?}");
@@ -298,60 +274,6 @@ async fn node_get_capabilities_lists_known_rpcs_once() {
 }
 
 // ------------------------------------------------------------- more csi-sanity cases
-
-#[tokio::test]
-async fn create_volume_with_one_name_and_another_size_is_already_exists() {
-    let world = World::start().await;
-    // The backend may round up (EVS disks are at least 10 GiB), so ask for more than it made.
-    let vol = create_volume(&world, "pvc-resized").await;
-    let mut req = create_request("pvc-resized", vol.capacity_bytes + 10 * GIB, ext4(), &[]);
-    req.accessibility_requirements = Some(world.topology_requirement().await);
-    expect_error(
-        world.controller().await.create_volume(req).await,
-        Code::AlreadyExists,
-        &["pvc-resized"],
-    );
-    delete_volume(&world, &vol.volume_id).await;
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn validate_volume_capabilities_leaves_unsupported_capabilities_unconfirmed() {
-    let world = World::start().await;
-    let vol = create_volume(&world, "pvc-validate-mnmw").await;
-    let resp = world
-        .controller()
-        .await
-        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
-            volume_id: vol.volume_id.clone(),
-            volume_capabilities: vec![block_cap(Mode::MultiNodeMultiWriter)],
-            ..Default::default()
-        })
-        .await
-        .expect("ValidateVolumeCapabilities answers OK for unsupported capabilities")
-        .into_inner();
-    assert!(resp.confirmed.is_none(), "{resp:?}");
-    assert!(!resp.message.is_empty(), "no reason given: {resp:?}");
-    delete_volume(&world, &vol.volume_id).await;
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn controller_unpublish_of_a_missing_volume_is_ok() {
-    let world = World::start().await;
-    let node = world.node_id().await;
-    world
-        .controller()
-        .await
-        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-            volume_id: missing_volume_id(),
-            node_id: node,
-            ..Default::default()
-        })
-        .await
-        .expect("ControllerUnpublishVolume of a volume that does not exist");
-    shut_down_clean(world).await;
-}
 
 #[tokio::test]
 async fn node_stage_of_a_missing_volume_is_not_found() {
@@ -396,30 +318,20 @@ async fn node_publish_without_staging_path_is_failed_precondition() {
     shut_down_clean(world).await;
 }
 
-#[tokio::test]
-async fn node_expand_of_a_missing_volume_is_not_found() {
-    let world = World::start().await;
-    let target = world.target_path("pod-conformance", "vol");
-    std::fs::create_dir_all(&target).expect("create the volume path");
-    expect_error(
-        world
-            .node()
-            .await
-            .node_expand_volume(csi::NodeExpandVolumeRequest {
-                volume_id: missing_volume_id(),
-                volume_path: target,
-                capacity_range: Some(csi::CapacityRange {
-                    required_bytes: 2 * GIB,
-                    limit_bytes: 0,
-                }),
-                ..Default::default()
-            })
-            .await,
-        Code::NotFound,
-        &[MISSING_NATIVE_ID, "volume_path", "not"],
-    );
-    shut_down_clean(world).await;
-}
+rejects!(
+    node_expand_of_a_missing_volume_is_not_found,
+    node.node_expand_volume,
+    |w| {
+        let target = w.target_path("pod-conformance", "vol");
+        std::fs::create_dir_all(&target).expect("create the volume path");
+        csi::NodeExpandVolumeRequest {
+            volume_id: missing_volume_id(),
+            volume_path: target,
+            capacity_range: at_least(2 * GIB),
+            ..Default::default()
+        }
+    } => NotFound, [MISSING_NATIVE_ID, "volume_path", "not"]
+);
 
 #[tokio::test]
 #[ignore = "deliberate: a volume whose mount is gone from an existing volume_path is reported as an abnormal volume_condition (what the kubelet surfaces as an event), not NOT_FOUND"]
@@ -440,24 +352,6 @@ async fn node_get_volume_stats_of_a_volume_not_at_the_path_is_not_found() {
             .await,
         Code::NotFound,
         &[MISSING_NATIVE_ID, &target],
-    );
-    shut_down_clean(world).await;
-}
-
-#[tokio::test]
-async fn list_volumes_with_negative_max_entries_is_invalid_argument() {
-    let world = World::start().await;
-    expect_error(
-        world
-            .controller()
-            .await
-            .list_volumes(csi::ListVolumesRequest {
-                max_entries: -1,
-                starting_token: String::new(),
-            })
-            .await,
-        Code::InvalidArgument,
-        &["max_entries"],
     );
     shut_down_clean(world).await;
 }
