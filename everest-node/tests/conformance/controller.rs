@@ -6,10 +6,9 @@ use super::*;
 
 #[tokio::test]
 async fn controller_capabilities_match_the_rpcs_that_answer() {
-    if skip_unless_root_and_loop() {
+    let Some(world) = start().await else {
         return;
-    }
-    let world = World::start().await;
+    };
     let mut c = world.controller().await;
     let caps = controller_rpcs(&world).await;
     assert!(!caps.contains(&CtrlRpc::Unknown), "UNKNOWN advertised");
@@ -212,7 +211,9 @@ rejects!(
 
 #[tokio::test]
 async fn create_volume_twice_with_one_name_returns_the_same_volume() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let first = create_volume(&world, "pvc-twice").await;
     let second = create_volume(&world, "pvc-twice").await;
     assert!(!first.volume_id.is_empty());
@@ -233,7 +234,9 @@ rejects!(
 
 #[tokio::test]
 async fn delete_volume_of_a_missing_volume_is_ok() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     delete_volume(&world, &missing_volume_id()).await;
     shut_down_clean(world).await;
 }
@@ -291,7 +294,9 @@ async fn validate(
 
 #[tokio::test]
 async fn validate_volume_capabilities_confirms_supported_capabilities() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let vol = create_volume(&world, "pvc-validate").await;
     let resp = validate(&world, &vol, vec![ext4()]).await;
     let confirmed = resp
@@ -304,7 +309,9 @@ async fn validate_volume_capabilities_confirms_supported_capabilities() {
 
 #[tokio::test]
 async fn validate_volume_capabilities_leaves_unsupported_capabilities_unconfirmed() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let vol = create_volume(&world, "pvc-validate-mnmw").await;
     let resp = validate(&world, &vol, vec![block_cap(Mode::MultiNodeMultiWriter)]).await;
     assert!(resp.confirmed.is_none(), "{resp:?}");
@@ -317,7 +324,9 @@ async fn validate_volume_capabilities_leaves_unsupported_capabilities_unconfirme
 
 #[tokio::test]
 async fn list_volumes_pages_through_every_volume_one_at_a_time() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let mut created = Vec::new();
     for name in ["pvc-list-a", "pvc-list-b", "pvc-list-c"] {
         created.push(create_volume(&world, name).await.volume_id);
@@ -459,7 +468,9 @@ async fn unpublish_ok(world: &World, volume_id: &str, what: &str) {
 
 #[tokio::test]
 async fn controller_unpublish_of_a_volume_that_is_not_attached_is_ok() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let vol = create_volume(&world, "pvc-unpub-idle").await;
     unpublish_ok(&world, &vol.volume_id, "a volume attached nowhere").await;
     delete_volume(&world, &vol.volume_id).await;
@@ -468,7 +479,9 @@ async fn controller_unpublish_of_a_volume_that_is_not_attached_is_ok() {
 
 #[tokio::test]
 async fn controller_unpublish_of_a_missing_volume_is_ok() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     unpublish_ok(&world, &missing_volume_id(), "a volume that does not exist").await;
     shut_down_clean(world).await;
 }

@@ -157,7 +157,9 @@ rejects!(
 
 #[tokio::test]
 async fn node_get_volume_stats_on_a_missing_path_is_not_found() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let vol = create_volume(&world, "pvc-stats-nowhere").await;
     // The parent exists (kubelet makes it); the path itself was never created.
     let target = world.target_path("pod-conformance", "pvc-stats-nowhere");
@@ -181,7 +183,9 @@ async fn node_get_volume_stats_on_a_missing_path_is_not_found() {
 
 #[tokio::test]
 async fn node_unpublish_of_a_never_published_path_is_ok() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let vol = create_volume(&world, "pvc-unpub-never").await;
     let target = world.target_path("pod-conformance", "pvc-unpub-never");
     world
@@ -199,7 +203,9 @@ async fn node_unpublish_of_a_never_published_path_is_ok() {
 
 #[tokio::test]
 async fn node_unstage_of_a_never_staged_path_is_ok() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let vol = create_volume(&world, "pvc-unstage-never").await;
     let staging = world.staging_path(&vol.volume_id);
     world
@@ -217,10 +223,9 @@ async fn node_unstage_of_a_never_staged_path_is_ok() {
 
 #[tokio::test]
 async fn node_publish_of_a_volume_not_staged_is_failed_precondition() {
-    if skip_unless_root_and_loop() {
+    let Some(world) = start().await else {
         return;
-    }
-    let world = World::start().await;
+    };
     let mut v = Lifecycle::new(&world, "pvc-unstaged", ext4(), "pod-conformance").await;
     v.create(1, &[]).await.expect("CreateVolume");
     v.attach().await.expect("ControllerPublishVolume");
@@ -242,7 +247,9 @@ async fn node_publish_of_a_volume_not_staged_is_failed_precondition() {
 
 #[tokio::test]
 async fn node_get_info_reports_id_limit_and_zone() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let info = world.node_info().await;
     assert!(!info.node_id.is_empty(), "empty node_id");
     assert!(info.node_id.len() <= 256, "node_id over 256 bytes");
@@ -260,7 +267,9 @@ async fn node_get_info_reports_id_limit_and_zone() {
 
 #[tokio::test]
 async fn node_get_capabilities_lists_known_rpcs_once() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     let caps = node_rpcs(&world).await;
     assert!(!caps.contains(&NodeRpc::Unknown), "{caps:?}");
     let mut unique = caps.clone();
@@ -277,10 +286,9 @@ async fn node_get_capabilities_lists_known_rpcs_once() {
 
 #[tokio::test]
 async fn node_stage_of_a_missing_volume_is_not_found() {
-    if skip_unless_root_and_loop() {
+    let Some(world) = start().await else {
         return;
-    }
-    let world = World::start().await;
+    };
     let req = stage_request(&world);
     expect_error(
         world.node().await.node_stage_volume(req).await,
@@ -292,10 +300,9 @@ async fn node_stage_of_a_missing_volume_is_not_found() {
 
 #[tokio::test]
 async fn node_publish_without_staging_path_is_failed_precondition() {
-    if skip_unless_root_and_loop() {
+    let Some(world) = start().await else {
         return;
-    }
-    let world = World::start().await;
+    };
     let mut v = Lifecycle::new(&world, "pvc-nostaging", ext4(), "pod-conformance").await;
     v.create(1, &[]).await.expect("CreateVolume");
     v.attach().await.expect("ControllerPublishVolume");
@@ -336,7 +343,9 @@ rejects!(
 #[tokio::test]
 #[ignore = "deliberate: a volume whose mount is gone from an existing volume_path is reported as an abnormal volume_condition (what the kubelet surfaces as an event), not NOT_FOUND"]
 async fn node_get_volume_stats_of_a_volume_not_at_the_path_is_not_found() {
-    let world = World::start().await;
+    let Some(world) = start().await else {
+        return;
+    };
     // The path exists but nothing is mounted there.
     let target = world.target_path("pod-conformance", "vol");
     std::fs::create_dir_all(&target).expect("create the volume path");
@@ -360,10 +369,9 @@ async fn node_get_volume_stats_of_a_volume_not_at_the_path_is_not_found() {
 
 #[tokio::test]
 async fn full_lifecycle_as_csi_sanity_runs_it() {
-    if skip_unless_root_and_loop() {
+    let Some(world) = start().await else {
         return;
-    }
-    let world = World::start().await;
+    };
     let node_caps = node_rpcs(&world).await;
     let mut v = Lifecycle::new(&world, "pvc-sanity", ext4(), "pod-sanity").await;
     let vol = v.create(1, &[]).await.expect("CreateVolume");
