@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use everest_backend::daemon::fields::{backend_label, ordered, signed_bytes, volume_id};
+use everest_backend::daemon::fields::{
+    backend_label, is_not_found, ordered, signed_bytes, volume_id,
+};
 use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
 use everest_backend::inflight::InFlight;
 use everest_backend::params::split_common;
@@ -45,14 +47,16 @@ impl ControllerService {
         backend_label(&self.registry, id)
     }
 
-    /// The backend owning a volume that must be deleted or detached. A backend that is not
-    /// configured is INVALID_ARGUMENT (as the architecture prescribes for unknown instances),
-    /// never OK and never NOT_FOUND: we cannot tell whether the volume still exists, and a
-    /// caller reading "gone" could forget a disk that is still there or still attached.
+    /// The backend owning a volume that must be deleted or detached. A well-formed ID of a
+    /// backend instance that is not configured is FAILED_PRECONDITION, never OK and never
+    /// NOT_FOUND: the volume may well still exist, and a caller reading "gone" could forget a
+    /// disk that is still there or still attached. The sidecars keep retrying, and the message
+    /// tells the operator what is missing.
     fn owner(&self, id: &VolumeId) -> Result<Arc<dyn ControllerBackend>, Error> {
         self.registry.for_volume(id).map_err(|e| match e {
-            Error::NotFound(m) => Error::InvalidArgument(format!(
-                "{m}; add the backend to the configuration before retrying"
+            Error::NotFound(m) => Error::FailedPrecondition(format!(
+                "{m}; add backend instance {} to the controller configuration so this volume can be removed",
+                id.backend()
             )),
             other => other,
         })
@@ -99,7 +103,13 @@ impl Controller for ControllerService {
         let id = volume_id(&req.volume_id);
         let label = self.label(id.as_ref().ok());
         observe(SERVICE, "DeleteVolume", &req.volume_id, &label, async {
-            let id = id?;
+            let id = match id {
+                // Not an Everest volume ID: no such volume, and deleting nothing succeeds.
+                Err(e) if is_not_found(&e) => {
+                    return Ok(Response::new(csi::DeleteVolumeResponse {}));
+                }
+                other => other?,
+            };
             let backend = self.owner(&id)?;
             let _claim = self.busy.claim(&id)?;
             let secrets = everest_backend::secrets::Secrets::new(ordered(req.secrets.clone()));
@@ -143,7 +153,13 @@ impl Controller for ControllerService {
             &req.volume_id,
             &label,
             async {
-                let (id, node) = parsed?;
+                let (id, node) = match parsed {
+                    // Not an Everest volume ID: nothing of ours can be attached anywhere.
+                    Err(e) if is_not_found(&e) => {
+                        return Ok(Response::new(csi::ControllerUnpublishVolumeResponse {}));
+                    }
+                    other => other?,
+                };
                 let backend = self.owner(&id)?;
                 let _claim = self.busy.claim(&id)?;
                 backend.unpublish(id.native(), node.as_deref()).await?;
@@ -496,8 +512,8 @@ mod tests {
             }))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("gamma"));
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("gamma"), "{}", err.message());
         let err = svc
             .controller_unpublish_volume(Request::new(csi::ControllerUnpublishVolumeRequest {
                 volume_id: "v1:gamma:x".into(),
@@ -505,16 +521,8 @@ mod tests {
             }))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        let err = svc
-            .delete_volume(Request::new(csi::DeleteVolumeRequest {
-                volume_id: "not-an-id".into(),
-                ..Default::default()
-            }))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("malformed"));
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("gamma"), "{}", err.message());
         // A configured backend's missing volume is deleted successfully (idempotency).
         svc.delete_volume(Request::new(csi::DeleteVolumeRequest {
             volume_id: "v1:alpha:gone".into(),
@@ -522,6 +530,105 @@ mod tests {
         }))
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn foreign_ids_name_no_volume_and_bad_ones_are_invalid() {
+        let svc = service();
+        let too_long = format!("v1:alpha:{}", "x".repeat(200));
+        // Not ours: DeleteVolume and ControllerUnpublishVolume have nothing to remove.
+        for foreign in ["some-vol-id", "v2:alpha:a1", "v1:Alpha:a1"] {
+            svc.delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: foreign.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+            svc.controller_unpublish_volume(Request::new(csi::ControllerUnpublishVolumeRequest {
+                volume_id: foreign.into(),
+                node_id: "server-1".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        }
+        let calls = |id: String| {
+            let svc = svc.clone();
+            async move {
+                let publish = svc
+                    .controller_publish_volume(Request::new(csi::ControllerPublishVolumeRequest {
+                        volume_id: id.clone(),
+                        node_id: "server-1".into(),
+                        volume_capability: Some(cap(Mode::SingleNodeWriter)),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err()
+                    .code();
+                let validate = svc
+                    .validate_volume_capabilities(Request::new(
+                        csi::ValidateVolumeCapabilitiesRequest {
+                            volume_id: id.clone(),
+                            volume_capabilities: vec![cap(Mode::SingleNodeWriter)],
+                            ..Default::default()
+                        },
+                    ))
+                    .await
+                    .unwrap_err()
+                    .code();
+                let expand = svc
+                    .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+                        volume_id: id.clone(),
+                        capacity_range: Some(csi::CapacityRange {
+                            required_bytes: 1 << 30,
+                            limit_bytes: 0,
+                        }),
+                        ..Default::default()
+                    }))
+                    .await
+                    .unwrap_err()
+                    .code();
+                let get = svc
+                    .controller_get_volume(Request::new(csi::ControllerGetVolumeRequest {
+                        volume_id: id,
+                    }))
+                    .await
+                    .unwrap_err()
+                    .code();
+                [publish, validate, expand, get]
+            }
+        };
+        // Foreign, unconfigured instance, or gone from its backend: NOT_FOUND from every read.
+        for missing in ["some-vol-id", "v1:gamma:x", "v1:alpha:zz"] {
+            assert_eq!(
+                calls(missing.into()).await,
+                [Code::NotFound; 4],
+                "{missing}"
+            );
+        }
+        // Empty or over-long fields stay INVALID_ARGUMENT, also where removing would succeed.
+        for bad in [String::new(), too_long] {
+            assert_eq!(calls(bad.clone()).await, [Code::InvalidArgument; 4]);
+            let err = svc
+                .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                    volume_id: bad,
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+        }
+        // Other required fields are checked before the ID is looked up.
+        let err = svc
+            .controller_publish_volume(Request::new(csi::ControllerPublishVolumeRequest {
+                volume_id: "some-vol-id".into(),
+                volume_capability: Some(cap(Mode::SingleNodeWriter)),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("node_id"));
     }
 
     #[tokio::test]

@@ -76,6 +76,7 @@ impl ControllerBackend for FakeBackend {
     }
 
     async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>> {
+        self.get_volume(&req.native_id).await?;
         Ok([("node".to_owned(), req.node_id.clone())].into())
     }
 
@@ -83,7 +84,8 @@ impl ControllerBackend for FakeBackend {
         Ok(())
     }
 
-    async fn expand(&self, _: &str, capacity: CapacityRange) -> Result<Expanded> {
+    async fn expand(&self, native_id: &str, capacity: CapacityRange) -> Result<Expanded> {
+        self.get_volume(native_id).await?;
         Ok(Expanded {
             capacity_bytes: capacity.required_bytes,
             node_expansion_required: true,

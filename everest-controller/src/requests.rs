@@ -4,7 +4,7 @@
 use everest_backend::backend::{ControllerPublish, CreateVolume, Topology, TopologyRequirement};
 use everest_backend::capability::{VolumeCapability, parse_capabilities, parse_capability};
 use everest_backend::capacity::CapacityRange;
-use everest_backend::daemon::fields::{ordered, volume_id};
+use everest_backend::daemon::fields::{ordered, require_volume_id, volume_id};
 use everest_backend::params::split_common;
 use everest_backend::secrets::Secrets;
 use everest_backend::{Error, VolumeId};
@@ -61,11 +61,13 @@ pub fn create_volume(req: csi::CreateVolumeRequest) -> Result<CreateVolume, Erro
 pub fn publish(
     req: csi::ControllerPublishVolumeRequest,
 ) -> Result<(VolumeId, ControllerPublish), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     if req.node_id.is_empty() {
         return Err(Error::InvalidArgument("node_id is required".into()));
     }
     let capability = parse_capability(req.volume_capability.as_ref())?;
+    // Last: a well-formed request for a volume that is not ours is NOT_FOUND, not INVALID_ARGUMENT.
+    let id = volume_id(&req.volume_id)?;
     let publish = ControllerPublish {
         native_id: id.native().to_owned(),
         node_id: req.node_id,
@@ -90,7 +92,7 @@ pub fn unpublish(
 pub fn expand(
     req: &csi::ControllerExpandVolumeRequest,
 ) -> Result<(VolumeId, CapacityRange), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     let range = req
         .capacity_range
         .as_ref()
@@ -99,6 +101,7 @@ pub fn expand(
     if let Some(cap) = &req.volume_capability {
         VolumeCapability::try_from(cap)?;
     }
+    let id = volume_id(&req.volume_id)?;
     Ok((id, capacity))
 }
 
@@ -106,8 +109,9 @@ pub fn expand(
 pub fn validate_capabilities(
     req: &csi::ValidateVolumeCapabilitiesRequest,
 ) -> Result<(VolumeId, Vec<VolumeCapability>), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     let caps = parse_capabilities(&req.volume_capabilities)?;
+    let id = volume_id(&req.volume_id)?;
     Ok((id, caps))
 }
 
@@ -216,8 +220,12 @@ mod tests {
     #[test]
     fn volume_ids_are_required_and_well_formed() {
         assert_invalid(volume_id(""), "volume_id");
-        assert_invalid(volume_id("disk-123"), "volume_id");
-        assert_invalid(volume_id("v9:evs:x"), "volume_id");
+        for foreign in ["disk-123", "v9:evs:x"] {
+            assert_eq!(
+                volume_id(foreign).unwrap_err().code(),
+                tonic::Code::NotFound
+            );
+        }
         let id = volume_id("v1:evs-default:disk-1").unwrap();
         assert_eq!(id.native(), "disk-1");
     }

@@ -243,16 +243,20 @@ async fn bad_input_gets_the_right_code_and_a_clear_message() {
     );
     assert!(world.disks().await.is_empty(), "bad requests created disks");
 
-    // --- volume IDs
-    expect_error(
-        c.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: "not-a-volume-id".into(),
-            ..Default::default()
-        })
-        .await,
-        Code::InvalidArgument,
-        &["malformed", "volume id"],
-    );
+    // --- volume IDs: one that is not ours names no volume, so removing it succeeds
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: "not-a-volume-id".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("DeleteVolume of an ID that is not ours is OK");
+    c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        volume_id: "not-a-volume-id".into(),
+        node_id: world.node_id().await,
+        ..Default::default()
+    })
+    .await
+    .expect("ControllerUnpublishVolume of an ID that is not ours is OK");
     let status = c
         .delete_volume(csi::DeleteVolumeRequest {
             volume_id: "v1:nope:6b5e3c1a".into(),
@@ -262,7 +266,7 @@ async fn bad_input_gets_the_right_code_and_a_clear_message() {
         .expect_err("a volume ID naming an unknown backend must fail");
     // Never OK and never NOT_FOUND: the volume may exist on a backend that is only missing from
     // this daemon's configuration, and "gone" would let the caller forget it.
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("nope"), "{status:?}");
     c.delete_volume(csi::DeleteVolumeRequest {
         volume_id: "v1:evs-default:00000000-0000-4000-8000-000000000000".into(),
@@ -281,8 +285,8 @@ async fn bad_input_gets_the_right_code_and_a_clear_message() {
     expect_error(
         c.controller_publish_volume(publish("not-a-volume-id", &node_id))
             .await,
-        Code::InvalidArgument,
-        &["malformed", "volume id"],
+        Code::NotFound,
+        &["no such volume", "malformed"],
     );
     expect_error(
         c.controller_publish_volume(publish(
@@ -312,8 +316,8 @@ async fn bad_input_gets_the_right_code_and_a_clear_message() {
             ..Default::default()
         })
         .await,
-        Code::InvalidArgument,
-        &["malformed", "volume id"],
+        Code::NotFound,
+        &["no such volume", "malformed"],
     );
 
     // --- node: paths outside the kubelet root, bad IDs, missing capability
@@ -346,8 +350,8 @@ async fn bad_input_gets_the_right_code_and_a_clear_message() {
     expect_error(
         n.node_stage_volume(stage(&good_staging, Some(ext4()), "not-a-volume-id"))
             .await,
-        Code::InvalidArgument,
-        &["malformed", "volume id"],
+        Code::NotFound,
+        &["no such volume", "malformed"],
     );
     expect_error(
         n.node_publish_volume(csi::NodePublishVolumeRequest {

@@ -94,12 +94,13 @@ async fn run(
             service::Type::VolumeAccessibilityConstraints,
         )],
         Arc::new(NodeReady {
-            host,
+            host: Arc::clone(&host),
             registry: Arc::clone(&registry),
         }),
     );
+    let node = NodeService::new(registry, host, root, info);
     let router = Server::builder()
         .add_service(IdentityServer::new(identity))
-        .add_service(NodeServer::new(NodeService::new(registry, root, info)));
+        .add_service(NodeServer::new(node));
     server::serve(&cfg.endpoint, router).await
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use everest_backend::backend::{VolumeUsage, ZONE_TOPOLOGY_KEY};
 use everest_backend::daemon::fields::{backend_label, signed_bytes};
 use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
+use everest_backend::host::Host;
 use everest_backend::inflight::InFlight;
+use everest_backend::node::{unmount_all, unmount_and_remove};
 use everest_backend::paths::AllowedRoot;
 use everest_backend::registry::Registry;
 use everest_backend::{NodeBackend, VolumeId};
@@ -24,6 +26,8 @@ const SERVICE: &str = "node";
 #[derive(Debug, Clone)]
 pub struct NodeService {
     registry: Arc<Registry<dyn NodeBackend>>,
+    /// For tearing down paths of volumes no configured backend owns.
+    host: Arc<dyn Host>,
     root: AllowedRoot,
     info: NodeInfo,
     busy: InFlight<VolumeId>,
@@ -33,11 +37,13 @@ impl NodeService {
     /// A service for this node, accepting only paths under `root`.
     pub fn new(
         registry: Arc<Registry<dyn NodeBackend>>,
+        host: Arc<dyn Host>,
         root: AllowedRoot,
         info: NodeInfo,
     ) -> Self {
         Self {
             registry,
+            host,
             root,
             info,
             busy: InFlight::default(),
@@ -47,6 +53,13 @@ impl NodeService {
     /// The `backend` label for a request whose volume ID parsed (`None` when it did not).
     fn label(&self, id: Option<&VolumeId>) -> String {
         backend_label(&self.registry, id)
+    }
+
+    /// The backend owning a volume being torn down, if any: `None` for an ID that is not ours
+    /// or whose backend is not configured here, which are torn down by path alone, so the
+    /// kubelet can always clean up what it once mounted.
+    fn teardown_owner(&self, id: Option<&VolumeId>) -> Option<Arc<dyn NodeBackend>> {
+        id.and_then(|id| self.registry.for_volume(id).ok())
     }
 }
 
@@ -119,7 +132,7 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         let parsed = requests::unstage(&req, &self.root);
-        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
+        let label = self.label(parsed.as_ref().ok().and_then(|(id, _)| id.as_ref()));
         observe(
             SERVICE,
             "NodeUnstageVolume",
@@ -127,9 +140,14 @@ impl Node for NodeService {
             &label,
             async {
                 let (id, staging) = parsed?;
-                let backend = self.registry.for_volume(&id)?;
-                let _claim = self.busy.claim(&id)?;
-                backend.unstage(id.native(), &staging).await?;
+                let owner = self.teardown_owner(id.as_ref());
+                match (id, owner) {
+                    (Some(id), Some(backend)) => {
+                        let _claim = self.busy.claim(&id)?;
+                        backend.unstage(id.native(), &staging).await?;
+                    }
+                    _ => unmount_all(self.host.as_ref(), &staging).await?,
+                }
                 Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
             },
         )
@@ -161,7 +179,7 @@ impl Node for NodeService {
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         let parsed = requests::unpublish(&req, &self.root);
-        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
+        let label = self.label(parsed.as_ref().ok().and_then(|(id, _)| id.as_ref()));
         observe(
             SERVICE,
             "NodeUnpublishVolume",
@@ -169,9 +187,14 @@ impl Node for NodeService {
             &label,
             async {
                 let (id, target) = parsed?;
-                let backend = self.registry.for_volume(&id)?;
-                let _claim = self.busy.claim(&id)?;
-                backend.unpublish(id.native(), &target).await?;
+                let owner = self.teardown_owner(id.as_ref());
+                match (id, owner) {
+                    (Some(id), Some(backend)) => {
+                        let _claim = self.busy.claim(&id)?;
+                        backend.unpublish(id.native(), &target).await?;
+                    }
+                    _ => unmount_and_remove(self.host.as_ref(), &target).await?,
+                }
                 Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
             },
         )
@@ -261,8 +284,10 @@ impl Node for NodeService {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
-    use everest_backend::host::FsStats;
+    use everest_backend::host::{FakeDevice, FakeHost, FsStats};
 
     #[test]
     fn stats_translate_bytes_inodes_and_condition() {
@@ -301,17 +326,22 @@ mod tests {
         assert!(!block.volume_condition.unwrap().abnormal);
     }
 
-    #[tokio::test]
-    async fn node_get_info_reports_zone_topology() {
-        let svc = NodeService::new(
+    fn service(host: Arc<FakeHost>) -> NodeService {
+        NodeService::new(
             Arc::new(Registry::new(None)),
+            host,
             AllowedRoot::new("/var/lib/kubelet").unwrap(),
             NodeInfo {
                 node_id: "server-1".into(),
                 zone: "az1".into(),
                 max_volumes: 24,
             },
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn node_get_info_reports_zone_topology() {
+        let svc = service(Arc::new(FakeHost::default()));
         let info = svc
             .node_get_info(Request::new(csi::NodeGetInfoRequest {}))
             .await
@@ -323,15 +353,42 @@ mod tests {
             info.accessible_topology.unwrap().segments[ZONE_TOPOLOGY_KEY],
             "az1"
         );
-        // A volume of an unconfigured backend is NOT_FOUND, a path outside the root INVALID_ARGUMENT.
-        let err = svc
-            .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
-                volume_id: "v1:evs:d1".into(),
-                target_path: "/var/lib/kubelet/pods/p/volumes/v/mount".into(),
+    }
+
+    #[tokio::test]
+    async fn teardown_works_by_path_whatever_the_volume_id() {
+        let host = Arc::new(FakeHost::default());
+        let svc = service(Arc::clone(&host));
+        let target = Path::new("/var/lib/kubelet/pods/p/volumes/v/mount");
+        let staging = Path::new("/var/lib/kubelet/plugins/x/globalmount");
+        host.add_device(
+            Path::new("/dev/disk/by-id/x"),
+            Path::new("/dev/loop0"),
+            FakeDevice::formatted("ext4", 1 << 30),
+        );
+        // A foreign ID and an ID of a backend this node does not have: both still unmount.
+        for id in ["some-vol-id", "v1:evs:d1"] {
+            host.mount(Path::new("/dev/loop0"), staging, "ext4", &[])
+                .await
+                .unwrap();
+            host.bind_mount(staging, target, false).await.unwrap();
+            svc.node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: target.display().to_string(),
             }))
             .await
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::NotFound);
+            .unwrap();
+            svc.node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: staging.display().to_string(),
+            }))
+            .await
+            .unwrap();
+            let mounts = host.mounts().await.unwrap();
+            assert!(mounts.is_empty(), "{id}: still mounted: {mounts:?}");
+            assert!(!host.exists(target).await.unwrap(), "{id}: target left");
+        }
+        // Empty IDs and paths outside the kubelet root stay INVALID_ARGUMENT.
         let err = svc
             .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
                 volume_id: "v1:evs:d1".into(),
@@ -341,5 +398,38 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("target_path"));
+        let err = svc
+            .node_unstage_volume(Request::new(csi::NodeUnstageVolumeRequest {
+                volume_id: String::new(),
+                staging_target_path: staging.display().to_string(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn reads_of_foreign_or_unconfigured_volumes_are_not_found() {
+        let svc = service(Arc::new(FakeHost::default()));
+        for id in ["some-vol-id", "v1:evs:d1"] {
+            let err = svc
+                .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
+                    volume_id: id.into(),
+                    volume_path: "/var/lib/kubelet/pods/p/volumes/v/mount".into(),
+                    staging_target_path: String::new(),
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound, "{id}");
+            let err = svc
+                .node_expand_volume(Request::new(csi::NodeExpandVolumeRequest {
+                    volume_id: id.into(),
+                    volume_path: "/var/lib/kubelet/pods/p/volumes/v/mount".into(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound, "{id}");
+        }
     }
 }

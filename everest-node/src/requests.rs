@@ -4,7 +4,7 @@
 use everest_backend::backend::{NodeExpand, NodePublish, NodeStage};
 use everest_backend::capability::{VolumeCapability, parse_capability};
 use everest_backend::capacity::CapacityRange;
-use everest_backend::daemon::fields::{ordered, volume_id};
+use everest_backend::daemon::fields::{ordered, require_volume_id, volume_id};
 use everest_backend::paths::{AllowedRoot, HostPath};
 use everest_backend::secrets::Secrets;
 use everest_backend::{Error, VolumeId};
@@ -22,9 +22,11 @@ pub fn stage(
     req: csi::NodeStageVolumeRequest,
     root: &AllowedRoot,
 ) -> Result<(VolumeId, NodeStage), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     let staging = root.check(&req.staging_target_path, "staging_target_path")?;
     let capability = parse_capability(req.volume_capability.as_ref())?;
+    // Last: a well-formed request for a volume that is not ours is NOT_FOUND.
+    let id = volume_id(&req.volume_id)?;
     let stage = NodeStage {
         native_id: id.native().to_owned(),
         publish_context: ordered(req.publish_context),
@@ -36,14 +38,15 @@ pub fn stage(
     Ok((id, stage))
 }
 
-/// NodeUnstageVolume: volume and staging path.
+/// NodeUnstageVolume: volume and staging path. The ID is `None` when it is not one of ours:
+/// the kubelet must still be able to clean the path up.
 pub fn unstage(
     req: &csi::NodeUnstageVolumeRequest,
     root: &AllowedRoot,
-) -> Result<(VolumeId, HostPath), Error> {
-    let id = volume_id(&req.volume_id)?;
+) -> Result<(Option<VolumeId>, HostPath), Error> {
+    require_volume_id(&req.volume_id)?;
     let staging = root.check(&req.staging_target_path, "staging_target_path")?;
-    Ok((id, staging))
+    Ok((volume_id(&req.volume_id).ok(), staging))
 }
 
 /// NodePublishVolume: volume, target path and capability; the staging path when staged.
@@ -51,10 +54,11 @@ pub fn publish(
     req: csi::NodePublishVolumeRequest,
     root: &AllowedRoot,
 ) -> Result<(VolumeId, NodePublish), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     let target = root.check(&req.target_path, "target_path")?;
     let staging = optional_path(root, &req.staging_target_path, "staging_target_path")?;
     let capability = parse_capability(req.volume_capability.as_ref())?;
+    let id = volume_id(&req.volume_id)?;
     let publish = NodePublish {
         native_id: id.native().to_owned(),
         staging,
@@ -68,14 +72,14 @@ pub fn publish(
     Ok((id, publish))
 }
 
-/// NodeUnpublishVolume: volume and target path.
+/// NodeUnpublishVolume: volume and target path; the ID is `None` when it is not one of ours.
 pub fn unpublish(
     req: &csi::NodeUnpublishVolumeRequest,
     root: &AllowedRoot,
-) -> Result<(VolumeId, HostPath), Error> {
-    let id = volume_id(&req.volume_id)?;
+) -> Result<(Option<VolumeId>, HostPath), Error> {
+    require_volume_id(&req.volume_id)?;
     let target = root.check(&req.target_path, "target_path")?;
-    Ok((id, target))
+    Ok((volume_id(&req.volume_id).ok(), target))
 }
 
 /// NodeGetVolumeStats: volume and the path it is published or staged at.
@@ -83,10 +87,10 @@ pub fn stats(
     req: &csi::NodeGetVolumeStatsRequest,
     root: &AllowedRoot,
 ) -> Result<(VolumeId, HostPath), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     let path = root.check(&req.volume_path, "volume_path")?;
     optional_path(root, &req.staging_target_path, "staging_target_path")?;
-    Ok((id, path))
+    Ok((volume_id(&req.volume_id)?, path))
 }
 
 /// NodeExpandVolume: volume and path; capacity and capability when the kubelet sends them.
@@ -94,7 +98,7 @@ pub fn expand(
     req: &csi::NodeExpandVolumeRequest,
     root: &AllowedRoot,
 ) -> Result<(VolumeId, NodeExpand), Error> {
-    let id = volume_id(&req.volume_id)?;
+    require_volume_id(&req.volume_id)?;
     let volume_path = root.check(&req.volume_path, "volume_path")?;
     let staging = optional_path(root, &req.staging_target_path, "staging_target_path")?;
     let capacity = req
@@ -108,6 +112,7 @@ pub fn expand(
         .as_ref()
         .map(VolumeCapability::try_from)
         .transpose()?;
+    let id = volume_id(&req.volume_id)?;
     let expand = NodeExpand {
         native_id: id.native().to_owned(),
         volume_path,
@@ -173,9 +178,15 @@ mod tests {
         let mut r = stage_req();
         r.volume_id.clear();
         assert_invalid(stage(r, &root()), "volume_id");
+        // Not an Everest ID: no such volume; but a missing field is reported first.
         let mut r = stage_req();
         r.volume_id = "d1".into();
-        assert_invalid(stage(r, &root()), "volume_id");
+        assert_eq!(
+            stage(r.clone(), &root()).unwrap_err().code(),
+            Code::NotFound
+        );
+        r.volume_capability = None;
+        assert_invalid(stage(r, &root()), "volume_capability");
         let mut r = stage_req();
         r.staging_target_path.clear();
         assert_invalid(stage(r, &root()), "staging_target_path");

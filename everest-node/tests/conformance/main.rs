@@ -201,4 +201,5 @@ pub(crate) fn is_valid_driver_name(name: &str) -> bool {
 
 mod controller;
 mod identity;
+mod ids;
 mod node;

@@ -4,16 +4,40 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::Error;
 use crate::registry::Registry;
-use crate::volume_id::VolumeId;
+use crate::volume_id::{MAX_VOLUME_ID_LEN, VolumeId};
 
 use super::telemetry::NO_BACKEND;
 
-/// Parses a request's `volume_id`; empty or malformed is INVALID_ARGUMENT naming the field.
-pub fn volume_id(raw: &str) -> Result<VolumeId, Error> {
+/// Checks that a request carries a `volume_id` of a size CSI allows: empty or over-long is
+/// INVALID_ARGUMENT naming the field. What it names is decided later, by [`volume_id`].
+pub fn require_volume_id(raw: &str) -> Result<(), Error> {
     if raw.is_empty() {
         return Err(Error::InvalidArgument("volume_id is required".into()));
     }
-    raw.parse::<VolumeId>().map_err(|e| e.context("volume_id"))
+    if raw.len() > MAX_VOLUME_ID_LEN {
+        // Not echoed: an oversized ID would make an oversized error message and log line.
+        return Err(Error::InvalidArgument(format!(
+            "volume_id of {} bytes is longer than the CSI limit of {MAX_VOLUME_ID_LEN}",
+            raw.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a request's `volume_id`. Empty or over-long is INVALID_ARGUMENT (see
+/// [`require_volume_id`]); an ID that is not in Everest's `v1:<backend>:<native>` form cannot
+/// name any volume of ours, so it is NOT_FOUND, as CSI asks for a volume that does not exist
+/// (DeleteVolume and ControllerUnpublishVolume turn that into success).
+pub fn volume_id(raw: &str) -> Result<VolumeId, Error> {
+    require_volume_id(raw)?;
+    raw.parse::<VolumeId>()
+        .map_err(|e| Error::NotFound(format!("no such volume: {e}")))
+}
+
+/// Whether an error from [`volume_id`] or a backend means "no such volume", which the calls
+/// that remove something (DeleteVolume, ControllerUnpublishVolume) answer with success.
+pub fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::NotFound(_))
 }
 
 /// Copies a proto map into the ordered map the domain uses.
@@ -42,13 +66,20 @@ mod tests {
     use crate::volume_id::BackendName;
 
     #[test]
-    fn volume_id_names_the_field() {
-        for bad in ["", "disk-1", "v2:evs:x"] {
-            let err = volume_id(bad).unwrap_err();
+    fn empty_or_oversized_ids_are_invalid_and_foreign_ones_do_not_exist() {
+        for bad in ["".to_owned(), "x".repeat(MAX_VOLUME_ID_LEN + 1)] {
+            let err = volume_id(&bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert!(err.to_string().contains("volume_id"), "{err}");
         }
+        for foreign in ["disk-1", "v2:evs:x", "v1:EVS:x", "some-vol-id"] {
+            let err = volume_id(foreign).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound, "{foreign}");
+            assert!(is_not_found(&err));
+            assert!(err.to_string().starts_with("no such volume"), "{err}");
+        }
         assert_eq!(volume_id("v1:evs:d1").unwrap().native(), "d1");
+        assert!(require_volume_id(&"x".repeat(MAX_VOLUME_ID_LEN)).is_ok());
     }
 
     #[test]
