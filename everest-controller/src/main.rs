@@ -16,14 +16,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 use everest_backend::daemon::config::{CommonArgs, ControllerConfig};
-use everest_backend::daemon::identity::{
-    IdentityService, expansion_capability, service_capability,
-};
+use everest_backend::daemon::identity::IdentityService;
 use everest_backend::daemon::startup::launch;
 use everest_backend::daemon::{server, telemetry};
 use everest_proto::csi::v1::controller_server::ControllerServer;
 use everest_proto::csi::v1::identity_server::IdentityServer;
-use everest_proto::csi::v1::plugin_capability::{service, volume_expansion};
 use tonic::transport::Server;
 
 use crate::backends::BackendsReady;
@@ -82,11 +79,6 @@ async fn run(
     let identity = IdentityService::new(
         cfg.driver_name.clone(),
         env!("CARGO_PKG_VERSION"),
-        vec![
-            service_capability(service::Type::ControllerService),
-            service_capability(service::Type::VolumeAccessibilityConstraints),
-            expansion_capability(volume_expansion::Type::Online),
-        ],
         Arc::new(BackendsReady(Arc::clone(&registry))),
     );
     let router = Server::builder()

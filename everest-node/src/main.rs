@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use everest_backend::daemon::config::{CommonArgs, NodeConfig};
-use everest_backend::daemon::identity::{IdentityService, service_capability};
+use everest_backend::daemon::identity::IdentityService;
 use everest_backend::daemon::startup::launch;
 use everest_backend::daemon::{server, telemetry};
 use everest_backend::host::{Host, LinuxHost};
@@ -22,7 +22,6 @@ use everest_backend::registry::Registry;
 use everest_backend::{Error, NodeBackend};
 use everest_proto::csi::v1::identity_server::IdentityServer;
 use everest_proto::csi::v1::node_server::NodeServer;
-use everest_proto::csi::v1::plugin_capability::service;
 use tonic::transport::Server;
 
 use crate::backends::NodeReady;
@@ -86,13 +85,9 @@ async fn run(
         metrics = %cfg.metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "everest-node starting"
     );
-    // No CONTROLLER_SERVICE here; the node does report its zone, hence accessibility constraints.
     let identity = IdentityService::new(
         cfg.driver_name.clone(),
         env!("CARGO_PKG_VERSION"),
-        vec![service_capability(
-            service::Type::VolumeAccessibilityConstraints,
-        )],
         Arc::new(NodeReady {
             host: Arc::clone(&host),
             registry: Arc::clone(&registry),

@@ -20,6 +20,8 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--socket", required=True, help="unix socket path of the plugin")
+    parser.add_argument("--authority", default="",
+                        help="force this :authority (default: what gRPC core sends for a unix socket)")
     parser.add_argument("--service", required=True,
                         choices=["identity", "node", "controller"])
     parser.add_argument("--stubs", required=True,
@@ -56,12 +58,11 @@ class Probe:
         self.pb = csi_pb2
         self.grpc = grpc
         self.json_format = json_format
-        # grpc-core's default :authority for a unix target is the socket path,
-        # which the h2 stack under tonic rejects (RST_STREAM, PROTOCOL_ERROR).
-        # grpc-go clients (kubelet, the CSI sidecars) send "localhost"; so do we.
-        self.channel = grpc.insecure_channel(
-            f"unix:{args.socket}", options=[("grpc.default_authority", "localhost")]
-        )
+        # No options on purpose: gRPC core sends the percent-encoded socket path
+        # as :authority (grpc-go sends "localhost"), and the daemons must accept
+        # what any client sends. --authority forces one, for comparison runs.
+        options = [("grpc.default_authority", args.authority)] if args.authority else []
+        self.channel = grpc.insecure_channel(f"unix:{args.socket}", options=options)
         self.identity = csi_pb2_grpc.IdentityStub(self.channel)
         self.node = csi_pb2_grpc.NodeStub(self.channel)
         self.controller = csi_pb2_grpc.ControllerStub(self.channel)

@@ -32,7 +32,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-probe() { "$py" "$here/csi_probe.py" --stubs "$dir/stubs" --socket "$run/csi.sock" "$@"; }
+# The bare example serves without the daemons' authority fix, so this client sends what gRPC-Go does.
+probe() { "$py" "$here/csi_probe.py" --stubs "$dir/stubs" --socket "$run/csi.sock" --authority localhost "$@"; }
 
 "$echo_bin" "$run/csi.sock" &
 pid=$!

@@ -17,30 +17,36 @@ pub trait Readiness: Send + Sync + 'static {
     async fn check(&self) -> Result<(), String>;
 }
 
-/// Identity, parameterised by the side serving it.
+/// Identity, parameterised by the readiness of the side serving it. Both daemons describe the
+/// same plugin (see [`plugin_capabilities`]).
 #[derive(Clone)]
 pub struct IdentityService {
     name: String,
     vendor_version: String,
-    capabilities: Vec<csi::PluginCapability>,
     readiness: Arc<dyn Readiness>,
 }
 
 impl IdentityService {
-    /// An Identity service reporting `name` (the driver name), `vendor_version` and `capabilities`.
-    pub fn new(
-        name: String,
-        vendor_version: &str,
-        capabilities: Vec<csi::PluginCapability>,
-        readiness: Arc<dyn Readiness>,
-    ) -> Self {
+    /// An Identity service reporting `name` (the driver name) and `vendor_version`.
+    pub fn new(name: String, vendor_version: &str, readiness: Arc<dyn Readiness>) -> Self {
         Self {
             name,
             vendor_version: vendor_version.to_owned(),
-            capabilities,
             readiness,
         }
     }
+}
+
+/// The plugin's capabilities. Both daemons answer with these, whichever socket is asked: CSI
+/// clients (the sidecars, the kubelet, csi-sanity) read plugin capabilities from the endpoint
+/// they happen to hold, and a node socket that hid CONTROLLER_SERVICE would tell them the
+/// plugin has no controller.
+pub fn plugin_capabilities() -> Vec<csi::PluginCapability> {
+    vec![
+        service_capability(service::Type::ControllerService),
+        service_capability(service::Type::VolumeAccessibilityConstraints),
+        expansion_capability(volume_expansion::Type::Online),
+    ]
 }
 
 /// A `Service` plugin capability.
@@ -89,7 +95,7 @@ impl Identity for IdentityService {
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
         observe(SERVICE, "GetPluginCapabilities", "", NO_BACKEND, async {
             Ok(Response::new(csi::GetPluginCapabilitiesResponse {
-                capabilities: self.capabilities.clone(),
+                capabilities: plugin_capabilities(),
             }))
         })
         .await
@@ -128,12 +134,7 @@ mod tests {
     }
 
     fn identity(ready: Result<(), String>) -> IdentityService {
-        IdentityService::new(
-            "everest.csi.io".into(),
-            "0.1.0",
-            vec![service_capability(service::Type::ControllerService)],
-            Arc::new(Fixed(ready)),
-        )
+        IdentityService::new("everest.csi.io".into(), "0.1.0", Arc::new(Fixed(ready)))
     }
 
     #[tokio::test]
@@ -163,6 +164,7 @@ mod tests {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(caps.capabilities.len(), 1);
+        assert_eq!(caps.capabilities, plugin_capabilities());
+        assert_eq!(caps.capabilities.len(), 3);
     }
 }

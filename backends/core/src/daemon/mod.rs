@@ -4,12 +4,14 @@
 //! - [`fields`]: request fields both daemons parse alike (volume ID, maps, byte counts);
 //! - [`socket`]: the private CSI unix socket, with stale-socket detection and cleanup;
 //! - [`server`]: serving a router on that socket until a shutdown signal;
+//! - [`authority`]: lets clients in whatever HTTP/2 `:authority` they send over the socket;
 //! - [`startup`]: from flags to exit code (invalid configuration, `--check-config`, serving);
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown;
 //! - [`logging`]: tracing output as text or JSON;
 //! - [`telemetry`]: the Prometheus exporter and the one wrapper every RPC runs through;
 //! - [`identity`]: the CSI Identity service, parameterised by capabilities and a readiness check.
 
+pub mod authority;
 pub mod config;
 pub mod fields;
 pub mod identity;

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use tonic::transport::server::Router;
 
+use tokio_stream::StreamExt;
+
+use super::authority::LenientAuthority;
 use super::shutdown::signal_received;
 use super::socket::{bind, parse_endpoint};
 use crate::error::Error;
@@ -30,7 +33,9 @@ pub async fn serve_until(
     let bound = bind(&path).await?;
     tracing::info!(endpoint, "serving CSI");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = router.serve_with_incoming_shutdown(bound.incoming, async move {
+    // Every connection goes through LenientAuthority, so non-Go gRPC clients can call us too.
+    let incoming = bound.incoming.map(|conn| conn.map(LenientAuthority::new));
+    let server = router.serve_with_incoming_shutdown(incoming, async move {
         // An error means the sender is gone, which only happens once we are stopping anyway.
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
@@ -77,12 +82,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("csi.sock");
         let endpoint = format!("unix://{}", sock.display());
-        let identity = IdentityService::new(
-            "test.csi.io".into(),
-            "0",
-            vec![],
-            std::sync::Arc::new(AlwaysReady),
-        );
+        let identity =
+            IdentityService::new("test.csi.io".into(), "0", std::sync::Arc::new(AlwaysReady));
         let router = Server::builder()
             .add_service(everest_proto::csi::v1::identity_server::IdentityServer::new(identity));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
