@@ -450,52 +450,99 @@ async fn restage_after_node_restart_keeps_data_and_never_reformats() {
     assert!(left.is_clean(), "the run left {left:?}");
 }
 
+fn condition(stats: &csi::NodeGetVolumeStatsResponse) -> csi::VolumeCondition {
+    stats
+        .volume_condition
+        .clone()
+        .unwrap_or_else(|| panic!("VOLUME_CONDITION is advertised but missing: {stats:?}"))
+}
+
+fn run(program: &str, args: &[&str]) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {out:?}");
+}
+
 #[tokio::test]
-async fn a_mount_lost_under_the_pod_is_reported_abnormal_and_torn_down() {
+async fn stats_tell_a_volume_that_is_not_there_from_one_that_is_unhealthy() {
     if skip_unless_root_and_loop() {
         return;
     }
     let world = World::start().await;
     let mut v = Lifecycle::new(
         &world,
-        "pvc-lost",
+        "pvc-health",
         mount_cap("ext4", Mode::SingleNodeWriter),
         "pod-a",
     )
     .await;
     bring_up(&mut v, &world, 10).await;
     let healthy = v.stats().await.expect("NodeGetVolumeStats");
+    assert!(!condition(&healthy).abnormal, "{healthy:?}");
+
+    // The kernel remounts the filesystem read-only, as ext4 does on errors: the pod's bind
+    // mount stays read-write, the filesystem under it does not.
+    run("mount", &["-o", "remount,ro", &v.staging]);
+    let ro = v
+        .stats()
+        .await
+        .expect("NodeGetVolumeStats, remounted read-only");
+    let c = condition(&ro);
+    assert!(c.abnormal && c.message.contains("read-only"), "{c:?}");
+    assert!(!ro.usage.is_empty(), "a read-only volume still has figures");
+    run("mount", &["-o", "remount,rw", &v.staging]);
+    assert!(!condition(&v.stats().await.expect("stats")).abnormal);
+
+    // Unmounted behind the kubelet's back: the path no longer holds the volume.
+    run("umount", &[&v.target]);
+    let status = v
+        .stats()
+        .await
+        .expect_err("stats of a path holding no mount");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    v.publish(false).await.expect("NodePublishVolume again");
+
+    // NodeExpandVolume takes the staging path as well as the publish path.
+    v.controller_expand(11)
+        .await
+        .expect("ControllerExpandVolume");
+    let staging_expand = csi::NodeExpandVolumeRequest {
+        volume_id: v.id(),
+        volume_path: v.staging.clone(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: 11 * GIB,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    match world.node().await.node_expand_volume(staging_expand).await {
+        Ok(r) => assert!(r.into_inner().capacity_bytes >= 11 * GIB),
+        // No online ext4 grow on this host: the spec's answer, naming the disk.
+        Err(s) => assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}"),
+    }
+
+    // The disk is detached from under the mounts (a forced detach, a hot-unplug).
+    v.detach()
+        .await
+        .expect("ControllerUnpublishVolume while mounted");
+    let gone = v.stats().await.expect("NodeGetVolumeStats, device gone");
+    let c = condition(&gone);
     assert!(
-        !healthy
-            .volume_condition
-            .as_ref()
-            .is_some_and(|c| c.abnormal),
-        "a healthy volume reported abnormal: {healthy:?}"
+        c.abnormal && c.message.contains("no longer attached"),
+        "{c:?}"
     );
 
-    // Someone unmounts the pod's volume behind the kubelet's back.
-    let out = std::process::Command::new("umount")
-        .arg(&v.target)
-        .output()
-        .expect("run umount");
-    assert!(out.status.success(), "umount: {out:?}");
-    let lost = v.stats().await.expect("NodeGetVolumeStats on a lost mount");
-    let condition = lost.volume_condition.clone().expect("a volume condition");
+    v.unpublish().await.expect("NodeUnpublishVolume");
+    v.unstage().await.expect("NodeUnstageVolume");
     assert!(
-        condition.abnormal,
-        "a lost mount must be abnormal: {condition:?}"
+        host::loop_devices_under(world.root()).is_empty(),
+        "the loop device outlived its last mount"
     );
-    assert!(
-        condition.message.contains("no longer mounted"),
-        "{condition:?}"
-    );
-    assert!(
-        lost.usage.is_empty(),
-        "no figures for a lost mount: {lost:?}"
-    );
-
-    // The teardown still works from there.
-    tear_down(&v, &world).await;
+    v.delete().await.expect("DeleteVolume");
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
 }
 
 #[tokio::test]

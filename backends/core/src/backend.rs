@@ -226,7 +226,8 @@ pub enum VolumeUsage {
         /// Why the volume is abnormal, if it is.
         abnormal: Option<String>,
     },
-    /// The path exists but nothing is mounted there any more: no figures, only the condition.
+    /// The volume is there but cannot be measured (its device is gone, its filesystem does not
+    /// answer): no figures, only the condition.
     Lost {
         /// What is wrong, for the volume condition.
         abnormal: String,

@@ -111,28 +111,39 @@ pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
     )))
 }
 
-/// Usage and health of a published or staged filesystem at `path`.
-pub async fn filesystem_usage(
-    host: &dyn Host,
-    volume: &str,
-    path: &HostPath,
-) -> Result<VolumeUsage> {
+/// The newest mount at `path`, or NOT_FOUND: a path that does not exist or holds no mount holds
+/// no volume (what NodeGetVolumeStats and NodeExpandVolume owe the CO for it).
+pub async fn mount_at(host: &dyn Host, volume: &str, path: &HostPath) -> Result<MountEntry> {
     if !host.exists(path.as_path()).await? {
         return Err(Error::NotFound(format!(
             "volume path {path} of volume {volume} does not exist"
         )));
     }
-    let mounts = mounts_at(host, path.as_path()).await?;
-    let Some(mount) = mounts.last() else {
-        // The kubelet still has the volume here, but its mount is gone (unmounted by hand, or
-        // lost with a crashed mounter): report it as a condition the kubelet can surface.
-        return Ok(VolumeUsage::Lost {
-            abnormal: format!(
-                "volume {volume} is no longer mounted at {path}; restart the pod to mount it again"
-            ),
-        });
+    mounts_at(host, path.as_path())
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound(format!("volume {volume} is not mounted at {path}")))
+}
+
+/// Usage and health of the filesystem `mount` at `path`, which the backend has found to be this
+/// volume's. A kernel that remounted it read-only (after I/O or filesystem errors) or a
+/// filesystem that cannot be read any more makes the volume abnormal, not the call an error:
+/// the kubelet turns the condition into an event on the pod.
+pub async fn filesystem_usage(
+    host: &dyn Host,
+    mount: &MountEntry,
+    path: &HostPath,
+) -> Result<VolumeUsage> {
+    let stats = match host.fs_stats(path.as_path()).await {
+        Ok(stats) => stats,
+        Err(e) => {
+            return Ok(VolumeUsage::Lost {
+                abnormal: format!(
+                    "the filesystem at {path} cannot be read ({e}); check the disk and dmesg on the node"
+                ),
+            });
+        }
     };
-    let stats = host.fs_stats(path.as_path()).await?;
     let abnormal = (mount.super_options.iter().any(|o| o == "ro")
         && !mount.mount_options.iter().any(|o| o == "ro"))
     .then(|| {
@@ -257,21 +268,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn usage_reports_missing_and_unmounted_paths() {
+    async fn a_missing_or_unmounted_path_holds_no_volume() {
         let host = FakeHost::default();
         let (_, target) = paths();
-        assert_eq!(
-            filesystem_usage(&host, "v", &target)
-                .await
-                .unwrap_err()
-                .code(),
-            tonic::Code::NotFound
-        );
+        let err = mount_at(&host, "v", &target).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.to_string().contains("does not exist"), "{err}");
         host.add_path(target.as_path());
-        match filesystem_usage(&host, "v", &target).await.unwrap() {
-            VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("no longer mounted")),
-            other => panic!("an unmounted path must be reported lost, got {other:?}"),
-        }
+        let err = mount_at(&host, "v", &target).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.to_string().contains("not mounted"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn usage_of_a_healthy_and_of_a_kernel_read_only_filesystem() {
+        let host = FakeHost::default();
+        let (_, target) = paths();
         host.add_device(
             Path::new("/l"),
             Path::new("/dev/loop0"),
@@ -280,11 +292,34 @@ mod tests {
         host.mount(Path::new("/dev/loop0"), target.as_path(), "xfs", &[])
             .await
             .unwrap();
-        match filesystem_usage(&host, "v", &target).await.unwrap() {
+        let mount = mount_at(&host, "v", &target).await.unwrap();
+        match filesystem_usage(&host, &mount, &target).await.unwrap() {
             VolumeUsage::Filesystem { stats, abnormal } => {
                 assert_eq!(stats.total_bytes, 100);
                 assert!(abnormal.is_none());
             }
+            other => panic!("unexpected {other:?}"),
+        }
+        // The kernel remounted the filesystem read-only under a read-write mount.
+        let mut remounted = mount.clone();
+        remounted.super_options.push("ro".into());
+        match filesystem_usage(&host, &remounted, &target).await.unwrap() {
+            VolumeUsage::Filesystem { abnormal, .. } => {
+                assert!(abnormal.unwrap().contains("read-only"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A read-only mount asked for is healthy.
+        let mut asked = remounted.clone();
+        asked.mount_options.push("ro".into());
+        match filesystem_usage(&host, &asked, &target).await.unwrap() {
+            VolumeUsage::Filesystem { abnormal, .. } => assert!(abnormal.is_none()),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A filesystem that no longer answers statvfs is abnormal, not an error.
+        host.unmount(target.as_path()).await.unwrap();
+        match filesystem_usage(&host, &mount, &target).await.unwrap() {
+            VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("cannot be read")),
             other => panic!("unexpected {other:?}"),
         }
     }

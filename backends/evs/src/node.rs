@@ -14,7 +14,7 @@ use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
 use everest_backend::host::{Host, HostError, is_mount_of, mounts_at};
 use everest_backend::node::{
-    filesystem_usage, publish_block, publish_filesystem, unmount_all, unmount_and_remove,
+    filesystem_usage, mount_at, publish_block, publish_filesystem, unmount_all, unmount_and_remove,
 };
 use everest_backend::paths::HostPath;
 use everest_backend::{Error, Result};
@@ -177,6 +177,25 @@ impl EvsNode {
         let device_size = self.host.device_size(device).await?;
         let fs_size = self.host.filesystem_size(device, fs).await?;
         Ok(device_size > fs_size + GROW_SLACK_BYTES)
+    }
+
+    /// The device number the disk has on this node now, without waiting; `None` when the disk
+    /// does not show (detached, or its device removed).
+    async fn current_device_number(&self, disk: &str) -> Result<Option<String>> {
+        let no_context = std::collections::BTreeMap::new();
+        match find_device(
+            self.host.as_ref(),
+            self.by_id_dir(),
+            disk,
+            &no_context,
+            Duration::ZERO,
+        )
+        .await
+        {
+            Ok(device) => Ok(Some(self.host.device_number(&device).await?)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -386,13 +405,48 @@ impl NodeBackend for EvsNode {
     }
 
     async fn stats(&self, disk: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
-        if self.host.is_block_device(volume_path.as_path()).await? {
-            return Ok(VolumeUsage::Block {
-                total_bytes: self.host.device_size(volume_path.as_path()).await?,
-                abnormal: None,
-            });
+        let path = volume_path.as_path();
+        let current = self.current_device_number(disk).await?;
+        let gone = || VolumeUsage::Lost {
+            abnormal: format!(
+                "disk {disk} is no longer attached to this node, but {volume_path} still uses it; the pod's I/O fails until the volume is unpublished, unstaged and attached again"
+            ),
+        };
+        if self.host.is_block_device(path).await? {
+            // A raw block volume: the path is the disk's device node, bound into the pod.
+            let number = self.host.device_number(path).await?;
+            return match current {
+                Some(n) if n == number => Ok(VolumeUsage::Block {
+                    total_bytes: self.host.device_size(path).await?,
+                    abnormal: None,
+                }),
+                Some(_) => Ok(stale(disk, volume_path)),
+                None => Ok(gone()),
+            };
         }
-        filesystem_usage(self.host.as_ref(), disk, volume_path).await
+        let mount = mount_at(self.host.as_ref(), disk, volume_path).await?;
+        if !mount.source.starts_with('/') || !STAGED_FILESYSTEMS.contains(&mount.fs_type.as_str()) {
+            return Err(Error::NotFound(format!(
+                "{volume_path} holds a {} mount of {}, not disk {disk}",
+                mount.fs_type, mount.source
+            )));
+        }
+        match current {
+            Some(n) if is_mount_of(self.host.as_ref(), &mount, &n).await? => {
+                filesystem_usage(self.host.as_ref(), &mount, volume_path).await
+            }
+            Some(_) => Ok(stale(disk, volume_path)),
+            None => Ok(gone()),
+        }
+    }
+}
+
+/// A volume still served from the device a re-attached disk had before.
+fn stale(disk: &str, volume_path: &HostPath) -> VolumeUsage {
+    VolumeUsage::Lost {
+        abnormal: format!(
+            "{volume_path} still uses the device disk {disk} had before it was re-attached; restart the pod so the volume is staged again from its current device"
+        ),
     }
 }
 
@@ -444,6 +498,57 @@ mod tests {
             volume_context: BTreeMap::new(),
             secrets: Secrets::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn stats_answer_only_for_this_disk_and_report_a_gone_device() {
+        let (host, node) = setup(Some("xfs"));
+        let req = stage_req("xfs");
+        // Nothing mounted at an existing path, or no path: not this volume.
+        host.add_path(req.staging.as_path());
+        for disk in ["disk-1", "disk-2"] {
+            let err = node.stats(disk, &req.staging).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+        }
+        node.stage(&req).await.unwrap();
+        match node.stats("disk-1", &req.staging).await.unwrap() {
+            VolumeUsage::Filesystem { stats, abnormal } => {
+                assert_eq!(stats.total_bytes, 10 * GIB);
+                assert!(abnormal.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Another disk asked about this path: its device is not the one mounted.
+        host.add_device(
+            Path::new("/by-id/virtio-disk-2"),
+            Path::new("/dev/loop4"),
+            FakeDevice::formatted("xfs", GIB),
+        );
+        match node.stats("disk-2", &req.staging).await.unwrap() {
+            VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("re-attached")),
+            other => panic!("unexpected {other:?}"),
+        }
+        // The disk is detached under the mount: its device is gone.
+        host.remove_device(Path::new("/dev/loop3"));
+        match node.stats("disk-1", &req.staging).await.unwrap() {
+            VolumeUsage::Lost { abnormal } => {
+                assert!(abnormal.contains("no longer attached"), "{abnormal}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_of_a_path_holding_something_else_are_not_found() {
+        let (host, node) = setup(Some("xfs"));
+        let req = stage_req("xfs");
+        host.add_path(req.staging.as_path());
+        host.mount(Path::new("tmpfs"), req.staging.as_path(), "tmpfs", &[])
+            .await
+            .unwrap();
+        let err = node.stats("disk-1", &req.staging).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+        assert!(err.to_string().contains("tmpfs"), "{err}");
     }
 
     #[tokio::test]

@@ -341,7 +341,6 @@ rejects!(
 );
 
 #[tokio::test]
-#[ignore = "deliberate: a volume whose mount is gone from an existing volume_path is reported as an abnormal volume_condition (what the kubelet surfaces as an event), not NOT_FOUND"]
 async fn node_get_volume_stats_of_a_volume_not_at_the_path_is_not_found() {
     let Some(world) = start().await else {
         return;
