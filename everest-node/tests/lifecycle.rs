@@ -643,3 +643,44 @@ async fn a_stage_with_the_other_read_only_mode_is_refused() {
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }
+
+#[tokio::test]
+async fn a_read_write_once_pod_volume_serves_one_pod_at_a_time() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-rwop",
+        mount_cap("ext4", Mode::SingleNodeSingleWriter),
+        "pod-a",
+    )
+    .await;
+    bring_up(&mut v, &world, 10).await;
+    let first = v.target.clone();
+    let second = world.target_path("pod-b", "pvc-rwop");
+
+    v.target = second.clone();
+    let status = v.publish(false).await.expect_err("a second pod must wait");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains(&first), "{status:?}");
+    assert!(
+        mount_at(Path::new(&second)).is_none(),
+        "the second target got mounted"
+    );
+
+    // Once the first pod is gone, the second gets the volume.
+    v.target = first;
+    v.unpublish()
+        .await
+        .expect("NodeUnpublishVolume of the first pod");
+    v.target = second;
+    v.publish(false)
+        .await
+        .expect("NodePublishVolume for the second pod");
+    assert_mounted(&v.target, "ext4");
+    tear_down(&v, &world).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}

@@ -9,23 +9,61 @@ use crate::error::{Error, Result};
 use crate::host::{Host, MountEntry, mounts_at};
 use crate::paths::HostPath;
 
+/// How a volume is published into a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishMode {
+    /// Mount it read-only.
+    pub readonly: bool,
+    /// ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER): one target at a time on this node.
+    pub single_pod: bool,
+}
+
+impl PublishMode {
+    /// The mode a capability and the request's readonly flag ask for.
+    pub fn of(cap: &crate::capability::VolumeCapability, readonly: bool) -> Self {
+        use crate::capability::AccessMode;
+        Self {
+            readonly: readonly || cap.access_mode.is_read_only(),
+            single_pod: cap.access_mode == AccessMode::SingleNodeSingleWriter,
+        }
+    }
+}
+
 /// Bind-mounts a staged filesystem (`staging`) onto the pod's `target`; a matching existing
-/// publish is success, a conflicting one is ALREADY_EXISTS.
+/// publish is success, a conflicting one is ALREADY_EXISTS, and a second target of a
+/// ReadWriteOncePod volume is FAILED_PRECONDITION.
 pub async fn publish_filesystem(
     host: &dyn Host,
     volume: &str,
     staging: &HostPath,
     target: &HostPath,
-    readonly: bool,
+    mode: PublishMode,
 ) -> Result<()> {
-    let staged = mounts_at(host, staging.as_path()).await?;
-    let Some(staged) = staged.last() else {
+    let readonly = mode.readonly;
+    let mounts = host.mounts().await?;
+    let Some(staged) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == staging.as_path())
+    else {
         return Err(Error::FailedPrecondition(format!(
             "volume {volume} is not staged at {staging}; NodeStageVolume must succeed first"
         )));
     };
-    if let Some(existing) = mounts_at(host, target.as_path()).await?.last() {
+    if let Some(existing) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == target.as_path())
+    {
         return check_existing(volume, existing, &staged.source, target, readonly);
+    }
+    if mode.single_pod {
+        let elsewhere = mounts.iter().find(|m| {
+            m.device_number == staged.device_number
+                && m.mount_point != staging.as_path()
+                && m.mount_point != target.as_path()
+        });
+        refuse_second_pod(volume, elsewhere)?;
     }
     host.make_dir(target.as_path()).await?;
     host.bind_mount(staging.as_path(), target.as_path(), readonly)
@@ -39,9 +77,15 @@ pub async fn publish_block(
     volume: &str,
     device: &Path,
     target: &HostPath,
-    readonly: bool,
+    mode: PublishMode,
 ) -> Result<()> {
-    if let Some(existing) = mounts_at(host, target.as_path()).await?.last() {
+    let readonly = mode.readonly;
+    let mounts = host.mounts().await?;
+    if let Some(existing) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == target.as_path())
+    {
         return check_existing(
             volume,
             existing,
@@ -49,6 +93,14 @@ pub async fn publish_block(
             target,
             readonly,
         );
+    }
+    if mode.single_pod {
+        // A bound device node shows as a mount whose root is the node's name in /dev.
+        let name = device.file_name().unwrap_or_default();
+        let elsewhere = mounts
+            .iter()
+            .find(|m| m.root.file_name() == Some(name) && m.mount_point != target.as_path());
+        refuse_second_pod(volume, elsewhere)?;
     }
     // Nothing is mounted at the target, so whatever is there is a leftover (an empty directory
     // made by an older kubelet or a failed attempt, or a stale file): a device node can only be
@@ -58,6 +110,18 @@ pub async fn publish_block(
     host.make_file(target.as_path()).await?;
     host.bind_mount(device, target.as_path(), readonly).await?;
     Ok(())
+}
+
+/// ReadWriteOncePod: the volume may serve one pod at a time, so a second target waits until the
+/// first is unpublished (the kubelet retries).
+fn refuse_second_pod(volume: &str, elsewhere: Option<&MountEntry>) -> Result<()> {
+    match elsewhere {
+        Some(m) => Err(Error::FailedPrecondition(format!(
+            "volume {volume} is ReadWriteOncePod (SINGLE_NODE_SINGLE_WRITER) and already published at {}; unpublish it there first",
+            m.mount_point.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn check_existing(
@@ -158,6 +222,19 @@ mod tests {
     use crate::host::{FakeDevice, FakeHost};
     use crate::paths::AllowedRoot;
 
+    const RW: PublishMode = PublishMode {
+        readonly: false,
+        single_pod: false,
+    };
+    const RO: PublishMode = PublishMode {
+        readonly: true,
+        single_pod: false,
+    };
+    const ONE_POD: PublishMode = PublishMode {
+        readonly: false,
+        single_pod: true,
+    };
+
     fn paths() -> (HostPath, HostPath) {
         let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
         (
@@ -172,7 +249,7 @@ mod tests {
     async fn publish_requires_stage_and_is_idempotent() {
         let host = FakeHost::default();
         let (staging, target) = paths();
-        let err = publish_filesystem(&host, "v", &staging, &target, false)
+        let err = publish_filesystem(&host, "v", &staging, &target, RW)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -185,10 +262,10 @@ mod tests {
         host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
             .await
             .unwrap();
-        publish_filesystem(&host, "v", &staging, &target, false)
+        publish_filesystem(&host, "v", &staging, &target, RW)
             .await
             .unwrap();
-        publish_filesystem(&host, "v", &staging, &target, false)
+        publish_filesystem(&host, "v", &staging, &target, RW)
             .await
             .unwrap();
         let binds = host
@@ -197,7 +274,7 @@ mod tests {
             .filter(|c| c.starts_with("bind"))
             .count();
         assert_eq!(binds, 1, "a repeated publish must not mount twice");
-        let err = publish_filesystem(&host, "v", &staging, &target, true)
+        let err = publish_filesystem(&host, "v", &staging, &target, RO)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
@@ -213,10 +290,10 @@ mod tests {
             FakeDevice::default(),
         );
         host.make_dir(target.as_path()).await.unwrap();
-        publish_block(&host, "v", Path::new("/dev/loop0"), &target, false)
+        publish_block(&host, "v", Path::new("/dev/loop0"), &target, RW)
             .await
             .unwrap();
-        publish_block(&host, "v", Path::new("/dev/loop0"), &target, false)
+        publish_block(&host, "v", Path::new("/dev/loop0"), &target, RW)
             .await
             .unwrap();
         assert_eq!(host.mount_table().len(), 1);
@@ -240,11 +317,11 @@ mod tests {
         host.mount(Path::new("/dev/loop1"), target.as_path(), "ext4", &[])
             .await
             .unwrap();
-        let err = publish_filesystem(&host, "v", &staging, &target, false)
+        let err = publish_filesystem(&host, "v", &staging, &target, RW)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
-        let err = publish_block(&host, "v", Path::new("/dev/loop0"), &target, false)
+        let err = publish_block(&host, "v", Path::new("/dev/loop0"), &target, RW)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
@@ -284,6 +361,7 @@ mod tests {
     async fn usage_of_a_healthy_and_of_a_kernel_read_only_filesystem() {
         let host = FakeHost::default();
         let (_, target) = paths();
+        host.add_path(target.as_path());
         host.add_device(
             Path::new("/l"),
             Path::new("/dev/loop0"),
@@ -322,5 +400,59 @@ mod tests {
             VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("cannot be read")),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_read_write_once_pod_volume_is_published_at_one_target_only() {
+        let host = FakeHost::default();
+        let (staging, target) = paths();
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        let second = root
+            .check("/var/lib/kubelet/pods/q/volumes/v/mount", "target")
+            .unwrap();
+        host.add_device(
+            Path::new("/dev/disk/by-id/x"),
+            Path::new("/dev/loop0"),
+            FakeDevice::formatted("ext4", 10),
+        );
+        host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
+            .await
+            .unwrap();
+        publish_filesystem(&host, "v", &staging, &target, ONE_POD)
+            .await
+            .unwrap();
+        // The same target again is idempotent; another target is refused, naming the first.
+        publish_filesystem(&host, "v", &staging, &target, ONE_POD)
+            .await
+            .unwrap();
+        let err = publish_filesystem(&host, "v", &staging, &second, ONE_POD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.to_string().contains(&target.to_string()), "{err}");
+        // ReadWriteOnce allows both; once the first pod is gone, the second may have it.
+        publish_filesystem(&host, "v", &staging, &second, RW)
+            .await
+            .unwrap();
+        unmount_and_remove(&host, &second).await.unwrap();
+        unmount_and_remove(&host, &target).await.unwrap();
+        publish_filesystem(&host, "v", &staging, &second, ONE_POD)
+            .await
+            .unwrap();
+
+        // Raw block: the same rule for the device node.
+        let block_target = root
+            .check("/var/lib/kubelet/plugins/volumeDevices/a", "target")
+            .unwrap();
+        let block_second = root
+            .check("/var/lib/kubelet/plugins/volumeDevices/b", "target")
+            .unwrap();
+        publish_block(&host, "v", Path::new("/dev/loop0"), &block_target, ONE_POD)
+            .await
+            .unwrap();
+        let err = publish_block(&host, "v", Path::new("/dev/loop0"), &block_second, ONE_POD)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
     }
 }

@@ -14,7 +14,8 @@ use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
 use everest_backend::host::{Host, HostError, is_mount_of, mounts_at};
 use everest_backend::node::{
-    filesystem_usage, mount_at, publish_block, publish_filesystem, unmount_all, unmount_and_remove,
+    PublishMode, filesystem_usage, mount_at, publish_block, publish_filesystem, unmount_all,
+    unmount_and_remove,
 };
 use everest_backend::paths::HostPath;
 use everest_backend::{Error, Result};
@@ -316,7 +317,7 @@ impl NodeBackend for EvsNode {
 
     async fn publish(&self, req: &NodePublish) -> Result<()> {
         check_capability(&req.capability)?;
-        let readonly = req.readonly || req.capability.access_mode.is_read_only();
+        let mode = PublishMode::of(&req.capability, req.readonly);
         if req.capability.is_block() {
             let device = find_device(
                 self.host.as_ref(),
@@ -331,7 +332,7 @@ impl NodeBackend for EvsNode {
                 &req.native_id,
                 &device,
                 &req.target,
-                readonly,
+                mode,
             )
             .await;
         }
@@ -347,7 +348,7 @@ impl NodeBackend for EvsNode {
             &req.native_id,
             staging,
             &req.target,
-            readonly,
+            mode,
         )
         .await
     }

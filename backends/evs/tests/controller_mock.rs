@@ -11,7 +11,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use everest_backend::backend::{CreateVolume, Topology, TopologyRequirement, ZONE_TOPOLOGY_KEY};
+use std::time::Duration;
+
+use everest_backend::backend::{
+    ControllerPublish, CreateVolume, Topology, TopologyRequirement, ZONE_TOPOLOGY_KEY,
+};
 use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
 use everest_backend::capacity::{CapacityRange, GIB};
 use everest_backend::params::CommonParams;
@@ -42,6 +46,9 @@ struct Cloud {
     servers: Vec<String>,
     /// Disks that vanish only after this many more reads once their delete was accepted.
     deleting: BTreeMap<String, usize>,
+    /// Disks attaching to a server (not yet listed): shown `attaching` this many more reads,
+    /// then `in-use` there.
+    attaching: BTreeMap<String, (usize, String)>,
     /// Accepted deletes and extends fail in the cloud: the disk goes to `error_deleting` /
     /// `error_extending` (and stays there).
     fail_deletes: bool,
@@ -53,6 +60,18 @@ struct Cloud {
 impl Cloud {
     /// A read of disk `id`: a disk being deleted shows `deleting` a few times, then is gone.
     fn read(&mut self, id: &str) -> Option<Value> {
+        if let Some((left, server)) = self.attaching.get_mut(id) {
+            if *left == 0 {
+                let server = server.clone();
+                self.attaching.remove(id);
+                attach(self.disks.get_mut(id)?, &server);
+            } else {
+                *left -= 1;
+                let mut d = self.disks.get(id)?.clone();
+                d["status"] = json!("attaching");
+                return Some(d);
+            }
+        }
         if let Some(left) = self.deleting.get_mut(id) {
             if *left == 0 {
                 self.deleting.remove(id);
@@ -75,6 +94,17 @@ fn disk(id: &str, name: &str, status: &str, size: u64) -> Value {
            "availability_zone": "az1", "multiattach": false,
            "metadata": {"everest.io/csi-name": name, "everest.io/managed-by": "everest"},
            "attachments": [], "created_at": "2016-05-25T02:38:40.392463"})
+}
+
+fn attach(disk: &mut Value, server: &str) {
+    let id = disk["id"].clone();
+    let mut attachments = disk["attachments"].as_array().cloned().unwrap_or_default();
+    attachments.push(
+        json!({"attachment_id": format!("att-{server}"), "volume_id": id,
+                            "server_id": server, "device": "/dev/vdb"}),
+    );
+    disk["attachments"] = json!(attachments);
+    disk["status"] = json!("in-use");
 }
 
 fn job(id: &str, volume: &str) -> Value {
@@ -224,6 +254,26 @@ async fn handle(
                 d["status"] = json!("available");
             }
             ok(json!({"job_id": format!("job-detach-{id}")}))
+        }
+        ("GET", ["ecs", "v2.1", PROJECT, "servers", server]) => {
+            if c.servers.iter().any(|s| s == server) {
+                ok(json!({"server": {"id": server, "name": server, "status": "ACTIVE"}}))
+            } else {
+                let body = json!({"itemNotFound": {"message": "Instance could not be found", "code": 404}});
+                (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+            }
+        }
+        ("POST", ["ecs", "v1", PROJECT, "cloudservers", server, "attachvolume"]) => {
+            let server = (*server).to_owned();
+            let id = c.seen.last().unwrap().body["volumeAttachment"]["volumeId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let Some(d) = c.disks.get_mut(&id) else {
+                return not_found("EVS.5404");
+            };
+            attach(d, &server);
+            ok(json!({"job_id": format!("job-attach-{id}")}))
         }
         _ => not_found("APIGW.0101"),
     }
@@ -411,6 +461,92 @@ async fn create_never_deletes_a_usable_disk() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+fn publish_request(disk: &str, node: &str) -> ControllerPublish {
+    ControllerPublish {
+        native_id: disk.into(),
+        node_id: node.into(),
+        capability: create_request("x", 1).capabilities.remove(0),
+        readonly: false,
+        context: BTreeMap::new(),
+        secrets: Secrets::default(),
+    }
+}
+
+#[tokio::test]
+async fn publish_of_a_disk_attached_to_another_node_fails_at_once_naming_it() {
+    let mut d = disk("disk-p", "pvc-p", "in-use", 10);
+    attach(&mut d, "server-1");
+    let mock = Mock::start(vec![d], &["server-1", "server-2"]).await;
+    let err = mock
+        .controller()
+        .publish(&publish_request("disk-p", "server-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("server-1"), "{err}");
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+#[tokio::test]
+async fn publish_while_the_disk_is_attaching_elsewhere_fails_when_it_lands_not_at_the_timeout() {
+    let mock = Mock::start(
+        vec![disk("disk-q", "pvc-q", "available", 10)],
+        &["server-1", "server-2"],
+    )
+    .await;
+    mock.cloud
+        .lock()
+        .unwrap()
+        .attaching
+        .insert("disk-q".into(), (3, "server-1".into()));
+    let started = std::time::Instant::now();
+    let err = mock
+        .controller()
+        .publish(&publish_request("disk-q", "server-2"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("server-1"), "{err}");
+    // The job timeout is 5 s; the attach landed after a few polls.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+
+    // An attach in flight to the node asked for is waited for, not started again.
+    mock.cloud.lock().unwrap().disks.get_mut("disk-q").unwrap()["attachments"] = json!([]);
+    mock.cloud
+        .lock()
+        .unwrap()
+        .attaching
+        .insert("disk-q".into(), (3, "server-2".into()));
+    let ctx = mock
+        .controller()
+        .publish(&publish_request("disk-q", "server-2"))
+        .await
+        .unwrap();
+    assert!(!ctx.is_empty());
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
+}
+
+#[tokio::test]
+async fn a_shareable_disk_attaches_beside_another_node() {
+    let mut d = disk("disk-s", "pvc-s", "in-use", 10);
+    d["multiattach"] = json!(true);
+    attach(&mut d, "server-1");
+    let mock = Mock::start(vec![d], &["server-1", "server-2"]).await;
+    mock.controller()
+        .publish(&publish_request("disk-s", "server-2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        mock.writes(),
+        vec!["POST /ecs/v1/p1/cloudservers/server-2/attachvolume"]
+    );
 }
 
 #[tokio::test]

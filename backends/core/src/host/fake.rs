@@ -163,6 +163,16 @@ fn entry(
     }
 }
 
+/// The device node bound onto `path` (a raw block publish), as `stat` on the path would find it:
+/// the devtmpfs mount's root names the node under /dev.
+fn bound_device(s: &State, path: &Path) -> Option<PathBuf> {
+    let m = s.mounts.iter().rev().find(|m| m.mount_point == path)?;
+    if m.fs_type != "devtmpfs" {
+        return None;
+    }
+    Some(Path::new("/dev").join(m.root.strip_prefix("/").ok()?))
+}
+
 #[async_trait]
 impl Host for FakeHost {
     async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
@@ -214,17 +224,22 @@ impl Host for FakeHost {
             target.display()
         ))?;
         let mut s = self.state();
-        let (number, src, fs) = s
+        let mounted = s
             .mounts
             .iter()
             .rev()
             .find(|m| m.mount_point == source)
-            .map(|m| (m.device_number.clone(), m.source.clone(), m.fs_type.clone()))
-            .unwrap_or_else(|| {
-                let src = source.to_string_lossy().into_owned();
-                ("0:5".into(), src, "devtmpfs".into())
-            });
-        s.mounts.push(entry(number, &src, target, &fs, read_only));
+            .cloned();
+        let bound = match mounted {
+            Some(m) => entry(m.device_number, &m.source, target, &m.fs_type, read_only),
+            // A device node bound from /dev shows as Linux shows it: devtmpfs, its root the
+            // node's name there, its source the devtmpfs's own name.
+            None => MountEntry {
+                root: Path::new("/").join(source.file_name().unwrap_or_default()),
+                ..entry("0:5".into(), "udev", target, "devtmpfs", read_only)
+            },
+        };
+        s.mounts.push(bound);
         Ok(())
     }
 
@@ -291,6 +306,7 @@ impl Host for FakeHost {
 
     async fn device_number(&self, device: &Path) -> Result<String, HostError> {
         let s = self.state();
+        let device = &bound_device(&s, device).unwrap_or_else(|| device.to_owned());
         s.devices
             .contains_key(device)
             .then(|| s.numbers.get(device).cloned())
@@ -299,8 +315,9 @@ impl Host for FakeHost {
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
-        self.state()
-            .devices
+        let s = self.state();
+        let device = &bound_device(&s, device).unwrap_or_else(|| device.to_owned());
+        s.devices
             .get(device)
             .map(|d| d.size)
             .ok_or_else(|| HostError::new("blockdev", "no such device"))
@@ -344,15 +361,8 @@ impl Host for FakeHost {
 
     async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
         let s = self.state();
-        let bound_device = s
-            .mounts
-            .iter()
-            .rev()
-            .find(|m| m.mount_point == path)
-            .is_some_and(|m| {
-                m.fs_type == "devtmpfs" && s.devices.contains_key(Path::new(&m.source))
-            });
-        Ok(s.devices.contains_key(path) || bound_device)
+        let bound = bound_device(&s, path).is_some_and(|d| s.devices.contains_key(&d));
+        Ok(s.devices.contains_key(path) || bound)
     }
 
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {

@@ -379,17 +379,30 @@ impl ControllerBackend for EvsController {
                 req.node_id
             )));
         }
+        let mut disk = disk;
+        // An attach in flight lists no attachment yet, so where it is going is unknown: wait
+        // for it to land (never longer than the job timeout), then decide with the answer.
+        if disk.status == VolumeStatus::Attaching && disk.attachments.is_empty() {
+            disk = self
+                .settle(&disk.id, "done attaching", |v| {
+                    v.status != VolumeStatus::Attaching || !v.attachments.is_empty()
+                })
+                .await?;
+        }
         if let Some(a) = disk.attachments.iter().find(|a| a.server_id == req.node_id) {
             if disk.status == VolumeStatus::InUse {
                 return Ok(Self::publish_context(&disk, a));
             }
-        } else if let Some(other) = disk.attachments.first() {
+        } else if let Some(other) = disk.attachments.first().filter(|_| !disk.multiattach) {
+            // Fail at once: waiting would only time out, and the attacher retries anyway.
             return Err(Error::FailedPrecondition(format!(
-                "disk {} is attached to node {}; an EVS disk attaches to one node at a time",
+                "disk {} is attached to node {}; an EVS disk that is not shareable attaches to one node at a time (detach it there first)",
                 disk.id, other.server_id
             )));
         } else if disk.status != VolumeStatus::Attaching {
-            if disk.status != VolumeStatus::Available {
+            let attachable = disk.status == VolumeStatus::Available
+                || (disk.multiattach && disk.status == VolumeStatus::InUse);
+            if !attachable {
                 return Err(Error::Unavailable(format!(
                     "disk {} is {}; retry once it is available",
                     disk.id,
