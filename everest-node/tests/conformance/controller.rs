@@ -322,6 +322,78 @@ async fn validate_volume_capabilities_leaves_unsupported_capabilities_unconfirme
 
 // ------------------------------------------------------------------------- ListVolumes
 
+/// One ListVolumes page of `max` entries from `token`: the IDs and the next token.
+async fn list_page(world: &World, max: i32, token: &str) -> (Vec<String>, String) {
+    let page = world
+        .controller()
+        .await
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: max,
+            starting_token: token.to_owned(),
+        })
+        .await
+        .expect("ListVolumes")
+        .into_inner();
+    assert!(page.entries.len() <= max as usize, "{page:?}");
+    let ids = page
+        .entries
+        .into_iter()
+        .filter_map(|e| e.volume.map(|v| v.volume_id))
+        .collect();
+    (ids, page.next_token)
+}
+
+#[tokio::test]
+async fn list_volumes_paging_survives_volumes_coming_and_going() {
+    let Some(world) = start().await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            create_volume(&world, &format!("pvc-churn-{i}"))
+                .await
+                .volume_id,
+        );
+    }
+    let (first, mut token) = list_page(&world, 2, "").await;
+    assert_eq!(first.len(), 2);
+    // A volume already listed goes away, then a new one comes, while the listing is under way.
+    delete_volume(&world, &first[0]).await;
+    let mut seen = first.clone();
+    let mut pages = 1;
+    let mut newcomer = None;
+    while !token.is_empty() {
+        let (more, next) = list_page(&world, 2, &token).await;
+        seen.extend(more);
+        token = next;
+        pages += 1;
+        assert!(pages < 20, "ListVolumes never stops paging: {seen:?}");
+        if newcomer.is_none() {
+            newcomer = Some(create_volume(&world, "pvc-churn-new").await.volume_id);
+        }
+    }
+    let newcomer = newcomer.expect("five volumes take more than one page of two");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        seen.len(),
+        "a volume was listed twice: {seen:?}"
+    );
+    // Every volume that existed throughout is listed exactly once: no gap.
+    for id in &ids[..] {
+        if *id != first[0] {
+            assert!(seen.contains(id), "{id} was skipped: {seen:?}");
+        }
+    }
+    for id in ids.iter().filter(|id| **id != first[0]).chain([&newcomer]) {
+        delete_volume(&world, id).await;
+    }
+    shut_down_clean(world).await;
+}
+
 #[tokio::test]
 async fn list_volumes_pages_through_every_volume_one_at_a_time() {
     let Some(world) = start().await else {

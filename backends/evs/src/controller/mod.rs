@@ -43,6 +43,8 @@ const ENCRYPTED_KEY: &str = "__system__encrypted";
 const CMK_ID_KEY: &str = "__system__cmkid";
 /// The ECS code for "this server does not exist" (the node was deleted).
 const SERVER_GONE_CODE: &str = "Ecs.0114";
+/// ListVolumes tokens of this backend: `after:<the last disk ID listed>`.
+const LIST_TOKEN_PREFIX: &str = "after:";
 /// EVS data disks are 10–32768 GB.
 const MIN_GIB: u64 = 10;
 const MAX_GIB: u64 = 32768;
@@ -116,6 +118,26 @@ impl EvsController {
     }
 
     /// Waits until the disk satisfies `ready`; an error status or a vanished disk ends the wait.
+    /// Every disk this driver manages, following the cloud's pages (1000 disks a call).
+    async fn all_managed_disks(&self) -> Result<Vec<Volume>> {
+        let mut disks = Vec::new();
+        let mut marker = None;
+        loop {
+            let filter = VolumeFilter {
+                metadata: BTreeMap::from([(MANAGED_BY_KEY.to_owned(), "everest".to_owned())]),
+                limit: Some(1000),
+                marker: marker.take(),
+                ..VolumeFilter::default()
+            };
+            let page = self.client.list_volumes(&filter).await?;
+            disks.extend(page.volumes);
+            match page.next_marker {
+                Some(next) => marker = Some(next),
+                None => return Ok(disks),
+            }
+        }
+    }
+
     async fn settle(
         &self,
         disk_id: &str,
@@ -537,37 +559,41 @@ impl ControllerBackend for EvsController {
         Ok(self.listed(&disk))
     }
 
+    /// Pages by disk ID: the token is the last ID handed out, and the next page starts after
+    /// it. Disks deleted or created meanwhile can neither shift a page (as an offset would) nor
+    /// break the listing (as a cloud `marker` naming a deleted disk would): no disk that exists
+    /// throughout is listed twice or skipped.
     async fn list_volumes(
         &self,
         starting_token: Option<&str>,
         max_entries: u32,
     ) -> Result<CsiPage> {
-        let offset = match starting_token {
-            None | Some("") => 0,
-            Some(t) => t.parse::<u32>().map_err(|_| {
+        let after = match starting_token {
+            None | Some("") => None,
+            Some(t) => Some(t.strip_prefix(LIST_TOKEN_PREFIX).ok_or_else(|| {
                 Error::Aborted(format!(
                     "starting_token {t:?} is not one this backend issued"
                 ))
-            })?,
+            })?),
         };
-        let limit = if max_entries == 0 {
-            1000
+        let mut disks = self.all_managed_disks().await?;
+        disks.sort_by(|a, b| a.id.cmp(&b.id));
+        let rest: Vec<&Volume> = disks
+            .iter()
+            .filter(|d| after.is_none_or(|a| d.id.as_str() > a))
+            .collect();
+        let take = if max_entries == 0 {
+            rest.len()
         } else {
-            max_entries.min(1000)
+            rest.len().min(max_entries as usize)
         };
-        let filter = VolumeFilter {
-            metadata: BTreeMap::from([(MANAGED_BY_KEY.to_owned(), "everest".to_owned())]),
-            limit: Some(limit),
-            offset: Some(offset),
-            ..VolumeFilter::default()
-        };
-        let page = self.client.list_volumes(&filter).await?;
-        // u64 so that a crafted token near u32::MAX cannot overflow.
-        let next = u64::from(offset) + page.volumes.len() as u64;
-        let more = page.next_marker.is_some() || page.count.is_some_and(|c| next < c);
+        let page = &rest[..take];
+        let next_token = (take < rest.len())
+            .then(|| page.last().map(|d| format!("{LIST_TOKEN_PREFIX}{}", d.id)))
+            .flatten();
         Ok(CsiPage {
-            entries: page.volumes.iter().map(|v| self.listed(v)).collect(),
-            next_token: (more && !page.volumes.is_empty()).then(|| next.to_string()),
+            entries: page.iter().map(|v| self.listed(v)).collect(),
+            next_token,
         })
     }
 
