@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Everest's test command, what CI runs (.ci/run). Installs what the tests need, then:
-# fmt check, clippy -D warnings, build, the official-spec CSI client, cargo test (unit,
-# integration and lifecycle suites against the real emulator and daemons, and the official
-# client's wire check against both daemons), the Helm chart's checks (helm/tests), and a leak
-# check.
+# fmt check, clippy -D warnings, build, the official-spec CSI client, Huawei Cloud's official
+# Python SDK, cargo test (unit, integration and lifecycle suites against the real emulator and
+# daemons, the official client's wire check against both daemons, and the SDK's fidelity suite
+# against the emulator), the Helm chart's checks (helm/tests), and a leak check.
 #
 #   bash scripts/test.sh          (as root for the tests that attach disks; others run anyway)
 set -euo pipefail
@@ -80,6 +80,13 @@ if [[ -f $setup ]]; then
 else
     echo "skipped: $setup does not exist"
 fi
+
+section "Huawei Cloud's official Python SDK (for the emulator fidelity suite in cargo test)"
+setup=emulator/tests/sdk_fidelity/setup.sh
+sdk_dir=$CARGO_TARGET_DIR/sdk-fidelity
+bash "$setup" "$sdk_dir"
+# emulator/tests/sdk_fidelity.rs drives the emulator with it; without it that test skips.
+export EVEREST_SDK_VENV=$sdk_dir/venv
 
 section "cargo test --workspace"
 # Two test binaries at a time at most share the 2 cores with their worlds' processes.

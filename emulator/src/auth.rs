@@ -425,6 +425,48 @@ mod tests {
         );
     }
 
+    /// A create as the official Python SDK 3.1.219 signs it: content-type, user-agent and
+    /// x-client-token among the signed headers (signature computed by the SDK's own signer).
+    #[test]
+    fn sdk_signed_headers_verify() {
+        let mut h = headers("20060102T150405Z");
+        for (name, value) in [
+            ("content-type", "application/json;charset=UTF-8"),
+            ("host", "127.0.0.1:8080"),
+            ("user-agent", "huaweicloud-usdk-python/3.0"),
+            ("x-project-id", "p1"),
+            ("x-client-token", "6fa459ea-ee8a-4ca4-894e-db77e160355e"),
+            (
+                "authorization",
+                "SDK-HMAC-SHA256 Access=AccessKey, SignedHeaders=content-type;host;user-agent;x-client-token;x-project-id;x-sdk-date, Signature=4b28c6d66bb09e7346561cad511da3e2996b6d7fa7d0f3f4ee3c1e73c21aaa2d",
+            ),
+        ] {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        let body: &[u8] =
+            br#"{"volume":{"availability_zone":"az1","name":"v","size":10,"volume_type":"SSD"}}"#;
+        let req = RequestParts {
+            method: "POST",
+            raw_path: "/v2.1/p1/cloudvolumes",
+            raw_query: None,
+            headers: &h,
+            body,
+        };
+        let now = at("20060102T150405Z");
+        assert_eq!(verify(&creds(), &req, now), Ok("AccessKey".to_string()));
+        // A signed header changed in transit breaks the signature.
+        let mut changed = h.clone();
+        changed.insert(
+            "content-type",
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let req = RequestParts {
+            headers: &changed,
+            ..req
+        };
+        assert!(verify(&creds(), &req, now).is_err());
+    }
+
     #[test]
     fn tampered_body_or_wrong_key_is_rejected() {
         let h = known_answer_post_headers();

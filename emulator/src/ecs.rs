@@ -11,9 +11,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cloud::Cloud;
-use crate::errors::ApiError;
+use crate::errors::{ApiError, FaultCode};
 use crate::jobs;
 use crate::state::{Disk, JobAction};
+
+/// ECS: the disk is not attached to this server.
+const NOT_ATTACHED: &str = "Ecs.0111";
 
 /// A KVM instance holds at most this many data disks.
 pub const MAX_DISKS_PER_SERVER: usize = 24;
@@ -160,7 +163,7 @@ pub fn detach_volume(
     let disk = inner.state.project_disk_mut(project, id).ok_or_else(|| {
         ecs(
             StatusCode::BAD_REQUEST,
-            "Ecs.0111",
+            NOT_ATTACHED,
             format!("volume {id} is not attached"),
         )
     })?;
@@ -171,7 +174,7 @@ pub fn detach_volume(
     {
         return Err(ecs(
             StatusCode::BAD_REQUEST,
-            "Ecs.0111",
+            NOT_ATTACHED,
             format!("volume {id} is not attached to server {server_id}"),
         ));
     }
@@ -222,7 +225,11 @@ fn server_or_404(cloud: &Cloud, project: &str, server_id: &str) -> Result<(), Ap
         ApiError::Service {
             status: StatusCode::NOT_FOUND,
             ..
-        } => ApiError::ItemNotFound("Instance could not be found".to_string()),
+        } => ApiError::ItemNotFound {
+            // Nova's fault body: the HTTP status as a number.
+            code: FaultCode::HttpStatus,
+            message: "Instance could not be found".to_string(),
+        },
         other => other,
     })
 }
@@ -254,15 +261,16 @@ fn device_of(d: &Disk) -> String {
         .unwrap_or_default()
 }
 
-/// `GET /v2.1/{p}/servers/{id}`.
+/// `GET /v2.1/{p}/servers/{id}` (Nova-compatible).
 pub async fn server_handler(
     State(cloud): State<Arc<Cloud>>,
     Path((project, server_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     server_or_404(&cloud, &project, &server_id)?;
+    // Nova sends `delete_on_termination` as a JSON boolean (ECS's own v1 API as a string).
     let vols: Vec<Value> = attached(&cloud, &server_id)
         .iter()
-        .map(|d| json!({"id": d.id, "delete_on_termination": "false"}))
+        .map(|d| json!({"id": d.id, "delete_on_termination": false}))
         .collect();
     Ok(Json(json!({"server": {
         "id": server_id,
@@ -277,17 +285,68 @@ pub async fn server_handler(
     }})))
 }
 
+/// `GET /v1/{p}/cloudservers/{id}`: ECS's own server details.
+pub async fn cloudserver_handler(
+    State(cloud): State<Arc<Cloud>>,
+    Path((project, server_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_server(&cloud, &project, &server_id)?;
+    let vols: Vec<Value> = attached(&cloud, &server_id)
+        .iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "delete_on_termination": "false",
+                "bootIndex": null,
+                "device": device_of(d),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"server": {
+        "id": server_id,
+        "name": cloud.server_name(),
+        "status": "ACTIVE",
+        "tenant_id": project,
+        "user_id": crate::evs::EMULATOR_USER_ID,
+        "OS-EXT-AZ:availability_zone": cloud.cfg.availability_zone,
+        "OS-EXT-SRV-ATTR:hostname": cloud.server_name(),
+        "OS-EXT-STS:vm_state": "active",
+        "OS-EXT-STS:power_state": 1,
+        "os-extended-volumes:volumes_attached": vols,
+        "metadata": {},
+        "tags": [],
+        "locked": false,
+        "enterprise_project_id": "0",
+    }})))
+}
+
+/// `GET /v1/{p}/cloudservers/{id}/os-volume_attachments`.
+pub async fn cloudserver_attachments_handler(
+    State(cloud): State<Arc<Cloud>>,
+    Path((project, server_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_server(&cloud, &project, &server_id)?;
+    Ok(Json(
+        json!({"volumeAttachments": attachment_list(&cloud, &server_id)}),
+    ))
+}
+
+fn attachment_list(cloud: &Cloud, server_id: &str) -> Vec<Value> {
+    attached(cloud, server_id)
+        .iter()
+        .map(|d| json!({"device": device_of(d), "id": d.id, "serverId": server_id, "volumeId": d.id}))
+        .collect()
+}
+
 /// `GET /v2.1/{p}/servers/{id}/os-volume_attachments`.
 pub async fn attachments_handler(
     State(cloud): State<Arc<Cloud>>,
     Path((project, server_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     server_or_404(&cloud, &project, &server_id)?;
-    let list: Vec<Value> = attached(&cloud, &server_id)
-        .iter()
-        .map(|d| json!({"device": device_of(d), "id": d.id, "serverId": server_id, "volumeId": d.id}))
-        .collect();
-    Ok(Json(json!({"volumeAttachments": list})))
+    Ok(Json(
+        json!({"volumeAttachments": attachment_list(&cloud, &server_id)}),
+    ))
 }
 
 /// `GET /v1/{p}/cloudservers/{id}/block_device`.
@@ -302,21 +361,46 @@ pub async fn block_device_handler(
     let list: Vec<Value> = disks
         .iter()
         .enumerate()
-        .map(|(i, d)| {
-            json!({
-                "device": device_of(d),
-                "id": d.id,
-                "serverId": server_id,
-                "volumeId": d.id,
-                "size": d.size,
-                "bootIndex": null,
-                "bus": "virtio",
-                "pciAddress": format!("0000:02:{:02x}.0", i + 1),
-            })
-        })
+        .map(|(i, d)| block_device_view(d, i, &server_id))
         .collect();
     Ok(Json(json!({
         "volumeAttachments": list,
         "attachableQuantity": {"free_scsi": free, "free_blk": free, "free_disk": free},
     })))
+}
+
+fn block_device_view(d: &Disk, index: usize, server_id: &str) -> Value {
+    json!({
+        "device": device_of(d),
+        "id": d.id,
+        "serverId": server_id,
+        "volumeId": d.id,
+        "size": d.size,
+        "bootIndex": null,
+        "bus": "virtio",
+        "pciAddress": format!("0000:02:{:02x}.0", index + 1),
+    })
+}
+
+/// `GET /v1/{p}/cloudservers/{id}/block_device/{volume_id}`: one attached disk.
+pub async fn block_device_one_handler(
+    State(cloud): State<Arc<Cloud>>,
+    Path((project, server_id, volume_id)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_server(&cloud, &project, &server_id)?;
+    let disks = attached(&cloud, &server_id);
+    let (index, disk) = disks
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.id == volume_id)
+        .ok_or_else(|| {
+            ecs(
+                StatusCode::NOT_FOUND,
+                NOT_ATTACHED,
+                format!("volume {volume_id} is not attached to server {server_id}"),
+            )
+        })?;
+    Ok(Json(
+        json!({"volumeAttachment": block_device_view(disk, index, &server_id)}),
+    ))
 }

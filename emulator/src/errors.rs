@@ -1,7 +1,9 @@
 //! Error bodies in the shapes the real cloud uses (see the facts file).
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -17,10 +19,20 @@ pub enum ApiError {
         /// Human-readable message.
         message: String,
     },
-    /// `{"itemNotFound":{"message","code":404}}` — the OpenStack-style 404.
-    ItemNotFound(String),
-    /// `{"badRequest":{"message","code":400}}` — the OpenStack-style 400 for bad queries.
-    BadRequest(String),
+    /// `{"itemNotFound":{"message","code"}}` — the OpenStack-style 404 (see [`FaultCode`]).
+    ItemNotFound {
+        /// What goes in `code`.
+        code: FaultCode,
+        /// Human-readable message.
+        message: String,
+    },
+    /// `{"badRequest":{"message","code"}}` — the OpenStack-style 400 for bad queries.
+    BadRequest {
+        /// What goes in `code`.
+        code: FaultCode,
+        /// Human-readable message.
+        message: String,
+    },
     /// `{"error_code","error_msg","request_id"}` — the API gateway (auth, throttling).
     Gateway {
         /// HTTP status.
@@ -32,7 +44,43 @@ pub enum ApiError {
     },
 }
 
+/// The `code` of an OpenStack-style fault body. EVS documents it as a string holding its
+/// service code (`"EVS.5404"`); the Nova-compatible ECS v2.1 API sends the HTTP status as a
+/// number, as Nova does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCode {
+    /// A service code such as `EVS.5404`, sent as a string.
+    Service(&'static str),
+    /// The HTTP status, sent as a number (Nova).
+    HttpStatus,
+}
+
+impl FaultCode {
+    fn json(self, status: StatusCode) -> serde_json::Value {
+        match self {
+            FaultCode::Service(code) => json!(code),
+            FaultCode::HttpStatus => json!(status.as_u16()),
+        }
+    }
+}
+
 impl ApiError {
+    /// EVS's 404 for a missing disk: `itemNotFound` with the string code `EVS.5404`.
+    pub fn evs_not_found(message: impl Into<String>) -> Self {
+        ApiError::ItemNotFound {
+            code: FaultCode::Service("EVS.5404"),
+            message: message.into(),
+        }
+    }
+
+    /// A `badRequest` fault with a service code (bad query parameters, bad control bodies).
+    pub fn bad_query(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code: FaultCode::Service(code),
+            message: message.into(),
+        }
+    }
+
     /// A 400 with a service code.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Service {
@@ -69,8 +117,16 @@ impl ApiError {
     pub fn code(&self) -> &str {
         match self {
             ApiError::Service { code, .. } | ApiError::Gateway { code, .. } => code,
-            ApiError::ItemNotFound(_) => "itemNotFound",
-            ApiError::BadRequest(_) => "badRequest",
+            ApiError::ItemNotFound {
+                code: FaultCode::Service(code),
+                ..
+            }
+            | ApiError::BadRequest {
+                code: FaultCode::Service(code),
+                ..
+            } => code,
+            ApiError::ItemNotFound { .. } => "itemNotFound",
+            ApiError::BadRequest { .. } => "badRequest",
         }
     }
 }
@@ -81,17 +137,36 @@ impl std::fmt::Display for ApiError {
             ApiError::Service { code, message, .. } | ApiError::Gateway { code, message, .. } => {
                 write!(f, "{code}: {message}")
             }
-            ApiError::ItemNotFound(m) => write!(f, "not found: {m}"),
-            ApiError::BadRequest(m) => write!(f, "bad request: {m}"),
+            ApiError::ItemNotFound { message, .. } => write!(f, "not found: {message}"),
+            ApiError::BadRequest { message, .. } => write!(f, "bad request: {message}"),
         }
     }
 }
 
 impl std::error::Error for ApiError {}
 
-/// A fresh request id in the gateway's style (32 hex chars).
+tokio::task_local! {
+    /// The id of the request being served, set by [`with_request_id`].
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served (the `X-Request-Id` header), or a fresh one outside a
+/// request, in the gateway's style (32 hex chars).
 pub fn request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    REQUEST_ID
+        .try_with(String::clone)
+        .unwrap_or_else(|_| uuid::Uuid::new_v4().simple().to_string())
+}
+
+/// Gives every response an `X-Request-Id` header, as the real gateway does (the official SDKs
+/// take the request id of an error from it), and the same id to gateway error bodies.
+pub async fn with_request_id(req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", value);
+    }
+    resp
 }
 
 impl IntoResponse for ApiError {
@@ -106,14 +181,20 @@ impl IntoResponse for ApiError {
                 Json(json!({"error": {"code": code, "message": message}})),
             )
                 .into_response(),
-            ApiError::ItemNotFound(message) => (
+            ApiError::ItemNotFound { code, message } => (
                 StatusCode::NOT_FOUND,
-                Json(json!({"itemNotFound": {"message": message, "code": 404}})),
+                Json(json!({"itemNotFound": {
+                    "message": message,
+                    "code": code.json(StatusCode::NOT_FOUND),
+                }})),
             )
                 .into_response(),
-            ApiError::BadRequest(message) => (
+            ApiError::BadRequest { code, message } => (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"badRequest": {"message": message, "code": 400}})),
+                Json(json!({"badRequest": {
+                    "message": message,
+                    "code": code.json(StatusCode::BAD_REQUEST),
+                }})),
             )
                 .into_response(),
             ApiError::Gateway {

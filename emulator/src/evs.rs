@@ -23,6 +23,8 @@ pub const VOLUME_TYPES: &[&str] = &["SAS", "SSD", "GPSSD", "ESSD", "GPSSD2", "ES
 pub const MIN_SIZE: u64 = 10;
 /// Largest data disk, GB.
 pub const MAX_SIZE: u64 = 32768;
+/// The IAM user id reported as every disk's `user_id` (the emulator has one user).
+pub const EMULATOR_USER_ID: &str = "0c1e2d3f4a5b6c7d8e9f0a1b2c3d4e5f";
 /// How long an `X-Client-Token` stays valid.
 const CLIENT_TOKEN_HOURS: i64 = 8;
 
@@ -267,7 +269,7 @@ const DELETABLE: &[&str] = &[
 ];
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::ItemNotFound(format!("Volume {id} could not be found."))
+    ApiError::evs_not_found(format!("Volume {id} could not be found."))
 }
 
 /// Starts deleting a disk; returns the deleteVolume job.
@@ -400,6 +402,19 @@ pub fn view(disk: &Disk, base: &str) -> Value {
         "source_volid": null,
         "replication_status": "disabled",
         "os-vol-tenant-attr:tenant_id": disk.project_id,
+        // Reserved or unmodelled fields, present with the types the official SDK models.
+        "os-vol-host-attr:host": format!("emu-pool#{}", disk.volume_type),
+        "user_id": EMULATOR_USER_ID,
+        "enterprise_project_id": "0",
+        // What a non-SCSI disk reports for in-guest mapping: the virtio serial.
+        "serial_number": disk.id.chars().take(20).collect::<String>(),
+        "volume_image_metadata": {},
+        "consistencygroup_id": null,
+        "dedicated_storage_id": null,
+        "dedicated_storage_name": null,
+        "os-volume-replication:extended_status": null,
+        "os-vol-mig-status-attr:migstat": null,
+        "os-vol-mig-status-attr:name_id": null,
         "created_at": evs_time(disk.created_at),
         "updated_at": evs_time(disk.updated_at),
         "links": [
@@ -407,10 +422,10 @@ pub fn view(disk: &Disk, base: &str) -> Value {
         ],
     });
     if let Some(iops) = disk.iops {
-        v["iops"] = json!({"total_val": iops, "volume_id": disk.id, "frozened": false});
+        v["iops"] = json!({"total_val": iops, "id": disk.id, "frozened": false});
     }
     if let Some(tp) = disk.throughput {
-        v["throughput"] = json!({"total_val": tp, "volume_id": disk.id, "frozened": false});
+        v["throughput"] = json!({"total_val": tp, "id": disk.id, "frozened": false});
     }
     v
 }

@@ -26,6 +26,7 @@ pub struct ListQuery {
     status: Option<String>,
     metadata: Option<BTreeMap<String, Value>>,
     ids: Option<Vec<String>>,
+    id: Option<String>,
     availability_zone: Option<String>,
     server_id: Option<String>,
     multiattach: Option<bool>,
@@ -45,8 +46,11 @@ enum SortKey {
     Size,
 }
 
+/// The published EVS error table names no code for a malformed list query; this one is chosen.
+const BAD_QUERY: &str = "EVS.2001";
+
 fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(message.into())
+    ApiError::bad_query(BAD_QUERY, message)
 }
 
 /// Parses `['a','b']` (quotes optional).
@@ -92,6 +96,8 @@ impl ListQuery {
                     )
                 }
                 "ids" => q.ids = Some(parse_ids(v)?),
+                // One disk by id; the official SDK's ListVolumesRequest offers it beside `ids`.
+                "id" => q.id = Some(v.clone()),
                 "multiattach" => {
                     q.multiattach = Some(
                         v.parse()
@@ -145,6 +151,7 @@ impl ListQuery {
             && self.name.as_ref().is_none_or(|n| &d.name == n)
             && self.status.as_ref().is_none_or(|s| &d.status == s)
             && self.ids.as_ref().is_none_or(|ids| ids.contains(&d.id))
+            && self.id.as_ref().is_none_or(|id| &d.id == id)
             && self
                 .availability_zone
                 .as_ref()

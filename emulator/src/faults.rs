@@ -80,8 +80,10 @@ pub async fn put_faults(
     body: axum::body::Bytes,
 ) -> Result<Json<Faults>, ApiError> {
     let faults: Faults = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid faults body: {e}")))?;
-    faults.validate().map_err(ApiError::BadRequest)?;
+        .map_err(|e| ApiError::bad_query("EMU.0001", format!("invalid faults body: {e}")))?;
+    faults
+        .validate()
+        .map_err(|e| ApiError::bad_query("EMU.0001", e))?;
     *cloud.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
     tracing::info!(?faults, "faults changed");
     Ok(Json(faults))

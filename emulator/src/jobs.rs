@@ -15,6 +15,11 @@ use crate::state::{Attachment, Disk, Job, JobAction, JobStatus, job_time};
 /// Records a new job for `disk` (status INIT) and returns its id.
 pub fn submit(inner: &mut Inner, disk: &Disk, action: JobAction) -> String {
     let job_id = uuid::Uuid::new_v4().to_string();
+    // An extendVolume job reports the size it grows the disk to.
+    let size = match &action {
+        JobAction::ExtendVolume { new_size, .. } => *new_size,
+        _ => disk.size,
+    };
     let job = Job {
         job_id: job_id.clone(),
         project_id: disk.project_id.clone(),
@@ -22,7 +27,7 @@ pub fn submit(inner: &mut Inner, disk: &Disk, action: JobAction) -> String {
         status: JobStatus::Init,
         volume_id: disk.id.clone(),
         name: disk.name.clone(),
-        size: disk.size,
+        size,
         volume_type: disk.volume_type.clone(),
         error_code: None,
         fail_reason: None,
@@ -240,30 +245,38 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
     }
 }
 
-/// The API view of a job; ECS jobs also carry `sub_jobs`.
+/// The API view of a job. EVS jobs name the disk in `entities`; ECS jobs have the shape of
+/// ECS's own job API (`server_id`, `sub_jobs_total`, `sub_jobs` whose entities hold
+/// `server_id` and, on failure, `errorcode_message`): no disk id anywhere.
 pub fn view(job: &Job) -> Value {
-    let mut entities = json!({
-        "volume_id": job.volume_id,
-        "name": job.name,
-        "size": job.size,
-        "volume_type": job.volume_type,
-    });
-    let ecs = matches!(
-        job.action,
-        JobAction::AttachVolume { .. } | JobAction::DetachVolume { .. }
-    );
-    if ecs {
-        entities["sub_jobs"] = json!([{
-            "job_id": format!("{}-1", job.job_id),
-            "job_type": job.action.job_type(),
-            "status": job.status,
-            "entities": {"volume_id": job.volume_id},
-            "begin_time": job_time(job.begin_time),
-            "end_time": job.end_time.map(job_time),
-            "error_code": job.error_code,
-            "fail_reason": job.fail_reason,
-        }]);
-    }
+    let entities = match &job.action {
+        JobAction::AttachVolume { server_id, .. } | JobAction::DetachVolume { server_id } => {
+            let mut sub_entities = json!({"server_id": server_id});
+            if let Some(reason) = &job.fail_reason {
+                sub_entities["errorcode_message"] = json!(reason);
+            }
+            json!({
+                "server_id": server_id,
+                "sub_jobs_total": 1,
+                "sub_jobs": [{
+                    "job_id": format!("{}-1", job.job_id),
+                    "job_type": job.action.job_type(),
+                    "status": job.status,
+                    "entities": sub_entities,
+                    "begin_time": job_time(job.begin_time),
+                    "end_time": job.end_time.map(job_time).unwrap_or_default(),
+                    "error_code": job.error_code,
+                    "fail_reason": job.fail_reason,
+                }],
+            })
+        }
+        _ => json!({
+            "volume_id": job.volume_id,
+            "name": job.name,
+            "size": job.size,
+            "volume_type": job.volume_type,
+        }),
+    };
     json!({
         "job_id": job.job_id,
         "job_type": job.action.job_type(),

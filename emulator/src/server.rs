@@ -19,7 +19,7 @@ use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::effects::LinuxEffects;
 use crate::errors::ApiError;
-use crate::{ecs, evs, evs_list, faults, iam, jobs, metadata};
+use crate::{ecs, errors, evs, evs_list, faults, iam, jobs, metadata};
 
 /// Largest request body accepted (the APIs take small JSON documents).
 const MAX_BODY: usize = 1024 * 1024;
@@ -62,7 +62,8 @@ async fn authenticate(State(cloud): State<Arc<Cloud>>, req: Request, next: Next)
     }
     let (parts, body) = req.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        return ApiError::BadRequest("request body too large or unreadable".into()).into_response();
+        return ApiError::bad_query("EVS.1009", "request body too large or unreadable")
+            .into_response();
     };
     let rp = RequestParts {
         method: parts.method.as_str(),
@@ -146,6 +147,18 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
             "/v1/{p}/cloudservers/{server_id}/block_device",
             get(ecs::block_device_handler),
         )
+        .route(
+            "/v1/{p}/cloudservers/{server_id}/block_device/{volume_id}",
+            get(ecs::block_device_one_handler),
+        )
+        .route(
+            "/v1/{p}/cloudservers/{server_id}",
+            get(ecs::cloudserver_handler),
+        )
+        .route(
+            "/v1/{p}/cloudservers/{server_id}/os-volume_attachments",
+            get(ecs::cloudserver_attachments_handler),
+        )
         .route("/v2.1/{p}/servers/{server_id}", get(ecs::server_handler))
         .route(
             "/v2.1/{p}/servers/{server_id}/os-volume_attachments",
@@ -166,6 +179,8 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
     api.merge(open)
         .fallback(unknown_api)
         .layer(from_fn(log_request))
+        // Outermost, so every answer (gateway errors, faults, unknown paths) carries the id.
+        .layer(from_fn(errors::with_request_id))
         .with_state(cloud)
 }
 

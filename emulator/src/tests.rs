@@ -178,7 +178,7 @@ fn extend_rules_and_effect() {
     assert_eq!(w.fx.host().images[&w.cloud.image_path(&id)], 20 << 30);
     assert_eq!(
         err_code(evs::extend_volume(&w.cloud, P, "missing", &grow(30))),
-        "itemNotFound"
+        "EVS.5404"
     );
 }
 
@@ -346,8 +346,83 @@ fn listing_filters_and_pages() {
     assert_eq!(all(q(&[("metadata", r#"{"pvc":"a"}"#)]).unwrap()).1, 5);
     assert_eq!(all(q(&[("metadata", r#"{"pvc":"b"}"#)]).unwrap()).1, 0);
     assert_eq!(all(q(&[("status", "in-use")]).unwrap()).1, 0);
+    // `id` names one disk (it used to be ignored, listing them all).
+    let (page, count, _) = all(q(&[("id", &ids[2])]).unwrap());
+    assert_eq!((page, count), (vec![ids[2].clone()], 1));
+    assert_eq!(all(q(&[("id", "no-such-disk")]).unwrap()).1, 0);
+    assert_eq!(q(&[("limit", "0")]).unwrap_err().code(), "EVS.2001");
     assert!(q(&[("limit", "0")]).is_err());
     assert!(q(&[("limit", "1001")]).is_err());
     let many = format!("[{}]", vec!["'x'"; 61].join(","));
     assert_eq!(q(&[("ids", &many)]).unwrap_err().code(), "EVS.2228");
+}
+
+/// ECS jobs have the shape of ECS's job API (the official SDK's `JobEntities`/`SubJob`): the
+/// server, the sub-job count, sub-jobs naming the server; no disk id anywhere.
+#[test]
+fn ecs_jobs_have_the_ecs_shape() {
+    let w = world();
+    let id = available_disk(&w);
+    let attach = format!(r#"{{"volumeAttachment":{{"volumeId":"{id}"}}}}"#);
+    let job_id = ecs::attach_volume(&w.cloud, P, S, attach.as_bytes()).unwrap();
+    let view = jobs::view(&w.cloud.lock().state.jobs[&job_id]);
+    let e = &view["entities"];
+    assert_eq!(e["server_id"], S);
+    assert_eq!(e["sub_jobs_total"], 1);
+    assert_eq!(e["sub_jobs"][0]["entities"]["server_id"], S);
+    assert_eq!(e["sub_jobs"][0]["status"], "INIT");
+    assert_eq!(e["sub_jobs"][0]["end_time"], "");
+    let text = view.to_string();
+    assert!(!text.contains("volume_id") && !text.contains(&id), "{text}");
+
+    // A failed ECS job explains itself in the sub-job's `errorcode_message`.
+    w.fx.fail_next_attach();
+    jobs::complete(&w.cloud, &job_id);
+    let view = jobs::view(&w.cloud.lock().state.jobs[&job_id]);
+    let sub = &view["entities"]["sub_jobs"][0];
+    assert_eq!(view["status"], "FAIL");
+    assert_eq!(sub["status"], "FAIL");
+    assert_eq!(sub["error_code"], "Ecs.0001");
+    assert!(sub["entities"]["errorcode_message"].is_string(), "{sub}");
+
+    // EVS jobs still name the disk.
+    let c = evs::create_volume(&w.cloud, P, &body(10), None).unwrap();
+    let view = jobs::view(&w.cloud.lock().state.jobs[&c.job_id]);
+    assert_eq!(view["entities"]["volume_id"], c.volume_ids[0].as_str());
+}
+
+/// An extendVolume job reports the size the disk grows to, not the old one.
+#[test]
+fn extend_job_reports_the_new_size() {
+    let w = world();
+    let id = available_disk(&w);
+    let job_id = evs::extend_volume(&w.cloud, P, &id, br#"{"os-extend":{"new_size":25}}"#).unwrap();
+    let view = jobs::view(&w.cloud.lock().state.jobs[&job_id]);
+    assert_eq!(view["entities"]["size"], 25);
+}
+
+/// Volume details carry the fields the official SDK's `VolumeDetail` models, typed as it says.
+#[test]
+fn volume_view_has_the_sdk_fields() {
+    let w = world();
+    let b = br#"{"volume":{"availability_zone":"emu-az1","volume_type":"GPSSD2","size":10,"iops":3000,"throughput":125}}"#;
+    let c = evs::create_volume(&w.cloud, P, b, None).unwrap();
+    let id = c.volume_ids[0].clone();
+    let v = evs::view(&w.cloud.lock().state.disks[&id], "http://h");
+    for key in [
+        "os-vol-host-attr:host",
+        "user_id",
+        "enterprise_project_id",
+        "serial_number",
+    ] {
+        assert!(v[key].is_string(), "{key}: {v}");
+    }
+    assert!(v["volume_image_metadata"].is_object(), "{v}");
+    assert_eq!(v["serial_number"], &id[..20]);
+    assert!(v["multiattach"].is_boolean() && v["encrypted"].is_boolean());
+    // The SDK's Iops/Throughput models: {frozened, id, total_val}.
+    assert_eq!(v["iops"]["total_val"], 3000);
+    assert_eq!(v["iops"]["id"], id.as_str());
+    assert_eq!(v["throughput"]["total_val"], 125);
+    assert!(v["iops"].get("volume_id").is_none(), "{v}");
 }

@@ -74,6 +74,55 @@ async fn full_lifecycle_with_real_loop_devices() {
     assert_eq!(vol["volume"]["status"], "in-use");
     assert_eq!(vol["volume"]["attachments"][0]["server_id"], SERVER);
     assert_eq!(vol["volume"]["attachments"][0]["device"], "/dev/vdb");
+
+    // The server as Nova (v2.1) and as ECS's own API (v1) describe it: Nova's
+    // delete_on_termination is a JSON boolean, ECS v1's a string.
+    let (code, nova) = api
+        .call("GET", &format!("/v2.1/{PROJECT}/servers/{SERVER}"), None)
+        .await;
+    assert_eq!(code, 200, "{nova}");
+    let attached = &nova["server"]["os-extended-volumes:volumes_attached"][0];
+    assert_eq!(
+        (&attached["id"], &attached["delete_on_termination"]),
+        (&json!(id), &json!(false))
+    );
+    let (code, v1) = api
+        .call("GET", &format!("/v1/{PROJECT}/cloudservers/{SERVER}"), None)
+        .await;
+    assert_eq!(code, 200, "{v1}");
+    let attached = &v1["server"]["os-extended-volumes:volumes_attached"][0];
+    assert_eq!(attached["delete_on_termination"], "false");
+    assert_eq!(attached["device"], "/dev/vdb");
+    let (code, list) = api
+        .call(
+            "GET",
+            &format!("/v1/{PROJECT}/cloudservers/{SERVER}/os-volume_attachments"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{list}");
+    assert_eq!(list["volumeAttachments"][0]["volumeId"], id.as_str());
+    let (code, one) = api
+        .call(
+            "GET",
+            &format!("/v1/{PROJECT}/cloudservers/{SERVER}/block_device/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one["volumeAttachment"]["device"], "/dev/vdb");
+    assert_eq!(one["volumeAttachment"]["bus"], "virtio");
+    let (code, none) = api
+        .call(
+            "GET",
+            &format!("/v1/{PROJECT}/cloudservers/{SERVER}/block_device/not-attached"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (code, none["error"]["code"].as_str()),
+        (404, Some("Ecs.0111"))
+    );
     let dev = link_target(&world, &id).expect("by-id link exists");
     assert!(dev.starts_with("/dev/loop"), "{dev}");
     assert_eq!(block_size(&dev), 10 * GIB);
@@ -120,7 +169,45 @@ async fn full_lifecycle_with_real_loop_devices() {
     assert!(!image.exists(), "image removed");
     let (code, body) = api.volume(&id).await;
     assert_eq!(code, 404);
-    assert_eq!(body["itemNotFound"]["code"], 404);
+    // EVS sends its service code as a string (its API reference types `code` as String).
+    assert_eq!(body["itemNotFound"]["code"], "EVS.5404");
+}
+
+/// Every response carries `X-Request-Id` (the official SDKs read the request id only from it),
+/// and a gateway error body repeats the same id.
+#[tokio::test]
+async fn every_response_carries_its_request_id() {
+    let mut world = World::new();
+    world.start(&[]);
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", world.addr);
+    let id_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    let health = client
+        .get(format!("{base}/_emulator/health"))
+        .send()
+        .await
+        .unwrap();
+    let first = id_of(&health);
+    assert_eq!(first.len(), 32, "{first:?}");
+    let unsigned = client
+        .get(format!("{base}/v2/{PROJECT}/cloudvolumes/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let header = id_of(&unsigned);
+    let body: Value = unsigned.json().await.unwrap();
+    assert_eq!(body["error_code"], "APIGW.0301");
+    assert_eq!(body["request_id"], header.as_str());
+    assert_ne!(header, first, "each response has its own id");
+    let (code, _) = world.api().volume("missing").await;
+    assert_eq!(code, 404);
 }
 
 #[tokio::test]

@@ -57,15 +57,19 @@ impl fmt::Display for JobStatus {
     }
 }
 
-/// What a job worked on.
+/// What a job worked on. EVS jobs name the disk; ECS jobs (attach, detach) name only the
+/// server, so nothing here may be relied on to say which disk an ECS job touched.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct JobEntities {
-    /// The disk; for a create job, the new disk's id.
+    /// The disk (EVS jobs only); for a create job, the new disk's id.
     #[serde(default)]
     pub volume_id: Option<String>,
     /// The server (ECS jobs).
     #[serde(default)]
     pub server_id: Option<String>,
+    /// Why an ECS sub-job failed, when it says.
+    #[serde(default)]
+    pub errorcode_message: Option<String>,
     /// The disk name.
     #[serde(default)]
     pub name: Option<String>,
@@ -102,7 +106,8 @@ pub struct Job {
 }
 
 impl Job {
-    /// The disk the job is about, looking into sub-jobs when the top level does not say.
+    /// The disk an EVS job is about, looking into sub-jobs when the top level does not say;
+    /// `None` for ECS jobs, which never name the disk.
     pub fn volume_id(&self) -> Option<&str> {
         self.entities.volume_id.as_deref().or_else(|| {
             self.entities
@@ -128,7 +133,8 @@ impl Job {
             .fail_reason
             .clone()
             .filter(|r| !r.is_empty())
-            .or_else(|| failed_sub.and_then(|j| j.fail_reason.clone()));
+            .or_else(|| failed_sub.and_then(|j| j.fail_reason.clone()))
+            .or_else(|| failed_sub.and_then(|j| j.entities.errorcode_message.clone()));
         Error::JobFailed {
             job_id: self.job_id,
             job_type: self.job_type,
@@ -295,16 +301,29 @@ mod tests {
         assert_eq!(ok.status, JobStatus::Success);
         assert_eq!(ok.volume_id(), Some("v1"));
 
+        // ECS's own job shape (the official SDK's JobEntities/SubJob): no disk id anywhere.
         let ecs: Job = serde_json::from_str(
-            r#"{"job_id":"j2","job_type":"attachVolume","status":"FAIL","entities":{"sub_jobs":[
-                {"job_id":"j3","status":"FAIL","entities":{"volume_id":"v9","server_id":"s1"},
-                 "error_code":"Ecs.0104","fail_reason":"too many disks"}]}}"#,
+            r#"{"job_id":"j2","job_type":"attachVolume","status":"FAIL","begin_time":"t",
+                "end_time":"t","error_code":null,"fail_reason":null,
+                "entities":{"server_id":"s1","sub_jobs_total":1,"sub_jobs":[
+                {"job_id":"j3","job_type":"attachVolume","status":"FAIL","begin_time":"t",
+                 "end_time":"t","entities":{"server_id":"s1","errorcode_message":"too many disks"},
+                 "error_code":"Ecs.0104","fail_reason":null}]}}"#,
         )
         .unwrap();
-        assert_eq!(ecs.volume_id(), Some("v9"));
+        assert_eq!(ecs.volume_id(), None);
+        assert_eq!(ecs.entities.server_id.as_deref(), Some("s1"));
         let err = ecs.into_error();
         assert_eq!(err.code(), Some("Ecs.0104"));
-        assert!(err.to_string().contains("too many disks"));
+        assert!(err.to_string().contains("too many disks"), "{err}");
+
+        // An EVS batch create names each disk in its sub-jobs.
+        let batch: Job = serde_json::from_str(
+            r#"{"job_id":"j4","status":"SUCCESS","entities":{"sub_jobs":[
+                {"job_id":"j5","status":"SUCCESS","entities":{"volume_id":"v9","size":10}}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(batch.volume_id(), Some("v9"));
 
         let odd: Job =
             serde_json::from_str(r#"{"job_id":"j","status":"PENDING_PAYMENT","entities":null}"#)
