@@ -1,7 +1,6 @@
 //! Builds the controller side of every configured backend instance, by `kind`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use everest_backend::daemon::config::{ControllerConfig, unknown_kind};
@@ -11,9 +10,6 @@ use everest_backend::{BackendName, ControllerBackend, Error};
 
 /// The backend kinds this binary can build.
 pub const KINDS: &[&str] = &[everest_evs::KIND];
-
-/// How long one backend's readiness probe may take before it counts as failed.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn build_one(name: &BackendName, cfg: &BackendConfig) -> Result<Arc<dyn ControllerBackend>, Error> {
     match cfg.kind.as_str() {
@@ -32,29 +28,20 @@ pub fn build(cfg: &ControllerConfig) -> Result<Registry<dyn ControllerBackend>, 
     cfg.build_registry(build_one)
 }
 
-/// Ready when every backend's service answers its probe.
+/// The controller's own readiness: its backends are built (which happens before it serves)
+/// and there is at least one. Whether their cloud services answer is not asked here (see
+/// `everest_backend::daemon::reachability`): a cloud outage must not make the livenessprobe
+/// restart a healthy controller.
 #[derive(Debug)]
-pub struct BackendsReady(pub Arc<Registry<dyn ControllerBackend>>);
+pub struct ControllerReady(pub Arc<Registry<dyn ControllerBackend>>);
 
 #[async_trait]
-impl Readiness for BackendsReady {
+impl Readiness for ControllerReady {
     async fn check(&self) -> Result<(), String> {
-        let mut failures = Vec::new();
-        for (name, backend) in self.0.iter() {
-            match tokio::time::timeout(PROBE_TIMEOUT, backend.probe()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failures.push(format!("backend {name}: {e}")),
-                Err(_) => failures.push(format!(
-                    "backend {name}: probe took longer than {}s",
-                    PROBE_TIMEOUT.as_secs()
-                )),
-            }
+        if self.0.iter().next().is_none() {
+            return Err("no backends are configured".into());
         }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(failures.join("; "))
-        }
+        Ok(())
     }
 }
 
@@ -71,5 +58,11 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains("evs"), "{err}");
         assert!(err.to_string().contains("\"nfs\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn ready_without_asking_the_cloud_but_not_without_backends() {
+        let empty = ControllerReady(Arc::new(Registry::new(None)));
+        assert!(empty.check().await.unwrap_err().contains("no backends"));
     }
 }

@@ -18,12 +18,12 @@ use clap::Parser;
 use everest_backend::daemon::config::{CommonArgs, ControllerConfig};
 use everest_backend::daemon::identity::IdentityService;
 use everest_backend::daemon::startup::launch;
-use everest_backend::daemon::{server, telemetry};
+use everest_backend::daemon::{reachability, server, telemetry};
 use everest_proto::csi::v1::controller_server::ControllerServer;
 use everest_proto::csi::v1::identity_server::IdentityServer;
 use tonic::transport::Server;
 
-use crate::backends::BackendsReady;
+use crate::backends::ControllerReady;
 use crate::controller::ControllerService;
 
 /// Command line of the controller plugin.
@@ -64,7 +64,13 @@ async fn run(
     if let Some(addr) = cfg.metrics_address {
         telemetry::install_exporter(addr)?;
         backends::describe_metrics();
+        reachability::describe();
     }
+    // Runs for the daemon's lifetime; its state reaches only the gauge and the log.
+    tokio::spawn(reachability::watch(
+        Arc::clone(&registry),
+        cfg.controller.backend_check_interval(),
+    ));
     for (name, backend) in registry.iter() {
         // Only name and kind: settings may name credential files and are not for logs.
         tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
@@ -79,7 +85,7 @@ async fn run(
     let identity = IdentityService::new(
         cfg.driver_name.clone(),
         env!("CARGO_PKG_VERSION"),
-        Arc::new(BackendsReady(Arc::clone(&registry))),
+        Arc::new(ControllerReady(Arc::clone(&registry))),
     );
     let router = Server::builder()
         .add_service(IdentityServer::new(identity))

@@ -184,3 +184,60 @@ async fn heavy_faults_surface_as_retryable_errors_and_retries_converge() {
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }
+
+/// The gauge line for the test world's backend in a metrics exposition, if any.
+fn reachable_sample(exposition: &str) -> Option<String> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with("everest_backend_reachable{") && l.contains("evs-default"))
+        .map(str::to_owned)
+}
+
+/// Waits (at most 20 s) until the controller's reachability gauge reads `want`.
+async fn wait_for_gauge(world: &World, want: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = world.metrics(Daemon::Controller).await.unwrap_or_default();
+        if let Some(line) = reachable_sample(&text)
+            && line.ends_with(&format!(" {want}"))
+        {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "everest_backend_reachable never read {want}: {:?}",
+            reachable_sample(&text)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cloud_outage_shows_in_a_gauge_and_never_in_probe() {
+    let world = World::start().await;
+    let mut identity = world.identity(Daemon::Controller).await;
+    wait_for_gauge(&world, "1").await;
+
+    // Every cloud call fails now: the controller itself is still healthy.
+    world.set_faults(1.0, 0.0, 0).await;
+    wait_for_gauge(&world, "0").await;
+    let probe = identity
+        .probe(csi::ProbeRequest {})
+        .await
+        .expect("Probe")
+        .into_inner();
+    assert_eq!(
+        probe.ready,
+        Some(true),
+        "a cloud outage made Probe not ready"
+    );
+    assert!(
+        world.log("controller").contains("backend unreachable"),
+        "the outage was not logged"
+    );
+
+    world.set_faults(0.0, 0.0, 0).await;
+    wait_for_gauge(&world, "1").await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}

@@ -518,6 +518,10 @@ impl World {
         writeln!(toml, "log_format = \"{}\"", self.opts.log_format)?;
         writeln!(toml, "default_backend = \"{BACKEND}\"")?;
         writeln!(toml)?;
+        writeln!(toml, "[controller]")?;
+        // Quick enough for a test to see the reachability gauge change.
+        writeln!(toml, "backend_check_seconds = 1")?;
+        writeln!(toml)?;
         writeln!(toml, "[node]")?;
         writeln!(
             toml,

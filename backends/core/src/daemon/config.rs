@@ -102,10 +102,33 @@ pub struct DaemonConfig<C, N> {
     pub node: N,
 }
 
-/// The controller's section; empty for now, but strict so keys cannot be misplaced in it.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `[controller]` section.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ControllerSection {}
+pub struct ControllerSection {
+    /// How often each backend's service is checked for the `everest_backend_reachable` gauge.
+    #[serde(default = "default_backend_check_seconds")]
+    pub backend_check_seconds: u64,
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        Self {
+            backend_check_seconds: default_backend_check_seconds(),
+        }
+    }
+}
+
+impl ControllerSection {
+    /// The check interval; at least one second.
+    pub fn backend_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.backend_check_seconds.max(1))
+    }
+}
+
+fn default_backend_check_seconds() -> u64 {
+    30
+}
 
 /// The `[node]` section.
 #[derive(Debug, Clone, Deserialize)]

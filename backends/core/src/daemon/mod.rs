@@ -9,13 +9,15 @@
 //! - [`shutdown`]: the SIGTERM/SIGINT future that starts a graceful shutdown;
 //! - [`logging`]: tracing output as text or JSON;
 //! - [`telemetry`]: the Prometheus exporter and the one wrapper every RPC runs through;
-//! - [`identity`]: the CSI Identity service, parameterised by capabilities and a readiness check.
+//! - [`identity`]: the CSI Identity service, parameterised by a readiness check;
+//! - [`reachability`]: each backend's service watched in the background (a gauge, never Probe).
 
 pub mod authority;
 pub mod config;
 pub mod fields;
 pub mod identity;
 pub mod logging;
+pub mod reachability;
 pub mod server;
 pub mod shutdown;
 pub mod socket;
