@@ -48,6 +48,10 @@ run_tmp=$(mktemp -d /tmp/everest-testrun-XXXXXX)
 # --one-file-system so a leaked mount is reported by rm, not emptied.
 trap 'rm -rf --one-file-system "$run_tmp"' EXIT
 export TMPDIR=$run_tmp
+# Every test that cannot run here says why in this file (testsupport::skip); the summary counts
+# them. With CI=true a skip fails its test instead.
+export EVEREST_SKIP_LOG=$run_tmp/skipped.log
+: >"$EVEREST_SKIP_LOG"
 leak_check() {
     local failed=0
     if command -v losetup >/dev/null && losetup -n -l -O NAME,BACK-FILE 2>/dev/null | grep -F "$run_tmp"; then
@@ -108,7 +112,9 @@ leak_check || leak_status=1
 [[ $leak_status -eq 0 ]] && echo "no loop device or mount left under $run_tmp"
 
 section "summary"
-echo "cargo test: $([[ $test_status -eq 0 ]] && echo ok || echo FAILED)"
+skipped=$(wc -l <"$EVEREST_SKIP_LOG")
+echo "cargo test: $([[ $test_status -eq 0 ]] && echo ok || echo FAILED), $skipped test(s) skipped"
+sed 's/^/  /' "$EVEREST_SKIP_LOG"
 echo "helm chart: $([[ $chart_status -eq 0 ]] && echo ok || echo FAILED)"
 echo "leak check: $([[ $leak_status -eq 0 ]] && echo ok || echo FAILED)"
 echo "total time: $((SECONDS - start))s"

@@ -20,7 +20,8 @@ async fn lifecycle_completes_under_injected_cloud_errors() {
     let fs = if have_program("mkfs.xfs") {
         "xfs"
     } else {
-        eprintln!("mkfs.xfs missing: running the fault test on ext4 without online expand");
+        // Half a skip: the online-expand part needs xfs; counted, and a failure under CI=true.
+        everest_testsupport::skip("mkfs.xfs missing: the online-expand half runs only on xfs");
         "ext4"
     };
     let world = World::start().await;

@@ -13,9 +13,9 @@ use everest_testsupport::{Daemon, World};
 #[tokio::test]
 async fn official_spec_client_talks_to_both_daemons() {
     let Some(dir) = std::env::var_os("EVEREST_OFFICIAL_CLIENT_DIR").map(PathBuf::from) else {
-        eprintln!(
-            "SKIPPED: EVEREST_OFFICIAL_CLIENT_DIR is not set (scripts/test.sh prepares the client \
-             with proto/tests/official_client/setup.sh)"
+        everest_testsupport::skip(
+            "EVEREST_OFFICIAL_CLIENT_DIR is not set (scripts/test.sh prepares the client with \
+             proto/tests/official_client/setup.sh)",
         );
         return;
     };

@@ -19,7 +19,9 @@ fn skip_without(program: &str) -> bool {
     if have_program(program) {
         false
     } else {
-        eprintln!("SKIPPED: {program} is not installed (apt-get install -y xfsprogs)");
+        everest_testsupport::skip(format!(
+            "{program} is not installed (apt-get install -y xfsprogs)"
+        ));
         true
     }
 }

@@ -23,7 +23,7 @@ pub fn skip_unless_root_and_loop() -> bool {
     };
     match reason {
         Some(why) => {
-            eprintln!("SKIPPED: {why}");
+            crate::skip(why);
             true
         }
         None => false,

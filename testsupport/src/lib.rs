@@ -7,15 +7,18 @@
 //! - [`csi`]: unix-socket channels, request builders, sidecar-style retries, error assertions;
 //! - [`lifecycle`]: one volume through the calls of kubelet and the sidecars, step by step;
 //! - [`host`]: mounts, loop devices, filesystem sizes and the skip check for tests that need root;
-//! - [`process`]: child processes with captured logs, and where the workspace binaries are.
+//! - [`process`]: child processes with captured logs, and where the workspace binaries are;
+//! - [`skip`]: skipping a case the machine cannot run: counted, and a failure under `CI=true`.
 
 pub mod csi;
 pub mod host;
 pub mod lifecycle;
 pub mod process;
+pub mod skip;
 pub mod world;
 
 pub use everest_proto::csi::v1 as proto;
 pub use host::skip_unless_root_and_loop;
 pub use lifecycle::Lifecycle;
+pub use skip::skip;
 pub use world::{BACKEND, DRIVER_NAME, Daemon, Leftovers, World, WorldOptions};

@@ -27,7 +27,7 @@ pub fn can_use_loop_devices() -> bool {
         .unwrap_or(false);
     let ok = root && Path::new("/dev/loop-control").exists();
     if !ok {
-        eprintln!("SKIP: needs root and /dev/loop-control for loop devices");
+        everest_testsupport::skip("needs root and /dev/loop-control for loop devices");
     }
     ok
 }
