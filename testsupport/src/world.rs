@@ -63,6 +63,8 @@ pub struct WorldOptions {
     pub default_fs_type: String,
     /// Daemon log format (`text` or `json`).
     pub log_format: String,
+    /// Extra `key = value` lines for the backend's table (e.g. `max_retries = 1`).
+    pub backend_extra: Vec<String>,
 }
 
 impl Default for WorldOptions {
@@ -72,6 +74,7 @@ impl Default for WorldOptions {
             temp_prefix: "everest-test-".into(),
             default_fs_type: "ext4".into(),
             log_format: "text".into(),
+            backend_extra: Vec::new(),
         }
     }
 }
@@ -546,6 +549,9 @@ impl World {
         writeln!(toml, "default_volume_type = \"SSD\"")?;
         // Calls without a topology requirement (the sidecar always sends one) land in the emulator's zone.
         writeln!(toml, "availability_zone = \"emu-az1\"")?;
+        for line in &self.opts.backend_extra {
+            writeln!(toml, "{line}")?;
+        }
         write_private(&self.config_path(), &toml)?;
         Ok(())
     }

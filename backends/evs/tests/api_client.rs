@@ -679,6 +679,116 @@ async fn job_deadline_gives_timeout() {
     assert!(cloud.mock.seen().len() >= 3);
 }
 
+/// Polls that fail transiently (429, 5xx), even more often in a row than one request retries,
+/// slow a wait on an accepted job but never end it.
+#[tokio::test]
+async fn a_job_wait_outlasts_polls_that_exhaust_their_retries() {
+    // max_retries is 3: each get_job makes 4 attempts, so 10 failures in a row exhaust it twice.
+    let cloud = Cloud::start(AuthMode::AkSk, |_, n| match n {
+        0 => answer(200, job_json("RUNNING")),
+        1..=10 if n % 2 == 0 => throttled(),
+        1..=10 => evs_error(503, "EVS.5503"),
+        11 => answer(200, job_json("RUNNING")),
+        _ => answer(200, job_json("SUCCESS")),
+    })
+    .await;
+    let job = cloud
+        .aksk_client()
+        .wait_for_job(Service::Evs, &JobId("j1".into()), Duration::from_secs(20))
+        .await
+        .expect("the wait outlasts failing polls");
+    assert_eq!(job.volume_id(), Some("v-new"));
+    assert_eq!(cloud.mock.count(Method::GET, "/evs/v1/p1/jobs/j1"), 13);
+}
+
+/// A poll the cloud refuses for good (the job is unknown) ends the wait at once with that error.
+#[tokio::test]
+async fn a_job_wait_ends_on_a_permanent_poll_error() {
+    let cloud = Cloud::start(AuthMode::AkSk, |_, n| match n {
+        0 => answer(200, job_json("RUNNING")),
+        _ => evs_error(404, "Common.0011"),
+    })
+    .await;
+    let err = cloud
+        .aksk_client()
+        .wait_for_job(Service::Evs, &JobId("j1".into()), Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(cloud.mock.count(Method::GET, "/evs/v1/p1/jobs/j1"), 2);
+}
+
+/// Polls failing until the deadline: the wait ends at the deadline, not before and not much
+/// after, and says that the job's state is unknown because the polls failed.
+#[tokio::test]
+async fn failing_polls_end_the_wait_only_at_the_deadline() {
+    let cloud = Cloud::start(AuthMode::AkSk, |_, _| evs_error(500, "EVS.5500")).await;
+    let started = Instant::now();
+    let err = cloud
+        .aksk_client()
+        .wait_for_job(
+            Service::Evs,
+            &JobId("j1".into()),
+            Duration::from_millis(400),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    match &err {
+        Error::JobTimeout { last_status, .. } => {
+            assert!(last_status.contains("poll failed"), "{last_status}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.class(), ErrorClass::DeadlineExceeded);
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Several polls, each with its own retries: more than one request's worth of attempts.
+    assert!(cloud.mock.seen().len() > 4, "{}", cloud.mock.seen().len());
+}
+
+/// The batched disk wait tolerates failing rounds the same way.
+#[tokio::test]
+async fn a_disk_wait_outlasts_failing_rounds() {
+    let cloud = Cloud::start(AuthMode::AkSk, |s, n| {
+        if n < 9 {
+            return evs_error(500, "EVS.5500");
+        }
+        let id = s
+            .query("ids")
+            .unwrap_or_default()
+            .trim_matches(['[', ']', '\'']);
+        answer(
+            200,
+            json!({"volumes": [volume_json(id, "available")], "count": 1}),
+        )
+    })
+    .await;
+    let done = cloud
+        .aksk_client()
+        .wait_for_volumes(
+            &["d1".to_owned()],
+            |_, v| match v {
+                Some(v) if v.status == VolumeStatus::Available => VolumeWait::Done,
+                _ => VolumeWait::Pending,
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the wait outlasts failing rounds");
+    assert!(done["d1"].is_some());
+}
+
+fn throttled() -> Answer {
+    Answer {
+        headers: vec![("retry-after", "0".into())],
+        ..answer(
+            429,
+            json!({"error_code": "APIGW.0308", "error_msg": "throttled", "request_id": "r"}),
+        )
+    }
+}
+
 #[tokio::test]
 async fn wait_for_volumes_batches_sixty_ids_per_call() {
     // Round r (two list calls per round for 70 disks) shows every disk `creating` in round 0.

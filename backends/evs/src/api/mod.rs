@@ -4,6 +4,7 @@
 //! to CSI codes.
 
 mod auth;
+mod backoff;
 pub mod config;
 pub mod ecs;
 pub mod error;
