@@ -714,8 +714,9 @@ fn set_log_env(cmd: &mut Command) {
         cmd.env("RUST_LOG", "info");
     }
     cmd.env("RUST_BACKTRACE", "1");
-    // The logs go to files and into failure messages: no terminal colour codes.
-    cmd.env("NO_COLOR", "1");
+    // No NO_COLOR here: the processes must write plain text to a file by themselves, as they
+    // do for an operator.
+    cmd.env_remove("NO_COLOR");
 }
 
 /// Writes a file only its owner can read (credentials, config).
