@@ -351,3 +351,19 @@ fn listing_filters_and_pages() {
     let many = format!("[{}]", vec!["'x'"; 61].join(","));
     assert_eq!(q(&[("ids", &many)]).unwrap_err().code(), "EVS.2228");
 }
+
+#[test]
+fn credentials_rotate_on_reload_and_a_bad_file_keeps_the_old_ones() {
+    let w = world();
+    let file = w._dir.path().join("creds.json");
+    std::fs::write(&file, r#"{"access_keys":[{"ak":"OLD","sk":"s1"}]}"#).unwrap();
+    w.cloud.reload_credentials().unwrap();
+    assert!(w.cloud.creds().secret_key("OLD").is_some());
+    std::fs::write(&file, r#"{"access_keys":[{"ak":"NEW","sk":"s2"}]}"#).unwrap();
+    w.cloud.reload_credentials().unwrap();
+    assert!(w.cloud.creds().secret_key("OLD").is_none());
+    assert!(w.cloud.creds().secret_key("NEW").is_some());
+    std::fs::write(&file, "{broken").unwrap();
+    assert!(w.cloud.reload_credentials().is_err());
+    assert!(w.cloud.creds().secret_key("NEW").is_some());
+}

@@ -299,6 +299,45 @@ impl World {
         );
     }
 
+    /// Rotates the cloud's keys: from now on the emulator accepts only a fresh AK/SK, which is
+    /// returned (the backend's credentials file still holds the old one).
+    pub async fn rotate_cloud_keys(&self) -> (String, String) {
+        let (ak, sk) = (random_hex(10).to_uppercase(), random_hex(20));
+        write_private(
+            &self.root.join("emulator-credentials.json"),
+            &serde_json::json!({"access_keys": [{"ak": ak, "sk": sk}], "users": []}).to_string(),
+        )
+        .expect("write the emulator's credentials");
+        let resp = self
+            .http
+            .post(format!(
+                "{}/_emulator/credentials/reload",
+                self.emulator_url()
+            ))
+            .send()
+            .await
+            .expect("POST /_emulator/credentials/reload");
+        assert!(
+            resp.status().is_success(),
+            "POST /_emulator/credentials/reload: {}",
+            resp.status()
+        );
+        (ak, sk)
+    }
+
+    /// Replaces the backend's credentials file the way kubelet updates a mounted Secret: a new
+    /// private file renamed over the old one.
+    pub fn write_backend_credentials(&self, ak: &str, sk: &str) {
+        let path = self.root.join("evs-credentials.json");
+        let next = self.root.join("evs-credentials.json.next");
+        write_private(
+            &next,
+            &serde_json::json!({"access_key": ak, "secret_key": sk}).to_string(),
+        )
+        .expect("write the new credentials");
+        std::fs::rename(&next, &path).expect("replace the credentials file");
+    }
+
     /// The emulator's whole state (`GET /_emulator/state`).
     pub async fn emulator_state(&self) -> serde_json::Value {
         let resp = self
@@ -535,6 +574,8 @@ impl World {
         writeln!(toml, "region = \"{REGION}\"")?;
         writeln!(toml, "evs_endpoint = \"{url}\"")?;
         writeln!(toml, "ecs_endpoint = \"{url}\"")?;
+        // The emulator speaks plain HTTP on loopback.
+        writeln!(toml, "allow_insecure_http = true")?;
         writeln!(
             toml,
             "credentials_file = \"{}\"",

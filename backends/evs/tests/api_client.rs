@@ -253,6 +253,7 @@ impl Cloud {
         c.evs_endpoint = Some(format!("http://{}/evs", self.addr));
         c.ecs_endpoint = Some(format!("http://{}/ecs/", self.addr));
         c.iam_endpoint = Some(format!("http://{}/iam", self.addr));
+        c.allow_insecure_http = true;
         c.retry_base = Duration::from_millis(1);
         c.retry_cap = Duration::from_millis(5);
         c.max_retries = 3;
@@ -473,6 +474,7 @@ async fn connection_refused_is_retryable_unavailable() {
     drop(listener);
     let mut config = CloudConfig::new(PROJECT, "r");
     config.evs_endpoint = Some(format!("http://{addr}"));
+    config.allow_insecure_http = true;
     config.max_retries = 1;
     config.retry_base = Duration::from_millis(1);
     config.retry_cap = Duration::from_millis(1);
@@ -1142,6 +1144,11 @@ fn controller_from_config_labels_the_client_with_the_instance_name() {
         format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
     )
     .unwrap();
+    std::fs::set_permissions(
+        &credentials,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let lines = capture_metrics(async move {
         let cloud = Cloud::start(AuthMode::AkSk, |_, _| {
             answer(200, json!({"volumes": [], "count": 0}))
@@ -1152,6 +1159,7 @@ fn controller_from_config_labels_the_client_with_the_instance_name() {
             "evs_endpoint": format!("http://{}/evs", cloud.addr),
             "ecs_endpoint": format!("http://{}/ecs", cloud.addr),
             "iam_endpoint": format!("http://{}/iam", cloud.addr),
+            "allow_insecure_http": true,
             "credentials_file": credentials,
         });
         let name = everest_backend::BackendName::new("evs-default").unwrap();

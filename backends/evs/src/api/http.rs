@@ -8,9 +8,10 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
-use super::auth::{Secret, TokenSource};
+use super::auth::Secret;
 use super::backoff;
-use super::config::{CloudConfig, Credentials};
+use super::config::CloudConfig;
+use super::credentials::{AkSk, Auth, AuthSource};
 use super::error::{ApiError, Error, Result, TransportKind};
 use super::sign;
 
@@ -102,18 +103,6 @@ impl Reply {
     }
 }
 
-/// Static AK/SK credentials.
-struct AkSk {
-    access_key: Secret,
-    secret_key: Secret,
-    security_token: Option<Secret>,
-}
-
-enum Auth {
-    AkSk(AkSk),
-    Token(TokenSource),
-}
-
 /// A failed attempt, with the delay the cloud asked for before the next one.
 struct Failure {
     error: Error,
@@ -134,37 +123,21 @@ pub(crate) struct Transport {
     evs: Url,
     ecs: Url,
     iam: Url,
-    auth: Auth,
+    auth: AuthSource,
 }
 
 impl Transport {
     /// Validates the settings and builds the HTTP client.
-    pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
+    pub fn new(config: CloudConfig, auth: AuthSource) -> Result<Self> {
         config.validate()?;
-        credentials.validate()?;
         let parse = |url: String| {
             Url::parse(&url).map_err(|e| Error::Config(format!("bad endpoint {url}: {e}")))
         };
         let http = reqwest::Client::builder()
             .connect_timeout(config.request_timeout)
+            .tls_certs_merge(config.ca_certificates()?)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
-        let auth = match credentials {
-            Credentials::AkSk {
-                access_key,
-                secret_key,
-                security_token,
-            } => Auth::AkSk(AkSk {
-                access_key: Secret::new(access_key),
-                secret_key: Secret::new(secret_key),
-                security_token: security_token.map(Secret::new),
-            }),
-            Credentials::Password {
-                domain,
-                user,
-                password,
-            } => Auth::Token(TokenSource::new(domain, user, Secret::new(password))),
-        };
         Ok(Transport {
             evs: parse(config.evs_url())?,
             ecs: parse(config.ecs_url())?,
@@ -437,7 +410,9 @@ impl Bound<'_> {
 
     /// Sends an authenticated call with retries; a non-2xx answer becomes `Error::Api`.
     pub async fn execute(&self, call: &Call) -> Result<Reply> {
-        match &self.transport.auth {
+        // Checked per call, so a rotated credentials file takes effect at once.
+        let auth = self.transport.auth.current();
+        match &*auth {
             Auth::AkSk(keys) => self.attempts(call, AttemptAuth::AkSk(keys)).await,
             Auth::Token(source) => {
                 let token = source.token(self).await?;
@@ -550,17 +525,19 @@ pub fn describe_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Credentials;
 
     #[test]
     fn urls_escape_segments_and_keep_endpoint_prefix() {
         let mut config = CloudConfig::new("p1", "r1");
         config.evs_endpoint = Some("http://127.0.0.1:8080/prefix/".into());
+        config.allow_insecure_http = true;
         let creds = Credentials::AkSk {
             access_key: "a".into(),
             secret_key: "s".into(),
             security_token: None,
         };
-        let t = Transport::new(config, creds).unwrap();
+        let t = Transport::new(config, AuthSource::fixed(creds).unwrap()).unwrap();
         let mut call = Call::new(
             Service::Evs,
             "get_volume",
