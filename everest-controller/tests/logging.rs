@@ -104,3 +104,75 @@ async fn connect_when_up(socket: &Path, proc: &mut Proc) -> tonic::transport::Ch
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A whole volume lifecycle against the real daemons: at `info`, each daemon's log holds one
+/// line per call that changed something (and the one rare step worth its own line: formatting
+/// a blank disk), nothing for the reads in between, and no escape codes.
+#[tokio::test]
+async fn a_lifecycle_logs_one_info_line_per_change() {
+    if everest_testsupport::skip_unless_root_and_loop() {
+        return;
+    }
+    let world = everest_testsupport::World::start().await;
+    let mut v = everest_testsupport::Lifecycle::new(
+        &world,
+        "pvc-logged",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    v.create(10, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    v.stage().await.expect("NodeStageVolume");
+    v.publish(false).await.expect("NodePublishVolume");
+    for _ in 0..3 {
+        v.stats().await.expect("NodeGetVolumeStats");
+    }
+    v.unpublish().await.expect("NodeUnpublishVolume");
+    v.unstage().await.expect("NodeUnstageVolume");
+    v.detach().await.expect("ControllerUnpublishVolume");
+    v.delete().await.expect("DeleteVolume");
+
+    let info_after_start = |process: &str| -> Vec<String> {
+        let log = world.log(process);
+        assert!(!log.contains('\u{1b}'), "escape codes in the {process} log");
+        log.lines()
+            .skip_while(|l| !l.contains("serving CSI"))
+            .skip(1)
+            .filter(|l| l.contains(" INFO "))
+            .map(|l| {
+                // The message: after the last "target: ", up to the first `key=value` field.
+                let msg = l.rsplit_once(": ").map_or(l, |(_, m)| m);
+                msg.split(' ')
+                    .take_while(|w| !w.contains('='))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(
+        info_after_start("controller"),
+        [
+            "CreateVolume succeeded",
+            "ControllerPublishVolume succeeded",
+            "ControllerUnpublishVolume succeeded",
+            "DeleteVolume succeeded"
+        ],
+        "{}",
+        world.log("controller")
+    );
+    assert_eq!(
+        info_after_start("node"),
+        [
+            "formatting blank disk",
+            "NodeStageVolume succeeded",
+            "NodePublishVolume succeeded",
+            "NodeUnpublishVolume succeeded",
+            "NodeUnstageVolume succeeded"
+        ],
+        "{}",
+        world.log("node")
+    );
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
