@@ -74,6 +74,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 section "cargo build --workspace --bins"
 cargo build --workspace --bins
 
+section "the fake host is test-only (core's doc tests, without its test-util feature)"
+cargo test -p everest-backend --doc
+
 section "official-spec CSI client (for the wire check in cargo test)"
 setup=proto/tests/official_client/setup.sh
 if [[ -f $setup ]]; then

@@ -1,9 +1,9 @@
 //! The cloud itself: config, credentials, state behind one lock, and the host effects.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
-use crate::auth::Credentials;
+use crate::auth::{Credentials, CredentialsError};
 use crate::config::Config;
 use crate::effects::{Effects, by_id_link};
 use crate::errors::ApiError;
@@ -24,8 +24,8 @@ pub struct Inner {
 pub struct Cloud {
     /// The configuration.
     pub cfg: Config,
-    /// Accepted credentials.
-    pub creds: Credentials,
+    /// Accepted credentials; replaced by [`Cloud::reload_credentials`] (key rotation).
+    creds: RwLock<Credentials>,
     /// Host effects.
     pub effects: Arc<dyn Effects>,
     /// Injected faults, changeable at run time.
@@ -53,7 +53,7 @@ impl Cloud {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         Ok(Cloud {
             cfg,
-            creds,
+            creds: RwLock::new(creds),
             effects,
             faults: Mutex::new(faults),
             store,
@@ -62,6 +62,19 @@ impl Cloud {
                 shutting_down: false,
             }),
         })
+    }
+
+    /// The credentials accepted now.
+    pub fn creds(&self) -> RwLockReadGuard<'_, Credentials> {
+        self.creds.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the credentials file again, so keys can be rotated while the cloud runs; on an
+    /// error the accepted credentials stay as they were.
+    pub fn reload_credentials(&self) -> Result<(), CredentialsError> {
+        let fresh = Credentials::load(&self.cfg.credentials_file)?;
+        *self.creds.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
     }
 
     /// Locks the state.

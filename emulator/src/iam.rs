@@ -113,7 +113,7 @@ pub async fn issue(State(cloud): State<Arc<Cloud>>, body: Bytes) -> Response {
         );
     };
     if !cloud
-        .creds
+        .creds()
         .check_password(&pw.user.domain.name, &pw.user.name, &pw.user.password)
     {
         tracing::info!(user = %pw.user.name, "token refused: bad user or password");

@@ -72,7 +72,9 @@ async fn authenticate(State(cloud): State<Arc<Cloud>>, req: Request, next: Next)
         headers: &parts.headers,
         body: &bytes,
     };
-    match verify(&cloud.creds, &rp, chrono::Utc::now()) {
+    // Decided before the handler runs: the credentials lock is not held across it.
+    let verdict = verify(&cloud.creds(), &rp, chrono::Utc::now());
+    match verdict {
         Ok(_ak) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
@@ -175,6 +177,7 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
             get(faults::get_faults).put(faults::put_faults),
         )
         .route("/_emulator/state", get(dump_state))
+        .route("/_emulator/credentials/reload", post(reload_credentials))
         .route("/_emulator/health", get(health));
     api.merge(open)
         .fallback(unknown_api)
@@ -206,6 +209,15 @@ async fn shutdown_signal() {
         },
     }
     tracing::info!("shutdown requested");
+}
+
+/// `POST /_emulator/credentials/reload`: accept what the credentials file holds now.
+async fn reload_credentials(State(cloud): State<Arc<Cloud>>) -> Result<Json<Value>, ApiError> {
+    cloud
+        .reload_credentials()
+        .map_err(|e| ApiError::bad_request("EMU.0001", e.to_string()))?;
+    tracing::info!("credentials reloaded");
+    Ok(Json(json!({"status": "reloaded"})))
 }
 
 /// Runs the emulator until SIGTERM/SIGINT: load state, reconcile, listen, announce, serve.

@@ -426,3 +426,19 @@ fn volume_view_has_the_sdk_fields() {
     assert_eq!(v["throughput"]["total_val"], 125);
     assert!(v["iops"].get("volume_id").is_none(), "{v}");
 }
+
+#[test]
+fn credentials_rotate_on_reload_and_a_bad_file_keeps_the_old_ones() {
+    let w = world();
+    let file = w._dir.path().join("creds.json");
+    std::fs::write(&file, r#"{"access_keys":[{"ak":"OLD","sk":"s1"}]}"#).unwrap();
+    w.cloud.reload_credentials().unwrap();
+    assert!(w.cloud.creds().secret_key("OLD").is_some());
+    std::fs::write(&file, r#"{"access_keys":[{"ak":"NEW","sk":"s2"}]}"#).unwrap();
+    w.cloud.reload_credentials().unwrap();
+    assert!(w.cloud.creds().secret_key("OLD").is_none());
+    assert!(w.cloud.creds().secret_key("NEW").is_some());
+    std::fs::write(&file, "{broken").unwrap();
+    assert!(w.cloud.reload_credentials().is_err());
+    assert!(w.cloud.creds().secret_key("NEW").is_some());
+}

@@ -73,6 +73,7 @@ region = "emu-region-1"
 evs_endpoint = "$EMU"
 ecs_endpoint = "$EMU"
 iam_endpoint = "$EMU"
+allow_insecure_http = true
 credentials_file = "$ROOT/evs-credentials.json"
 by_id_dir = "$ROOT/by-id"
 job_timeout_seconds = 60

@@ -2,16 +2,13 @@
 //! loop devices (`losetup`), filesystem sizes (`statvfs`), and whether the machine can run the
 //! tests that attach disks at all.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Returns `true` (after printing why) when this process cannot run tests that attach disks:
 /// they need root and `/dev/loop-control`. Use as `if skip_unless_root_and_loop() { return; }`.
 pub fn skip_unless_root_and_loop() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     let reason = if euid != 0 {
         Some(format!(
             "not root (euid {euid}): loop devices and mounts need root"
@@ -203,18 +200,10 @@ pub fn detach_loops_under(dir: &Path) -> Vec<LoopDevice> {
 
 /// Total and available bytes of the filesystem holding `path` (`statvfs`).
 pub fn fs_size(path: &Path) -> std::io::Result<FsSize> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized out-parameter.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
+    let st = rustix::fs::statvfs(path)?;
     Ok(FsSize {
-        total_bytes: st.f_blocks as u64 * frsize,
-        available_bytes: st.f_bavail as u64 * frsize,
+        total_bytes: st.f_blocks * st.f_frsize,
+        available_bytes: st.f_bavail * st.f_frsize,
     })
 }
 

@@ -55,13 +55,14 @@ impl Proc {
         cmd.stdin(Stdio::null())
             .stdout(open(&stdout_log)?)
             .stderr(open(&stderr_log)?);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // SAFETY: the hook only makes the prctl system call, which is async-signal-safe and
+        // touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))
+                .map_err(std::io::Error::from)
             });
         }
         let child = cmd.spawn()?;
@@ -92,8 +93,11 @@ impl Proc {
         if let Some(status) = self.exited() {
             return Some(status);
         }
-        // SAFETY: signalling our own child by its pid; it is not reaped yet, so the pid is ours.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        // Our own child, not reaped yet, so the pid is still ours.
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.exited() {

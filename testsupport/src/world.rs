@@ -63,6 +63,8 @@ pub struct WorldOptions {
     pub default_fs_type: String,
     /// Daemon log format (`text` or `json`).
     pub log_format: String,
+    /// Extra `key = value` lines for the backend's table (e.g. `max_retries = 1`).
+    pub backend_extra: Vec<String>,
 }
 
 impl Default for WorldOptions {
@@ -72,6 +74,7 @@ impl Default for WorldOptions {
             temp_prefix: "everest-test-".into(),
             default_fs_type: "ext4".into(),
             log_format: "text".into(),
+            backend_extra: Vec::new(),
         }
     }
 }
@@ -294,6 +297,45 @@ impl World {
             status.is_success(),
             "PUT /_emulator/faults: {status}: {text}"
         );
+    }
+
+    /// Rotates the cloud's keys: from now on the emulator accepts only a fresh AK/SK, which is
+    /// returned (the backend's credentials file still holds the old one).
+    pub async fn rotate_cloud_keys(&self) -> (String, String) {
+        let (ak, sk) = (random_hex(10).to_uppercase(), random_hex(20));
+        write_private(
+            &self.root.join("emulator-credentials.json"),
+            &serde_json::json!({"access_keys": [{"ak": ak, "sk": sk}], "users": []}).to_string(),
+        )
+        .expect("write the emulator's credentials");
+        let resp = self
+            .http
+            .post(format!(
+                "{}/_emulator/credentials/reload",
+                self.emulator_url()
+            ))
+            .send()
+            .await
+            .expect("POST /_emulator/credentials/reload");
+        assert!(
+            resp.status().is_success(),
+            "POST /_emulator/credentials/reload: {}",
+            resp.status()
+        );
+        (ak, sk)
+    }
+
+    /// Replaces the backend's credentials file the way kubelet updates a mounted Secret: a new
+    /// private file renamed over the old one.
+    pub fn write_backend_credentials(&self, ak: &str, sk: &str) {
+        let path = self.root.join("evs-credentials.json");
+        let next = self.root.join("evs-credentials.json.next");
+        write_private(
+            &next,
+            &serde_json::json!({"access_key": ak, "secret_key": sk}).to_string(),
+        )
+        .expect("write the new credentials");
+        std::fs::rename(&next, &path).expect("replace the credentials file");
     }
 
     /// The emulator's whole state (`GET /_emulator/state`).
@@ -536,6 +578,8 @@ impl World {
         writeln!(toml, "region = \"{REGION}\"")?;
         writeln!(toml, "evs_endpoint = \"{url}\"")?;
         writeln!(toml, "ecs_endpoint = \"{url}\"")?;
+        // The emulator speaks plain HTTP on loopback.
+        writeln!(toml, "allow_insecure_http = true")?;
         writeln!(
             toml,
             "credentials_file = \"{}\"",
@@ -550,6 +594,9 @@ impl World {
         writeln!(toml, "default_volume_type = \"SSD\"")?;
         // Calls without a topology requirement (the sidecar always sends one) land in the emulator's zone.
         writeln!(toml, "availability_zone = \"emu-az1\"")?;
+        for line in &self.opts.backend_extra {
+            writeln!(toml, "{line}")?;
+        }
         write_private(&self.config_path(), &toml)?;
         Ok(())
     }
@@ -712,8 +759,9 @@ fn set_log_env(cmd: &mut Command) {
         cmd.env("RUST_LOG", "info");
     }
     cmd.env("RUST_BACKTRACE", "1");
-    // The logs go to files and into failure messages: no terminal colour codes.
-    cmd.env("NO_COLOR", "1");
+    // No NO_COLOR here: the processes must write plain text to a file by themselves, as they
+    // do for an operator.
+    cmd.env_remove("NO_COLOR");
 }
 
 /// Writes a file only its owner can read (credentials, config).

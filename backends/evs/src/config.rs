@@ -7,15 +7,16 @@ use std::time::Duration;
 use everest_backend::Error;
 use serde::Deserialize;
 
+use crate::api::CloudConfig;
 use crate::api::config::scalar;
-use crate::api::{CloudConfig, Credentials};
 use crate::capabilities::FS_TYPES;
 
 /// The backend's own keys; the rest of the table belongs to [`CloudConfig`].
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSettings {
-    /// A JSON file (mode 0600) with `{"access_key","secret_key"}` or `{"domain","user","password"}`.
+    /// A JSON file (mode 0600) with `{"access_key","secret_key"}` or `{"domain","user","password"}`,
+    /// read again whenever it changes.
     #[serde(deserialize_with = "scalar::path")]
     pub credentials_file: PathBuf,
     /// Disk type when the StorageClass names none.
@@ -118,44 +119,6 @@ impl EvsConfig {
         }
         Ok(Self { cloud, backend })
     }
-
-    /// Reads the credentials file named in the config; the error never contains its content.
-    pub fn load_credentials(&self) -> Result<Credentials, Error> {
-        let path = &self.backend.credentials_file;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "cannot read credentials_file {}: {e}",
-                path.display()
-            ))
-        })?;
-        let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "credentials_file {} is not valid JSON",
-                path.display()
-            ))
-        })?;
-        // Accept the plain form without a "type" tag: the keys say which kind it is.
-        if let Some(obj) = value.as_object_mut()
-            && !obj.contains_key("type")
-        {
-            let kind = if obj.contains_key("access_key") {
-                "ak_sk"
-            } else {
-                "password"
-            };
-            obj.insert("type".into(), kind.into());
-        }
-        let creds: Credentials = serde_json::from_value(value).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "credentials_file {} must hold {{\"access_key\",\"secret_key\"}} or {{\"domain\",\"user\",\"password\"}}",
-                path.display()
-            ))
-        })?;
-        creds.validate().map_err(|e| {
-            Error::InvalidArgument(format!("credentials_file {}: {e}", path.display()))
-        })?;
-        Ok(creds)
-    }
 }
 
 #[cfg(test)]
@@ -173,6 +136,7 @@ mod tests {
             "evs-default",
             &table(json!({
                 "project_id": "p1", "region": "r1", "evs_endpoint": "http://127.0.0.1:1",
+                "allow_insecure_http": true,
                 "credentials_file": "/etc/everest/c.json", "default_fs_type": "xfs",
                 "device_wait_seconds": 5
             })),
@@ -202,7 +166,7 @@ mod tests {
             &table(json!({
                 "project_id": 123456789, "region": 42, "cloud_domain": true,
                 "evs_endpoint": "http://127.0.0.1:1", "ecs_endpoint": "http://127.0.0.1:2",
-                "iam_endpoint": "http://127.0.0.1:3",
+                "iam_endpoint": "http://127.0.0.1:3", "allow_insecure_http": "true",
                 "credentials_file": 7, "default_volume_type": 1, "availability_zone": 3,
                 "by_id_dir": 0, "default_fs_type": "xfs",
                 "default_size_gib": "20", "job_timeout_seconds": " 60 ", "device_wait_seconds": "5",
@@ -244,22 +208,5 @@ mod tests {
             let err = EvsConfig::parse("evs-default", &t).unwrap_err().to_string();
             assert!(err.contains("evs-default"), "{key}={value}: {err}");
         }
-    }
-
-    #[test]
-    fn credentials_file_plain_and_tagged_forms() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.json");
-        std::fs::write(&path, r#"{"access_key":"AK","secret_key":"SECRETVALUE"}"#).unwrap();
-        let c = EvsConfig::parse(
-            "e",
-            &table(json!({"project_id": "p1", "region": "r1", "credentials_file": path})),
-        )
-        .unwrap();
-        let creds = c.load_credentials().unwrap();
-        assert!(matches!(creds, Credentials::AkSk { .. }));
-        std::fs::write(&path, "{not json SECRETVALUE").unwrap();
-        let err = c.load_credentials().unwrap_err().to_string();
-        assert!(!err.contains("SECRETVALUE"), "{err}");
     }
 }

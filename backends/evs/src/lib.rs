@@ -31,10 +31,12 @@ pub fn controller_from_config(
     settings: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Arc<dyn ControllerBackend>, Error> {
     let config = EvsConfig::parse(name.as_str(), settings)?;
-    let credentials = config.load_credentials()?;
-    let client = api::EvsClient::new(config.cloud.clone(), credentials)
-        .map_err(|e| Error::InvalidArgument(format!("backend {name}: {e}")))?
-        .with_backend(name.as_str());
+    let client = api::EvsClient::from_credentials_file(
+        config.cloud.clone(),
+        &config.backend.credentials_file,
+    )
+    .map_err(|e| Error::InvalidArgument(format!("backend {name}: {e}")))?
+    .with_backend(name.as_str());
     Ok(Arc::new(EvsController::new(name.clone(), config, client)))
 }
 

@@ -306,7 +306,7 @@ impl NodeBackend for EvsNode {
                 return Err(e);
             }
         }
-        tracing::info!(disk, device = %device.display(), staging = %req.staging, fs = %fs, "staged");
+        tracing::debug!(disk, device = %device.display(), staging = %req.staging, fs = %fs, "staged");
         Ok(())
     }
 
@@ -397,7 +397,7 @@ impl NodeBackend for EvsNode {
                 .grow_filesystem(&device, &mount.fs_type, Some(path))
                 .await;
             match grown {
-                Ok(()) => tracing::info!(disk, fs = %mount.fs_type, "grew filesystem online"),
+                Ok(()) => tracing::debug!(disk, fs = %mount.fs_type, "grew filesystem online"),
                 Err(e) if is_ext(&mount.fs_type) => return Err(ext_online_grow_failed(disk, e)),
                 Err(e) => return Err(e.into()),
             }

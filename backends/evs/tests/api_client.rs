@@ -253,6 +253,7 @@ impl Cloud {
         c.evs_endpoint = Some(format!("http://{}/evs", self.addr));
         c.ecs_endpoint = Some(format!("http://{}/ecs/", self.addr));
         c.iam_endpoint = Some(format!("http://{}/iam", self.addr));
+        c.allow_insecure_http = true;
         c.retry_base = Duration::from_millis(1);
         c.retry_cap = Duration::from_millis(5);
         c.max_retries = 3;
@@ -473,6 +474,7 @@ async fn connection_refused_is_retryable_unavailable() {
     drop(listener);
     let mut config = CloudConfig::new(PROJECT, "r");
     config.evs_endpoint = Some(format!("http://{addr}"));
+    config.allow_insecure_http = true;
     config.max_retries = 1;
     config.retry_base = Duration::from_millis(1);
     config.retry_cap = Duration::from_millis(1);
@@ -677,6 +679,116 @@ async fn job_deadline_gives_timeout() {
     assert_eq!(err.class(), ErrorClass::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(cloud.mock.seen().len() >= 3);
+}
+
+/// Polls that fail transiently (429, 5xx), even more often in a row than one request retries,
+/// slow a wait on an accepted job but never end it.
+#[tokio::test]
+async fn a_job_wait_outlasts_polls_that_exhaust_their_retries() {
+    // max_retries is 3: each get_job makes 4 attempts, so 10 failures in a row exhaust it twice.
+    let cloud = Cloud::start(AuthMode::AkSk, |_, n| match n {
+        0 => answer(200, job_json("RUNNING")),
+        1..=10 if n % 2 == 0 => throttled(),
+        1..=10 => evs_error(503, "EVS.5503"),
+        11 => answer(200, job_json("RUNNING")),
+        _ => answer(200, job_json("SUCCESS")),
+    })
+    .await;
+    let job = cloud
+        .aksk_client()
+        .wait_for_job(Service::Evs, &JobId("j1".into()), Duration::from_secs(20))
+        .await
+        .expect("the wait outlasts failing polls");
+    assert_eq!(job.volume_id(), Some("v-new"));
+    assert_eq!(cloud.mock.count(Method::GET, "/evs/v1/p1/jobs/j1"), 13);
+}
+
+/// A poll the cloud refuses for good (the job is unknown) ends the wait at once with that error.
+#[tokio::test]
+async fn a_job_wait_ends_on_a_permanent_poll_error() {
+    let cloud = Cloud::start(AuthMode::AkSk, |_, n| match n {
+        0 => answer(200, job_json("RUNNING")),
+        _ => evs_error(404, "Common.0011"),
+    })
+    .await;
+    let err = cloud
+        .aksk_client()
+        .wait_for_job(Service::Evs, &JobId("j1".into()), Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(cloud.mock.count(Method::GET, "/evs/v1/p1/jobs/j1"), 2);
+}
+
+/// Polls failing until the deadline: the wait ends at the deadline, not before and not much
+/// after, and says that the job's state is unknown because the polls failed.
+#[tokio::test]
+async fn failing_polls_end_the_wait_only_at_the_deadline() {
+    let cloud = Cloud::start(AuthMode::AkSk, |_, _| evs_error(500, "EVS.5500")).await;
+    let started = Instant::now();
+    let err = cloud
+        .aksk_client()
+        .wait_for_job(
+            Service::Evs,
+            &JobId("j1".into()),
+            Duration::from_millis(400),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    match &err {
+        Error::JobTimeout { last_status, .. } => {
+            assert!(last_status.contains("poll failed"), "{last_status}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(err.class(), ErrorClass::DeadlineExceeded);
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Several polls, each with its own retries: more than one request's worth of attempts.
+    assert!(cloud.mock.seen().len() > 4, "{}", cloud.mock.seen().len());
+}
+
+/// The batched disk wait tolerates failing rounds the same way.
+#[tokio::test]
+async fn a_disk_wait_outlasts_failing_rounds() {
+    let cloud = Cloud::start(AuthMode::AkSk, |s, n| {
+        if n < 9 {
+            return evs_error(500, "EVS.5500");
+        }
+        let id = s
+            .query("ids")
+            .unwrap_or_default()
+            .trim_matches(['[', ']', '\'']);
+        answer(
+            200,
+            json!({"volumes": [volume_json(id, "available")], "count": 1}),
+        )
+    })
+    .await;
+    let done = cloud
+        .aksk_client()
+        .wait_for_volumes(
+            &["d1".to_owned()],
+            |_, v| match v {
+                Some(v) if v.status == VolumeStatus::Available => VolumeWait::Done,
+                _ => VolumeWait::Pending,
+            },
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("the wait outlasts failing rounds");
+    assert!(done["d1"].is_some());
+}
+
+fn throttled() -> Answer {
+    Answer {
+        headers: vec![("retry-after", "0".into())],
+        ..answer(
+            429,
+            json!({"error_code": "APIGW.0308", "error_msg": "throttled", "request_id": "r"}),
+        )
+    }
 }
 
 #[tokio::test]
@@ -1032,6 +1144,11 @@ fn controller_from_config_labels_the_client_with_the_instance_name() {
         format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
     )
     .unwrap();
+    std::fs::set_permissions(
+        &credentials,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let lines = capture_metrics(async move {
         let cloud = Cloud::start(AuthMode::AkSk, |_, _| {
             answer(200, json!({"volumes": [], "count": 0}))
@@ -1042,6 +1159,7 @@ fn controller_from_config_labels_the_client_with_the_instance_name() {
             "evs_endpoint": format!("http://{}/evs", cloud.addr),
             "ecs_endpoint": format!("http://{}/ecs", cloud.addr),
             "iam_endpoint": format!("http://{}/iam", cloud.addr),
+            "allow_insecure_http": true,
             "credentials_file": credentials,
         });
         let name = everest_backend::BackendName::new("evs-default").unwrap();

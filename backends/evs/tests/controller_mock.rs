@@ -319,6 +319,7 @@ impl Mock {
             "project_id": PROJECT, "region": "r1", "credentials_file": "/nonexistent",
             "evs_endpoint": format!("http://{}/evs", self.addr),
             "ecs_endpoint": format!("http://{}/ecs", self.addr),
+            "allow_insecure_http": true,
             "retry_base_ms": 1, "retry_cap_ms": 5, "max_retries": 1,
             "job_poll_initial_ms": 5, "job_poll_max_ms": 20,
             "job_timeout_seconds": 5, "availability_zone": "az1",

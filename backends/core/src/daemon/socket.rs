@@ -118,12 +118,13 @@ pub async fn bind(path: &Path) -> Result<BoundSocket, Error> {
 /// Binds with a umask that leaves the socket owner-only from the first instant, so no client
 /// can connect in the window before the explicit chmod.
 fn bind_private(path: &Path) -> Result<UnixListener, Error> {
-    // SAFETY: umask only swaps the process file-creation mask; it has no memory effects. The
-    // daemons bind before serving anything, so no other file creation races with the change.
-    let old = unsafe { libc::umask(0o177) };
+    use rustix::fs::Mode;
+    use rustix::process::umask;
+    // The mask is process-wide, but the daemons bind before serving anything, so no other file
+    // creation races with the change.
+    let old = umask(Mode::from_raw_mode(0o177));
     let bound = UnixListener::bind(path);
-    // SAFETY: as above; restores the previous mask.
-    unsafe { libc::umask(old) };
+    umask(old);
     bound.map_err(|e| Error::Internal(format!("cannot bind socket {}: {e}", path.display())))
 }
 

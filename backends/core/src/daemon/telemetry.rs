@@ -106,8 +106,18 @@ where
     metrics::histogram!(OPERATION_DURATION, &labels).record(elapsed.as_secs_f64());
     let _entered = span.enter();
     let seconds = elapsed.as_secs_f64();
+    let read = is_read(method);
     match &result {
+        Ok(_) if read => tracing::debug!(seconds, "{method} succeeded"),
         Ok(_) => tracing::info!(seconds, "{method} succeeded"),
+        // kubelet and the sidecars repeat reads (stats, probes) and expect some to fail
+        // (NOT_FOUND for a volume that is gone): those stay at debug, but a bug always shows.
+        Err(status) if read && !is_bug(status.code()) => tracing::debug!(
+            seconds,
+            code = code_label(status.code()),
+            message = status.message(),
+            "{method} failed"
+        ),
         Err(status) => tracing::warn!(
             seconds,
             code = code_label(status.code()),
@@ -116,6 +126,23 @@ where
         ),
     }
     result
+}
+
+/// Whether an RPC only reads (Identity calls, `Probe`, `*Get*`, `List*`, `Validate*`): those are
+/// logged at debug, so the info log holds one line per call that changes something.
+pub fn is_read(method: &str) -> bool {
+    let verb = method
+        .strip_prefix("Controller")
+        .or_else(|| method.strip_prefix("Node"))
+        .unwrap_or(method);
+    verb == "Probe"
+        || ["Get", "List", "Validate"]
+            .iter()
+            .any(|p| verb.starts_with(p))
+}
+
+fn is_bug(code: Code) -> bool {
+    matches!(code, Code::Internal | Code::Unknown | Code::DataLoss)
 }
 
 #[cfg(test)]
@@ -127,6 +154,93 @@ mod tests {
         assert_eq!(code_label(Code::Ok), "OK");
         assert_eq!(code_label(Code::Cancelled), "Canceled");
         assert_eq!(code_label(Code::InvalidArgument), "InvalidArgument");
+    }
+
+    #[test]
+    fn reads_and_changes_are_told_apart() {
+        for read in [
+            "GetPluginInfo",
+            "GetPluginCapabilities",
+            "Probe",
+            "ControllerGetCapabilities",
+            "ControllerGetVolume",
+            "ValidateVolumeCapabilities",
+            "ListVolumes",
+            "GetCapacity",
+            "ListSnapshots",
+            "GetSnapshot",
+            "NodeGetCapabilities",
+            "NodeGetInfo",
+            "NodeGetVolumeStats",
+        ] {
+            assert!(is_read(read), "{read}");
+        }
+        for change in [
+            "CreateVolume",
+            "DeleteVolume",
+            "ControllerPublishVolume",
+            "ControllerUnpublishVolume",
+            "ControllerExpandVolume",
+            "ControllerModifyVolume",
+            "CreateSnapshot",
+            "DeleteSnapshot",
+            "NodeStageVolume",
+            "NodeUnstageVolume",
+            "NodePublishVolume",
+            "NodeUnpublishVolume",
+            "NodeExpandVolume",
+        ] {
+            assert!(!is_read(change), "{change}");
+        }
+    }
+
+    /// What `observe` logs at `info` and above for a few calls, as the daemons' log would show.
+    fn info_lines(calls: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, calls);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    fn run(method: &'static str, result: Result<(), Status>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _ = rt.block_on(observe("node", method, "v1:evs:d", "evs", async { result }));
+    }
+
+    #[test]
+    fn one_info_line_per_change_and_reads_at_debug() {
+        let log = info_lines(|| {
+            run("NodeStageVolume", Ok(()));
+            run("NodeGetVolumeStats", Ok(()));
+            run("Probe", Ok(()));
+            run("NodeGetVolumeStats", Err(Status::not_found("gone")));
+            run("NodePublishVolume", Err(Status::aborted("busy")));
+            run("NodeGetVolumeStats", Err(Status::internal("bug")));
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log}");
+        assert!(lines[0].contains("INFO") && lines[0].contains("NodeStageVolume succeeded"));
+        assert!(lines[1].contains("WARN") && lines[1].contains("NodePublishVolume failed"));
+        assert!(lines[2].contains("WARN") && lines[2].contains("NodeGetVolumeStats failed"));
     }
 
     #[tokio::test]

@@ -257,7 +257,11 @@ impl Host for LinuxHost {
             ));
         }
         let rdev = meta.rdev();
-        Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+        Ok(format!(
+            "{}:{}",
+            rustix::fs::major(rdev),
+            rustix::fs::minor(rdev)
+        ))
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
@@ -348,26 +352,18 @@ impl Host for LinuxHost {
 }
 
 fn statvfs(path: &Path) -> Result<FsStats, HostError> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| HostError::new("statvfs", e.to_string()))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is a valid NUL-terminated string and st a properly sized, writable struct.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(io_err("statvfs", path, std::io::Error::last_os_error()));
-    }
-    let frsize = st.f_frsize as u64;
-    let total_bytes = st.f_blocks as u64 * frsize;
-    let free_bytes = st.f_bfree as u64 * frsize;
+    let st = rustix::fs::statvfs(path).map_err(|e| io_err("statvfs", path, e.into()))?;
+    let frsize = st.f_frsize;
+    let total_bytes = st.f_blocks.saturating_mul(frsize);
+    let free_bytes = st.f_bfree.saturating_mul(frsize);
     Ok(FsStats {
         total_bytes,
-        available_bytes: st.f_bavail as u64 * frsize,
+        available_bytes: st.f_bavail.saturating_mul(frsize),
         used_bytes: total_bytes.saturating_sub(free_bytes),
-        total_inodes: st.f_files as u64,
-        free_inodes: st.f_ffree as u64,
-        used_inodes: (st.f_files as u64).saturating_sub(st.f_ffree as u64),
-        read_only: st.f_flag & libc::ST_RDONLY != 0,
+        total_inodes: st.f_files,
+        free_inodes: st.f_ffree,
+        used_inodes: st.f_files.saturating_sub(st.f_ffree),
+        read_only: st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
     })
 }
 

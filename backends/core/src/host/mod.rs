@@ -1,6 +1,16 @@
 //! Everything that touches the machine sits behind [`Host`], so node logic is unit-testable with
-//! [`FakeHost`] and the real [`LinuxHost`] is exercised by integration tests on loop devices.
+//! `FakeHost` and the real [`LinuxHost`] is exercised by integration tests on loop devices.
+//!
+//! Without the `test-util` feature the fake is not part of the API, so production code cannot
+//! reach it (checked by `cargo test -p everest-backend --doc`, where nothing enables the feature):
+#![cfg_attr(not(feature = "test-util"), doc = "```compile_fail")]
+#![cfg_attr(feature = "test-util", doc = "```ignore")]
+//! let host = everest_backend::host::FakeHost::default();
+//! ```
 
+// The fake is for tests only: built for this crate's own tests, and for other crates' tests
+// through the `test-util` feature of their dev-dependencies, never into the daemons.
+#[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod linux;
 mod mountinfo;
@@ -9,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeDevice, FakeHost};
 pub use linux::LinuxHost;
 pub use mountinfo::{MountEntry, parse_mountinfo};

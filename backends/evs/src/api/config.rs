@@ -1,6 +1,7 @@
 //! Where the cloud is and how to talk to it: endpoints, timeouts, retries, credentials.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -70,6 +71,14 @@ pub struct CloudConfig {
         default = "default_job_poll_max"
     )]
     pub job_poll_max: Duration,
+    /// Allows `http://` endpoints (the emulator, a test cloud on loopback). Off: plain HTTP
+    /// would carry signatures, tokens and the IAM password in clear, so it is refused.
+    #[serde(default, deserialize_with = "scalar::flag")]
+    pub allow_insecure_http: bool,
+    /// A PEM bundle of CA certificates trusted in addition to the system's, for private clouds
+    /// whose endpoints have certificates from their own CA.
+    #[serde(default, deserialize_with = "scalar::opt_path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_cloud_domain() -> String {
@@ -139,6 +148,23 @@ pub(crate) mod scalar {
         text(d).map(PathBuf::from)
     }
 
+    /// Like [`path`]; `null` or absent is `None`.
+    pub fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        opt_text(d).map(|t| t.map(PathBuf::from))
+    }
+
+    /// A bool, or the text `true` / `false` (any case, surrounding blanks allowed).
+    pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(b),
+            Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+            Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+            other => Err(D::Error::custom(format!(
+                "expected true or false, found {other}"
+            ))),
+        }
+    }
+
     /// A whole number, or a string holding one (surrounding blanks allowed).
     pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
     where
@@ -176,6 +202,8 @@ impl CloudConfig {
             retry_cap: default_retry_cap(),
             job_poll_initial: default_job_poll_initial(),
             job_poll_max: default_job_poll_max(),
+            allow_insecure_http: false,
+            ca_file: None,
         }
     }
 
@@ -223,6 +251,13 @@ impl CloudConfig {
                     if u.query().is_some() || u.fragment().is_some() {
                         return bad(format!("{name} must not carry a query or fragment: {url}"));
                     }
+                    if u.scheme() == "http" && !self.allow_insecure_http {
+                        return bad(format!(
+                            "{name} {url} is plain http, which would send signatures, tokens \
+                             and passwords unencrypted; use https, or set \
+                             allow_insecure_http = true for a test cloud"
+                        ));
+                    }
                 }
                 _ => return bad(format!("{name} is not an http(s) URL: {url}")),
             }
@@ -236,7 +271,27 @@ impl CloudConfig {
         if self.job_poll_initial.is_zero() || self.job_poll_initial > self.job_poll_max {
             return bad("job_poll_initial_ms must be positive and at most job_poll_max_ms".into());
         }
+        self.ca_certificates()?;
         Ok(())
+    }
+
+    /// The certificates of `ca_file` (none when unset); an unreadable file or one without a
+    /// PEM certificate is an error naming the file.
+    pub fn ca_certificates(&self) -> Result<Vec<reqwest::Certificate>, Error> {
+        let Some(path) = &self.ca_file else {
+            return Ok(Vec::new());
+        };
+        let shown = path.display();
+        let pem = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("cannot read ca_file {shown}: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Config(format!("ca_file {shown} is not a PEM bundle: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Config(format!(
+                "ca_file {shown} holds no PEM certificate"
+            )));
+        }
+        Ok(certs)
     }
 
     fn endpoints_need_domain(&self) -> bool {
@@ -341,7 +396,7 @@ mod tests {
         let c: CloudConfig = serde_json::from_str(
             r#"{"project_id":"p","region":"r","evs_endpoint":"http://127.0.0.1:9000/",
                 "cloud_domain":"example.org","request_timeout_ms":1500,"retry_cap_ms":3000,
-                "max_retries":2}"#,
+                "max_retries":2,"allow_insecure_http":true}"#,
         )
         .unwrap();
         assert_eq!(c.evs_url(), "http://127.0.0.1:9000");
@@ -366,6 +421,50 @@ mod tests {
         c.evs_endpoint = None;
         c.job_poll_initial = Duration::from_secs(5);
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn plain_http_needs_the_switch() {
+        for key in ["evs_endpoint", "ecs_endpoint", "iam_endpoint"] {
+            let mut table = serde_json::json!({"project_id": "p", "region": "r"});
+            table[key] = "http://127.0.0.1:9000".into();
+            let c: CloudConfig = serde_json::from_value(table.clone()).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("allow_insecure_http"),
+                "{err}"
+            );
+            table["allow_insecure_http"] = "true".into();
+            let c: CloudConfig = serde_json::from_value(table.clone()).unwrap();
+            c.validate().unwrap();
+            table[key] = "https://127.0.0.1:9000".into();
+            table["allow_insecure_http"] = false.into();
+            let c: CloudConfig = serde_json::from_value(table).unwrap();
+            c.validate().unwrap();
+        }
+        let bad =
+            serde_json::json!({"project_id": "p", "region": "r", "allow_insecure_http": "yes"});
+        assert!(serde_json::from_value::<CloudConfig>(bad).is_err());
+    }
+
+    #[test]
+    fn ca_file_must_hold_a_pem_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = CloudConfig::new("p", "r");
+        c.ca_file = Some(dir.path().join("missing.pem"));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        c.ca_file = Some(empty);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("empty.pem"), "{err}");
+        let good = dir.path().join("ca.pem");
+        let ca = rcgen::generate_simple_self_signed(vec!["test-ca".to_owned()]).unwrap();
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        c.ca_file = Some(good);
+        c.validate().unwrap();
+        assert_eq!(c.ca_certificates().unwrap().len(), 1);
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! The one request path every call takes: URL, authentication, timeout, retries, metrics.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 
-use super::auth::{Secret, TokenSource};
-use super::config::{CloudConfig, Credentials};
+use super::auth::Secret;
+use super::backoff;
+use super::config::CloudConfig;
+use super::credentials::{AkSk, Auth, AuthSource};
 use super::error::{ApiError, Error, Result, TransportKind};
 use super::sign;
 
@@ -99,16 +103,10 @@ impl Reply {
     }
 }
 
-/// Static AK/SK credentials.
-struct AkSk {
-    access_key: Secret,
-    secret_key: Secret,
-    security_token: Option<Secret>,
-}
-
-enum Auth {
-    AkSk(AkSk),
-    Token(TokenSource),
+/// A failed attempt, with the delay the cloud asked for before the next one.
+struct Failure {
+    error: Error,
+    retry_after: Option<Duration>,
 }
 
 /// How one attempt authenticates.
@@ -125,37 +123,21 @@ pub(crate) struct Transport {
     evs: Url,
     ecs: Url,
     iam: Url,
-    auth: Auth,
+    auth: AuthSource,
 }
 
 impl Transport {
     /// Validates the settings and builds the HTTP client.
-    pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
+    pub fn new(config: CloudConfig, auth: AuthSource) -> Result<Self> {
         config.validate()?;
-        credentials.validate()?;
         let parse = |url: String| {
             Url::parse(&url).map_err(|e| Error::Config(format!("bad endpoint {url}: {e}")))
         };
         let http = reqwest::Client::builder()
             .connect_timeout(config.request_timeout)
+            .tls_certs_merge(config.ca_certificates()?)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
-        let auth = match credentials {
-            Credentials::AkSk {
-                access_key,
-                secret_key,
-                security_token,
-            } => Auth::AkSk(AkSk {
-                access_key: Secret::new(access_key),
-                secret_key: Secret::new(secret_key),
-                security_token: security_token.map(Secret::new),
-            }),
-            Credentials::Password {
-                domain,
-                user,
-                password,
-            } => Auth::Token(TokenSource::new(domain, user, Secret::new(password))),
-        };
         Ok(Transport {
             evs: parse(config.evs_url())?,
             ecs: parse(config.ecs_url())?,
@@ -213,86 +195,103 @@ impl Transport {
         Ok(url)
     }
 
+    /// Sends `call`, retrying what may succeed unchanged (429, 5xx, timeouts, connection
+    /// failures) on the request backoff, longer when the cloud asks for it with `Retry-After`.
     async fn attempts(&self, call: &Call, auth: AttemptAuth<'_>, backend: &str) -> Result<Reply> {
         let url = self.url(call)?;
-        let backend = backend.to_owned();
+        // Atomic only so the future stays `Send`; the attempts run one after another.
+        let attempt = AtomicU32::new(0);
+        let cap = self.config.retry_cap;
+        let send = || {
+            let n = attempt.fetch_add(1, Ordering::Relaxed);
+            self.attempt(call, &url, &auth, backend, n)
+        };
+        send.retry(backoff::request_retries(&self.config))
+            .sleep(tokio::time::sleep)
+            .when(|f: &Failure| f.error.is_retryable())
+            .adjust(|f: &Failure, delay| {
+                delay.map(|d| f.retry_after.map_or(d, |asked| d.max(asked.min(cap))))
+            })
+            .notify(|f: &Failure, delay: Duration| {
+                let service = call.service.as_str();
+                metrics::counter!(
+                    RETRIES_TOTAL,
+                    "backend" => backend.to_owned(),
+                    "service" => service,
+                    "operation" => call.operation,
+                    "reason" => retry_reason(&f.error),
+                )
+                .increment(1);
+                tracing::debug!(
+                    service,
+                    operation = call.operation,
+                    attempt = attempt.load(Ordering::Relaxed).saturating_sub(1),
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    error = %f.error,
+                    "retrying cloud API call"
+                );
+            })
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// One attempt, counted and timed; a non-2xx answer becomes `Error::Api`.
+    async fn attempt(
+        &self,
+        call: &Call,
+        url: &Url,
+        auth: &AttemptAuth<'_>,
+        backend: &str,
+        attempt: u32,
+    ) -> std::result::Result<Reply, Failure> {
         let service = call.service.as_str();
-        let mut attempt: u32 = 0;
-        loop {
-            let started = Instant::now();
-            let outcome = self.once(call, &url, &auth).await;
-            let status = match &outcome {
-                Ok((status, _, _)) => status.to_string(),
-                Err(_) => "error".to_owned(),
-            };
-            metrics::histogram!(
-                REQUEST_DURATION,
-                "backend" => backend.clone(),
-                "service" => service,
-                "operation" => call.operation,
-            )
-            .record(started.elapsed().as_secs_f64());
-            metrics::counter!(
-                REQUESTS_TOTAL,
-                "backend" => backend.clone(),
-                "service" => service,
-                "operation" => call.operation,
-                "status" => status.clone(),
-            )
-            .increment(1);
-            tracing::debug!(
-                backend,
-                service,
-                operation = call.operation,
-                method = %call.method,
-                path = url.path(),
-                status = %status,
-                attempt,
-                "cloud API call"
-            );
-            let retry_after = outcome.as_ref().ok().and_then(|(_, h, _)| retry_after(h));
-            let result = outcome.and_then(|(status, headers, body)| {
-                if (200..300).contains(&status) {
-                    Ok(Reply { headers, body })
-                } else {
-                    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
-                    Err(Error::Api {
-                        service,
-                        operation: call.operation,
-                        api: ApiError::from_body(status, &body, request_id),
-                    })
-                }
-            });
-            match result {
-                Err(e) if e.is_retryable() && attempt < self.config.max_retries => {
-                    let ceiling =
-                        backoff_ceiling(attempt, self.config.retry_base, self.config.retry_cap);
-                    let mut delay = full_jitter(ceiling);
-                    if let Some(asked) = retry_after {
-                        delay = delay.max(asked.min(self.config.retry_cap));
-                    }
-                    metrics::counter!(
-                        RETRIES_TOTAL,
-                        "backend" => backend.clone(),
-                        "service" => service,
-                        "operation" => call.operation,
-                        "reason" => retry_reason(&e),
-                    )
-                    .increment(1);
-                    tracing::debug!(
-                        service,
-                        operation = call.operation,
-                        attempt,
-                        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                        error = %e,
-                        "retrying cloud API call"
-                    );
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
+        let started = Instant::now();
+        let outcome = self.once(call, url, auth).await;
+        let status = match &outcome {
+            Ok((status, _, _)) => status.to_string(),
+            Err(_) => "error".to_owned(),
+        };
+        metrics::histogram!(
+            REQUEST_DURATION,
+            "backend" => backend.to_owned(),
+            "service" => service,
+            "operation" => call.operation,
+        )
+        .record(started.elapsed().as_secs_f64());
+        metrics::counter!(
+            REQUESTS_TOTAL,
+            "backend" => backend.to_owned(),
+            "service" => service,
+            "operation" => call.operation,
+            "status" => status.clone(),
+        )
+        .increment(1);
+        tracing::debug!(
+            backend,
+            service,
+            operation = call.operation,
+            method = %call.method,
+            path = url.path(),
+            status = %status,
+            attempt,
+            "cloud API call"
+        );
+        let (status, headers, body) = outcome.map_err(|error| Failure {
+            error,
+            retry_after: None,
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(Reply { headers, body });
         }
+        let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        Err(Failure {
+            error: Error::Api {
+                service,
+                operation: call.operation,
+                api: ApiError::from_body(status, &body, request_id),
+            },
+            retry_after: retry_after(&headers),
+        })
     }
 
     /// One HTTP exchange: status, headers and the whole body, or a transport error.
@@ -411,7 +410,9 @@ impl Bound<'_> {
 
     /// Sends an authenticated call with retries; a non-2xx answer becomes `Error::Api`.
     pub async fn execute(&self, call: &Call) -> Result<Reply> {
-        match &self.transport.auth {
+        // Checked per call, so a rotated credentials file takes effect at once.
+        let auth = self.transport.auth.current();
+        match &*auth {
             Auth::AkSk(keys) => self.attempts(call, AttemptAuth::AkSk(keys)).await,
             Auth::Token(source) => {
                 let token = source.token(self).await?;
@@ -521,56 +522,22 @@ pub fn describe_metrics() {
     );
 }
 
-/// The upper bound of the delay before retry number `retry + 1`: `min(cap, base · 2^retry)`.
-pub fn backoff_ceiling(retry: u32, base: Duration, cap: Duration) -> Duration {
-    let factor = 1u32.checked_shl(retry).unwrap_or(u32::MAX);
-    base.checked_mul(factor).unwrap_or(cap).min(cap)
-}
-
-/// "Full jitter": a uniformly random delay in `[0, ceiling]`, which spreads out retry storms.
-pub fn full_jitter(ceiling: Duration) -> Duration {
-    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rand::random_range(0..=nanos))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_then_caps() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(2);
-        let ceilings: Vec<u128> = (0..8)
-            .map(|r| backoff_ceiling(r, base, cap).as_millis())
-            .collect();
-        assert_eq!(ceilings, vec![100, 200, 400, 800, 1600, 2000, 2000, 2000]);
-        assert_eq!(backoff_ceiling(31, base, cap), cap);
-        assert_eq!(backoff_ceiling(u32::MAX, base, cap), cap);
-    }
-
-    #[test]
-    fn jitter_stays_within_bounds_and_varies() {
-        let ceiling = Duration::from_millis(50);
-        let samples: Vec<Duration> = (0..200).map(|_| full_jitter(ceiling)).collect();
-        assert!(samples.iter().all(|d| *d <= ceiling));
-        assert!(
-            samples.iter().any(|d| *d != samples[0]),
-            "jitter never varied"
-        );
-        assert_eq!(full_jitter(Duration::ZERO), Duration::ZERO);
-    }
+    use crate::api::Credentials;
 
     #[test]
     fn urls_escape_segments_and_keep_endpoint_prefix() {
         let mut config = CloudConfig::new("p1", "r1");
         config.evs_endpoint = Some("http://127.0.0.1:8080/prefix/".into());
+        config.allow_insecure_http = true;
         let creds = Credentials::AkSk {
             access_key: "a".into(),
             secret_key: "s".into(),
             security_token: None,
         };
-        let t = Transport::new(config, creds).unwrap();
+        let t = Transport::new(config, AuthSource::fixed(creds).unwrap()).unwrap();
         let mut call = Call::new(
             Service::Evs,
             "get_volume",

@@ -2,12 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde::Deserialize;
 
 use super::EvsClient;
+use super::backoff::WaitPace;
 use super::error::{Error, Result};
 use super::evs::{JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter};
 use super::http::{Call, Service};
@@ -155,11 +156,6 @@ pub enum VolumeWait {
     Failed(String),
 }
 
-/// The interval after `current`: ×1.5, at most `max`.
-pub fn next_poll_interval(current: Duration, max: Duration) -> Duration {
-    current.saturating_add(current / 2).min(max)
-}
-
 impl EvsClient {
     /// Reads a job from the EVS or ECS job API.
     pub async fn get_job(&self, service: Service, job_id: &JobId) -> Result<Job> {
@@ -181,36 +177,50 @@ impl EvsClient {
     }
 
     /// Polls a job until `SUCCESS` (→ the job), `FAIL` (→ `JobFailed`) or `deadline` (→ `JobTimeout`).
+    ///
+    /// The job was accepted, so only its end or the deadline ends the wait: a poll that fails
+    /// transiently (429, 5xx, timeout, connection) after its own retries slows the polling and
+    /// the wait goes on. A poll the cloud refuses for good (the job unknown, credentials
+    /// rejected) ends it with that error.
     pub async fn wait_for_job(
         &self,
         service: Service,
         job_id: &JobId,
         deadline: Duration,
     ) -> Result<Job> {
-        let started = Instant::now();
-        let mut interval = self.config().job_poll_initial;
+        let mut pace = WaitPace::new(self.config(), deadline);
+        let mut last_status = "not read yet".to_owned();
         loop {
-            let job = self.get_job(service, job_id).await?;
-            match job.status {
-                JobStatus::Success => return Ok(job),
-                JobStatus::Fail => return Err(job.into_error()),
-                _ => {}
-            }
-            let waited = started.elapsed();
-            let Some(left) = deadline.checked_sub(waited).filter(|d| !d.is_zero()) else {
+            let failed = match pace.poll(self.get_job(service, job_id)).await {
+                None => false,
+                Some(Ok(job)) => match job.status {
+                    JobStatus::Success => return Ok(job),
+                    JobStatus::Fail => return Err(job.into_error()),
+                    _ => {
+                        last_status = job.status.to_string();
+                        false
+                    }
+                },
+                Some(Err(e)) if WaitPace::is_transient(&e) => {
+                    self.poll_failed("job", &job_id.0, &pace, &e);
+                    last_status = format!("unknown, the last poll failed: {e}");
+                    true
+                }
+                Some(Err(e)) => return Err(e),
+            };
+            if !pace.pause(failed).await {
                 return Err(Error::JobTimeout {
                     job_id: job_id.0.clone(),
-                    waited,
-                    last_status: job.status.to_string(),
+                    waited: pace.waited(),
+                    last_status,
                 });
-            };
-            tokio::time::sleep(interval.min(left)).await;
-            interval = next_poll_interval(interval, self.config().job_poll_max);
+            }
         }
     }
 
     /// Polls many disks with one `list_volumes` call per 60 disks per round until `predicate`
     /// says `Done` for each (→ the last seen state, `None` if absent) or `deadline` passes.
+    /// Transient failures of a round slow the polling, as in [`EvsClient::wait_for_job`].
     pub async fn wait_for_volumes<F>(
         &self,
         ids: &[String],
@@ -220,20 +230,28 @@ impl EvsClient {
     where
         F: Fn(&str, Option<&Volume>) -> VolumeWait,
     {
-        let started = Instant::now();
-        let mut interval = self.config().job_poll_initial;
+        let mut pace = WaitPace::new(self.config(), deadline);
         let mut pending: BTreeSet<String> = ids.iter().cloned().collect();
         let mut done = BTreeMap::new();
         loop {
+            let mut failed = false;
             let round: Vec<String> = pending.iter().cloned().collect();
             for chunk in round.chunks(MAX_IDS_PER_LIST) {
                 let filter = VolumeFilter {
                     ids: chunk.to_vec(),
                     ..VolumeFilter::default()
                 };
-                let mut seen: BTreeMap<String, Volume> = self
-                    .list_volumes(&filter)
-                    .await?
+                let page = match pace.poll(self.list_volumes(&filter)).await {
+                    None => break,
+                    Some(Ok(page)) => page,
+                    Some(Err(e)) if WaitPace::is_transient(&e) => {
+                        self.poll_failed("disks", &chunk.join(","), &pace, &e);
+                        failed = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(e),
+                };
+                let mut seen: BTreeMap<String, Volume> = page
                     .volumes
                     .into_iter()
                     .map(|v| (v.id.clone(), v))
@@ -258,37 +276,33 @@ impl EvsClient {
             if pending.is_empty() {
                 return Ok(done);
             }
-            let waited = started.elapsed();
-            let Some(left) = deadline.checked_sub(waited).filter(|d| !d.is_zero()) else {
+            if !pace.pause(failed).await {
                 return Err(Error::WaitTimeout {
                     pending: pending.into_iter().collect(),
-                    waited,
+                    waited: pace.waited(),
                 });
-            };
-            tokio::time::sleep(interval.min(left)).await;
-            interval = next_poll_interval(interval, self.config().job_poll_max);
+            }
         }
+    }
+
+    /// Says that a poll failed and the wait goes on: the cloud may be struggling, but what was
+    /// accepted is still being done and someone must see it finish.
+    fn poll_failed(&self, what: &str, id: &str, pace: &WaitPace, e: &Error) {
+        tracing::warn!(
+            backend = self.backend(),
+            what,
+            id,
+            failed_in_a_row = pace.failed_in_a_row + 1,
+            waited_ms = u64::try_from(pace.waited().as_millis()).unwrap_or(u64::MAX),
+            error = %e,
+            "polling failed; still waiting"
+        );
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn poll_interval_grows_by_half_and_caps() {
-        let max = Duration::from_secs(2);
-        let mut d = Duration::from_millis(100);
-        let mut seen = vec![d.as_millis()];
-        for _ in 0..9 {
-            d = next_poll_interval(d, max);
-            seen.push(d.as_millis());
-        }
-        assert_eq!(
-            seen,
-            vec![100, 150, 225, 337, 506, 759, 1139, 1708, 2000, 2000]
-        );
-    }
 
     #[test]
     fn job_decodes_and_failures_carry_codes() {

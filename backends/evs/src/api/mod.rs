@@ -4,7 +4,9 @@
 //! to CSI codes.
 
 mod auth;
+mod backoff;
 pub mod config;
+mod credentials;
 pub mod ecs;
 pub mod error;
 pub mod evs;
@@ -15,9 +17,11 @@ pub mod metadata;
 pub mod sign;
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
 pub use config::{CloudConfig, Credentials};
+pub use credentials::read_credentials_file;
 pub use ecs::{AttachableQuantity, AttachedVolume, BlockDevice, BlockDevices, Server};
 pub use error::{ApiError, Error, ErrorClass, Result, TransportKind};
 pub use evs::{
@@ -28,6 +32,7 @@ pub use http::{Service, describe_metrics};
 pub use jobs::{Job, JobEntities, JobStatus, VolumeWait};
 pub use metadata::{DEFAULT_METADATA_URL, InstanceMetadata, fetch_instance_metadata};
 
+use credentials::AuthSource;
 use http::{Bound, Transport};
 
 /// The `backend` metric label of a client that was not given its instance name.
@@ -44,8 +49,19 @@ pub struct EvsClient {
 impl EvsClient {
     /// Validates the settings and builds the client; sends nothing yet.
     pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
+        Self::with_auth(config, AuthSource::fixed(credentials)?)
+    }
+
+    /// Like [`EvsClient::new`], with the credentials read from `path` now and again whenever
+    /// the file changes (keys rotate without a restart). The file must not be readable by
+    /// others (see [`read_credentials_file`]).
+    pub fn from_credentials_file(config: CloudConfig, path: &Path) -> Result<Self> {
+        Self::with_auth(config, AuthSource::file(path)?)
+    }
+
+    fn with_auth(config: CloudConfig, auth: AuthSource) -> Result<Self> {
         Ok(EvsClient {
-            transport: Arc::new(Transport::new(config, credentials)?),
+            transport: Arc::new(Transport::new(config, auth)?),
             backend: Arc::from(UNNAMED_BACKEND),
         })
     }

@@ -358,7 +358,7 @@ impl ControllerBackend for EvsController {
                     Error::Unavailable(format!("{what}: the new disk vanished; retry"))
                 })?,
         };
-        tracing::info!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
+        tracing::debug!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
         Ok(self.to_csi(&disk))
     }
 
@@ -388,7 +388,7 @@ impl ControllerBackend for EvsController {
         }
         self.remove_disk(disk_id, disk.status == VolumeStatus::Deleting)
             .await?;
-        tracing::info!(disk = %disk_id, "deleted disk");
+        tracing::debug!(disk = %disk_id, "deleted disk");
         Ok(())
     }
 
@@ -454,7 +454,7 @@ impl ControllerBackend for EvsController {
             .iter()
             .find(|a| a.server_id == req.node_id)
             .ok_or_else(|| Error::Internal(format!("disk {} lost its attachment", disk.id)))?;
-        tracing::info!(disk = %disk.id, node = %req.node_id, "attached disk");
+        tracing::debug!(disk = %disk.id, node = %req.node_id, "attached disk");
         Ok(Self::publish_context(&attached, attachment))
     }
 
@@ -507,7 +507,7 @@ impl ControllerBackend for EvsController {
                 Some(_) => VolumeWait::Done,
             })
             .await?;
-            tracing::info!(disk = %disk_id, nodes = ?nodes, "detached disk");
+            tracing::debug!(disk = %disk_id, nodes = ?nodes, "detached disk");
         }
         Ok(())
     }

@@ -1,8 +1,13 @@
 //! The names the cloud sees for a CSI volume: the disk name and the create's idempotency token.
 
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::EvsController;
+
+/// The name space of Everest's create tokens (RFC 9562 name-based UUIDs): fixed forever, so a
+/// retried create names the same token.
+const CLIENT_TOKEN_NAMESPACE: Uuid = uuid::uuid!("6f1d3c2a-8e0b-4c57-9a3e-2d4b7e915c08");
 
 impl EvsController {
     /// The disk name for a CSI request name: the name itself when EVS accepts it, else a digest.
@@ -24,12 +29,8 @@ impl EvsController {
     /// A stable `X-Client-Token` per backend and request name, so a create resent after a
     /// controller crash is recognised by the cloud instead of making a second disk.
     pub(super) fn client_token(&self, request_name: &str) -> String {
-        let digest = Sha256::digest(format!("{}/{request_name}", self.name).as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
-        b[6] = (b[6] & 0x0f) | 0x50; // version 5-style (name-based)
-        b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
-        uuid::Uuid::from_bytes(b).to_string()
+        let name = format!("{}/{request_name}", self.name);
+        Uuid::new_v5(&CLIENT_TOKEN_NAMESPACE, name.as_bytes()).to_string()
     }
 }
 
@@ -73,6 +74,8 @@ mod tests {
         let t = c.client_token("pvc-1");
         assert_eq!(t, c.client_token("pvc-1"));
         assert_ne!(t, c.client_token("pvc-2"));
-        assert!(uuid::Uuid::parse_str(&t).is_ok());
+        let parsed = Uuid::parse_str(&t).unwrap();
+        assert_eq!(parsed.get_version(), Some(uuid::Version::Sha1));
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
     }
 }

@@ -1,0 +1,207 @@
+//! Every pause the client takes, built from the config with one crate (`backon`): the backoff
+//! between attempts of one request, and the pace of a wait on a job or on disks.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+// Tokio's clock, so tests can run a long wait on paused time.
+use tokio::time::Instant;
+
+use super::config::CloudConfig;
+use super::error::Error;
+
+/// The delays between attempts of one request: ceilings from `retry_base` doubling up to
+/// `retry_cap`, each delay drawn from `[ceiling / 2, ceiling]`, at most `max_retries` of them.
+///
+/// backon's jitter adds up to the delay itself, so starting from half the configured ceiling
+/// keeps every delay under the ceiling the operator configured ("equal jitter").
+pub(crate) fn request_retries(config: &CloudConfig) -> ExponentialBuilder {
+    retry_delays(config).with_max_times(config.max_retries as usize)
+}
+
+fn retry_delays(config: &CloudConfig) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(config.retry_base / 2)
+        .with_max_delay(config.retry_cap / 2)
+        .with_factor(2.0)
+        .with_jitter()
+}
+
+/// The intervals between two polls of a job or of disks: from `job_poll_initial`, ×1.5 per
+/// poll, at most `job_poll_max`, for as long as the wait lasts.
+fn poll_intervals(config: &CloudConfig) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(config.job_poll_initial)
+        .with_max_delay(config.job_poll_max)
+        .with_factor(1.5)
+        .without_max_times()
+}
+
+/// Paces one wait on the cloud. A wait ends only when what it waits for ends or its deadline
+/// passes: a poll that fails transiently (429, 5xx, timeout, connection) after the request's own
+/// retries only slows the polling, to the request backoff, until a poll answers again.
+pub(crate) struct WaitPace {
+    started: Instant,
+    deadline: Duration,
+    polls: ExponentialBackoff,
+    failures: ExponentialBackoff,
+    failure_delays: ExponentialBuilder,
+    /// Polls in a row that failed transiently.
+    pub failed_in_a_row: u32,
+}
+
+impl WaitPace {
+    /// A wait that may last `deadline` from now.
+    pub fn new(config: &CloudConfig, deadline: Duration) -> Self {
+        let failure_delays = retry_delays(config).without_max_times();
+        WaitPace {
+            started: Instant::now(),
+            deadline,
+            polls: poll_intervals(config).build(),
+            failures: failure_delays.build(),
+            failure_delays,
+            failed_in_a_row: 0,
+        }
+    }
+
+    /// How long the wait has lasted.
+    pub fn waited(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_sub(self.waited())
+    }
+
+    /// Runs one poll, cut off at the deadline (`None`): a slow poll cannot stretch the wait.
+    pub async fn poll<T>(&self, poll: impl Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(self.left(), poll).await.ok()
+    }
+
+    /// Whether a failed poll is transient, so that the wait goes on.
+    pub fn is_transient(e: &Error) -> bool {
+        e.is_retryable()
+    }
+
+    /// Sleeps until the next poll: the poll interval after an answer, the growing request
+    /// backoff after a transient failure. `false` when the deadline has passed.
+    pub async fn pause(&mut self, last_poll_failed: bool) -> bool {
+        let delay = if last_poll_failed {
+            self.failed_in_a_row += 1;
+            self.failures.next()
+        } else {
+            self.failed_in_a_row = 0;
+            self.failures = self.failure_delays.build();
+            self.polls.next()
+        };
+        let left = self.left();
+        if left.is_zero() {
+            return false;
+        }
+        // Both schedules are endless; the fallback only guards against a change in backon.
+        tokio::time::sleep(delay.unwrap_or(left).min(left)).await;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CloudConfig {
+        let mut c = CloudConfig::new("p", "r");
+        c.retry_base = Duration::from_millis(100);
+        c.retry_cap = Duration::from_secs(2);
+        c.max_retries = 8;
+        c.job_poll_initial = Duration::from_millis(100);
+        c.job_poll_max = Duration::from_secs(2);
+        c
+    }
+
+    #[test]
+    fn request_delays_double_within_their_ceilings_then_stop() {
+        for _ in 0..50 {
+            let delays: Vec<Duration> = request_retries(&config()).build().collect();
+            assert_eq!(delays.len(), 8, "max_retries delays, then no more");
+            let ceilings = [100, 200, 400, 800, 1600, 2000, 2000, 2000];
+            for (d, ceiling) in delays.iter().zip(ceilings) {
+                let ceiling = Duration::from_millis(ceiling);
+                assert!(
+                    *d >= ceiling / 2 && *d <= ceiling,
+                    "{d:?} outside [{:?}, {ceiling:?}]",
+                    ceiling / 2
+                );
+            }
+        }
+        let mut none = config();
+        none.max_retries = 0;
+        assert_eq!(request_retries(&none).build().count(), 0);
+    }
+
+    #[test]
+    fn request_delays_are_jittered() {
+        let firsts: Vec<Duration> = (0..100)
+            .map(|_| request_retries(&config()).build().next().unwrap())
+            .collect();
+        assert!(firsts.iter().any(|d| *d != firsts[0]), "no jitter");
+    }
+
+    #[test]
+    fn poll_intervals_grow_by_half_cap_and_never_end() {
+        let seen: Vec<u128> = poll_intervals(&config())
+            .build()
+            .take(12)
+            .map(|d| d.as_millis())
+            .collect();
+        // f32 arithmetic inside backon: allow a millisecond either way.
+        let want = [
+            100, 150, 225, 337, 506, 759, 1139, 1708, 2000, 2000, 2000, 2000,
+        ];
+        for (got, want) in seen.iter().zip(want) {
+            assert!(got.abs_diff(want) <= 1, "{seen:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_slow_the_pace_and_an_answer_restores_it() {
+        let mut pace = WaitPace::new(&config(), Duration::from_secs(3600));
+        let slept = |before: Instant| before.elapsed();
+        // The timer wheel has millisecond ticks and may round a sleep up by one.
+        let about = |got: Duration, ms: u64| got.as_millis().abs_diff(u128::from(ms)) <= 1;
+        let t = Instant::now();
+        assert!(pace.pause(false).await);
+        assert!(about(slept(t), 100), "{:?}", slept(t));
+        // Three failed polls: the request backoff (jittered, doubling) replaces the interval.
+        let mut failed = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            assert!(pace.pause(true).await);
+            failed.push(slept(t));
+        }
+        assert_eq!(pace.failed_in_a_row, 3);
+        assert!(failed[2] >= Duration::from_millis(200), "{failed:?}");
+        // An answer: back to the poll schedule, failure backoff restarted.
+        let t = Instant::now();
+        assert!(pace.pause(false).await);
+        assert!(about(slept(t), 150), "{:?}", slept(t));
+        assert_eq!(pace.failed_in_a_row, 0);
+        let t = Instant::now();
+        assert!(pace.pause(true).await);
+        assert!(
+            slept(t) <= Duration::from_millis(101),
+            "backoff not restarted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_pauses_and_cuts_polls() {
+        let mut pace = WaitPace::new(&config(), Duration::from_millis(250));
+        assert!(pace.pause(false).await); // 100 ms
+        assert!(pace.pause(false).await); // 150 ms: the deadline
+        assert!(!pace.pause(false).await);
+        assert_eq!(pace.poll(std::future::pending::<()>()).await, None);
+        let fresh = WaitPace::new(&config(), Duration::from_secs(1));
+        assert_eq!(fresh.poll(async { 7 }).await, Some(7));
+    }
+}
