@@ -50,8 +50,8 @@ async fn main() -> ExitCode {
         "everest-node",
         cli.common.check_config,
         || {
-            let host: Arc<dyn Host> = Arc::new(LinuxHost);
             let cfg = NodeConfig::load(&cli.common, std::env::vars())?;
+            let host: Arc<dyn Host> = Arc::new(LinuxHost::new(cfg.node.host.clone()));
             let root = AllowedRoot::new(&cfg.node.kubelet_root)
                 .map_err(|e| e.context("configuration key node.kubelet_root"))?;
             let registry = Arc::new(backends::build(&cfg, &host)?);

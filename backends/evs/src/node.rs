@@ -19,7 +19,7 @@ use everest_backend::node::{
 use everest_backend::paths::HostPath;
 use everest_backend::{Error, Result};
 
-use crate::capabilities::check_capability;
+use crate::capabilities::{check_capability, requested_fs_type, split_flags};
 use crate::config::EvsConfig;
 use crate::device::find_device;
 
@@ -45,15 +45,20 @@ impl EvsNode {
         &self.config.backend.by_id_dir
     }
 
-    /// Decides the filesystem and creates it only on a blank device; never reformats. Says
-    /// whether it was just made (and so already fills the device).
+    /// Decides the filesystem and creates it only on a blank device; never reformats, and never
+    /// writes to a disk staged read-only. Says whether it was just made (and so already fills
+    /// the device).
     async fn ensure_filesystem(
         &self,
         disk: &str,
         device: &Path,
         requested: Option<&str>,
+        read_only: bool,
     ) -> Result<(String, bool)> {
         match self.host.filesystem_of(device).await? {
+            None if read_only => Err(Error::FailedPrecondition(format!(
+                "disk {disk} is blank and is staged read-only: a read-only volume is never formatted, so there is nothing to mount; stage it read-write once (or fill it from a snapshot) first"
+            ))),
             None => {
                 let fs = requested
                     .unwrap_or(&self.config.backend.default_fs_type)
@@ -80,7 +85,30 @@ impl EvsNode {
     ) -> Result<()> {
         if self.needs_grow(device, fs).await? {
             tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
-            self.host.grow_filesystem(device, fs, Some(staging)).await?;
+            self.grow(disk, device, fs, Some(staging)).await?;
+        }
+        Ok(())
+    }
+
+    /// Grows the filesystem, then measures it again: a tool that exits 0 without growing
+    /// (or a filesystem it cannot grow) is an error, never a resize reported as done.
+    async fn grow(
+        &self,
+        disk: &str,
+        device: &Path,
+        fs: &str,
+        mount_point: Option<&Path>,
+    ) -> std::result::Result<(), GrowError> {
+        self.host
+            .grow_filesystem(device, fs, mount_point)
+            .await
+            .map_err(GrowError::Tool)?;
+        let device_size = self.host.device_size(device).await?;
+        let fs_size = self.host.filesystem_size(device, fs).await?;
+        if device_size > fs_size + GROW_SLACK_BYTES {
+            return Err(GrowError::Other(Error::Internal(format!(
+                "growing the {fs} filesystem of disk {disk} reported success, but it still holds {fs_size} bytes of the {device_size}-byte device"
+            ))));
         }
         Ok(())
     }
@@ -108,6 +136,7 @@ impl EvsNode {
     async fn check_existing_stage(
         &self,
         req: &NodeStage,
+        requested: Option<&str>,
         device: &Path,
         wants_read_only: bool,
     ) -> Result<bool> {
@@ -152,7 +181,7 @@ impl EvsNode {
             unmount_all(self.host.as_ref(), &req.staging).await?;
             return Ok(false);
         }
-        if let Some(fs) = req.capability.fs_type()
+        if let Some(fs) = requested
             && fs != m.fs_type
         {
             return Err(Error::AlreadyExists(format!(
@@ -172,7 +201,17 @@ impl EvsNode {
         Ok(true)
     }
 
-    /// Whether the filesystem on `device` is smaller than the device (after a controller expand).
+    /// Has a SCSI disk re-read its size (a virtio disk sees a new size by itself), so an expand
+    /// reaches the guest without waiting for anyone else to rescan.
+    async fn rescan(&self, disk: &str, device: &Path) -> Result<()> {
+        if self.host.rescan_device(device).await? {
+            tracing::info!(disk, device = %device.display(), "asked the kernel to rescan the disk's size");
+        }
+        Ok(())
+    }
+
+    /// Whether the filesystem on `device` is smaller than the device (after a controller expand),
+    /// by the size the filesystem records.
     async fn needs_grow(&self, device: &Path, fs: &str) -> Result<bool> {
         let device_size = self.host.device_size(device).await?;
         let fs_size = self.host.filesystem_size(device, fs).await?;
@@ -183,13 +222,37 @@ impl EvsNode {
 /// The filesystems stage creates or mounts; only such a mount is ever replaced at a staging path.
 const STAGED_FILESYSTEMS: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs"];
 
+/// Why a grow failed: the tool itself (which for ext online has its own message), or anything
+/// else (measuring, or a grow that did not grow).
+enum GrowError {
+    Tool(HostError),
+    Other(Error),
+}
+
+impl From<HostError> for GrowError {
+    fn from(e: HostError) -> Self {
+        GrowError::Other(e.into())
+    }
+}
+
+impl From<GrowError> for Error {
+    fn from(e: GrowError) -> Self {
+        match e {
+            GrowError::Tool(e) => e.into(),
+            GrowError::Other(e) => e,
+        }
+    }
+}
+
 fn is_ext(fs: &str) -> bool {
     matches!(fs, "ext2" | "ext3" | "ext4")
 }
 
 fn mount_options(cap: &VolumeCapability) -> Vec<String> {
-    let mut opts = match &cap.access_type {
-        everest_backend::capability::AccessType::Mount { mount_flags, .. } => mount_flags.clone(),
+    let mut opts: Vec<String> = match &cap.access_type {
+        everest_backend::capability::AccessType::Mount { mount_flags, .. } => {
+            split_flags(mount_flags).map(str::to_owned).collect()
+        }
         everest_backend::capability::AccessType::Block => Vec::new(),
     };
     if cap.access_mode.is_read_only() {
@@ -240,6 +303,7 @@ impl NodeBackend for EvsNode {
 
     async fn stage(&self, req: &NodeStage) -> Result<()> {
         check_capability(&req.capability)?;
+        let requested = requested_fs_type(&req.capability, &req.volume_context)?;
         let disk = req.native_id.as_str();
         let device = find_device(
             self.host.as_ref(),
@@ -256,13 +320,13 @@ impl NodeBackend for EvsNode {
         let staging = req.staging.as_path();
         let options = mount_options(&req.capability);
         if self
-            .check_existing_stage(req, &device, mounts_read_only(&options))
+            .check_existing_stage(req, requested, &device, mounts_read_only(&options))
             .await?
         {
             return Ok(());
         }
         let (fs, formatted) = self
-            .ensure_filesystem(disk, &device, req.capability.fs_type())
+            .ensure_filesystem(disk, &device, requested, mounts_read_only(&options))
             .await?;
         // A read-only volume is never written to: no fsck/resize2fs before mounting, and no
         // xfs_growfs/btrfs resize on a read-only mount (which fails and would block every stage).
@@ -271,7 +335,7 @@ impl NodeBackend for EvsNode {
         // ext cannot grow online on every host; grow it here, unmounted, after an expand.
         if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs).await? {
             tracing::info!(disk, "growing ext filesystem offline before mounting");
-            self.host.grow_filesystem(&device, &fs, None).await?;
+            self.grow(disk, &device, &fs, None).await?;
         }
         self.host.make_dir(staging).await?;
         self.host.mount(&device, staging, &fs, &options).await?;
@@ -347,6 +411,7 @@ impl NodeBackend for EvsNode {
             || self.host.is_block_device(path).await?
         {
             // A raw device has no filesystem to grow, but must show the new size too.
+            self.rescan(disk, path).await?;
             let size = self.host.device_size(path).await?;
             return check_device_grew(disk, size, &req.capacity);
         }
@@ -369,16 +434,16 @@ impl NodeBackend for EvsNode {
                 req.volume_path, mount.source
             )));
         }
+        self.rescan(disk, &device).await?;
         let device_size = self.host.device_size(&device).await?;
         check_device_grew(disk, device_size, &req.capacity)?;
         if self.needs_grow(&device, &mount.fs_type).await? {
-            let grown = self
-                .host
-                .grow_filesystem(&device, &mount.fs_type, Some(path))
-                .await;
+            let grown = self.grow(disk, &device, &mount.fs_type, Some(path)).await;
             match grown {
                 Ok(()) => tracing::info!(disk, fs = %mount.fs_type, "grew filesystem online"),
-                Err(e) if is_ext(&mount.fs_type) => return Err(ext_online_grow_failed(disk, e)),
+                Err(GrowError::Tool(e)) if is_ext(&mount.fs_type) => {
+                    return Err(ext_online_grow_failed(disk, e));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -395,6 +460,9 @@ impl NodeBackend for EvsNode {
         filesystem_usage(self.host.as_ref(), disk, volume_path).await
     }
 }
+
+#[cfg(test)]
+mod host_tests;
 
 #[cfg(test)]
 mod tests {
@@ -418,6 +486,7 @@ mod tests {
                 size: 10 * GIB,
                 fs_type: fs.map(str::to_owned),
                 fs_size: if fs.is_some() { 10 * GIB } else { 0 },
+                serial: None,
             },
         );
         let table = serde_json::json!({"project_id": "p", "region": "r", "credentials_file": "/x", "by_id_dir": "/by-id", "device_wait_seconds": 0});
@@ -570,6 +639,7 @@ mod tests {
                 size: 20 * GIB,
                 fs_type: Some("xfs".into()),
                 fs_size: 10 * GIB,
+                serial: None,
             },
         );
         let expand = NodeExpand {

@@ -16,8 +16,11 @@ pub struct FakeDevice {
     pub size: u64,
     /// Filesystem on it, if any.
     pub fs_type: Option<String>,
-    /// Filesystem size in bytes.
+    /// Filesystem size in bytes: what the filesystem records, apart from the device's size
+    /// (a disk expanded in the cloud has a larger device than filesystem until grown).
     pub fs_size: u64,
+    /// The serial the kernel reports for it (`/sys/block/*/serial`), if any.
+    pub serial: Option<String>,
 }
 
 impl FakeDevice {
@@ -27,6 +30,7 @@ impl FakeDevice {
             size,
             fs_type: Some(fs_type.to_owned()),
             fs_size: size,
+            serial: None,
         }
     }
 }
@@ -45,6 +49,12 @@ struct State {
     mounts: Vec<MountEntry>,
     calls: Vec<String>,
     fail: BTreeMap<String, String>,
+    /// Filesystem types whose grow "succeeds" without growing (a tool that exits 0 and does
+    /// nothing), so a caller that trusts the exit status is caught.
+    inert_grow: BTreeSet<String>,
+    /// SCSI devices, and the size each takes at its next rescan (a SCSI guest sees a new size
+    /// only after a rescan).
+    scsi: BTreeMap<PathBuf, Option<u64>>,
 }
 
 /// A recording fake of the machine.
@@ -96,9 +106,12 @@ impl FakeHost {
         s.paths.remove(path);
     }
 
-    /// Changes a device's size (as an expand would).
+    /// Changes a device's size (as an expand would); a SCSI device shows it after a rescan.
     pub fn resize_device(&self, path: &Path, size: u64) {
-        if let Some(d) = self.state().devices.get_mut(path) {
+        let mut s = self.state();
+        if let Some(pending) = s.scsi.get_mut(path) {
+            *pending = Some(size);
+        } else if let Some(d) = s.devices.get_mut(path) {
             d.size = size;
         }
     }
@@ -111,6 +124,27 @@ impl FakeHost {
     /// Creates a directory or file path as if it existed on the host.
     pub fn add_path(&self, path: &Path) {
         self.state().paths.insert(path.to_owned());
+    }
+
+    /// Adds a block device at `path` with no by-id link (udev never made one).
+    pub fn add_unlinked_device(&self, path: &Path, device: FakeDevice) {
+        let mut s = self.state();
+        s.devices.insert(path.to_owned(), device);
+        let n = s.numbers.len();
+        s.numbers
+            .entry(path.to_owned())
+            .or_insert_with(|| format!("7:{n}"));
+        s.paths.insert(path.to_owned());
+    }
+
+    /// Makes `path` a SCSI disk, which needs a rescan to see a new size.
+    pub fn make_scsi(&self, path: &Path) {
+        self.state().scsi.insert(path.to_owned(), None);
+    }
+
+    /// Makes grows of `fs_type` exit successfully without growing anything.
+    pub fn make_grow_inert(&self, fs_type: &str) {
+        self.state().inert_grow.insert(fs_type.to_owned());
     }
 
     /// Makes the next calls whose name starts with `operation` fail with `detail`.
@@ -261,14 +295,21 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn filesystem_size(&self, device: &Path, _fs_type: &str) -> Result<u64, HostError> {
+    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError> {
         self.record(format!("fssize {}", device.display()))?;
-        Ok(self
-            .state()
+        let s = self.state();
+        let d = s
             .devices
             .get(device)
-            .map(|d| d.fs_size)
-            .unwrap_or(0))
+            .ok_or_else(|| HostError::new("fssize", "no such device"))?;
+        // Like the tools: the size comes from the filesystem there, and only if it is the one asked.
+        match &d.fs_type {
+            Some(fs) if fs == fs_type => Ok(d.fs_size),
+            other => Err(HostError::new(
+                format!("fssize {}", device.display()),
+                format!("no {fs_type} filesystem (found {other:?})"),
+            )),
+        }
     }
 
     async fn grow_filesystem(
@@ -283,7 +324,21 @@ impl Host for FakeHost {
             "offline"
         };
         self.record(format!("grow {fs_type} {} {how}", device.display()))?;
-        if let Some(d) = self.state().devices.get_mut(device) {
+        // The Linux host's matrix: ext grows either way, xfs and btrfs only mounted.
+        let offline_ok = matches!(fs_type, "ext2" | "ext3" | "ext4");
+        if !matches!(fs_type, "ext2" | "ext3" | "ext4" | "xfs" | "btrfs")
+            || (mount_point.is_none() && !offline_ok)
+        {
+            return Err(HostError::new(
+                format!("grow {}", device.display()),
+                format!("cannot grow {fs_type:?} {how}"),
+            ));
+        }
+        let mut s = self.state();
+        let inert = s.inert_grow.contains(fs_type);
+        if let Some(d) = s.devices.get_mut(device)
+            && !inert
+        {
             d.fs_size = d.size;
         }
         Ok(())
@@ -316,6 +371,29 @@ impl Host for FakeHost {
             Some(target) => Ok(Some(target.clone())),
             None => Ok(s.devices.contains_key(link).then(|| link.to_owned())),
         }
+    }
+
+    async fn rescan_device(&self, device: &Path) -> Result<bool, HostError> {
+        if !self.state().scsi.contains_key(device) {
+            return Ok(false);
+        }
+        self.record(format!("rescan {}", device.display()))?;
+        let mut s = self.state();
+        if let Some(size) = s.scsi.get_mut(device).and_then(Option::take)
+            && let Some(d) = s.devices.get_mut(device)
+        {
+            d.size = size;
+        }
+        Ok(true)
+    }
+
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError> {
+        Ok(self
+            .state()
+            .devices
+            .iter()
+            .find(|(_, d)| d.serial.as_deref() == Some(serial))
+            .map(|(p, _)| p.clone()))
     }
 
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {

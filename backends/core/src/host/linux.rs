@@ -1,52 +1,33 @@
 //! The real host: runs the standard tools (mount, blkid, mkfs.*, resize2fs, xfs_growfs…) as
-//! argument vectors, never through a shell, with standard input closed so no tool can prompt.
+//! argument vectors, never through a shell, each with a time limit (see [`HostSettings`]).
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use async_trait::async_trait;
-use tokio::process::Command;
 
-use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo};
+use super::command::{CommandKind, HostSettings, blocking, failed};
+use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo, sysfs};
 
 /// The Linux implementation of [`Host`].
 #[derive(Debug, Clone, Default)]
-pub struct LinuxHost;
-
-/// Runs `program args…` with standard input closed; its output, whatever the exit status.
-async fn output(program: &str, args: &[&str]) -> Result<std::process::Output, HostError> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| HostError::new(command_line(program, args), format!("could not start: {e}")))
+pub struct LinuxHost {
+    settings: HostSettings,
 }
 
-/// The error for a run of `program args…` that ended in `out`: its exit status and stderr.
-fn failed(program: &str, args: &[&str], out: &std::process::Output) -> HostError {
-    HostError::new(
-        command_line(program, args),
-        format!(
-            "{} ({})",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            out.status
-        ),
-    )
-}
+impl LinuxHost {
+    /// A host that runs its tools with `settings`.
+    pub fn new(settings: HostSettings) -> Self {
+        Self { settings }
+    }
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    format!("{program} {}", args.join(" "))
-}
-
-/// Runs `program args…`, returning standard output, or an error with the exit status and stderr.
-async fn run(program: &str, args: &[&str]) -> Result<String, HostError> {
-    let out = output(program, args).await?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(failed(program, args, &out))
+    async fn run(
+        &self,
+        kind: CommandKind,
+        program: &str,
+        args: &[&str],
+    ) -> Result<String, HostError> {
+        self.settings.run(kind, program, args).await
     }
 }
 
@@ -60,14 +41,11 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> HostError {
 }
 
 /// Opens `device` and reads its first block; an error when either fails.
-async fn check_readable(device: &Path) -> Result<(), HostError> {
-    use tokio::io::AsyncReadExt;
-    let mut file = tokio::fs::File::open(device)
-        .await
-        .map_err(|e| io_err("open", device, e))?;
+fn check_readable(device: &Path) -> Result<(), HostError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(device).map_err(|e| io_err("open", device, e))?;
     let mut first = [0u8; 4096];
     file.read(&mut first)
-        .await
         .map(drop)
         .map_err(|e| io_err("read", device, e))
 }
@@ -105,7 +83,7 @@ impl Host for LinuxHost {
             args.extend(["-o", &opts]);
         }
         args.extend([path_str(source)?, path_str(target)?]);
-        run("mount", &args).await.map(drop)
+        self.run(CommandKind::Mount, "mount", &args).await.map(drop)
     }
 
     async fn bind_mount(
@@ -115,11 +93,23 @@ impl Host for LinuxHost {
         read_only: bool,
     ) -> Result<(), HostError> {
         let target = path_str(target)?;
-        run("mount", &["--bind", path_str(source)?, target]).await?;
+        self.run(
+            CommandKind::Mount,
+            "mount",
+            &["--bind", path_str(source)?, target],
+        )
+        .await?;
         if read_only {
             // A bind mount ignores "ro" on the first call; it takes a remount to make it read-only.
-            if let Err(e) = run("mount", &["-o", "remount,bind,ro", target]).await {
-                let _ = run("umount", &[target]).await;
+            if let Err(e) = self
+                .run(
+                    CommandKind::Mount,
+                    "mount",
+                    &["-o", "remount,bind,ro", target],
+                )
+                .await
+            {
+                let _ = self.run(CommandKind::Mount, "umount", &[target]).await;
                 return Err(e);
             }
         }
@@ -127,7 +117,9 @@ impl Host for LinuxHost {
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        run("umount", &[path_str(target)?]).await.map(drop)
+        self.run(CommandKind::Mount, "umount", &[path_str(target)?])
+            .await
+            .map(drop)
     }
 
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError> {
@@ -135,9 +127,18 @@ impl Host for LinuxHost {
         // `blkid -p` also exits 2 ("nothing found") when it cannot open or read the device at
         // all (a missing node, an I/O error), silently. Prove the device readable first, so an
         // unreadable disk is an error and never "blank" — blank is what leads to mkfs.
-        check_readable(device).await?;
+        let owned = device.to_owned();
+        blocking(
+            format!("read {}", device.display()),
+            self.settings.timeout(CommandKind::Query),
+            move || check_readable(&owned),
+        )
+        .await?;
         let args = ["-p", "-o", "export", dev];
-        let out = output("blkid", &args).await?;
+        let out = self
+            .settings
+            .output(CommandKind::Query, "blkid", &args)
+            .await?;
         match out.status.code() {
             // blkid's documented "nothing found": the device is blank.
             Some(2) => Ok(None),
@@ -174,7 +175,9 @@ impl Host for LinuxHost {
                 ));
             }
         };
-        run(program, &args).await.map(drop)
+        self.run(CommandKind::Format, program, &args)
+            .await
+            .map(drop)
     }
 
     async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError> {
@@ -183,33 +186,52 @@ impl Host for LinuxHost {
             |what: &str| HostError::new(what.to_owned(), "could not read the filesystem size");
         match fs_type {
             "ext4" | "ext3" | "ext2" => {
-                let out = run("dumpe2fs", &["-h", dev]).await?;
+                let out = self
+                    .run(CommandKind::Query, "dumpe2fs", &["-h", dev])
+                    .await?;
                 let blocks =
                     number_after(&out, "Block count").ok_or_else(|| parse_err("dumpe2fs"))?;
                 let size = number_after(&out, "Block size").ok_or_else(|| parse_err("dumpe2fs"))?;
                 Ok(blocks * size)
             }
             "xfs" => {
-                let out = run(
-                    "xfs_db",
-                    &[
-                        "-r",
-                        "-c",
-                        "sb 0",
-                        "-c",
-                        "print dblocks",
-                        "-c",
-                        "print blocksize",
-                        dev,
-                    ],
-                )
-                .await?;
+                let out = self
+                    .run(
+                        CommandKind::Query,
+                        "xfs_db",
+                        &[
+                            "-r",
+                            "-c",
+                            "sb 0",
+                            "-c",
+                            "print dblocks",
+                            "-c",
+                            "print blocksize",
+                            dev,
+                        ],
+                    )
+                    .await?;
                 let blocks = number_after(&out, "dblocks").ok_or_else(|| parse_err("xfs_db"))?;
                 let size = number_after(&out, "blocksize").ok_or_else(|| parse_err("xfs_db"))?;
                 Ok(blocks * size)
             }
-            // btrfs grows with `resize max` whenever asked; report the device size so no grow is forced.
-            _ => self.device_size(device).await,
+            // The superblock's size, which an online `resize max` updates at once; never the
+            // device's, which would make an expanded disk look grown.
+            "btrfs" => {
+                let out = self
+                    .run(
+                        CommandKind::Query,
+                        "btrfs",
+                        &["inspect-internal", "dump-super", dev],
+                    )
+                    .await?;
+                number_after(&out, "total_bytes")
+                    .ok_or_else(|| parse_err("btrfs inspect-internal dump-super"))
+            }
+            other => Err(HostError::new(
+                format!("measure {dev}"),
+                format!("cannot measure a {other:?} filesystem"),
+            )),
         }
     }
 
@@ -224,15 +246,31 @@ impl Host for LinuxHost {
             ("ext4" | "ext3" | "ext2", None) => {
                 // resize2fs insists on a freshly checked filesystem when offline; e2fsck exits 1 when it fixed something.
                 let args = ["-f", "-p", dev];
-                let out = output("e2fsck", &args).await?;
+                let out = self
+                    .settings
+                    .output(CommandKind::Resize, "e2fsck", &args)
+                    .await?;
                 if !matches!(out.status.code(), Some(0 | 1)) {
                     return Err(failed("e2fsck", &args, &out));
                 }
-                run("resize2fs", &[dev]).await.map(drop)
+                self.run(CommandKind::Resize, "resize2fs", &[dev])
+                    .await
+                    .map(drop)
             }
-            ("ext4" | "ext3" | "ext2", Some(_)) => run("resize2fs", &[dev]).await.map(drop),
-            ("xfs", Some(mp)) => run("xfs_growfs", &[path_str(mp)?]).await.map(drop),
-            ("btrfs", Some(mp)) => run("btrfs", &["filesystem", "resize", "max", path_str(mp)?])
+            ("ext4" | "ext3" | "ext2", Some(_)) => self
+                .run(CommandKind::Resize, "resize2fs", &[dev])
+                .await
+                .map(drop),
+            ("xfs", Some(mp)) => self
+                .run(CommandKind::Resize, "xfs_growfs", &[path_str(mp)?])
+                .await
+                .map(drop),
+            ("btrfs", Some(mp)) => self
+                .run(
+                    CommandKind::Resize,
+                    "btrfs",
+                    &["filesystem", "resize", "max", path_str(mp)?],
+                )
                 .await
                 .map(drop),
             (other, mp) => Err(HostError::new(
@@ -261,7 +299,13 @@ impl Host for LinuxHost {
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
-        let out = run("blockdev", &["--getsize64", path_str(device)?]).await?;
+        let out = self
+            .run(
+                CommandKind::Query,
+                "blockdev",
+                &["--getsize64", path_str(device)?],
+            )
+            .await?;
         out.trim()
             .parse()
             .map_err(|e| HostError::new("blockdev --getsize64", format!("unexpected output: {e}")))
@@ -287,10 +331,13 @@ impl Host for LinuxHost {
     }
 
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || statvfs(&path))
-            .await
-            .map_err(|e| HostError::new("statvfs", e.to_string()))?
+        let owned = path.to_owned();
+        blocking(
+            format!("statvfs {}", path.display()),
+            self.settings.timeout(CommandKind::Query),
+            move || statvfs(&owned),
+        )
+        .await
     }
 
     async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
@@ -326,6 +373,14 @@ impl Host for LinuxHost {
             .await
             .map(drop)
             .map_err(|e| io_err("create", path, e))
+    }
+
+    async fn rescan_device(&self, device: &Path) -> Result<bool, HostError> {
+        sysfs::rescan(&self.settings.sysfs_root, device).await
+    }
+
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError> {
+        sysfs::device_by_serial(&self.settings.sysfs_root, &self.settings.dev_root, serial).await
     }
 
     async fn remove_path(&self, path: &Path) -> Result<(), HostError> {
@@ -387,7 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn statvfs_of_root_is_sane() {
-        let s = LinuxHost.fs_stats(Path::new("/")).await.unwrap();
+        let s = LinuxHost::default().fs_stats(Path::new("/")).await.unwrap();
         assert!(s.total_bytes > 0 && s.used_bytes <= s.total_bytes);
     }
 
@@ -404,21 +459,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blank = dir.path().join("blank.img");
         std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
-        assert_eq!(LinuxHost.filesystem_of(&blank).await.unwrap(), None);
+        assert_eq!(
+            LinuxHost::default().filesystem_of(&blank).await.unwrap(),
+            None
+        );
         // blkid exits 2 for these too, as it does for a blank device.
         assert!(
-            LinuxHost
+            LinuxHost::default()
                 .filesystem_of(&dir.path().join("missing"))
                 .await
                 .is_err()
         );
-        assert!(LinuxHost.filesystem_of(dir.path()).await.is_err());
+        assert!(
+            LinuxHost::default()
+                .filesystem_of(dir.path())
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn device_number_is_the_rdev_of_a_block_device_only() {
         assert!(
-            LinuxHost
+            LinuxHost::default()
                 .device_number(Path::new("/dev/null"))
                 .await
                 .is_err()
@@ -429,7 +492,7 @@ mod tests {
         };
         if meta.file_type().is_block_device() {
             assert_eq!(
-                LinuxHost
+                LinuxHost::default()
                     .device_number(Path::new("/dev/loop0"))
                     .await
                     .unwrap(),
@@ -442,18 +505,23 @@ mod tests {
     async fn make_and_remove_paths() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a/b/block-target");
-        LinuxHost.make_file(&file).await.unwrap();
-        assert!(LinuxHost.exists(&file).await.unwrap());
-        LinuxHost.remove_path(&file).await.unwrap();
-        LinuxHost.remove_path(&file).await.unwrap();
-        assert!(!LinuxHost.exists(&file).await.unwrap());
+        LinuxHost::default().make_file(&file).await.unwrap();
+        assert!(LinuxHost::default().exists(&file).await.unwrap());
+        LinuxHost::default().remove_path(&file).await.unwrap();
+        LinuxHost::default().remove_path(&file).await.unwrap();
+        assert!(!LinuxHost::default().exists(&file).await.unwrap());
         assert_eq!(
-            LinuxHost
+            LinuxHost::default()
                 .resolve_device(&dir.path().join("missing"))
                 .await
                 .unwrap(),
             None
         );
-        assert!(LinuxHost.resolve_device(dir.path()).await.is_err());
+        assert!(
+            LinuxHost::default()
+                .resolve_device(dir.path())
+                .await
+                .is_err()
+        );
     }
 }
