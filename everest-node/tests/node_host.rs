@@ -1,0 +1,228 @@
+//! What the node does to the host, checked on real loop devices through the real daemons: btrfs
+//! grows online for real, a read-only stage of a blank disk formats nothing, the StorageClass
+//! fstype and the capability's mount flags reach mkfs and mount.
+
+use std::path::{Path, PathBuf};
+
+use everest_proto::csi::v1 as csi;
+use everest_testsupport::csi::{GIB, mount_cap};
+use everest_testsupport::host::{fs_size, have_program, mount_at};
+use everest_testsupport::{Lifecycle, World, skip_unless_root_and_loop};
+
+use csi::volume_capability::access_mode::Mode;
+
+fn skip_without(program: &str) -> bool {
+    if have_program(program) {
+        false
+    } else {
+        eprintln!("SKIPPED: {program} is not installed (apt-get install -y xfsprogs btrfs-progs)");
+        true
+    }
+}
+
+/// The by-id link the emulator made for the volume's disk (first 20 characters of its ID).
+fn by_id_link(world: &World, volume_id: &str) -> PathBuf {
+    let disk = volume_id.rsplit(':').next().expect("v1:<backend>:<disk>");
+    let serial: String = disk.chars().take(20).collect();
+    world.by_id_dir().join(format!("virtio-{serial}"))
+}
+
+/// The filesystem type found on `device` by probing the device itself (`blkid -p`, never
+/// blkid's cache, which may remember another disk that had the same loop device).
+fn probed_fs_type(device: &Path) -> Option<String> {
+    let out = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "TYPE"])
+        .arg(device)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run blkid");
+    let fs = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!fs.is_empty()).then_some(fs)
+}
+
+fn set_mount_flags(cap: &mut csi::VolumeCapability, flags: &[&str]) {
+    if let Some(csi::volume_capability::AccessType::Mount(m)) = cap.access_type.as_mut() {
+        m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+    }
+}
+
+/// Unpublish (if published), unstage, detach, delete.
+async fn tear_down(v: &Lifecycle<'_>, published: bool) {
+    if published {
+        v.unpublish().await.expect("NodeUnpublishVolume");
+    }
+    v.unstage().await.expect("NodeUnstageVolume");
+    v.detach().await.expect("ControllerUnpublishVolume");
+    v.delete().await.expect("DeleteVolume");
+}
+
+#[tokio::test]
+async fn btrfs_online_expand_grows_the_filesystem() {
+    if skip_unless_root_and_loop() || skip_without("mkfs.btrfs") {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-btrfs",
+        mount_cap("btrfs", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    v.create(10, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    v.stage().await.expect("NodeStageVolume");
+    v.publish(false).await.expect("NodePublishVolume");
+    assert_eq!(mount_at(Path::new(&v.staging)).unwrap().fs_type, "btrfs");
+    std::fs::write(Path::new(&v.target).join("kept.txt"), "btrfs data\n").unwrap();
+
+    let before = fs_size(Path::new(&v.target)).unwrap().total_bytes;
+    v.controller_expand(13)
+        .await
+        .expect("ControllerExpandVolume");
+    v.node_expand(13)
+        .await
+        .expect("NodeExpandVolume (online btrfs)");
+    let after = fs_size(Path::new(&v.target)).unwrap().total_bytes;
+    // What df shows: the filesystem itself grew by the 3 GiB, not just the disk under it.
+    assert!(
+        after >= before + 3 * GIB as u64 - (64 << 20),
+        "btrfs did not grow: {before} -> {after} bytes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&v.target).join("kept.txt")).unwrap(),
+        "btrfs data\n"
+    );
+    // Asked again, nothing is left to grow: OK without another resize.
+    v.node_expand(13)
+        .await
+        .expect("a repeated NodeExpandVolume");
+    assert_eq!(fs_size(Path::new(&v.target)).unwrap().total_bytes, after);
+    tear_down(&v, true).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
+
+#[tokio::test]
+async fn a_read_only_stage_of_a_blank_disk_is_refused_and_formats_nothing() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-ro-blank",
+        mount_cap("ext4", Mode::SingleNodeReaderOnly),
+        "pod-a",
+    )
+    .await;
+    v.create(10, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    let err = v
+        .stage()
+        .await
+        .expect_err("a read-only NodeStage of a blank disk");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("blank"), "{err:?}");
+    assert!(
+        mount_at(Path::new(&v.staging)).is_none(),
+        "something was mounted"
+    );
+    let device = std::fs::canonicalize(by_id_link(&world, &v.id())).expect("the disk's link");
+    assert_eq!(
+        probed_fs_type(&device),
+        None,
+        "the blank disk was formatted"
+    );
+
+    // Staged read-write, the same disk is formatted as usual.
+    v.cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    v.stage().await.expect("a read-write NodeStage");
+    assert_eq!(probed_fs_type(&device).as_deref(), Some("ext4"));
+    tear_down(&v, false).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
+
+#[tokio::test]
+async fn storage_class_fstype_and_mount_flags_reach_mkfs_and_mount() {
+    if skip_unless_root_and_loop() || skip_without("mkfs.xfs") {
+        return;
+    }
+    let world = World::start().await;
+    // The capability names no filesystem; the StorageClass does.
+    let mut cap = mount_cap("", Mode::SingleNodeWriter);
+    set_mount_flags(&mut cap, &["noatime", "nodiratime,nodev"]);
+    let mut v = Lifecycle::new(&world, "pvc-sc-fstype", cap, "pod-a").await;
+    let vol = v
+        .create(10, &[("csi.storage.k8s.io/fstype", "xfs")])
+        .await
+        .expect("CreateVolume");
+    assert_eq!(
+        vol.volume_context
+            .get("csi.storage.k8s.io/fstype")
+            .map(String::as_str),
+        Some("xfs"),
+        "{vol:?}"
+    );
+    v.attach().await.expect("ControllerPublishVolume");
+
+    // A flag outside the allowlist is refused by name before anything is formatted.
+    let allowed = v.cap.clone();
+    set_mount_flags(&mut v.cap, &["noatime", "suid"]);
+    let err = v
+        .stage()
+        .await
+        .expect_err("a NodeStage with mount flag suid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("\"suid\""), "{err:?}");
+    let device = std::fs::canonicalize(by_id_link(&world, &v.id())).expect("the disk's link");
+    assert_eq!(
+        probed_fs_type(&device),
+        None,
+        "formatted despite the refused flag"
+    );
+
+    v.cap = allowed;
+    v.stage().await.expect("NodeStageVolume");
+    let m = mount_at(Path::new(&v.staging)).expect("staged");
+    assert_eq!(m.fs_type, "xfs", "{m:?}");
+    for flag in ["noatime", "nodiratime", "nodev"] {
+        assert!(
+            m.options.split(',').any(|o| o == flag),
+            "{flag} is not in the mount's options: {m:?}"
+        );
+    }
+    tear_down(&v, false).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
+
+#[tokio::test]
+async fn a_storage_class_fstype_that_conflicts_with_the_capability_is_refused() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-fstype-conflict",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    for (fs, needle) in [("xfs", "conflicts"), ("ntfs", "ntfs")] {
+        let err = v
+            .create(10, &[("csi.storage.k8s.io/fstype", fs)])
+            .await
+            .expect_err("CreateVolume with a conflicting or unknown fstype");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(needle), "{err:?}");
+    }
+    assert!(
+        world.disks().await.is_empty(),
+        "a disk was created for a refused request"
+    );
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
