@@ -75,7 +75,8 @@ async fn run(
         // Only name and kind: settings may name credential files and are not for logs.
         tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
     }
-    let info = node_info::resolve(&cfg.node).await?;
+    let info =
+        node_info::apply_backend_limits(node_info::resolve(&cfg.node).await?, &registry).await;
     tracing::info!(
         driver = %cfg.driver_name,
         version = env!("CARGO_PKG_VERSION"),

@@ -226,3 +226,105 @@ async fn a_storage_class_fstype_that_conflicts_with_the_capability_is_refused() 
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }
+
+/// A disk made and attached straight through the cloud API, as an operator would by hand: the
+/// server holds it, Everest does not manage it.
+struct ForeignDisk {
+    client: everest_evs::api::EvsClient,
+    server: String,
+    id: String,
+}
+
+impl ForeignDisk {
+    async fn attach(world: &World, server: &str) -> Self {
+        use everest_evs::api::{CreateVolume, EvsClient, Service};
+        let url = world.emulator_url();
+        let settings = serde_json::json!({
+            "project_id": everest_testsupport::world::PROJECT_ID,
+            "region": everest_testsupport::world::REGION,
+            "evs_endpoint": url, "ecs_endpoint": url,
+            "credentials_file": world.root().join("evs-credentials.json"),
+        });
+        let cfg = everest_evs::EvsConfig::parse("by-hand", settings.as_object().unwrap()).unwrap();
+        let client = EvsClient::new(cfg.cloud.clone(), cfg.load_credentials().unwrap()).unwrap();
+        let spec = CreateVolume {
+            availability_zone: "emu-az1".into(),
+            volume_type: "SSD".into(),
+            name: "attached-by-hand".into(),
+            size: 10,
+            ..CreateVolume::default()
+        };
+        let accepted = client.create_volume(&spec, None).await.expect("create");
+        let wait = std::time::Duration::from_secs(60);
+        let job = client
+            .wait_for_job(Service::Evs, &accepted.job_id, wait)
+            .await
+            .expect("create job");
+        let id = job.volume_id().expect("the job names the disk").to_owned();
+        let attach = client.attach_volume(server, &id).await.expect("attach");
+        client
+            .wait_for_job(Service::Ecs, &attach, wait)
+            .await
+            .expect("attach job");
+        Self {
+            client,
+            server: server.to_owned(),
+            id,
+        }
+    }
+
+    async fn remove(self) {
+        use everest_evs::api::Service;
+        let wait = std::time::Duration::from_secs(60);
+        if let Some(job) = self
+            .client
+            .detach_volume(&self.server, &self.id)
+            .await
+            .expect("detach")
+        {
+            self.client
+                .wait_for_job(Service::Ecs, &job, wait)
+                .await
+                .expect("detach job");
+        }
+        if let Some(job) = self.client.delete_volume(&self.id).await.expect("delete") {
+            self.client
+                .wait_for_job(Service::Evs, &job, wait)
+                .await
+                .expect("delete job");
+        }
+    }
+}
+
+#[tokio::test]
+async fn max_volumes_per_node_is_the_free_slots_plus_the_everest_disks_attached() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    // The world configures max_volumes_per_node = 24, which is also the emulated server's
+    // slot count: only a disk Everest does not manage tells the two apart.
+    assert_eq!(world.node_info().await.max_volumes_per_node, 24);
+    let server = world.node_id().await;
+    let foreign = ForeignDisk::attach(&world, &server).await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-slots",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    v.create(10, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    // NodeGetInfo is answered from what the node learnt at start (the kubelet asks once, at
+    // registration): restart it to see the server as it is now.
+    world.restart_node().await.expect("restart the node");
+    // 22 free slots + the one Everest disk; the disk attached by hand is not ours to count.
+    assert_eq!(world.node_info().await.max_volumes_per_node, 23);
+
+    v.detach().await.expect("ControllerUnpublishVolume");
+    v.delete().await.expect("DeleteVolume");
+    foreign.remove().await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}

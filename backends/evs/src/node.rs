@@ -19,8 +19,10 @@ use everest_backend::node::{
 use everest_backend::paths::HostPath;
 use everest_backend::{Error, Result};
 
+use crate::api::{EvsClient, VolumeFilter};
 use crate::capabilities::{check_capability, requested_fs_type, split_flags};
 use crate::config::EvsConfig;
+use crate::controller::MANAGED_BY_KEY;
 use crate::device::find_device;
 
 /// A filesystem smaller than its device by more than this is grown (tools round to blocks).
@@ -33,12 +35,24 @@ const PUBLISH_DEVICE_WAIT: Duration = Duration::from_secs(5);
 pub struct EvsNode {
     config: EvsConfig,
     host: Arc<dyn Host>,
+    /// Only for the server's disk slots (NodeGetInfo), when the node has credentials.
+    client: Option<EvsClient>,
 }
 
 impl EvsNode {
     /// Builds the node side on `host`.
     pub fn new(config: EvsConfig, host: Arc<dyn Host>) -> Self {
-        Self { config, host }
+        Self {
+            config,
+            host,
+            client: None,
+        }
+    }
+
+    /// Lets the node ask the cloud how many disks its server can still take.
+    pub fn with_client(mut self, client: EvsClient) -> Self {
+        self.client = Some(client);
+        self
     }
 
     fn by_id_dir(&self) -> &Path {
@@ -448,6 +462,32 @@ impl NodeBackend for EvsNode {
             }
         }
         Ok(device_size)
+    }
+
+    /// The server's free disk slots plus the Everest disks attached to it now: the disks it
+    /// holds that Everest does not manage (the system disk, disks attached by hand) are what
+    /// the scheduler must not count on.
+    async fn max_volumes(&self, node_id: &str) -> Result<Option<u32>> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let devices = client.block_devices(node_id).await?;
+        let Some(slots) = devices.attachable_quantity else {
+            return Ok(None);
+        };
+        let managed = client
+            .list_volumes(&VolumeFilter {
+                server_id: Some(node_id.to_owned()),
+                metadata: [(MANAGED_BY_KEY.to_owned(), "everest".to_owned())].into(),
+                limit: Some(1000),
+                ..VolumeFilter::default()
+            })
+            .await?
+            .volumes
+            .len() as u64;
+        Ok(Some(
+            u32::try_from(slots.free_disk + managed).unwrap_or(u32::MAX),
+        ))
     }
 
     async fn stats(&self, disk: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
