@@ -328,3 +328,60 @@ async fn max_volumes_per_node_is_the_free_slots_plus_the_everest_disks_attached(
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }
+
+#[tokio::test]
+async fn without_a_by_id_link_the_disk_is_found_by_serial_and_a_scsi_disk_is_rescanned() {
+    if skip_unless_root_and_loop() || skip_without("mkfs.xfs") {
+        return;
+    }
+    let world = World::start().await;
+    let mut v = Lifecycle::new(
+        &world,
+        "pvc-no-udev",
+        mount_cap("xfs", Mode::SingleNodeWriter),
+        "pod-a",
+    )
+    .await;
+    v.create(10, &[]).await.expect("CreateVolume");
+    v.attach().await.expect("ControllerPublishVolume");
+    let link = by_id_link(&world, &v.id());
+    let device = std::fs::canonicalize(&link).expect("the disk's link");
+    // What a guest without udev has: no by-id link, but the kernel's view of the disk in
+    // /sys/block (the world's node reads a sysfs tree the test writes, since a loop device has
+    // neither a serial nor a SCSI rescan file).
+    let name = device.file_name().expect("a device name");
+    let sys = world.sysfs_root().join("block").join(name);
+    std::fs::create_dir_all(sys.join("device")).unwrap();
+    let serial = link
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("virtio-"))
+        .expect("virtio-<serial>")
+        .to_owned();
+    std::fs::write(sys.join("serial"), format!("{serial}\n")).unwrap();
+    std::fs::write(sys.join("device/rescan"), "").unwrap();
+    std::fs::remove_file(&link).unwrap();
+
+    v.stage()
+        .await
+        .expect("NodeStageVolume without a by-id link");
+    let m = mount_at(Path::new(&v.staging)).expect("staged");
+    assert_eq!(Path::new(&m.source), device, "{m:?}");
+    v.publish(false).await.expect("NodePublishVolume");
+
+    v.controller_expand(12)
+        .await
+        .expect("ControllerExpandVolume");
+    v.node_expand(12).await.expect("NodeExpandVolume");
+    assert_eq!(
+        std::fs::read_to_string(sys.join("device/rescan")).unwrap(),
+        "1",
+        "the node did not ask for a rescan of the disk's size"
+    );
+
+    // Put the link back as the emulator made it, for its own detach.
+    std::os::unix::fs::symlink(&device, &link).unwrap();
+    tear_down(&v, true).await;
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}

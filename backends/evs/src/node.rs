@@ -97,7 +97,7 @@ impl EvsNode {
         fs: &str,
         staging: &Path,
     ) -> Result<()> {
-        if self.needs_grow(device, fs).await? {
+        if self.needs_grow(device, fs, Some(staging)).await? {
             tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
             self.grow(disk, device, fs, Some(staging)).await?;
         }
@@ -118,7 +118,7 @@ impl EvsNode {
             .await
             .map_err(GrowError::Tool)?;
         let device_size = self.host.device_size(device).await?;
-        let fs_size = self.host.filesystem_size(device, fs).await?;
+        let fs_size = self.host.filesystem_size(device, fs, mount_point).await?;
         if device_size > fs_size + GROW_SLACK_BYTES {
             return Err(GrowError::Other(Error::Internal(format!(
                 "growing the {fs} filesystem of disk {disk} reported success, but it still holds {fs_size} bytes of the {device_size}-byte device"
@@ -226,9 +226,14 @@ impl EvsNode {
 
     /// Whether the filesystem on `device` is smaller than the device (after a controller expand),
     /// by the size the filesystem records.
-    async fn needs_grow(&self, device: &Path, fs: &str) -> Result<bool> {
+    async fn needs_grow(
+        &self,
+        device: &Path,
+        fs: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<bool> {
         let device_size = self.host.device_size(device).await?;
-        let fs_size = self.host.filesystem_size(device, fs).await?;
+        let fs_size = self.host.filesystem_size(device, fs, mount_point).await?;
         Ok(device_size > fs_size + GROW_SLACK_BYTES)
     }
 }
@@ -347,7 +352,7 @@ impl NodeBackend for EvsNode {
         // It is grown at the first read-write stage. A filesystem just made fills its disk.
         let may_grow = !formatted && !mounts_read_only(&options);
         // ext cannot grow online on every host; grow it here, unmounted, after an expand.
-        if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs).await? {
+        if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs, None).await? {
             tracing::info!(disk, "growing ext filesystem offline before mounting");
             self.grow(disk, &device, &fs, None).await?;
         }
@@ -451,7 +456,7 @@ impl NodeBackend for EvsNode {
         self.rescan(disk, &device).await?;
         let device_size = self.host.device_size(&device).await?;
         check_device_grew(disk, device_size, &req.capacity)?;
-        if self.needs_grow(&device, &mount.fs_type).await? {
+        if self.needs_grow(&device, &mount.fs_type, Some(path)).await? {
             let grown = self.grow(disk, &device, &mount.fs_type, Some(path)).await;
             match grown {
                 Ok(()) => tracing::info!(disk, fs = %mount.fs_type, "grew filesystem online"),

@@ -295,7 +295,12 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError> {
+    async fn filesystem_size(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        _mount_point: Option<&Path>,
+    ) -> Result<u64, HostError> {
         self.record(format!("fssize {}", device.display()))?;
         let s = self.state();
         let d = s

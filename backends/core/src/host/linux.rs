@@ -61,6 +61,19 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The data section's size from `xfs_info`: `data = bsize=4096 blocks=2621440, imaxpct=25`.
+fn xfs_info_data_bytes(text: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("data"))?;
+    let field = |key: &str| {
+        line.split([' ', ','])
+            .find_map(|t| t.strip_prefix(key))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(field("bsize=")? * field("blocks=")?)
+}
+
 #[async_trait]
 impl Host for LinuxHost {
     async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
@@ -180,12 +193,18 @@ impl Host for LinuxHost {
             .map(drop)
     }
 
-    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError> {
+    async fn filesystem_size(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<u64, HostError> {
         let dev = path_str(device)?;
         let parse_err =
             |what: &str| HostError::new(what.to_owned(), "could not read the filesystem size");
-        match fs_type {
-            "ext4" | "ext3" | "ext2" => {
+        match (fs_type, mount_point) {
+            // ext keeps its superblock in the device's page cache: dumpe2fs sees a grow at once.
+            ("ext4" | "ext3" | "ext2", _) => {
                 let out = self
                     .run(CommandKind::Query, "dumpe2fs", &["-h", dev])
                     .await?;
@@ -194,7 +213,15 @@ impl Host for LinuxHost {
                 let size = number_after(&out, "Block size").ok_or_else(|| parse_err("dumpe2fs"))?;
                 Ok(blocks * size)
             }
-            "xfs" => {
+            // Mounted, xfs_db would read the on-disk superblock, which still shows the old size
+            // after xfs_growfs until the log is checkpointed; xfs_info asks the kernel.
+            ("xfs", Some(mp)) => {
+                let out = self
+                    .run(CommandKind::Query, "xfs_info", &[path_str(mp)?])
+                    .await?;
+                xfs_info_data_bytes(&out).ok_or_else(|| parse_err("xfs_info"))
+            }
+            ("xfs", None) => {
                 let out = self
                     .run(
                         CommandKind::Query,
@@ -217,7 +244,7 @@ impl Host for LinuxHost {
             }
             // The superblock's size, which an online `resize max` updates at once; never the
             // device's, which would make an expanded disk look grown.
-            "btrfs" => {
+            ("btrfs", _) => {
                 let out = self
                     .run(
                         CommandKind::Query,
@@ -228,7 +255,7 @@ impl Host for LinuxHost {
                 number_after(&out, "total_bytes")
                     .ok_or_else(|| parse_err("btrfs inspect-internal dump-super"))
             }
-            other => Err(HostError::new(
+            (other, _) => Err(HostError::new(
                 format!("measure {dev}"),
                 format!("cannot measure a {other:?} filesystem"),
             )),
@@ -438,6 +465,11 @@ mod tests {
         let xfs_db = "dblocks = 2621440\nblocksize = 4096\n";
         assert_eq!(number_after(xfs_db, "dblocks"), Some(2_621_440));
         assert_eq!(number_after(xfs_db, "blocksize"), Some(4096));
+        let dump_super = "csum\t\t\t0x1\ntotal_bytes\t\t629145600\nbytes_used\t\t147456\ndev_item.total_bytes\t629145600\n";
+        assert_eq!(number_after(dump_super, "total_bytes"), Some(629_145_600));
+        let xfs_info = "meta-data=/dev/loop0             isize=512    agcount=4, agsize=19200 blks\n         =                       sectsz=512   attr=2, projid32bit=1\ndata     =                       bsize=4096   blocks=153600, imaxpct=25\n         =                       sunit=0      swidth=0 blks\nnaming   =version 2              bsize=4096   ascii-ci=0, ftype=1\nlog      =internal log           bsize=4096   blocks=16384, version=2\n";
+        assert_eq!(xfs_info_data_bytes(xfs_info), Some(153_600 * 4096));
+        assert_eq!(xfs_info_data_bytes("naming =version 2 bsize=4096\n"), None);
     }
 
     #[tokio::test]

@@ -98,7 +98,14 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError>;
     /// The size of the filesystem on `device`, in bytes, as the filesystem itself records it
     /// (never the device's size): what decides a grow and proves it happened.
-    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError>;
+    /// `mount_point` is where it is mounted, if it is: a mounted xfs keeps its superblock in
+    /// its own cache, so only the kernel (not the device) knows its size after a grow.
+    async fn filesystem_size(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<u64, HostError>;
     /// Grows the filesystem to fill `device`: offline for ext4 (`mount_point` = None), online for xfs/btrfs/ext4 when mounted.
     async fn grow_filesystem(
         &self,
