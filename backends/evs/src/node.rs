@@ -78,8 +78,20 @@ impl EvsNode {
                     .unwrap_or(&self.config.backend.default_fs_type)
                     .to_owned();
                 tracing::info!(disk, device = %device.display(), fs = %fs, "formatting blank disk");
-                self.host.mkfs(device, &fs).await?;
-                Ok((fs, true))
+                match self.host.mkfs(device, &fs).await {
+                    Ok(()) => Ok((fs, true)),
+                    // The stopped mkfs may have left a signature with no filesystem behind it,
+                    // which the retry would take for data and never format. The disk was blank
+                    // a moment ago, the tool is dead and this volume's call still holds its
+                    // lock: wipe what it wrote, so the retry finds a blank disk again.
+                    Err(e) if e.timed_out => {
+                        if let Err(w) = self.host.wipe_signatures(device).await {
+                            tracing::warn!(disk, error = %w, "could not wipe what a stopped mkfs wrote");
+                        }
+                        Err(e.into())
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             Some(existing) if requested.is_none_or(|r| r == existing) => Ok((existing, false)),
             Some(existing) => Err(Error::FailedPrecondition(format!(

@@ -42,7 +42,9 @@ impl Default for HostSettings {
         Self {
             query_timeout_seconds: 30,
             mount_timeout_seconds: 60,
-            format_timeout_seconds: 300,
+            // Under the kubelet's ~2 minutes, so a stuck mkfs ends here, where what it wrote
+            // is wiped, rather than by a cancelled RPC.
+            format_timeout_seconds: 100,
             resize_timeout_seconds: 600,
             sysfs_root: PathBuf::from("/sys"),
             dev_root: PathBuf::from("/dev"),
@@ -129,7 +131,13 @@ impl HostSettings {
                 running.finished = true;
                 out.map_err(|e| HostError::new(line(), e.to_string()))
             }
-            Err(_) => Err(HostError::timed_out(line(), limit)),
+            Err(_) => {
+                // Kill the group, then wait for the tool itself: when the error returns, nothing
+                // it did is still going on, so the caller may undo or retry it safely.
+                running.kill_group();
+                let _ = running.child.kill().await;
+                Err(HostError::timed_out(line(), limit))
+            }
         }
     }
 
@@ -158,11 +166,8 @@ struct Running {
     finished: bool,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
+impl Running {
+    fn kill_group(&self) {
         let group = self
             .child
             .id()
@@ -171,6 +176,14 @@ impl Drop for Running {
         if let Some(group) = group {
             // ESRCH (nobody left) is a fine answer.
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.kill_group();
         }
     }
 }

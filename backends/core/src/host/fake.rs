@@ -49,6 +49,8 @@ struct State {
     mounts: Vec<MountEntry>,
     calls: Vec<String>,
     fail: BTreeMap<String, String>,
+    /// Calls that run into their time limit.
+    timeouts: BTreeSet<String>,
     /// Filesystem types whose grow "succeeds" without growing (a tool that exits 0 and does
     /// nothing), so a caller that trusts the exit status is caught.
     inert_grow: BTreeSet<String>,
@@ -154,6 +156,19 @@ impl FakeHost {
             .insert(operation.to_owned(), detail.to_owned());
     }
 
+    /// Makes the next calls whose name starts with `operation` run into their time limit; a
+    /// timed-out mkfs leaves a half-made filesystem, as a killed one would.
+    pub fn time_out(&self, operation: &str) {
+        self.state().timeouts.insert(operation.to_owned());
+    }
+
+    /// Ends every failure and time-out set with [`FakeHost::fail`] and [`FakeHost::time_out`].
+    pub fn heal(&self) {
+        let mut s = self.state();
+        s.fail.clear();
+        s.timeouts.clear();
+    }
+
     /// Every call so far, as `"op arg…"` strings.
     pub fn calls(&self) -> Vec<String> {
         self.state().calls.clone()
@@ -171,8 +186,13 @@ impl FakeHost {
             .iter()
             .find(|(op, _)| call.starts_with(op.as_str()))
             .map(|(_, d)| d.clone());
+        let timed_out = s.timeouts.iter().any(|op| call.starts_with(op.as_str()));
         s.calls.push(call.clone());
         match failure {
+            _ if timed_out => Err(HostError::timed_out(
+                call,
+                std::time::Duration::from_secs(1),
+            )),
             Some(detail) => Err(HostError::new(call, detail)),
             None => Ok(()),
         }
@@ -284,14 +304,33 @@ impl Host for FakeHost {
     }
 
     async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
-        self.record(format!("mkfs {fs_type} {}", device.display()))?;
+        let recorded = self.record(format!("mkfs {fs_type} {}", device.display()));
         let mut s = self.state();
+        if let Err(e) = recorded {
+            if e.timed_out
+                && let Some(d) = s.devices.get_mut(device)
+            {
+                // Killed part-way: a signature without a usable filesystem behind it.
+                d.fs_type = Some(fs_type.to_owned());
+                d.fs_size = 0;
+            }
+            return Err(e);
+        }
         let d = s
             .devices
             .get_mut(device)
             .ok_or_else(|| HostError::new("mkfs", "no such device"))?;
         d.fs_type = Some(fs_type.to_owned());
         d.fs_size = d.size;
+        Ok(())
+    }
+
+    async fn wipe_signatures(&self, device: &Path) -> Result<(), HostError> {
+        self.record(format!("wipefs {}", device.display()))?;
+        if let Some(d) = self.state().devices.get_mut(device) {
+            d.fs_type = None;
+            d.fs_size = 0;
+        }
         Ok(())
     }
 

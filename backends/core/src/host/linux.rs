@@ -193,6 +193,12 @@ impl Host for LinuxHost {
             .map(drop)
     }
 
+    async fn wipe_signatures(&self, device: &Path) -> Result<(), HostError> {
+        self.run(CommandKind::Format, "wipefs", &["-a", path_str(device)?])
+            .await
+            .map(drop)
+    }
+
     async fn filesystem_size(
         &self,
         device: &Path,
@@ -508,6 +514,29 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn wiping_signatures_makes_a_formatted_image_blank_again() {
+        if std::process::Command::new("wipefs")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: wipefs is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, vec![0u8; 8 << 20]).unwrap();
+        let host = LinuxHost::default();
+        host.mkfs(&image, "ext4").await.unwrap();
+        assert_eq!(
+            host.filesystem_of(&image).await.unwrap().as_deref(),
+            Some("ext4")
+        );
+        host.wipe_signatures(&image).await.unwrap();
+        assert_eq!(host.filesystem_of(&image).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -96,6 +96,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError>;
     /// Creates a filesystem of `fs_type` on `device`.
     async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError>;
+    /// Erases the filesystem signatures on `device` (`wipefs -a`): only for undoing an mkfs
+    /// that was stopped part-way on a device that was blank before it.
+    async fn wipe_signatures(&self, device: &Path) -> Result<(), HostError>;
     /// The size of the filesystem on `device`, in bytes, as the filesystem itself records it
     /// (never the device's size): what decides a grow and proves it happened.
     /// `mount_point` is where it is mounted, if it is: a mounted xfs keeps its superblock in

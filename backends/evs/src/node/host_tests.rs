@@ -235,3 +235,28 @@ async fn an_expanded_scsi_disk_is_rescanned_a_virtio_disk_is_not() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_timed_out_mkfs_is_wiped_so_the_retry_formats_the_disk() {
+    let (host, node) = setup(None);
+    let req = stage_req("xfs", &[], AccessMode::SingleNodeWriter);
+    host.time_out("mkfs");
+    let err = node.stage(&req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(err.to_string().contains("mkfs xfs /dev/loop3"), "{err}");
+    assert_eq!(host.device(Path::new(DEVICE)).unwrap().fs_type, None);
+    assert!(host.mount_table().is_empty());
+    host.heal();
+    node.stage(&req).await.unwrap();
+    assert_eq!(
+        host.device(Path::new(DEVICE)).unwrap().fs_type.as_deref(),
+        Some("xfs")
+    );
+    assert_eq!(host.mount_table().len(), 1);
+
+    // A failure that is not a time-out may be mkfs refusing a signature blkid missed: never wiped.
+    let (host, node) = setup(None);
+    host.fail("mkfs", "appears to contain an existing filesystem");
+    node.stage(&req).await.unwrap_err();
+    assert!(!host.calls().iter().any(|c| c.starts_with("wipefs")));
+}
