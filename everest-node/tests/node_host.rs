@@ -187,13 +187,18 @@ async fn storage_class_fstype_and_mount_flags_reach_mkfs_and_mount() {
     v.stage().await.expect("NodeStageVolume");
     let m = mount_at(Path::new(&v.staging)).expect("staged");
     assert_eq!(m.fs_type, "xfs", "{m:?}");
-    for flag in ["noatime", "nodiratime", "nodev"] {
-        assert!(
-            m.options.split(',').any(|o| o == flag),
-            "{flag} is not in the mount's options: {m:?}"
-        );
+    v.publish(false).await.expect("NodePublishVolume");
+    // The pod's bind mount carries the staging mount's per-mount flags.
+    let t = mount_at(Path::new(&v.target)).expect("published");
+    for m in [&m, &t] {
+        for flag in ["noatime", "nodiratime", "nodev"] {
+            assert!(
+                m.options.split(',').any(|o| o == flag),
+                "{flag} is not in the mount's options: {m:?}"
+            );
+        }
     }
-    tear_down(&v, false).await;
+    tear_down(&v, true).await;
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }

@@ -21,6 +21,19 @@ impl LinuxHost {
         Self { settings }
     }
 
+    /// Runs a call on the filesystem (stat, mkdir, sysfs…) with the query time limit: a path on
+    /// a dead mount can hang in the kernel, and the RPC must still answer.
+    async fn limited<T>(
+        &self,
+        what: String,
+        call: impl std::future::Future<Output = Result<T, HostError>>,
+    ) -> Result<T, HostError> {
+        let limit = self.settings.timeout(CommandKind::Query);
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(HostError::timed_out(what, limit)))
+    }
+
     async fn run(
         &self,
         kind: CommandKind,
@@ -77,10 +90,13 @@ fn xfs_info_data_bytes(text: &str) -> Option<u64> {
 #[async_trait]
 impl Host for LinuxHost {
     async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
-        let text = tokio::fs::read_to_string("/proc/self/mountinfo")
-            .await
-            .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
-        Ok(parse_mountinfo(&text))
+        self.limited("read /proc/self/mountinfo".to_owned(), async {
+            let text = tokio::fs::read_to_string("/proc/self/mountinfo")
+                .await
+                .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
+            Ok(parse_mountinfo(&text))
+        })
+        .await
     }
 
     async fn mount(
@@ -317,18 +333,21 @@ impl Host for LinuxHost {
     }
 
     async fn device_number(&self, device: &Path) -> Result<String, HostError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = tokio::fs::metadata(device)
-            .await
-            .map_err(|e| io_err("stat", device, e))?;
-        if !meta.file_type().is_block_device() {
-            return Err(HostError::new(
-                format!("stat {}", device.display()),
-                "not a block device",
-            ));
-        }
-        let rdev = meta.rdev();
-        Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+        self.limited(format!("stat {}", device.display()), async {
+            use std::os::unix::fs::MetadataExt;
+            let meta = tokio::fs::metadata(device)
+                .await
+                .map_err(|e| io_err("stat", device, e))?;
+            if !meta.file_type().is_block_device() {
+                return Err(HostError::new(
+                    format!("stat {}", device.display()),
+                    "not a block device",
+                ));
+            }
+            let rdev = meta.rdev();
+            Ok(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
+        })
+        .await
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
@@ -345,22 +364,25 @@ impl Host for LinuxHost {
     }
 
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError> {
-        let target = match tokio::fs::canonicalize(link).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("resolve", link, e)),
-        };
-        let meta = tokio::fs::metadata(&target)
-            .await
-            .map_err(|e| io_err("stat", &target, e))?;
-        if meta.file_type().is_block_device() {
-            Ok(Some(target))
-        } else {
-            Err(HostError::new(
-                format!("resolve {}", link.display()),
-                format!("{} is not a block device", target.display()),
-            ))
-        }
+        self.limited(format!("resolve {}", link.display()), async {
+            let target = match tokio::fs::canonicalize(link).await {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("resolve", link, e)),
+            };
+            let meta = tokio::fs::metadata(&target)
+                .await
+                .map_err(|e| io_err("stat", &target, e))?;
+            if meta.file_type().is_block_device() {
+                Ok(Some(target))
+            } else {
+                Err(HostError::new(
+                    format!("resolve {}", link.display()),
+                    format!("{} is not a block device", target.display()),
+                ))
+            }
+        })
+        .await
     }
 
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
@@ -374,64 +396,86 @@ impl Host for LinuxHost {
     }
 
     async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
-        match tokio::fs::metadata(path).await {
-            Ok(m) => Ok(m.file_type().is_block_device()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("stat", path, e)),
-        }
+        self.limited(format!("stat {}", path.display()), async {
+            match tokio::fs::metadata(path).await {
+                Ok(m) => Ok(m.file_type().is_block_device()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err("stat", path, e)),
+            }
+        })
+        .await
     }
 
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
-        match tokio::fs::symlink_metadata(path).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("stat", path, e)),
-        }
+        self.limited(format!("stat {}", path.display()), async {
+            match tokio::fs::symlink_metadata(path).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err("stat", path, e)),
+            }
+        })
+        .await
     }
 
     async fn make_dir(&self, path: &Path) -> Result<(), HostError> {
-        tokio::fs::create_dir_all(path)
-            .await
-            .map_err(|e| io_err("mkdir", path, e))
+        self.limited(format!("mkdir {}", path.display()), async {
+            tokio::fs::create_dir_all(path)
+                .await
+                .map_err(|e| io_err("mkdir", path, e))
+        })
+        .await
     }
 
     async fn make_file(&self, path: &Path) -> Result<(), HostError> {
-        if let Some(parent) = path.parent() {
-            self.make_dir(parent).await?;
-        }
-        tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .map(drop)
-            .map_err(|e| io_err("create", path, e))
+        self.limited(format!("create {}", path.display()), async {
+            if let Some(parent) = path.parent() {
+                self.make_dir(parent).await?;
+            }
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await
+                .map(drop)
+                .map_err(|e| io_err("create", path, e))
+        })
+        .await
     }
 
     async fn rescan_device(&self, device: &Path) -> Result<bool, HostError> {
-        sysfs::rescan(&self.settings.sysfs_root, device).await
+        self.limited(format!("rescan {}", device.display()), async {
+            sysfs::rescan(&self.settings.sysfs_root, device).await
+        })
+        .await
     }
 
     async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError> {
-        sysfs::device_by_serial(&self.settings.sysfs_root, &self.settings.dev_root, serial).await
+        self.limited(format!("find the disk with serial {serial}"), async {
+            sysfs::device_by_serial(&self.settings.sysfs_root, &self.settings.dev_root, serial)
+                .await
+        })
+        .await
     }
 
     async fn remove_path(&self, path: &Path) -> Result<(), HostError> {
-        let meta = match tokio::fs::symlink_metadata(path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err("stat", path, e)),
-        };
-        let result = if meta.is_dir() {
-            tokio::fs::remove_dir(path).await
-        } else {
-            tokio::fs::remove_file(path).await
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", path, e)),
-        }
+        self.limited(format!("remove {}", path.display()), async {
+            let meta = match tokio::fs::symlink_metadata(path).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("stat", path, e)),
+            };
+            let result = if meta.is_dir() {
+                tokio::fs::remove_dir(path).await
+            } else {
+                tokio::fs::remove_file(path).await
+            };
+            match result {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove", path, e)),
+            }
+        })
+        .await
     }
 }
 
@@ -460,129 +504,4 @@ fn statvfs(path: &Path) -> Result<FsStats, HostError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_numbers_from_tool_output() {
-        let dumpe2fs = "Block count:              2621440\nBlock size:               4096\n";
-        assert_eq!(number_after(dumpe2fs, "Block count"), Some(2_621_440));
-        assert_eq!(number_after(dumpe2fs, "Block size"), Some(4096));
-        let xfs_db = "dblocks = 2621440\nblocksize = 4096\n";
-        assert_eq!(number_after(xfs_db, "dblocks"), Some(2_621_440));
-        assert_eq!(number_after(xfs_db, "blocksize"), Some(4096));
-        let dump_super = "csum\t\t\t0x1\ntotal_bytes\t\t629145600\nbytes_used\t\t147456\ndev_item.total_bytes\t629145600\n";
-        assert_eq!(number_after(dump_super, "total_bytes"), Some(629_145_600));
-        let xfs_info = "meta-data=/dev/loop0             isize=512    agcount=4, agsize=19200 blks\n         =                       sectsz=512   attr=2, projid32bit=1\ndata     =                       bsize=4096   blocks=153600, imaxpct=25\n         =                       sunit=0      swidth=0 blks\nnaming   =version 2              bsize=4096   ascii-ci=0, ftype=1\nlog      =internal log           bsize=4096   blocks=16384, version=2\n";
-        assert_eq!(xfs_info_data_bytes(xfs_info), Some(153_600 * 4096));
-        assert_eq!(xfs_info_data_bytes("naming =version 2 bsize=4096\n"), None);
-    }
-
-    #[tokio::test]
-    async fn statvfs_of_root_is_sane() {
-        let s = LinuxHost::default().fs_stats(Path::new("/")).await.unwrap();
-        assert!(s.total_bytes > 0 && s.used_bytes <= s.total_bytes);
-    }
-
-    #[tokio::test]
-    async fn an_unreadable_device_is_an_error_never_blank() {
-        if std::process::Command::new("blkid")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipping: blkid is not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let blank = dir.path().join("blank.img");
-        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
-        assert_eq!(
-            LinuxHost::default().filesystem_of(&blank).await.unwrap(),
-            None
-        );
-        // blkid exits 2 for these too, as it does for a blank device.
-        assert!(
-            LinuxHost::default()
-                .filesystem_of(&dir.path().join("missing"))
-                .await
-                .is_err()
-        );
-        assert!(
-            LinuxHost::default()
-                .filesystem_of(dir.path())
-                .await
-                .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn wiping_signatures_makes_a_formatted_image_blank_again() {
-        if std::process::Command::new("wipefs")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipping: wipefs is not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("disk.img");
-        std::fs::write(&image, vec![0u8; 8 << 20]).unwrap();
-        let host = LinuxHost::default();
-        host.mkfs(&image, "ext4").await.unwrap();
-        assert_eq!(
-            host.filesystem_of(&image).await.unwrap().as_deref(),
-            Some("ext4")
-        );
-        host.wipe_signatures(&image).await.unwrap();
-        assert_eq!(host.filesystem_of(&image).await.unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn device_number_is_the_rdev_of_a_block_device_only() {
-        assert!(
-            LinuxHost::default()
-                .device_number(Path::new("/dev/null"))
-                .await
-                .is_err()
-        );
-        let Ok(meta) = std::fs::metadata("/dev/loop0") else {
-            eprintln!("skipping the block device half: no /dev/loop0");
-            return;
-        };
-        if meta.file_type().is_block_device() {
-            assert_eq!(
-                LinuxHost::default()
-                    .device_number(Path::new("/dev/loop0"))
-                    .await
-                    .unwrap(),
-                "7:0"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn make_and_remove_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("a/b/block-target");
-        LinuxHost::default().make_file(&file).await.unwrap();
-        assert!(LinuxHost::default().exists(&file).await.unwrap());
-        LinuxHost::default().remove_path(&file).await.unwrap();
-        LinuxHost::default().remove_path(&file).await.unwrap();
-        assert!(!LinuxHost::default().exists(&file).await.unwrap());
-        assert_eq!(
-            LinuxHost::default()
-                .resolve_device(&dir.path().join("missing"))
-                .await
-                .unwrap(),
-            None
-        );
-        assert!(
-            LinuxHost::default()
-                .resolve_device(dir.path())
-                .await
-                .is_err()
-        );
-    }
-}
+mod tests;
