@@ -260,3 +260,26 @@ async fn a_timed_out_mkfs_is_wiped_so_the_retry_formats_the_disk() {
     node.stage(&req).await.unwrap_err();
     assert!(!host.calls().iter().any(|c| c.starts_with("wipefs")));
 }
+
+/// DEADLINE_EXCEEDED leaves the kubelet "uncertain": it retries NodeStage, and sends
+/// NodeUnstage if the pod goes away, so the mount is adopted rather than undone (undoing it
+/// would make a slow mount, a long log replay, time out on every retry).
+#[tokio::test]
+async fn a_mount_that_timed_out_after_mounting_is_adopted_by_the_retry() {
+    let (host, node) = setup(Some("xfs"));
+    let req = stage_req("xfs", &[], AccessMode::SingleNodeWriter);
+    host.time_out("mount");
+    let err = node.stage(&req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(err.to_string().contains("mount /dev/loop3"), "{err}");
+    assert_eq!(host.mount_table().len(), 1, "the kernel did mount it");
+    host.heal();
+    node.stage(&req).await.unwrap();
+    assert_eq!(host.mount_table().len(), 1, "{:?}", host.calls());
+    let mounts = host
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("mount "))
+        .count();
+    assert_eq!(mounts, 1, "the retry must find the mount, not mount again");
+}
