@@ -70,6 +70,7 @@ async fn run(
 ) -> Result<(), Error> {
     if let Some(addr) = cfg.metrics_address {
         telemetry::install_exporter(addr)?;
+        backends::describe_metrics();
     }
     for (name, backend) in registry.iter() {
         // Only name and kind: settings may name credential files and are not for logs.
