@@ -108,6 +108,10 @@ impl HostSettings {
             .map_err(|e| HostError::new(line(), format!("could not start: {e}")))?;
         // Killed when this future is dropped (the RPC was cancelled) or when the limit passes.
         let mut running = Running {
+            group: child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(rustix::process::Pid::from_raw),
             child,
             finished: false,
         };
@@ -159,21 +163,18 @@ impl HostSettings {
 
 /// A started command. Dropped before it finished (time limit, cancelled RPC), it sends SIGKILL
 /// to the command's whole process group; the child itself is then killed and reaped by tokio
-/// (`kill_on_drop`). The group is signalled while its leader is not yet reaped, so its ID
-/// cannot have been reused.
+/// (`kill_on_drop`). The group's ID is taken at spawn: it stays valid while the leader is
+/// unreaped or any member lives (the kernel does not reuse an ID still in use as a group), and
+/// a run that ended with its output closed is `finished` and never signalled.
 struct Running {
     child: tokio::process::Child,
+    group: Option<rustix::process::Pid>,
     finished: bool,
 }
 
 impl Running {
     fn kill_group(&self) {
-        let group = self
-            .child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(group) = group {
+        if let Some(group) = self.group {
             // ESRCH (nobody left) is a fine answer.
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
@@ -255,6 +256,21 @@ mod tests {
         tools
     }
 
+    /// A stub `blkid` that exits at once but leaves a helper holding its output open.
+    fn lingering_tool_dir(dir: &Path) -> PathBuf {
+        let tools = dir.join("tools");
+        std::fs::create_dir(&tools).unwrap();
+        let script = format!(
+            "#!/bin/sh\nsleep 300 &\necho $! > {helper}\necho $$ > {leader}\nexit 0\n",
+            helper = dir.join("helper.pid").display(),
+            leader = dir.join("leader.pid").display()
+        );
+        let stub = tools.join("blkid");
+        std::fs::write(&stub, script).unwrap();
+        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+        tools
+    }
+
     fn pids(dir: &Path) -> Option<Vec<u32>> {
         ["leader.pid", "helper.pid"]
             .iter()
@@ -316,6 +332,15 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::DeadlineExceeded);
         let pids = pids(dir.path()).expect("the stub ran");
         assert_all_gone(&pids).await;
+    }
+
+    #[tokio::test]
+    async fn a_helper_left_behind_by_an_exited_tool_is_killed_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, device) = host(dir.path(), lingering_tool_dir(dir.path()));
+        let err = host.filesystem_of(&device).await.unwrap_err();
+        assert!(err.timed_out, "{err}");
+        assert_all_gone(&pids(dir.path()).expect("the stub ran")).await;
     }
 
     #[tokio::test]
