@@ -1,5 +1,6 @@
 # Everest image: both CSI daemons (everest-controller, everest-node) on a slim Debian with the
-# host tools the node side runs (mkfs/blkid/mount, NFS and FUSE mounters).
+# host tools the node side runs (mkfs/blkid/mount and the grow tools of ext4, xfs and btrfs,
+# NFS and FUSE mounters).
 #   docker build -t everest:0.1.0 .        (see docs/install.md)
 
 # ---- build: the two daemons, release profile, no system protoc needed (protox)
@@ -16,7 +17,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates e2fsprogs xfsprogs util-linux mount nfs-common s3fs rclone fuse3 \
+      ca-certificates e2fsprogs xfsprogs btrfs-progs util-linux mount nfs-common s3fs rclone fuse3 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/everest-controller /out/everest-node /usr/local/bin/
 # The controller runs as this user (the chart sets it); the node plugin runs as root.

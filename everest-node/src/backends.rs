@@ -23,6 +23,12 @@ fn build_one(
     }
 }
 
+/// Gives every backend kind's own metrics their help text (after the exporter is installed): a
+/// node with cloud credentials calls the cloud for its disk slots.
+pub fn describe_metrics() {
+    everest_evs::api::describe_metrics();
+}
+
 /// The registry of node backends described by the configuration, all sharing `host`.
 pub fn build(cfg: &NodeConfig, host: &Arc<dyn Host>) -> Result<Registry<dyn NodeBackend>, Error> {
     cfg.build_registry(|name, backend| build_one(name, backend, Arc::clone(host)))

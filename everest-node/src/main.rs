@@ -49,8 +49,8 @@ async fn main() -> ExitCode {
         "everest-node",
         cli.common.check_config,
         || {
-            let host: Arc<dyn Host> = Arc::new(LinuxHost);
             let cfg = NodeConfig::load(&cli.common, std::env::vars())?;
+            let host: Arc<dyn Host> = Arc::new(LinuxHost::new(cfg.node.host.clone()));
             let root = AllowedRoot::new(&cfg.node.kubelet_root)
                 .map_err(|e| e.context("configuration key node.kubelet_root"))?;
             let registry = Arc::new(backends::build(&cfg, &host)?);
@@ -69,12 +69,14 @@ async fn run(
 ) -> Result<(), Error> {
     if let Some(addr) = cfg.metrics_address {
         telemetry::install_exporter(addr)?;
+        backends::describe_metrics();
     }
     for (name, backend) in registry.iter() {
         // Only name and kind: settings may name credential files and are not for logs.
         tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
     }
-    let info = node_info::resolve(&cfg.node).await?;
+    let info =
+        node_info::apply_backend_limits(node_info::resolve(&cfg.node).await?, &registry).await;
     tracing::info!(
         driver = %cfg.driver_name,
         version = env!("CARGO_PKG_VERSION"),

@@ -8,23 +8,12 @@ use std::path::Path;
 
 use everest_proto::csi::v1 as csi;
 use everest_testsupport::csi::{GIB, block_cap, mount_cap};
-use everest_testsupport::host::{self, fs_size, have_program, mount_at};
+use everest_testsupport::host::{self, fs_size, mount_at, skip_without};
 use everest_testsupport::{Lifecycle, World, skip_unless_root_and_loop};
 
 use csi::volume_capability::access_mode::Mode;
 
 const ZONE_KEY: &str = "topology.everest.csi.io/zone";
-
-fn skip_without(program: &str) -> bool {
-    if have_program(program) {
-        false
-    } else {
-        everest_testsupport::skip(format!(
-            "{program} is not installed (apt-get install -y xfsprogs)"
-        ));
-        true
-    }
-}
 
 /// Create, attach, stage and publish; checks what each step leaves on the machine.
 async fn bring_up(v: &mut Lifecycle<'_>, world: &World, gib: i64) {
@@ -108,7 +97,7 @@ fn assert_mounted(path: &str, fs_type: &str) {
 
 #[tokio::test]
 async fn xfs_full_lifecycle_with_online_expand() {
-    if skip_unless_root_and_loop() || skip_without("mkfs.xfs") {
+    if skip_unless_root_and_loop() || skip_without("mkfs.xfs", "xfsprogs") {
         return;
     }
     let world = World::start().await;

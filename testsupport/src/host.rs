@@ -27,6 +27,18 @@ pub fn skip_unless_root_and_loop() -> bool {
     }
 }
 
+/// Returns `true` (after recording the skip, see [`crate::skip`]) when `program` is not on
+/// `PATH`; `package` says what to install.
+pub fn skip_without(program: &str, package: &str) -> bool {
+    if have_program(program) {
+        return false;
+    }
+    crate::skip(format!(
+        "{program} is not installed (apt-get install -y {package})"
+    ));
+    true
+}
+
 /// Whether a program is on `PATH` (e.g. `mkfs.xfs`).
 pub fn have_program(name: &str) -> bool {
     std::env::var_os("PATH")

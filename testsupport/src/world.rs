@@ -158,6 +158,11 @@ impl World {
     pub fn by_id_dir(&self) -> PathBuf {
         self.root.join("by-id")
     }
+    /// The node's sysfs root: an empty tree tests fill to stand in for what a VM's kernel shows
+    /// (disk serials, SCSI rescan files), which loop devices do not have.
+    pub fn sysfs_root(&self) -> PathBuf {
+        self.root.join("sys")
+    }
     /// The kubelet root the node may use.
     pub fn kubelet_root(&self) -> PathBuf {
         self.root.join("kubelet")
@@ -473,6 +478,7 @@ impl World {
         for d in [
             self.state_dir(),
             self.by_id_dir(),
+            self.sysfs_root().join("block"),
             self.kubelet_root(),
             self.root.join("sockets"),
             self.log_dir(),
@@ -571,6 +577,9 @@ impl World {
         )?;
         writeln!(toml, "max_volumes_per_node = 24")?;
         writeln!(toml, "kubelet_root = \"{}\"", self.kubelet_root().display())?;
+        writeln!(toml)?;
+        writeln!(toml, "[node.host]")?;
+        writeln!(toml, "sysfs_root = \"{}\"", self.sysfs_root().display())?;
         writeln!(toml)?;
         writeln!(toml, "[backends.{BACKEND}]")?;
         writeln!(toml, "kind = \"evs\"")?;

@@ -260,6 +260,12 @@ pub trait NodeBackend: Send + Sync + Debug {
     async fn expand(&self, req: &NodeExpand) -> Result<u64>;
     /// Usage and health of the volume at `volume_path`.
     async fn stats(&self, native_id: &str, volume_path: &HostPath) -> Result<VolumeUsage>;
+    /// How many of this driver's volumes the node `node_id` can hold in all, when the backend
+    /// can tell (a block backend asks the cloud for the server's free disk slots); `None`
+    /// leaves the configured `max_volumes_per_node`.
+    async fn max_volumes(&self, _node_id: &str) -> Result<Option<u32>> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -40,12 +40,25 @@ pub enum Error {
     /// The credentials are valid but not allowed to do this.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A command on the host failed (mount, mkfs, resize…).
+    /// A command on the host failed (mount, mkfs, resize…); one that timed out is
+    /// DEADLINE_EXCEEDED instead (see the `From` below).
     #[error("{0}")]
-    Host(#[from] crate::host::HostError),
+    Host(crate::host::HostError),
     /// A bug or an unexpected answer; the message says what was being attempted.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::host::HostError> for Error {
+    /// A command stopped at its time limit may yet be finished by a retry: DEADLINE_EXCEEDED,
+    /// naming the command; any other failure stays a host error.
+    fn from(e: crate::host::HostError) -> Self {
+        if e.timed_out {
+            Error::DeadlineExceeded(e.to_string())
+        } else {
+            Error::Host(e)
+        }
+    }
 }
 
 /// Shorthand used across the backends.
@@ -129,6 +142,21 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), "x");
         }
+    }
+
+    #[test]
+    fn a_timed_out_host_command_is_deadline_exceeded_naming_it() {
+        let e = Error::from(crate::host::HostError::timed_out(
+            "mkfs.xfs -q /dev/vdb",
+            std::time::Duration::from_secs(3),
+        ));
+        assert_eq!(e.code(), Code::DeadlineExceeded);
+        assert!(e.to_string().contains("mkfs.xfs -q /dev/vdb"), "{e}");
+        let e = Error::from(crate::host::HostError::new(
+            "mkfs.xfs -q /dev/vdb",
+            "exit 1",
+        ));
+        assert_eq!(e.code(), Code::Internal);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Finding an attached disk on the node. A KVM guest shows a virtio disk as
 //! `/dev/disk/by-id/virtio-<first 20 characters of the disk ID>` and a SCSI disk as
-//! `scsi-3<wwn>` or `wwn-0x<wwn>`; the attach may take a moment to appear, so we poll.
+//! `scsi-3<wwn>` or `wwn-0x<wwn>`; the attach may take a moment to appear, so we poll. Without
+//! udev there are no such links: a virtio disk is then found by the serial the kernel shows in
+//! `/sys/block/<name>/serial` (the same first 20 characters).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,13 +14,18 @@ use tokio::time::Instant;
 
 use crate::controller::WWN_CONTEXT_KEY;
 
+/// The serial a virtio disk shows for the cloud disk `disk_id`.
+fn virtio_serial(disk_id: &str) -> String {
+    disk_id.chars().take(20).collect()
+}
+
 /// The by-id names a disk may appear under, most likely first.
 pub fn candidate_links(
     by_id_dir: &Path,
     disk_id: &str,
     publish_context: &BTreeMap<String, String>,
 ) -> Vec<PathBuf> {
-    let serial: String = disk_id.chars().take(20).collect();
+    let serial = virtio_serial(disk_id);
     let mut links = vec![by_id_dir.join(format!("virtio-{serial}"))];
     if let Some(wwn) = publish_context
         .get(WWN_CONTEXT_KEY)
@@ -53,9 +60,15 @@ pub async fn find_device(
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        match by_serial(host, disk_id).await {
+            Ok(Some(device)) => return Ok(device),
+            Ok(None) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
         let now = Instant::now();
         if now >= deadline {
-            let tried: Vec<String> = links.iter().map(|l| l.display().to_string()).collect();
+            let mut tried: Vec<String> = links.iter().map(|l| l.display().to_string()).collect();
+            tried.push(format!("a disk with serial {}", virtio_serial(disk_id)));
             let problems = if problems.is_empty() {
                 String::new()
             } else {
@@ -71,6 +84,14 @@ pub async fn find_device(
         tokio::time::sleep(interval.min(deadline - now)).await;
         interval = (interval * 2).min(Duration::from_secs(1));
     }
+}
+
+/// The disk whose kernel serial is this disk's virtio serial, if it is a block device.
+async fn by_serial(host: &dyn Host, disk_id: &str) -> Result<Option<PathBuf>> {
+    let Some(device) = host.device_by_serial(&virtio_serial(disk_id)).await? else {
+        return Ok(None);
+    };
+    Ok(host.is_block_device(&device).await?.then_some(device))
 }
 
 #[cfg(test)]
@@ -147,5 +168,43 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
         assert!(err.to_string().contains("not a block device"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn without_a_by_id_link_the_disk_is_found_by_its_serial() {
+        let host = FakeHost::default();
+        let id = "0123456789abcdefghijKLMN";
+        host.add_unlinked_device(
+            Path::new("/dev/vdc"),
+            FakeDevice {
+                serial: Some("0123456789abcdefghij".into()),
+                ..FakeDevice::default()
+            },
+        );
+        host.add_unlinked_device(
+            Path::new("/dev/vdb"),
+            FakeDevice {
+                serial: Some("another-disk-serial0".into()),
+                ..FakeDevice::default()
+            },
+        );
+        let found = find_device(&host, Path::new("/d"), id, &BTreeMap::new(), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(found, PathBuf::from("/dev/vdc"));
+        let err = find_device(
+            &host,
+            Path::new("/d"),
+            "0123456789abcdefghiX",
+            &BTreeMap::new(),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(
+            err.to_string().contains("serial 0123456789abcdefghiX"),
+            "{err}"
+        );
     }
 }

@@ -40,12 +40,24 @@ pub fn controller_from_config(
     Ok(Arc::new(EvsController::new(name.clone(), config, client)))
 }
 
-/// Builds the node side of the instance `name`; the node needs no cloud credentials.
+/// Builds the node side of the instance `name`. The node needs no cloud credentials to serve
+/// volumes; when its credentials file is there anyway, it asks the cloud for its server's free
+/// disk slots (NodeGetInfo's max_volumes_per_node) and for nothing else.
 pub fn node_from_config(
     name: &BackendName,
     settings: &serde_json::Map<String, serde_json::Value>,
     host: Arc<dyn Host>,
 ) -> Result<Arc<dyn NodeBackend>, Error> {
     let config = EvsConfig::parse(name.as_str(), settings)?;
-    Ok(Arc::new(EvsNode::new(config, host)))
+    let node = EvsNode::new(config.clone(), host);
+    if !config.backend.credentials_file.exists() {
+        return Ok(Arc::new(node));
+    }
+    let client = api::EvsClient::from_credentials_file(
+        config.cloud.clone(),
+        &config.backend.credentials_file,
+    )
+    .map_err(|e| Error::InvalidArgument(format!("backend {name}: {e}")))?
+    .with_backend(name.as_str());
+    Ok(Arc::new(node.with_client(client)))
 }

@@ -20,8 +20,10 @@ use everest_backend::node::{
 use everest_backend::paths::HostPath;
 use everest_backend::{Error, Result};
 
-use crate::capabilities::check_capability;
+use crate::api::{EvsClient, VolumeFilter};
+use crate::capabilities::{check_capability, requested_fs_type, split_flags};
 use crate::config::EvsConfig;
+use crate::controller::MANAGED_BY_KEY;
 use crate::device::find_device;
 
 /// A filesystem smaller than its device by more than this is grown (tools round to blocks).
@@ -34,34 +36,63 @@ const PUBLISH_DEVICE_WAIT: Duration = Duration::from_secs(5);
 pub struct EvsNode {
     config: EvsConfig,
     host: Arc<dyn Host>,
+    /// Only for the server's disk slots (NodeGetInfo), when the node has credentials.
+    client: Option<EvsClient>,
 }
 
 impl EvsNode {
     /// Builds the node side on `host`.
     pub fn new(config: EvsConfig, host: Arc<dyn Host>) -> Self {
-        Self { config, host }
+        Self {
+            config,
+            host,
+            client: None,
+        }
+    }
+
+    /// Lets the node ask the cloud how many disks its server can still take.
+    pub fn with_client(mut self, client: EvsClient) -> Self {
+        self.client = Some(client);
+        self
     }
 
     fn by_id_dir(&self) -> &Path {
         &self.config.backend.by_id_dir
     }
 
-    /// Decides the filesystem and creates it only on a blank device; never reformats. Says
-    /// whether it was just made (and so already fills the device).
+    /// Decides the filesystem and creates it only on a blank device; never reformats, and never
+    /// writes to a disk staged read-only. Says whether it was just made (and so already fills
+    /// the device).
     async fn ensure_filesystem(
         &self,
         disk: &str,
         device: &Path,
         requested: Option<&str>,
+        read_only: bool,
     ) -> Result<(String, bool)> {
         match self.host.filesystem_of(device).await? {
+            None if read_only => Err(Error::FailedPrecondition(format!(
+                "disk {disk} is blank and is staged read-only: a read-only volume is never formatted, so there is nothing to mount; stage it read-write once (or fill it from a snapshot) first"
+            ))),
             None => {
                 let fs = requested
                     .unwrap_or(&self.config.backend.default_fs_type)
                     .to_owned();
                 tracing::info!(disk, device = %device.display(), fs = %fs, "formatting blank disk");
-                self.host.mkfs(device, &fs).await?;
-                Ok((fs, true))
+                match self.host.mkfs(device, &fs).await {
+                    Ok(()) => Ok((fs, true)),
+                    // The stopped mkfs may have left a signature with no filesystem behind it,
+                    // which the retry would take for data and never format. The disk was blank
+                    // a moment ago, the tool is dead and this volume's call still holds its
+                    // lock: wipe what it wrote, so the retry finds a blank disk again.
+                    Err(e) if e.timed_out => {
+                        if let Err(w) = self.host.wipe_signatures(device).await {
+                            tracing::warn!(disk, error = %w, "could not wipe what a stopped mkfs wrote");
+                        }
+                        Err(e.into())
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             Some(existing) if requested.is_none_or(|r| r == existing) => Ok((existing, false)),
             Some(existing) => Err(Error::FailedPrecondition(format!(
@@ -79,9 +110,32 @@ impl EvsNode {
         fs: &str,
         staging: &Path,
     ) -> Result<()> {
-        if self.needs_grow(device, fs).await? {
+        if self.needs_grow(device, fs, Some(staging)).await? {
             tracing::info!(disk, fs = %fs, "growing filesystem online after mount");
-            self.host.grow_filesystem(device, fs, Some(staging)).await?;
+            self.grow(disk, device, fs, Some(staging)).await?;
+        }
+        Ok(())
+    }
+
+    /// Grows the filesystem, then measures it again: a tool that exits 0 without growing
+    /// (or a filesystem it cannot grow) is an error, never a resize reported as done.
+    async fn grow(
+        &self,
+        disk: &str,
+        device: &Path,
+        fs: &str,
+        mount_point: Option<&Path>,
+    ) -> std::result::Result<(), GrowError> {
+        self.host
+            .grow_filesystem(device, fs, mount_point)
+            .await
+            .map_err(GrowError::Tool)?;
+        let device_size = self.host.device_size(device).await?;
+        let fs_size = self.host.filesystem_size(device, fs, mount_point).await?;
+        if device_size > fs_size + GROW_SLACK_BYTES {
+            return Err(GrowError::Other(Error::Internal(format!(
+                "growing the {fs} filesystem of disk {disk} reported success, but it still holds {fs_size} bytes of the {device_size}-byte device"
+            ))));
         }
         Ok(())
     }
@@ -109,6 +163,7 @@ impl EvsNode {
     async fn check_existing_stage(
         &self,
         req: &NodeStage,
+        requested: Option<&str>,
         device: &Path,
         wants_read_only: bool,
     ) -> Result<bool> {
@@ -153,7 +208,7 @@ impl EvsNode {
             unmount_all(self.host.as_ref(), &req.staging).await?;
             return Ok(false);
         }
-        if let Some(fs) = req.capability.fs_type()
+        if let Some(fs) = requested
             && fs != m.fs_type
         {
             return Err(Error::AlreadyExists(format!(
@@ -173,10 +228,25 @@ impl EvsNode {
         Ok(true)
     }
 
-    /// Whether the filesystem on `device` is smaller than the device (after a controller expand).
-    async fn needs_grow(&self, device: &Path, fs: &str) -> Result<bool> {
+    /// Has a SCSI disk re-read its size (a virtio disk sees a new size by itself), so an expand
+    /// reaches the guest without waiting for anyone else to rescan.
+    async fn rescan(&self, disk: &str, device: &Path) -> Result<()> {
+        if self.host.rescan_device(device).await? {
+            tracing::info!(disk, device = %device.display(), "asked the kernel to rescan the disk's size");
+        }
+        Ok(())
+    }
+
+    /// Whether the filesystem on `device` is smaller than the device (after a controller expand),
+    /// by the size the filesystem records.
+    async fn needs_grow(
+        &self,
+        device: &Path,
+        fs: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<bool> {
         let device_size = self.host.device_size(device).await?;
-        let fs_size = self.host.filesystem_size(device, fs).await?;
+        let fs_size = self.host.filesystem_size(device, fs, mount_point).await?;
         Ok(device_size > fs_size + GROW_SLACK_BYTES)
     }
 
@@ -203,13 +273,37 @@ impl EvsNode {
 /// The filesystems stage creates or mounts; only such a mount is ever replaced at a staging path.
 const STAGED_FILESYSTEMS: &[&str] = &["ext2", "ext3", "ext4", "xfs", "btrfs"];
 
+/// Why a grow failed: the tool itself (which for ext online has its own message), or anything
+/// else (measuring, or a grow that did not grow).
+enum GrowError {
+    Tool(HostError),
+    Other(Error),
+}
+
+impl From<HostError> for GrowError {
+    fn from(e: HostError) -> Self {
+        GrowError::Other(e.into())
+    }
+}
+
+impl From<GrowError> for Error {
+    fn from(e: GrowError) -> Self {
+        match e {
+            GrowError::Tool(e) => e.into(),
+            GrowError::Other(e) => e,
+        }
+    }
+}
+
 fn is_ext(fs: &str) -> bool {
     matches!(fs, "ext2" | "ext3" | "ext4")
 }
 
 fn mount_options(cap: &VolumeCapability) -> Vec<String> {
-    let mut opts = match &cap.access_type {
-        everest_backend::capability::AccessType::Mount { mount_flags, .. } => mount_flags.clone(),
+    let mut opts: Vec<String> = match &cap.access_type {
+        everest_backend::capability::AccessType::Mount { mount_flags, .. } => {
+            split_flags(mount_flags).map(str::to_owned).collect()
+        }
         everest_backend::capability::AccessType::Block => Vec::new(),
     };
     if cap.access_mode.is_read_only() {
@@ -260,6 +354,7 @@ impl NodeBackend for EvsNode {
 
     async fn stage(&self, req: &NodeStage) -> Result<()> {
         check_capability(&req.capability)?;
+        let requested = requested_fs_type(&req.capability, &req.volume_context)?;
         let disk = req.native_id.as_str();
         let device = find_device(
             self.host.as_ref(),
@@ -276,22 +371,22 @@ impl NodeBackend for EvsNode {
         let staging = req.staging.as_path();
         let options = mount_options(&req.capability);
         if self
-            .check_existing_stage(req, &device, mounts_read_only(&options))
+            .check_existing_stage(req, requested, &device, mounts_read_only(&options))
             .await?
         {
             return Ok(());
         }
         let (fs, formatted) = self
-            .ensure_filesystem(disk, &device, req.capability.fs_type())
+            .ensure_filesystem(disk, &device, requested, mounts_read_only(&options))
             .await?;
         // A read-only volume is never written to: no fsck/resize2fs before mounting, and no
         // xfs_growfs/btrfs resize on a read-only mount (which fails and would block every stage).
         // It is grown at the first read-write stage. A filesystem just made fills its disk.
         let may_grow = !formatted && !mounts_read_only(&options);
         // ext cannot grow online on every host; grow it here, unmounted, after an expand.
-        if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs).await? {
+        if may_grow && is_ext(&fs) && self.needs_grow(&device, &fs, None).await? {
             tracing::info!(disk, "growing ext filesystem offline before mounting");
-            self.host.grow_filesystem(&device, &fs, None).await?;
+            self.grow(disk, &device, &fs, None).await?;
         }
         self.host.make_dir(staging).await?;
         self.host.mount(&device, staging, &fs, &options).await?;
@@ -367,6 +462,7 @@ impl NodeBackend for EvsNode {
             || self.host.is_block_device(path).await?
         {
             // A raw device has no filesystem to grow, but must show the new size too.
+            self.rescan(disk, path).await?;
             let size = self.host.device_size(path).await?;
             return check_device_grew(disk, size, &req.capacity);
         }
@@ -389,20 +485,46 @@ impl NodeBackend for EvsNode {
                 req.volume_path, mount.source
             )));
         }
+        self.rescan(disk, &device).await?;
         let device_size = self.host.device_size(&device).await?;
         check_device_grew(disk, device_size, &req.capacity)?;
-        if self.needs_grow(&device, &mount.fs_type).await? {
-            let grown = self
-                .host
-                .grow_filesystem(&device, &mount.fs_type, Some(path))
-                .await;
+        if self.needs_grow(&device, &mount.fs_type, Some(path)).await? {
+            let grown = self.grow(disk, &device, &mount.fs_type, Some(path)).await;
             match grown {
                 Ok(()) => tracing::debug!(disk, fs = %mount.fs_type, "grew filesystem online"),
-                Err(e) if is_ext(&mount.fs_type) => return Err(ext_online_grow_failed(disk, e)),
+                Err(GrowError::Tool(e)) if is_ext(&mount.fs_type) => {
+                    return Err(ext_online_grow_failed(disk, e));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(device_size)
+    }
+
+    /// The server's free disk slots plus the Everest disks attached to it now: the disks it
+    /// holds that Everest does not manage (the system disk, disks attached by hand) are what
+    /// the scheduler must not count on.
+    async fn max_volumes(&self, node_id: &str) -> Result<Option<u32>> {
+        let Some(client) = &self.client else {
+            return Ok(None);
+        };
+        let devices = client.block_devices(node_id).await?;
+        let Some(slots) = devices.attachable_quantity else {
+            return Ok(None);
+        };
+        let managed = client
+            .list_volumes(&VolumeFilter {
+                server_id: Some(node_id.to_owned()),
+                metadata: [(MANAGED_BY_KEY.to_owned(), "everest".to_owned())].into(),
+                limit: Some(1000),
+                ..VolumeFilter::default()
+            })
+            .await?
+            .volumes
+            .len() as u64;
+        Ok(Some(
+            u32::try_from(slots.free_disk + managed).unwrap_or(u32::MAX),
+        ))
     }
 
     async fn stats(&self, disk: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
@@ -452,6 +574,9 @@ fn stale(disk: &str, volume_path: &HostPath) -> VolumeUsage {
 }
 
 #[cfg(test)]
+mod host_tests;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
@@ -473,6 +598,7 @@ mod tests {
                 size: 10 * GIB,
                 fs_type: fs.map(str::to_owned),
                 fs_size: if fs.is_some() { 10 * GIB } else { 0 },
+                serial: None,
             },
         );
         let table = serde_json::json!({"project_id": "p", "region": "r", "credentials_file": "/x", "by_id_dir": "/by-id", "device_wait_seconds": 0});
@@ -676,6 +802,7 @@ mod tests {
                 size: 20 * GIB,
                 fs_type: Some("xfs".into()),
                 fs_size: 10 * GIB,
+                serial: None,
             },
         );
         let expand = NodeExpand {

@@ -26,6 +26,7 @@ use serde_json::Value;
 use super::logging::LogFormat;
 use super::socket::parse_endpoint;
 use crate::error::Error;
+use crate::host::HostSettings;
 use crate::registry::{BackendConfig, Registry};
 use crate::volume_id::BackendName;
 
@@ -149,6 +150,9 @@ pub struct NodeSection {
     /// The kubelet's directory; staging and target paths must lie under it.
     #[serde(default = "default_kubelet_root")]
     pub kubelet_root: PathBuf,
+    /// Time limits of host commands, and where sysfs and /dev are (`[node.host]`).
+    #[serde(default)]
+    pub host: HostSettings,
 }
 
 impl Default for NodeSection {
@@ -159,6 +163,7 @@ impl Default for NodeSection {
             metadata_url: default_metadata_url(),
             max_volumes_per_node: default_max_volumes(),
             kubelet_root: default_kubelet_root(),
+            host: HostSettings::default(),
         }
     }
 }
@@ -403,6 +408,9 @@ default_backend = "evs-default"
 zone = "az1"
 max_volumes_per_node = 16
 
+[node.host]
+format_timeout_seconds = 900
+
 [backends.evs-default]
 kind = "evs"
 region = "r1"
@@ -446,6 +454,7 @@ device_wait_seconds = 30
             ("EVEREST_BACKENDS__EVS_DEFAULT__REGION", "r2"),
             ("EVEREST_BACKENDS__EVS_DEFAULT__PROJECT_ID", "0123456789"),
             ("EVEREST_NODE__MAX_VOLUMES_PER_NODE", "16"),
+            ("EVEREST_NODE__HOST__MOUNT_TIMEOUT_SECONDS", "90"),
             ("EVEREST_METRICS_SERVICE_HOST", "10.0.0.1"),
             ("EVEREST_CONFIG", "/ignored"),
         ]);
@@ -454,6 +463,15 @@ device_wait_seconds = 30
         assert_eq!(cfg.node.node_id.as_deref(), Some("12345"));
         assert_eq!(cfg.node.zone.as_deref(), Some("az1"));
         assert_eq!(cfg.node.max_volumes_per_node, 16);
+        let host = &cfg.node.host;
+        assert_eq!(
+            (host.format_timeout_seconds, host.mount_timeout_seconds),
+            (900, 90)
+        );
+        assert_eq!(
+            host.query_timeout_seconds, 30,
+            "unset keys keep their defaults"
+        );
         let evs = &cfg.backends["evs-default"];
         assert_eq!(evs.kind, "evs");
         assert_eq!(evs.settings["region"], "r2");

@@ -16,8 +16,11 @@ pub struct FakeDevice {
     pub size: u64,
     /// Filesystem on it, if any.
     pub fs_type: Option<String>,
-    /// Filesystem size in bytes.
+    /// Filesystem size in bytes: what the filesystem records, apart from the device's size
+    /// (a disk expanded in the cloud has a larger device than filesystem until grown).
     pub fs_size: u64,
+    /// The serial the kernel reports for it (`/sys/block/*/serial`), if any.
+    pub serial: Option<String>,
 }
 
 impl FakeDevice {
@@ -27,6 +30,7 @@ impl FakeDevice {
             size,
             fs_type: Some(fs_type.to_owned()),
             fs_size: size,
+            serial: None,
         }
     }
 }
@@ -45,6 +49,14 @@ struct State {
     mounts: Vec<MountEntry>,
     calls: Vec<String>,
     fail: BTreeMap<String, String>,
+    /// Calls that run into their time limit.
+    timeouts: BTreeSet<String>,
+    /// Filesystem types whose grow "succeeds" without growing (a tool that exits 0 and does
+    /// nothing), so a caller that trusts the exit status is caught.
+    inert_grow: BTreeSet<String>,
+    /// SCSI devices, and the size each takes at its next rescan (a SCSI guest sees a new size
+    /// only after a rescan).
+    scsi: BTreeMap<PathBuf, Option<u64>>,
 }
 
 /// A recording fake of the machine.
@@ -96,9 +108,12 @@ impl FakeHost {
         s.paths.remove(path);
     }
 
-    /// Changes a device's size (as an expand would).
+    /// Changes a device's size (as an expand would); a SCSI device shows it after a rescan.
     pub fn resize_device(&self, path: &Path, size: u64) {
-        if let Some(d) = self.state().devices.get_mut(path) {
+        let mut s = self.state();
+        if let Some(pending) = s.scsi.get_mut(path) {
+            *pending = Some(size);
+        } else if let Some(d) = s.devices.get_mut(path) {
             d.size = size;
         }
     }
@@ -113,11 +128,45 @@ impl FakeHost {
         self.state().paths.insert(path.to_owned());
     }
 
+    /// Adds a block device at `path` with no by-id link (udev never made one).
+    pub fn add_unlinked_device(&self, path: &Path, device: FakeDevice) {
+        let mut s = self.state();
+        s.devices.insert(path.to_owned(), device);
+        let n = s.numbers.len();
+        s.numbers
+            .entry(path.to_owned())
+            .or_insert_with(|| format!("7:{n}"));
+        s.paths.insert(path.to_owned());
+    }
+
+    /// Makes `path` a SCSI disk, which needs a rescan to see a new size.
+    pub fn make_scsi(&self, path: &Path) {
+        self.state().scsi.insert(path.to_owned(), None);
+    }
+
+    /// Makes grows of `fs_type` exit successfully without growing anything.
+    pub fn make_grow_inert(&self, fs_type: &str) {
+        self.state().inert_grow.insert(fs_type.to_owned());
+    }
+
     /// Makes the next calls whose name starts with `operation` fail with `detail`.
     pub fn fail(&self, operation: &str, detail: &str) {
         self.state()
             .fail
             .insert(operation.to_owned(), detail.to_owned());
+    }
+
+    /// Makes the next calls whose name starts with `operation` run into their time limit; a
+    /// timed-out mkfs leaves a half-made filesystem, as a killed one would.
+    pub fn time_out(&self, operation: &str) {
+        self.state().timeouts.insert(operation.to_owned());
+    }
+
+    /// Ends every failure and time-out set with [`FakeHost::fail`] and [`FakeHost::time_out`].
+    pub fn heal(&self) {
+        let mut s = self.state();
+        s.fail.clear();
+        s.timeouts.clear();
     }
 
     /// Every call so far, as `"op arg…"` strings.
@@ -137,8 +186,13 @@ impl FakeHost {
             .iter()
             .find(|(op, _)| call.starts_with(op.as_str()))
             .map(|(_, d)| d.clone());
+        let timed_out = s.timeouts.iter().any(|op| call.starts_with(op.as_str()));
         s.calls.push(call.clone());
         match failure {
+            _ if timed_out => Err(HostError::timed_out(
+                call,
+                std::time::Duration::from_secs(1),
+            )),
             Some(detail) => Err(HostError::new(call, detail)),
             None => Ok(()),
         }
@@ -186,12 +240,17 @@ impl Host for FakeHost {
         fs_type: &str,
         options: &[String],
     ) -> Result<(), HostError> {
-        self.record(format!(
+        let recorded = self.record(format!(
             "mount {} {} {fs_type} {}",
             source.display(),
             target.display(),
             options.join(",")
-        ))?;
+        ));
+        // A timed-out mount was killed after the kernel had mounted (the slow part is the
+        // tool, not the syscall): the error comes back, the mount stays.
+        if matches!(&recorded, Err(e) if !e.timed_out) {
+            return recorded;
+        }
         let ro = options.iter().any(|o| o == "ro");
         let mut s = self.state();
         let src = source.to_string_lossy().into_owned();
@@ -209,7 +268,7 @@ impl Host for FakeHost {
         };
         let m = entry(number, &src, target, fs_type, ro);
         s.mounts.push(m);
-        Ok(())
+        recorded
     }
 
     async fn bind_mount(
@@ -265,8 +324,18 @@ impl Host for FakeHost {
     }
 
     async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
-        self.record(format!("mkfs {fs_type} {}", device.display()))?;
+        let recorded = self.record(format!("mkfs {fs_type} {}", device.display()));
         let mut s = self.state();
+        if let Err(e) = recorded {
+            if e.timed_out
+                && let Some(d) = s.devices.get_mut(device)
+            {
+                // Killed part-way: a signature without a usable filesystem behind it.
+                d.fs_type = Some(fs_type.to_owned());
+                d.fs_size = 0;
+            }
+            return Err(e);
+        }
         let d = s
             .devices
             .get_mut(device)
@@ -276,14 +345,35 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn filesystem_size(&self, device: &Path, _fs_type: &str) -> Result<u64, HostError> {
+    async fn wipe_signatures(&self, device: &Path) -> Result<(), HostError> {
+        self.record(format!("wipefs {}", device.display()))?;
+        if let Some(d) = self.state().devices.get_mut(device) {
+            d.fs_type = None;
+            d.fs_size = 0;
+        }
+        Ok(())
+    }
+
+    async fn filesystem_size(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        _mount_point: Option<&Path>,
+    ) -> Result<u64, HostError> {
         self.record(format!("fssize {}", device.display()))?;
-        Ok(self
-            .state()
+        let s = self.state();
+        let d = s
             .devices
             .get(device)
-            .map(|d| d.fs_size)
-            .unwrap_or(0))
+            .ok_or_else(|| HostError::new("fssize", "no such device"))?;
+        // Like the tools: the size comes from the filesystem there, and only if it is the one asked.
+        match &d.fs_type {
+            Some(fs) if fs == fs_type => Ok(d.fs_size),
+            other => Err(HostError::new(
+                format!("fssize {}", device.display()),
+                format!("no {fs_type} filesystem (found {other:?})"),
+            )),
+        }
     }
 
     async fn grow_filesystem(
@@ -298,7 +388,21 @@ impl Host for FakeHost {
             "offline"
         };
         self.record(format!("grow {fs_type} {} {how}", device.display()))?;
-        if let Some(d) = self.state().devices.get_mut(device) {
+        // The Linux host's matrix: ext grows either way, xfs and btrfs only mounted.
+        let offline_ok = matches!(fs_type, "ext2" | "ext3" | "ext4");
+        if !matches!(fs_type, "ext2" | "ext3" | "ext4" | "xfs" | "btrfs")
+            || (mount_point.is_none() && !offline_ok)
+        {
+            return Err(HostError::new(
+                format!("grow {}", device.display()),
+                format!("cannot grow {fs_type:?} {how}"),
+            ));
+        }
+        let mut s = self.state();
+        let inert = s.inert_grow.contains(fs_type);
+        if let Some(d) = s.devices.get_mut(device)
+            && !inert
+        {
             d.fs_size = d.size;
         }
         Ok(())
@@ -333,6 +437,29 @@ impl Host for FakeHost {
             Some(target) => Ok(Some(target.clone())),
             None => Ok(s.devices.contains_key(link).then(|| link.to_owned())),
         }
+    }
+
+    async fn rescan_device(&self, device: &Path) -> Result<bool, HostError> {
+        if !self.state().scsi.contains_key(device) {
+            return Ok(false);
+        }
+        self.record(format!("rescan {}", device.display()))?;
+        let mut s = self.state();
+        if let Some(size) = s.scsi.get_mut(device).and_then(Option::take)
+            && let Some(d) = s.devices.get_mut(device)
+        {
+            d.size = size;
+        }
+        Ok(true)
+    }
+
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError> {
+        Ok(self
+            .state()
+            .devices
+            .iter()
+            .find(|(_, d)| d.serial.as_deref() == Some(serial))
+            .map(|(p, _)| p.clone()))
     }
 
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {

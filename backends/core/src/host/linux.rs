@@ -1,52 +1,46 @@
 //! The real host: runs the standard tools (mount, blkid, mkfs.*, resize2fs, xfs_growfs…) as
-//! argument vectors, never through a shell, with standard input closed so no tool can prompt.
+//! argument vectors, never through a shell, each with a time limit (see [`HostSettings`]).
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use async_trait::async_trait;
-use tokio::process::Command;
 
-use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo};
+use super::command::{CommandKind, HostSettings, blocking, failed};
+use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo, sysfs};
 
 /// The Linux implementation of [`Host`].
 #[derive(Debug, Clone, Default)]
-pub struct LinuxHost;
-
-/// Runs `program args…` with standard input closed; its output, whatever the exit status.
-async fn output(program: &str, args: &[&str]) -> Result<std::process::Output, HostError> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| HostError::new(command_line(program, args), format!("could not start: {e}")))
+pub struct LinuxHost {
+    settings: HostSettings,
 }
 
-/// The error for a run of `program args…` that ended in `out`: its exit status and stderr.
-fn failed(program: &str, args: &[&str], out: &std::process::Output) -> HostError {
-    HostError::new(
-        command_line(program, args),
-        format!(
-            "{} ({})",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            out.status
-        ),
-    )
-}
+impl LinuxHost {
+    /// A host that runs its tools with `settings`.
+    pub fn new(settings: HostSettings) -> Self {
+        Self { settings }
+    }
 
-fn command_line(program: &str, args: &[&str]) -> String {
-    format!("{program} {}", args.join(" "))
-}
+    /// Runs a call on the filesystem (stat, mkdir, sysfs…) with the query time limit: a path on
+    /// a dead mount can hang in the kernel, and the RPC must still answer.
+    async fn limited<T>(
+        &self,
+        what: String,
+        call: impl std::future::Future<Output = Result<T, HostError>>,
+    ) -> Result<T, HostError> {
+        let limit = self.settings.timeout(CommandKind::Query);
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(HostError::timed_out(what, limit)))
+    }
 
-/// Runs `program args…`, returning standard output, or an error with the exit status and stderr.
-async fn run(program: &str, args: &[&str]) -> Result<String, HostError> {
-    let out = output(program, args).await?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(failed(program, args, &out))
+    async fn run(
+        &self,
+        kind: CommandKind,
+        program: &str,
+        args: &[&str],
+    ) -> Result<String, HostError> {
+        self.settings.run(kind, program, args).await
     }
 }
 
@@ -60,14 +54,11 @@ fn io_err(what: &str, p: &Path, e: std::io::Error) -> HostError {
 }
 
 /// Opens `device` and reads its first block; an error when either fails.
-async fn check_readable(device: &Path) -> Result<(), HostError> {
-    use tokio::io::AsyncReadExt;
-    let mut file = tokio::fs::File::open(device)
-        .await
-        .map_err(|e| io_err("open", device, e))?;
+fn check_readable(device: &Path) -> Result<(), HostError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(device).map_err(|e| io_err("open", device, e))?;
     let mut first = [0u8; 4096];
     file.read(&mut first)
-        .await
         .map(drop)
         .map_err(|e| io_err("read", device, e))
 }
@@ -83,13 +74,29 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The data section's size from `xfs_info`: `data = bsize=4096 blocks=2621440, imaxpct=25`.
+fn xfs_info_data_bytes(text: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("data"))?;
+    let field = |key: &str| {
+        line.split([' ', ','])
+            .find_map(|t| t.strip_prefix(key))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(field("bsize=")? * field("blocks=")?)
+}
+
 #[async_trait]
 impl Host for LinuxHost {
     async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
-        let text = tokio::fs::read_to_string("/proc/self/mountinfo")
-            .await
-            .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
-        Ok(parse_mountinfo(&text))
+        self.limited("read /proc/self/mountinfo".to_owned(), async {
+            let text = tokio::fs::read_to_string("/proc/self/mountinfo")
+                .await
+                .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
+            Ok(parse_mountinfo(&text))
+        })
+        .await
     }
 
     async fn mount(
@@ -105,7 +112,7 @@ impl Host for LinuxHost {
             args.extend(["-o", &opts]);
         }
         args.extend([path_str(source)?, path_str(target)?]);
-        run("mount", &args).await.map(drop)
+        self.run(CommandKind::Mount, "mount", &args).await.map(drop)
     }
 
     async fn bind_mount(
@@ -115,11 +122,23 @@ impl Host for LinuxHost {
         read_only: bool,
     ) -> Result<(), HostError> {
         let target = path_str(target)?;
-        run("mount", &["--bind", path_str(source)?, target]).await?;
+        self.run(
+            CommandKind::Mount,
+            "mount",
+            &["--bind", path_str(source)?, target],
+        )
+        .await?;
         if read_only {
             // A bind mount ignores "ro" on the first call; it takes a remount to make it read-only.
-            if let Err(e) = run("mount", &["-o", "remount,bind,ro", target]).await {
-                let _ = run("umount", &[target]).await;
+            if let Err(e) = self
+                .run(
+                    CommandKind::Mount,
+                    "mount",
+                    &["-o", "remount,bind,ro", target],
+                )
+                .await
+            {
+                let _ = self.run(CommandKind::Mount, "umount", &[target]).await;
                 return Err(e);
             }
         }
@@ -127,7 +146,9 @@ impl Host for LinuxHost {
     }
 
     async fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        run("umount", &[path_str(target)?]).await.map(drop)
+        self.run(CommandKind::Mount, "umount", &[path_str(target)?])
+            .await
+            .map(drop)
     }
 
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError> {
@@ -135,9 +156,18 @@ impl Host for LinuxHost {
         // `blkid -p` also exits 2 ("nothing found") when it cannot open or read the device at
         // all (a missing node, an I/O error), silently. Prove the device readable first, so an
         // unreadable disk is an error and never "blank" — blank is what leads to mkfs.
-        check_readable(device).await?;
+        let owned = device.to_owned();
+        blocking(
+            format!("read {}", device.display()),
+            self.settings.timeout(CommandKind::Query),
+            move || check_readable(&owned),
+        )
+        .await?;
         let args = ["-p", "-o", "export", dev];
-        let out = output("blkid", &args).await?;
+        let out = self
+            .settings
+            .output(CommandKind::Query, "blkid", &args)
+            .await?;
         match out.status.code() {
             // blkid's documented "nothing found": the device is blank.
             Some(2) => Ok(None),
@@ -174,42 +204,83 @@ impl Host for LinuxHost {
                 ));
             }
         };
-        run(program, &args).await.map(drop)
+        self.run(CommandKind::Format, program, &args)
+            .await
+            .map(drop)
     }
 
-    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError> {
+    async fn wipe_signatures(&self, device: &Path) -> Result<(), HostError> {
+        self.run(CommandKind::Format, "wipefs", &["-a", path_str(device)?])
+            .await
+            .map(drop)
+    }
+
+    async fn filesystem_size(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<u64, HostError> {
         let dev = path_str(device)?;
         let parse_err =
             |what: &str| HostError::new(what.to_owned(), "could not read the filesystem size");
-        match fs_type {
-            "ext4" | "ext3" | "ext2" => {
-                let out = run("dumpe2fs", &["-h", dev]).await?;
+        match (fs_type, mount_point) {
+            // ext keeps its superblock in the device's page cache: dumpe2fs sees a grow at once.
+            ("ext4" | "ext3" | "ext2", _) => {
+                let out = self
+                    .run(CommandKind::Query, "dumpe2fs", &["-h", dev])
+                    .await?;
                 let blocks =
                     number_after(&out, "Block count").ok_or_else(|| parse_err("dumpe2fs"))?;
                 let size = number_after(&out, "Block size").ok_or_else(|| parse_err("dumpe2fs"))?;
                 Ok(blocks * size)
             }
-            "xfs" => {
-                let out = run(
-                    "xfs_db",
-                    &[
-                        "-r",
-                        "-c",
-                        "sb 0",
-                        "-c",
-                        "print dblocks",
-                        "-c",
-                        "print blocksize",
-                        dev,
-                    ],
-                )
-                .await?;
+            // Mounted, xfs_db would read the on-disk superblock, which still shows the old size
+            // after xfs_growfs until the log is checkpointed; xfs_info asks the kernel.
+            ("xfs", Some(mp)) => {
+                let out = self
+                    .run(CommandKind::Query, "xfs_info", &[path_str(mp)?])
+                    .await?;
+                xfs_info_data_bytes(&out).ok_or_else(|| parse_err("xfs_info"))
+            }
+            ("xfs", None) => {
+                let out = self
+                    .run(
+                        CommandKind::Query,
+                        "xfs_db",
+                        &[
+                            "-r",
+                            "-c",
+                            "sb 0",
+                            "-c",
+                            "print dblocks",
+                            "-c",
+                            "print blocksize",
+                            dev,
+                        ],
+                    )
+                    .await?;
                 let blocks = number_after(&out, "dblocks").ok_or_else(|| parse_err("xfs_db"))?;
                 let size = number_after(&out, "blocksize").ok_or_else(|| parse_err("xfs_db"))?;
                 Ok(blocks * size)
             }
-            // btrfs grows with `resize max` whenever asked; report the device size so no grow is forced.
-            _ => self.device_size(device).await,
+            // The superblock's size, which an online `resize max` updates at once; never the
+            // device's, which would make an expanded disk look grown.
+            ("btrfs", _) => {
+                let out = self
+                    .run(
+                        CommandKind::Query,
+                        "btrfs",
+                        &["inspect-internal", "dump-super", dev],
+                    )
+                    .await?;
+                number_after(&out, "total_bytes")
+                    .ok_or_else(|| parse_err("btrfs inspect-internal dump-super"))
+            }
+            (other, _) => Err(HostError::new(
+                format!("measure {dev}"),
+                format!("cannot measure a {other:?} filesystem"),
+            )),
         }
     }
 
@@ -224,15 +295,31 @@ impl Host for LinuxHost {
             ("ext4" | "ext3" | "ext2", None) => {
                 // resize2fs insists on a freshly checked filesystem when offline; e2fsck exits 1 when it fixed something.
                 let args = ["-f", "-p", dev];
-                let out = output("e2fsck", &args).await?;
+                let out = self
+                    .settings
+                    .output(CommandKind::Resize, "e2fsck", &args)
+                    .await?;
                 if !matches!(out.status.code(), Some(0 | 1)) {
                     return Err(failed("e2fsck", &args, &out));
                 }
-                run("resize2fs", &[dev]).await.map(drop)
+                self.run(CommandKind::Resize, "resize2fs", &[dev])
+                    .await
+                    .map(drop)
             }
-            ("ext4" | "ext3" | "ext2", Some(_)) => run("resize2fs", &[dev]).await.map(drop),
-            ("xfs", Some(mp)) => run("xfs_growfs", &[path_str(mp)?]).await.map(drop),
-            ("btrfs", Some(mp)) => run("btrfs", &["filesystem", "resize", "max", path_str(mp)?])
+            ("ext4" | "ext3" | "ext2", Some(_)) => self
+                .run(CommandKind::Resize, "resize2fs", &[dev])
+                .await
+                .map(drop),
+            ("xfs", Some(mp)) => self
+                .run(CommandKind::Resize, "xfs_growfs", &[path_str(mp)?])
+                .await
+                .map(drop),
+            ("btrfs", Some(mp)) => self
+                .run(
+                    CommandKind::Resize,
+                    "btrfs",
+                    &["filesystem", "resize", "max", path_str(mp)?],
+                )
                 .await
                 .map(drop),
             (other, mp) => Err(HostError::new(
@@ -246,108 +333,153 @@ impl Host for LinuxHost {
     }
 
     async fn device_number(&self, device: &Path) -> Result<String, HostError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = tokio::fs::metadata(device)
-            .await
-            .map_err(|e| io_err("stat", device, e))?;
-        if !meta.file_type().is_block_device() {
-            return Err(HostError::new(
-                format!("stat {}", device.display()),
-                "not a block device",
-            ));
-        }
-        let rdev = meta.rdev();
-        Ok(format!(
-            "{}:{}",
-            rustix::fs::major(rdev),
-            rustix::fs::minor(rdev)
-        ))
+        self.limited(format!("stat {}", device.display()), async {
+            use std::os::unix::fs::MetadataExt;
+            let meta = tokio::fs::metadata(device)
+                .await
+                .map_err(|e| io_err("stat", device, e))?;
+            if !meta.file_type().is_block_device() {
+                return Err(HostError::new(
+                    format!("stat {}", device.display()),
+                    "not a block device",
+                ));
+            }
+            let rdev = meta.rdev();
+            Ok(format!(
+                "{}:{}",
+                rustix::fs::major(rdev),
+                rustix::fs::minor(rdev)
+            ))
+        })
+        .await
     }
 
     async fn device_size(&self, device: &Path) -> Result<u64, HostError> {
-        let out = run("blockdev", &["--getsize64", path_str(device)?]).await?;
+        let out = self
+            .run(
+                CommandKind::Query,
+                "blockdev",
+                &["--getsize64", path_str(device)?],
+            )
+            .await?;
         out.trim()
             .parse()
             .map_err(|e| HostError::new("blockdev --getsize64", format!("unexpected output: {e}")))
     }
 
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError> {
-        let target = match tokio::fs::canonicalize(link).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("resolve", link, e)),
-        };
-        let meta = tokio::fs::metadata(&target)
-            .await
-            .map_err(|e| io_err("stat", &target, e))?;
-        if meta.file_type().is_block_device() {
-            Ok(Some(target))
-        } else {
-            Err(HostError::new(
-                format!("resolve {}", link.display()),
-                format!("{} is not a block device", target.display()),
-            ))
-        }
+        self.limited(format!("resolve {}", link.display()), async {
+            let target = match tokio::fs::canonicalize(link).await {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("resolve", link, e)),
+            };
+            let meta = tokio::fs::metadata(&target)
+                .await
+                .map_err(|e| io_err("stat", &target, e))?;
+            if meta.file_type().is_block_device() {
+                Ok(Some(target))
+            } else {
+                Err(HostError::new(
+                    format!("resolve {}", link.display()),
+                    format!("{} is not a block device", target.display()),
+                ))
+            }
+        })
+        .await
     }
 
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
-        let path = path.to_owned();
-        tokio::task::spawn_blocking(move || statvfs(&path))
-            .await
-            .map_err(|e| HostError::new("statvfs", e.to_string()))?
+        let owned = path.to_owned();
+        blocking(
+            format!("statvfs {}", path.display()),
+            self.settings.timeout(CommandKind::Query),
+            move || statvfs(&owned),
+        )
+        .await
     }
 
     async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
-        match tokio::fs::metadata(path).await {
-            Ok(m) => Ok(m.file_type().is_block_device()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("stat", path, e)),
-        }
+        self.limited(format!("stat {}", path.display()), async {
+            match tokio::fs::metadata(path).await {
+                Ok(m) => Ok(m.file_type().is_block_device()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err("stat", path, e)),
+            }
+        })
+        .await
     }
 
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
-        match tokio::fs::symlink_metadata(path).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_err("stat", path, e)),
-        }
+        self.limited(format!("stat {}", path.display()), async {
+            match tokio::fs::symlink_metadata(path).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(io_err("stat", path, e)),
+            }
+        })
+        .await
     }
 
     async fn make_dir(&self, path: &Path) -> Result<(), HostError> {
-        tokio::fs::create_dir_all(path)
-            .await
-            .map_err(|e| io_err("mkdir", path, e))
+        self.limited(format!("mkdir {}", path.display()), async {
+            tokio::fs::create_dir_all(path)
+                .await
+                .map_err(|e| io_err("mkdir", path, e))
+        })
+        .await
     }
 
     async fn make_file(&self, path: &Path) -> Result<(), HostError> {
-        if let Some(parent) = path.parent() {
-            self.make_dir(parent).await?;
-        }
-        tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .map(drop)
-            .map_err(|e| io_err("create", path, e))
+        self.limited(format!("create {}", path.display()), async {
+            if let Some(parent) = path.parent() {
+                self.make_dir(parent).await?;
+            }
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await
+                .map(drop)
+                .map_err(|e| io_err("create", path, e))
+        })
+        .await
+    }
+
+    async fn rescan_device(&self, device: &Path) -> Result<bool, HostError> {
+        self.limited(format!("rescan {}", device.display()), async {
+            sysfs::rescan(&self.settings.sysfs_root, device).await
+        })
+        .await
+    }
+
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError> {
+        self.limited(format!("find the disk with serial {serial}"), async {
+            sysfs::device_by_serial(&self.settings.sysfs_root, &self.settings.dev_root, serial)
+                .await
+        })
+        .await
     }
 
     async fn remove_path(&self, path: &Path) -> Result<(), HostError> {
-        let meta = match tokio::fs::symlink_metadata(path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err("stat", path, e)),
-        };
-        let result = if meta.is_dir() {
-            tokio::fs::remove_dir(path).await
-        } else {
-            tokio::fs::remove_file(path).await
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", path, e)),
-        }
+        self.limited(format!("remove {}", path.display()), async {
+            let meta = match tokio::fs::symlink_metadata(path).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_err("stat", path, e)),
+            };
+            let result = if meta.is_dir() {
+                tokio::fs::remove_dir(path).await
+            } else {
+                tokio::fs::remove_file(path).await
+            };
+            match result {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove", path, e)),
+            }
+        })
+        .await
     }
 }
 
@@ -368,88 +500,4 @@ fn statvfs(path: &Path) -> Result<FsStats, HostError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_numbers_from_tool_output() {
-        let dumpe2fs = "Block count:              2621440\nBlock size:               4096\n";
-        assert_eq!(number_after(dumpe2fs, "Block count"), Some(2_621_440));
-        assert_eq!(number_after(dumpe2fs, "Block size"), Some(4096));
-        let xfs_db = "dblocks = 2621440\nblocksize = 4096\n";
-        assert_eq!(number_after(xfs_db, "dblocks"), Some(2_621_440));
-        assert_eq!(number_after(xfs_db, "blocksize"), Some(4096));
-    }
-
-    #[tokio::test]
-    async fn statvfs_of_root_is_sane() {
-        let s = LinuxHost.fs_stats(Path::new("/")).await.unwrap();
-        assert!(s.total_bytes > 0 && s.used_bytes <= s.total_bytes);
-    }
-
-    #[tokio::test]
-    async fn an_unreadable_device_is_an_error_never_blank() {
-        if std::process::Command::new("blkid")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipping: blkid is not installed");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let blank = dir.path().join("blank.img");
-        std::fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
-        assert_eq!(LinuxHost.filesystem_of(&blank).await.unwrap(), None);
-        // blkid exits 2 for these too, as it does for a blank device.
-        assert!(
-            LinuxHost
-                .filesystem_of(&dir.path().join("missing"))
-                .await
-                .is_err()
-        );
-        assert!(LinuxHost.filesystem_of(dir.path()).await.is_err());
-    }
-
-    #[tokio::test]
-    async fn device_number_is_the_rdev_of_a_block_device_only() {
-        assert!(
-            LinuxHost
-                .device_number(Path::new("/dev/null"))
-                .await
-                .is_err()
-        );
-        let Ok(meta) = std::fs::metadata("/dev/loop0") else {
-            eprintln!("skipping the block device half: no /dev/loop0");
-            return;
-        };
-        if meta.file_type().is_block_device() {
-            assert_eq!(
-                LinuxHost
-                    .device_number(Path::new("/dev/loop0"))
-                    .await
-                    .unwrap(),
-                "7:0"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn make_and_remove_paths() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("a/b/block-target");
-        LinuxHost.make_file(&file).await.unwrap();
-        assert!(LinuxHost.exists(&file).await.unwrap());
-        LinuxHost.remove_path(&file).await.unwrap();
-        LinuxHost.remove_path(&file).await.unwrap();
-        assert!(!LinuxHost.exists(&file).await.unwrap());
-        assert_eq!(
-            LinuxHost
-                .resolve_device(&dir.path().join("missing"))
-                .await
-                .unwrap(),
-            None
-        );
-        assert!(LinuxHost.resolve_device(dir.path()).await.is_err());
-    }
-}
+mod tests;

@@ -8,17 +8,20 @@
 //! let host = everest_backend::host::FakeHost::default();
 //! ```
 
+mod command;
 // The fake is for tests only: built for this crate's own tests, and for other crates' tests
 // through the `test-util` feature of their dev-dependencies, never into the daemons.
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod linux;
 mod mountinfo;
+mod sysfs;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+pub use command::{CommandKind, HostSettings};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeDevice, FakeHost};
 pub use linux::LinuxHost;
@@ -32,6 +35,8 @@ pub struct HostError {
     pub operation: String,
     /// Exit status and the program's own error output.
     pub detail: String,
+    /// Whether it was stopped at its time limit (and so may be retried).
+    pub timed_out: bool,
 }
 
 impl HostError {
@@ -40,6 +45,19 @@ impl HostError {
         Self {
             operation: operation.into(),
             detail: detail.into(),
+            timed_out: false,
+        }
+    }
+
+    /// The error for `operation` stopped after running for `limit`.
+    pub fn timed_out(operation: impl Into<String>, limit: std::time::Duration) -> Self {
+        Self {
+            operation: operation.into(),
+            detail: format!(
+                "did not finish within {}s and was stopped; the retry finds what it completed",
+                limit.as_secs_f32()
+            ),
+            timed_out: true,
         }
     }
 }
@@ -89,8 +107,19 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError>;
     /// Creates a filesystem of `fs_type` on `device`.
     async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError>;
-    /// The size of the filesystem on `device`, in bytes (for the grow decision).
-    async fn filesystem_size(&self, device: &Path, fs_type: &str) -> Result<u64, HostError>;
+    /// Erases the filesystem signatures on `device` (`wipefs -a`): only for undoing an mkfs
+    /// that was stopped part-way on a device that was blank before it.
+    async fn wipe_signatures(&self, device: &Path) -> Result<(), HostError>;
+    /// The size of the filesystem on `device`, in bytes, as the filesystem itself records it
+    /// (never the device's size): what decides a grow and proves it happened.
+    /// `mount_point` is where it is mounted, if it is: a mounted xfs keeps its superblock in
+    /// its own cache, so only the kernel (not the device) knows its size after a grow.
+    async fn filesystem_size(
+        &self,
+        device: &Path,
+        fs_type: &str,
+        mount_point: Option<&Path>,
+    ) -> Result<u64, HostError>;
     /// Grows the filesystem to fill `device`: offline for ext4 (`mount_point` = None), online for xfs/btrfs/ext4 when mounted.
     async fn grow_filesystem(
         &self,
@@ -105,6 +134,12 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn device_size(&self, device: &Path) -> Result<u64, HostError>;
     /// Resolves a symlink such as `/dev/disk/by-id/virtio-…` to the block device it names, or `None`.
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError>;
+    /// Asks the kernel to re-read a disk's size after an expand (SCSI disks); `false` when the
+    /// disk needs no rescan (virtio).
+    async fn rescan_device(&self, device: &Path) -> Result<bool, HostError>;
+    /// The disk whose kernel-reported serial is `serial` (`/sys/block/*/serial`), for when no
+    /// by-id link names it (no udev).
+    async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError>;
     /// `statvfs` on a mounted path.
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError>;
     /// Whether `path` is (or has bind-mounted over it) a block device node.

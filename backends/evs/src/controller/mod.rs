@@ -12,6 +12,7 @@ use everest_backend::backend::{
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::{CapacityRange, GIB};
+use everest_backend::params::FSTYPE_KEY;
 use everest_backend::secrets::Secrets;
 use everest_backend::{BackendName, Error, Result};
 
@@ -19,7 +20,7 @@ use crate::api::{
     self, Attachment, CreateVolume as ApiCreate, EvsClient, Job, JobId, Service, Volume,
     VolumeFilter, VolumeStatus, VolumeWait,
 };
-use crate::capabilities::check_capability;
+use crate::capabilities::{check_capability, storage_class_fs_type};
 use crate::config::EvsConfig;
 use crate::params::EvsParams;
 
@@ -288,13 +289,22 @@ impl ControllerBackend for EvsController {
             .capacity
             .to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
         self.check_capabilities(&req.capabilities)?;
+        let fs_type = storage_class_fs_type(req.common.fs_type.as_deref(), &req.capabilities)?;
+        // The node formats with it when the capability it gets names no filesystem.
+        let to_csi = |disk: &Volume| {
+            let mut v = self.to_csi(disk);
+            if let Some(fs) = &fs_type {
+                v.context.insert(FSTYPE_KEY.to_owned(), fs.clone());
+            }
+            v
+        };
 
         let mut token = self.client_token(&req.name);
         if let Some(existing) = self.find_by_request_name(&req.name).await? {
             if !is_failed_create(&existing) {
                 self.check_existing(req, &existing, gib, &params)?;
                 let ready = self.settle(&existing.id, "available", is_usable).await?;
-                return Ok(self.to_csi(&ready));
+                return Ok(to_csi(&ready));
             }
             // The cloud failed to create this disk: it never held data and will never become
             // available, so settling on it would fail on every retry while it leaks. Remove it
@@ -359,7 +369,7 @@ impl ControllerBackend for EvsController {
                 })?,
         };
         tracing::debug!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
-        Ok(self.to_csi(&disk))
+        Ok(to_csi(&disk))
     }
 
     async fn delete_volume(&self, disk_id: &str, _secrets: &Secrets) -> Result<()> {
