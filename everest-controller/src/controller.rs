@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use everest_backend::backend::{Capabilities, unsupported};
 use everest_backend::daemon::fields::{
     backend_label, is_not_found, ordered, signed_bytes, volume_id,
 };
@@ -61,6 +62,33 @@ impl ControllerService {
             other => other,
         })
     }
+}
+
+/// The controller RPCs this plugin offers: what every kind does, and what any configured backend
+/// does (a request for a backend that lacks it is refused, naming the backend).
+fn controller_rpcs(registry: &Registry<dyn ControllerBackend>) -> Vec<rpc::Type> {
+    let caps: Vec<Capabilities> = registry.iter().map(|(_, b)| b.capabilities()).collect();
+    let any = |f: fn(&Capabilities) -> bool| caps.iter().any(f);
+    let mut rpcs = vec![
+        rpc::Type::CreateDeleteVolume,
+        // Every kind answers ControllerPublish: one CSIDriver object decides attach for all.
+        rpc::Type::PublishUnpublishVolume,
+    ];
+    if any(|c| c.list) {
+        rpcs.extend([
+            rpc::Type::ListVolumes,
+            rpc::Type::ListVolumesPublishedNodes,
+            rpc::Type::GetVolume,
+            rpc::Type::VolumeCondition,
+        ]);
+    }
+    if any(|c| c.expand) {
+        rpcs.push(rpc::Type::ExpandVolume);
+    }
+    if any(Capabilities::single_node_multi_writer) {
+        rpcs.push(rpc::Type::SingleNodeMultiWriter);
+    }
+    rpcs
 }
 
 fn unimplemented(what: &str) -> Status {
@@ -271,16 +299,10 @@ impl Controller for ControllerService {
                     r#type: Some(Type::Rpc(Rpc { r#type: t.into() })),
                 };
                 Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
-                    capabilities: vec![
-                        rpc(rpc::Type::CreateDeleteVolume),
-                        rpc(rpc::Type::PublishUnpublishVolume),
-                        rpc(rpc::Type::ListVolumes),
-                        rpc(rpc::Type::ListVolumesPublishedNodes),
-                        rpc(rpc::Type::ExpandVolume),
-                        rpc(rpc::Type::GetVolume),
-                        rpc(rpc::Type::VolumeCondition),
-                        rpc(rpc::Type::SingleNodeMultiWriter),
-                    ],
+                    capabilities: controller_rpcs(&self.registry)
+                        .into_iter()
+                        .map(rpc)
+                        .collect(),
                 }))
             },
         )
@@ -342,6 +364,9 @@ impl Controller for ControllerService {
             async {
                 let (id, capacity) = parsed?;
                 let backend = self.registry.for_volume(&id)?;
+                if !backend.capabilities().expand {
+                    return Err(unsupported(id.backend(), "volume expansion").into());
+                }
                 let _claim = self.busy.claim(&id)?;
                 let expanded = backend.expand(id.native(), capacity).await?;
                 Ok(Response::new(csi::ControllerExpandVolumeResponse {
@@ -368,6 +393,9 @@ impl Controller for ControllerService {
             async {
                 let id = id?;
                 let backend = self.registry.for_volume(&id)?;
+                if !backend.capabilities().list {
+                    return Err(unsupported(id.backend(), "ControllerGetVolume").into());
+                }
                 let listed = backend.get_volume(id.native()).await?;
                 Ok(Response::new(responses::get_volume(id.backend(), listed)?))
             },
@@ -437,6 +465,73 @@ mod tests {
             }
             token = resp.next_token;
         }
+    }
+
+    async fn rpcs(svc: &ControllerService) -> Vec<rpc::Type> {
+        svc.controller_get_capabilities(Request::new(csi::ControllerGetCapabilitiesRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .capabilities
+            .into_iter()
+            .filter_map(|c| match c.r#type {
+                Some(Type::Rpc(r)) => Some(r.r#type()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn capabilities_are_the_union_and_a_lacking_backend_refuses_by_name() {
+        let name = |s: &str| BackendName::new(s).unwrap();
+        let mut only_limited: Registry<dyn ControllerBackend> = Registry::new(None);
+        only_limited.insert(name("plain"), Arc::new(FakeBackend::limited(&["p1"])));
+        let limited = ControllerService::new(Arc::new(only_limited));
+        assert_eq!(
+            rpcs(&limited).await,
+            [
+                rpc::Type::CreateDeleteVolume,
+                rpc::Type::PublishUnpublishVolume
+            ]
+        );
+
+        let mut mixed: Registry<dyn ControllerBackend> = Registry::new(None);
+        mixed.insert(name("plain"), Arc::new(FakeBackend::limited(&["p1"])));
+        mixed.insert(name("full"), Arc::new(FakeBackend::with(&["f1"])));
+        let svc = ControllerService::new(Arc::new(mixed));
+        let all = rpcs(&svc).await;
+        for want in [
+            rpc::Type::ExpandVolume,
+            rpc::Type::ListVolumes,
+            rpc::Type::GetVolume,
+            rpc::Type::SingleNodeMultiWriter,
+        ] {
+            assert!(all.contains(&want), "{want:?} missing from {all:?}");
+        }
+        // The union says "expand", but this volume's backend cannot: refused, naming it.
+        let err = svc
+            .controller_expand_volume(Request::new(csi::ControllerExpandVolumeRequest {
+                volume_id: "v1:plain:p1".into(),
+                capacity_range: Some(csi::CapacityRange {
+                    required_bytes: 2 << 30,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("plain"), "{}", err.message());
+        let err = svc
+            .controller_get_volume(Request::new(csi::ControllerGetVolumeRequest {
+                volume_id: "v1:plain:p1".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        // ListVolumes reports only the backends that list.
+        let (ids, _) = list_all(&svc, 0).await;
+        assert_eq!(ids, ["v1:full:f1"]);
     }
 
     #[tokio::test]

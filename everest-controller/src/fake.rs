@@ -5,23 +5,59 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use everest_backend::backend::{
-    BackendKind, ControllerPublish, CreateVolume, Expanded, ListedVolume, Volume, VolumePage,
+    BackendKind, Capabilities, ControllerPublish, CreateVolume, Expanded, ListedVolume, Volume,
+    VolumePage,
 };
-use everest_backend::capability::VolumeCapability;
+use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::capacity::CapacityRange;
 use everest_backend::secrets::Secrets;
 use everest_backend::{ControllerBackend, Error, Result};
 
 /// Volumes by native ID; single-node access modes only, like a cloud disk.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeBackend {
     volumes: Mutex<BTreeMap<String, ListedVolume>>,
+    capabilities: Capabilities,
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        Self {
+            volumes: Mutex::default(),
+            capabilities: Capabilities {
+                expand: true,
+                node_expand: true,
+                list: true,
+                access_modes: &[
+                    AccessMode::SingleNodeWriter,
+                    AccessMode::SingleNodeSingleWriter,
+                ],
+            },
+        }
+    }
 }
 
 impl FakeBackend {
     /// A backend holding volumes with these native IDs.
     pub fn with(ids: &[&str]) -> Self {
         let fake = Self::default();
+        for id in ids {
+            fake.add(id);
+        }
+        fake
+    }
+
+    /// A backend of a kind that neither grows nor lists its volumes and serves ReadWriteOnce only.
+    pub fn limited(ids: &[&str]) -> Self {
+        let fake = Self {
+            capabilities: Capabilities {
+                expand: false,
+                node_expand: false,
+                list: false,
+                access_modes: &[AccessMode::SingleNodeWriter],
+            },
+            ..Self::default()
+        };
         for id in ids {
             fake.add(id);
         }
@@ -53,6 +89,10 @@ impl FakeBackend {
 impl ControllerBackend for FakeBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Block
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
     }
 
     fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()> {

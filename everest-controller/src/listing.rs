@@ -53,7 +53,11 @@ pub async fn list(
     start: Option<ListToken>,
     max_entries: u32,
 ) -> Result<Page, Error> {
-    let backends: Vec<(&BackendName, &Arc<dyn ControllerBackend>)> = registry.iter().collect();
+    // Only the kinds that list; the others' volumes are not ListVolumes' to report.
+    let backends: Vec<(&BackendName, &Arc<dyn ControllerBackend>)> = registry
+        .iter()
+        .filter(|(_, b)| b.capabilities().list)
+        .collect();
     let (mut index, mut token) = match start {
         None => (0, None),
         Some(t) => {
@@ -112,11 +116,11 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {
-        let t = ListToken::parse("evs-default/abc/def").unwrap();
-        assert_eq!(t.backend.as_str(), "evs-default");
+        let t = ListToken::parse("disks-default/abc/def").unwrap();
+        assert_eq!(t.backend.as_str(), "disks-default");
         assert_eq!(t.inner.as_deref(), Some("abc/def"));
-        assert_eq!(t.encode(), "evs-default/abc/def");
-        let start = ListToken::parse("evs-fast/").unwrap();
+        assert_eq!(t.encode(), "disks-default/abc/def");
+        let start = ListToken::parse("disks-fast/").unwrap();
         assert_eq!(start.inner, None);
         for bad in ["", "nobackend", "Bad_Name/x", "/x"] {
             let err = ListToken::parse(bad).unwrap_err();

@@ -63,7 +63,7 @@ async fn run(
 ) -> Result<(), everest_backend::Error> {
     if let Some(addr) = cfg.metrics_address {
         telemetry::install_exporter(addr)?;
-        backends::describe_metrics();
+        everest_backends::describe_metrics();
         reachability::describe();
     }
     // Runs for the daemon's lifetime; its state reaches only the gauge and the log.
@@ -85,7 +85,7 @@ async fn run(
     let identity = IdentityService::new(
         cfg.driver_name.clone(),
         env!("CARGO_PKG_VERSION"),
-        Arc::new(ControllerReady(Arc::clone(&registry))),
+        Arc::new(ControllerReady),
     );
     let router = Server::builder()
         .add_service(IdentityServer::new(identity))

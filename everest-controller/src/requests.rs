@@ -157,7 +157,7 @@ mod tests {
     fn create_volume_accepts_a_minimal_request() {
         let mut req = create();
         req.parameters = [
-            ("everest.io/backend".to_string(), "evs-fast".to_string()),
+            ("everest.io/backend".to_string(), "disks-fast".to_string()),
             ("everest.io/disk-volume-type".to_string(), "SSD".to_string()),
         ]
         .into();
@@ -174,7 +174,7 @@ mod tests {
         let c = create_volume(req).unwrap();
         assert_eq!(c.name, "pvc-1");
         assert_eq!(c.capacity.required_bytes, 1 << 30);
-        assert_eq!(c.common.backend.unwrap().as_str(), "evs-fast");
+        assert_eq!(c.common.backend.unwrap().as_str(), "disks-fast");
         assert_eq!(c.parameters.len(), 1);
         assert_eq!(c.topology.unwrap().requisite[0]["zone"], "az1");
     }
@@ -220,20 +220,20 @@ mod tests {
     #[test]
     fn volume_ids_are_required_and_well_formed() {
         assert_invalid(volume_id(""), "volume_id");
-        for foreign in ["disk-123", "v9:evs:x"] {
+        for foreign in ["disk-123", "v9:disks:x"] {
             assert_eq!(
                 volume_id(foreign).unwrap_err().code(),
                 tonic::Code::NotFound
             );
         }
-        let id = volume_id("v1:evs-default:disk-1").unwrap();
+        let id = volume_id("v1:disks-default:disk-1").unwrap();
         assert_eq!(id.native(), "disk-1");
     }
 
     #[test]
     fn publish_requires_volume_node_and_capability() {
         let ok = csi::ControllerPublishVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             node_id: "server-1".into(),
             volume_capability: Some(cap()),
             readonly: true,
@@ -258,7 +258,7 @@ mod tests {
     #[test]
     fn unpublish_expand_validate_and_list() {
         let (_, node) = unpublish(&csi::ControllerUnpublishVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             ..Default::default()
         })
         .unwrap();
@@ -268,7 +268,7 @@ mod tests {
             "volume_id",
         );
         let mut exp = csi::ControllerExpandVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             ..Default::default()
         };
         assert_invalid(expand(&exp), "capacity_range");
@@ -283,7 +283,7 @@ mod tests {
         });
         assert_eq!(expand(&exp).unwrap().1.required_bytes, 5 << 30);
         let val = csi::ValidateVolumeCapabilitiesRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             ..Default::default()
         };
         assert_invalid(validate_capabilities(&val), "volume_capabilities");

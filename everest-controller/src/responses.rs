@@ -71,7 +71,7 @@ mod tests {
 
     #[test]
     fn volume_encodes_backend_and_topology() {
-        let name = BackendName::new("evs-default").unwrap();
+        let name = BackendName::new("disks-default").unwrap();
         let v = Volume {
             native_id: "d1".into(),
             capacity_bytes: 10 << 30,
@@ -79,7 +79,7 @@ mod tests {
             topology: vec![[("zone".to_string(), "az1".to_string())].into()],
         };
         let out = volume(&name, v.clone()).unwrap();
-        assert_eq!(out.volume_id, "v1:evs-default:d1");
+        assert_eq!(out.volume_id, "v1:disks-default:d1");
         assert_eq!(out.capacity_bytes, 10 << 30);
         assert_eq!(out.accessible_topology[0].segments["zone"], "az1");
         let bad = Volume {

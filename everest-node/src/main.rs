@@ -4,6 +4,8 @@
 //! fails (e.g. the metadata service is unreachable), 2 when the configuration is invalid.
 
 mod backends;
+#[cfg(test)]
+mod fake;
 mod node;
 mod node_info;
 mod requests;
@@ -69,19 +71,27 @@ async fn run(
 ) -> Result<(), Error> {
     if let Some(addr) = cfg.metrics_address {
         telemetry::install_exporter(addr)?;
-        backends::describe_metrics();
+        everest_backends::describe_metrics();
     }
     for (name, backend) in registry.iter() {
         // Only name and kind: settings may name credential files and are not for logs.
         tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
     }
-    let info =
-        node_info::apply_backend_limits(node_info::resolve(&cfg.node).await?, &registry).await;
+    let info = node_info::apply_backend_limits(
+        node_info::resolve(
+            &cfg.node,
+            &registry,
+            std::env::var(node_info::NODE_NAME_ENV).ok(),
+        )
+        .await?,
+        &registry,
+    )
+    .await;
     tracing::info!(
         driver = %cfg.driver_name,
         version = env!("CARGO_PKG_VERSION"),
         node_id = %info.node_id,
-        zone = %info.zone,
+        zone = info.zone.as_deref().unwrap_or("none"),
         max_volumes = info.max_volumes,
         kubelet_root = %root.path().display(),
         metrics = %cfg.metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),

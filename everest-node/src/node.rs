@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use everest_backend::backend::{VolumeUsage, ZONE_TOPOLOGY_KEY};
+use everest_backend::backend::{Capabilities, VolumeUsage, ZONE_TOPOLOGY_KEY, unsupported};
 use everest_backend::daemon::fields::{backend_label, signed_bytes};
 use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
 use everest_backend::host::Host;
@@ -61,6 +61,24 @@ impl NodeService {
     fn teardown_owner(&self, id: Option<&VolumeId>) -> Option<Arc<dyn NodeBackend>> {
         id.and_then(|id| self.registry.for_volume(id).ok())
     }
+}
+
+/// The node RPCs this plugin offers: every kind stages (once per node) and reports usage and
+/// health; expansion and ReadWriteOncePod when any configured backend offers them.
+fn node_rpcs(registry: &Registry<dyn NodeBackend>) -> Vec<rpc::Type> {
+    let caps: Vec<Capabilities> = registry.iter().map(|(_, b)| b.capabilities()).collect();
+    let mut rpcs = vec![
+        rpc::Type::StageUnstageVolume,
+        rpc::Type::GetVolumeStats,
+        rpc::Type::VolumeCondition,
+    ];
+    if caps.iter().any(|c| c.node_expand) {
+        rpcs.push(rpc::Type::ExpandVolume);
+    }
+    if caps.iter().any(Capabilities::single_node_multi_writer) {
+        rpcs.push(rpc::Type::SingleNodeMultiWriter);
+    }
+    rpcs
 }
 
 /// NodeGetVolumeStats' answer from the backend's usage figures.
@@ -235,6 +253,9 @@ impl Node for NodeService {
         observe(SERVICE, "NodeExpandVolume", &req.volume_id, &label, async {
             let (id, expand) = parsed?;
             let backend = self.registry.for_volume(&id)?;
+            if !backend.capabilities().node_expand {
+                return Err(unsupported(id.backend(), "NodeExpandVolume").into());
+            }
             let _claim = self.busy.claim(&id)?;
             let bytes = backend.expand(&expand).await?;
             Ok(Response::new(csi::NodeExpandVolumeResponse {
@@ -253,13 +274,7 @@ impl Node for NodeService {
                 r#type: Some(Type::Rpc(Rpc { r#type: t.into() })),
             };
             Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-                capabilities: vec![
-                    rpc(rpc::Type::StageUnstageVolume),
-                    rpc(rpc::Type::GetVolumeStats),
-                    rpc(rpc::Type::ExpandVolume),
-                    rpc(rpc::Type::VolumeCondition),
-                    rpc(rpc::Type::SingleNodeMultiWriter),
-                ],
+                capabilities: node_rpcs(&self.registry).into_iter().map(rpc).collect(),
             }))
         })
         .await
@@ -273,8 +288,9 @@ impl Node for NodeService {
             Ok(Response::new(csi::NodeGetInfoResponse {
                 node_id: self.info.node_id.clone(),
                 max_volumes_per_node: i64::from(self.info.max_volumes),
-                accessible_topology: Some(csi::Topology {
-                    segments: [(ZONE_TOPOLOGY_KEY.to_owned(), self.info.zone.clone())].into(),
+                // No zone, no topology: such a node can take any volume of kinds without zones.
+                accessible_topology: self.info.zone.as_ref().map(|zone| csi::Topology {
+                    segments: [(ZONE_TOPOLOGY_KEY.to_owned(), zone.clone())].into(),
                 }),
             }))
         })
@@ -333,7 +349,7 @@ mod tests {
             AllowedRoot::new("/var/lib/kubelet").unwrap(),
             NodeInfo {
                 node_id: "server-1".into(),
-                zone: "az1".into(),
+                zone: Some("az1".into()),
                 max_volumes: 24,
             },
         )
@@ -367,7 +383,7 @@ mod tests {
             FakeDevice::formatted("ext4", 1 << 30),
         );
         // A foreign ID and an ID of a backend this node does not have: both still unmount.
-        for id in ["some-vol-id", "v1:evs:d1"] {
+        for id in ["some-vol-id", "v1:disks:d1"] {
             host.mount(Path::new("/dev/loop0"), staging, "ext4", &[])
                 .await
                 .unwrap();
@@ -391,7 +407,7 @@ mod tests {
         // Empty IDs and paths outside the kubelet root stay INVALID_ARGUMENT.
         let err = svc
             .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
-                volume_id: "v1:evs:d1".into(),
+                volume_id: "v1:disks:d1".into(),
                 target_path: "/etc".into(),
             }))
             .await
@@ -409,9 +425,83 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn capabilities_are_the_union_and_a_lacking_backend_refuses_by_name() {
+        let rpcs = |svc: NodeService| async move {
+            svc.node_get_capabilities(Request::new(csi::NodeGetCapabilitiesRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .capabilities
+                .into_iter()
+                .filter_map(|c| match c.r#type {
+                    Some(Type::Rpc(r)) => Some(r.r#type()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let base = [
+            rpc::Type::StageUnstageVolume,
+            rpc::Type::GetVolumeStats,
+            rpc::Type::VolumeCondition,
+        ];
+        let plain = || crate::fake::FakeNodeBackend::default();
+        let growing = || crate::fake::FakeNodeBackend {
+            capabilities: everest_backend::backend::Capabilities {
+                expand: true,
+                node_expand: true,
+                list: true,
+                access_modes: &[everest_backend::capability::AccessMode::SingleNodeSingleWriter],
+            },
+            ..Default::default()
+        };
+        let svc = |backends: Vec<(&str, crate::fake::FakeNodeBackend)>| {
+            let mut r: Registry<dyn NodeBackend> = Registry::new(None);
+            for (name, b) in backends {
+                r.insert(
+                    everest_backend::BackendName::new(name).unwrap(),
+                    Arc::new(b),
+                );
+            }
+            NodeService::new(
+                Arc::new(r),
+                Arc::new(FakeHost::default()),
+                AllowedRoot::new("/var/lib/kubelet").unwrap(),
+                NodeInfo {
+                    node_id: "n".into(),
+                    zone: None,
+                    max_volumes: 1,
+                },
+            )
+        };
+        assert_eq!(rpcs(svc(vec![("plain", plain())])).await, base);
+        let mixed = svc(vec![("plain", plain()), ("grows", growing())]);
+        let mut want = base.to_vec();
+        want.extend([rpc::Type::ExpandVolume, rpc::Type::SingleNodeMultiWriter]);
+        assert_eq!(rpcs(mixed.clone()).await, want);
+        // No zone, no topology.
+        let info = mixed
+            .node_get_info(Request::new(csi::NodeGetInfoRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(info.accessible_topology.is_none());
+        // The union offers NodeExpand, but this volume's backend has nothing to grow.
+        let err = mixed
+            .node_expand_volume(Request::new(csi::NodeExpandVolumeRequest {
+                volume_id: "v1:plain:x".into(),
+                volume_path: "/var/lib/kubelet/pods/p/volumes/v/mount".into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("plain"), "{}", err.message());
+    }
+
+    #[tokio::test]
     async fn reads_of_foreign_or_unconfigured_volumes_are_not_found() {
         let svc = service(Arc::new(FakeHost::default()));
-        for id in ["some-vol-id", "v1:evs:d1"] {
+        for id in ["some-vol-id", "v1:disks:d1"] {
             let err = svc
                 .node_get_volume_stats(Request::new(csi::NodeGetVolumeStatsRequest {
                     volume_id: id.into(),

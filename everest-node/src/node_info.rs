@@ -1,6 +1,7 @@
-//! Who this node is: its ID (the cloud server ID) and zone, from the configuration or else the
-//! instance metadata service; and how many volumes it can hold, from the backends that can
-//! tell (the cloud's free disk slots) or else the configuration.
+//! Who this node is: its ID and zone, from the configuration, else from a backend whose volumes
+//! attach to a cloud server (which asks its cloud), else the Kubernetes node name; and how many
+//! volumes it can hold, from the backends that can tell (the cloud's free disk slots) or else
+//! the configuration.
 
 use std::time::Duration;
 
@@ -13,18 +14,12 @@ use everest_backend::{Error, NodeBackend};
 pub struct NodeInfo {
     /// The ID ControllerPublishVolume will attach to.
     pub node_id: String,
-    /// The availability zone, reported under the zone topology key.
-    pub zone: String,
+    /// The availability zone, reported under the zone topology key; none when no backend
+    /// needs one and none is configured.
+    pub zone: Option<String>,
     /// The most volumes the scheduler may place here.
     pub max_volumes: u32,
 }
-
-/// Timeout of one metadata request.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Metadata attempts before giving up; the service is link-local and normally answers at once.
-const ATTEMPTS: u32 = 4;
-/// Pause before the first retry; doubles after each failure.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
 /// How long one backend may take to say how many volumes the node holds, at start.
 const LIMIT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -59,22 +54,40 @@ pub async fn apply_backend_limits(
     info
 }
 
-/// Uses the configured ID and zone; asks the metadata service only for what is missing.
-pub async fn resolve(section: &NodeSection) -> Result<NodeInfo, Error> {
+/// The environment variable holding the Kubernetes node name (the chart sets it from
+/// `spec.nodeName`).
+pub const NODE_NAME_ENV: &str = "NODE_NAME";
+
+/// The configured ID and zone; what is missing comes from the first backend that names this
+/// node in its cloud (a block backend: the server its disks attach to); with no such backend,
+/// the ID is the Kubernetes node name (`node_name`) and the zone stays unset unless configured.
+pub async fn resolve(
+    section: &NodeSection,
+    registry: &Registry<dyn NodeBackend>,
+    node_name: Option<String>,
+) -> Result<NodeInfo, Error> {
     let configured = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let (node_id, zone) = match (configured(&section.node_id), configured(&section.zone)) {
-        (Some(id), Some(zone)) => (id, zone),
-        (id, zone) => {
-            let md = fetch_with_retries(&section.metadata_url).await?;
-            (id.unwrap_or(md.uuid), zone.unwrap_or(md.availability_zone))
+    let (mut node_id, mut zone) = (configured(&section.node_id), configured(&section.zone));
+    if node_id.is_none() || zone.is_none() {
+        for (name, backend) in registry.iter() {
+            let identity = backend
+                .node_identity()
+                .await
+                .map_err(|e| e.context(format!("backend {name}")))?;
+            if let Some(identity) = identity {
+                node_id = node_id.or(Some(identity.node_id));
+                zone = zone.or(Some(identity.zone));
+                break;
+            }
         }
-    };
-    if node_id.is_empty() || zone.is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "the metadata service at {} reported an empty server ID or zone; set node.node_id and node.zone",
-            section.metadata_url
-        )));
     }
+    let node_id = node_id
+        .or_else(|| node_name.filter(|n| !n.is_empty()))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "no node ID: set node.node_id (EVEREST_NODE__NODE_ID) or {NODE_NAME_ENV}; no configured backend names this node in a cloud"
+            ))
+        })?;
     Ok(NodeInfo {
         node_id,
         zone,
@@ -82,106 +95,90 @@ pub async fn resolve(section: &NodeSection) -> Result<NodeInfo, Error> {
     })
 }
 
-async fn fetch_with_retries(url: &str) -> Result<everest_evs::api::InstanceMetadata, Error> {
-    let mut backoff = FIRST_BACKOFF;
-    let mut attempt = 1;
-    loop {
-        match everest_evs::api::fetch_instance_metadata(url, ATTEMPT_TIMEOUT).await {
-            Ok(md) => return Ok(md),
-            Err(e) if attempt >= ATTEMPTS => {
-                return Err(Error::Unavailable(format!(
-                    "cannot learn this node's ID and zone from the metadata service at {url} after {ATTEMPTS} attempts ({e}); \
-                     set node.node_id and node.zone (EVEREST_NODE__NODE_ID, EVEREST_NODE__ZONE) to run without it"
-                )));
-            }
-            Err(e) => {
-                tracing::warn!(url, attempt, error = %e, "metadata service did not answer; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-                attempt += 1;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::FakeNodeBackend;
+
+    fn with(backends: Vec<FakeNodeBackend>) -> Registry<dyn NodeBackend> {
+        let mut registry: Registry<dyn NodeBackend> = Registry::new(None);
+        for (i, b) in backends.into_iter().enumerate() {
+            let name = everest_backend::BackendName::new(&format!("b{i}")).unwrap();
+            registry.insert(name, std::sync::Arc::new(b));
+        }
+        registry
+    }
+
+    fn file_like() -> FakeNodeBackend {
+        FakeNodeBackend::default()
+    }
+
+    fn block_like() -> FakeNodeBackend {
+        FakeNodeBackend {
+            identity: Some(("server-9", "az9")),
+            ..FakeNodeBackend::default()
+        }
+    }
 
     #[tokio::test]
-    async fn configured_values_skip_the_metadata_service() {
+    async fn configured_values_win_and_a_block_backend_fills_the_rest() {
         let section = NodeSection {
             node_id: Some("server-1".into()),
             zone: Some("az1".into()),
-            // Unroutable on purpose: it must not be contacted.
-            metadata_url: "http://127.0.0.1:1/never".into(),
             ..NodeSection::default()
         };
-        let info = resolve(&section).await.unwrap();
-        assert_eq!(info.node_id, "server-1");
-        assert_eq!(info.zone, "az1");
+        let info = resolve(&section, &with(vec![block_like()]), Some("k8s-node".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (info.node_id.as_str(), info.zone.as_deref()),
+            ("server-1", Some("az1"))
+        );
         assert_eq!(info.max_volumes, 24);
+        // Nothing configured: the backend that attaches to a cloud server names the node.
+        let info = resolve(
+            &NodeSection::default(),
+            &with(vec![file_like(), block_like()]),
+            Some("k8s-node".into()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (info.node_id.as_str(), info.zone.as_deref()),
+            ("server-9", Some("az9"))
+        );
     }
 
-    #[derive(Debug)]
-    struct Slots(Result<Option<u32>, &'static str>);
-
-    #[async_trait::async_trait]
-    impl NodeBackend for Slots {
-        fn kind(&self) -> everest_backend::BackendKind {
-            everest_backend::BackendKind::Block
-        }
-        fn check_capability(
-            &self,
-            _: &everest_backend::capability::VolumeCapability,
-        ) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn stage(&self, _: &everest_backend::backend::NodeStage) -> Result<(), Error> {
-            unreachable!("not staged in this test")
-        }
-        async fn unstage(
-            &self,
-            _: &str,
-            _: &everest_backend::paths::HostPath,
-        ) -> Result<(), Error> {
-            unreachable!("not staged in this test")
-        }
-        async fn publish(&self, _: &everest_backend::backend::NodePublish) -> Result<(), Error> {
-            unreachable!("not published in this test")
-        }
-        async fn unpublish(
-            &self,
-            _: &str,
-            _: &everest_backend::paths::HostPath,
-        ) -> Result<(), Error> {
-            unreachable!("not published in this test")
-        }
-        async fn expand(&self, _: &everest_backend::backend::NodeExpand) -> Result<u64, Error> {
-            unreachable!("not expanded in this test")
-        }
-        async fn stats(
-            &self,
-            _: &str,
-            _: &everest_backend::paths::HostPath,
-        ) -> Result<everest_backend::backend::VolumeUsage, Error> {
-            unreachable!("no stats in this test")
-        }
-        async fn max_volumes(&self, node_id: &str) -> Result<Option<u32>, Error> {
-            assert_eq!(node_id, "server-1");
-            self.0.map_err(|e| Error::Unavailable(e.into()))
-        }
+    #[tokio::test]
+    async fn without_a_block_backend_the_kubernetes_node_name_is_the_id() {
+        let info = resolve(
+            &NodeSection::default(),
+            &with(vec![file_like()]),
+            Some("k8s-node".into()),
+        )
+        .await
+        .unwrap();
+        assert_eq!((info.node_id.as_str(), info.zone), ("k8s-node", None));
+        let err = resolve(&NodeSection::default(), &with(vec![file_like()]), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("NODE_NAME"), "{err}");
     }
 
     async fn limit(answers: Vec<Result<Option<u32>, &'static str>>) -> u32 {
-        let mut registry: Registry<dyn NodeBackend> = Registry::new(None);
-        for (i, a) in answers.into_iter().enumerate() {
-            let name = everest_backend::BackendName::new(&format!("b{i}")).unwrap();
-            registry.insert(name, std::sync::Arc::new(Slots(a)));
-        }
+        let registry = with(
+            answers
+                .into_iter()
+                .map(|slots| FakeNodeBackend {
+                    slots,
+                    ..FakeNodeBackend::default()
+                })
+                .collect(),
+        );
         let info = NodeInfo {
             node_id: "server-1".into(),
-            zone: "az1".into(),
+            zone: Some("az1".into()),
             max_volumes: 24,
         };
         apply_backend_limits(info, &registry).await.max_volumes

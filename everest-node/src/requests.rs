@@ -159,7 +159,7 @@ mod tests {
 
     fn stage_req() -> csi::NodeStageVolumeRequest {
         csi::NodeStageVolumeRequest {
-            volume_id: "v1:evs-default:d1".into(),
+            volume_id: "v1:disks-default:d1".into(),
             staging_target_path: STAGING.into(),
             volume_capability: Some(cap()),
             publish_context: [("device".to_string(), "vdb".to_string())].into(),
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn stage_accepts_and_rejects() {
         let (id, s) = stage(stage_req(), &root()).unwrap();
-        assert_eq!(id.backend().as_str(), "evs-default");
+        assert_eq!(id.backend().as_str(), "disks-default");
         assert_eq!(s.native_id, "d1");
         assert_eq!(s.capability.fs_type(), Some("xfs"));
         assert_eq!(s.publish_context["device"], "vdb");
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn publish_accepts_and_rejects() {
         let ok = csi::NodePublishVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             staging_target_path: STAGING.into(),
             target_path: TARGET.into(),
             volume_capability: Some(cap()),
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn teardown_stats_and_expand() {
         let unst = csi::NodeUnstageVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             staging_target_path: STAGING.into(),
         };
         assert!(unstage(&unst, &root()).is_ok());
@@ -261,7 +261,7 @@ mod tests {
             "volume_id",
         );
         let unp = csi::NodeUnpublishVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             target_path: TARGET.into(),
         };
         assert!(unpublish(&unp, &root()).is_ok());
@@ -276,7 +276,7 @@ mod tests {
             "target_path",
         );
         let st = csi::NodeGetVolumeStatsRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             volume_path: TARGET.into(),
             staging_target_path: String::new(),
         };
@@ -292,7 +292,7 @@ mod tests {
             "volume_path",
         );
         let ex = csi::NodeExpandVolumeRequest {
-            volume_id: "v1:evs:d1".into(),
+            volume_id: "v1:disks:d1".into(),
             volume_path: TARGET.into(),
             capacity_range: Some(csi::CapacityRange {
                 required_bytes: 20 << 30,

@@ -63,7 +63,6 @@ driver_name = "everest.csi.io"
 default_backend = "evs-default"
 
 [node]
-metadata_url = "$EMU/openstack/latest/meta_data.json"
 kubelet_root = "$ROOT/kubelet"
 
 [backends.evs-default]
@@ -73,6 +72,7 @@ region = "emu-region-1"
 evs_endpoint = "$EMU"
 ecs_endpoint = "$EMU"
 iam_endpoint = "$EMU"
+metadata_url = "$EMU/openstack/latest/meta_data.json"
 allow_insecure_http = true
 credentials_file = "$ROOT/evs-credentials.json"
 by_id_dir = "$ROOT/by-id"

@@ -571,10 +571,6 @@ impl World {
         writeln!(toml, "backend_check_seconds = 1")?;
         writeln!(toml)?;
         writeln!(toml, "[node]")?;
-        writeln!(
-            toml,
-            "metadata_url = \"{url}/openstack/latest/meta_data.json\""
-        )?;
         writeln!(toml, "max_volumes_per_node = 24")?;
         writeln!(toml, "kubelet_root = \"{}\"", self.kubelet_root().display())?;
         writeln!(toml)?;
@@ -587,6 +583,10 @@ impl World {
         writeln!(toml, "region = \"{REGION}\"")?;
         writeln!(toml, "evs_endpoint = \"{url}\"")?;
         writeln!(toml, "ecs_endpoint = \"{url}\"")?;
+        writeln!(
+            toml,
+            "metadata_url = \"{url}/openstack/latest/meta_data.json\""
+        )?;
         // The emulator speaks plain HTTP on loopback.
         writeln!(toml, "allow_insecure_http = true")?;
         writeln!(

@@ -26,6 +26,41 @@ pub enum BackendKind {
     Object,
 }
 
+/// What one backend kind can do. The daemons advertise the union over their configured
+/// backends (ControllerGetCapabilities, NodeGetCapabilities) and refuse a request its backend
+/// cannot serve with INVALID_ARGUMENT naming the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// ControllerExpandVolume grows the volume.
+    pub expand: bool,
+    /// After a controller expand, NodeExpandVolume has something to grow on the node.
+    pub node_expand: bool,
+    /// ListVolumes and ControllerGetVolume (with health and published nodes).
+    pub list: bool,
+    /// The access modes the kind can serve at all (a backend may refuse more, e.g. by
+    /// filesystem, in its own capability check).
+    pub access_modes: &'static [crate::capability::AccessMode],
+}
+
+impl Capabilities {
+    /// Whether some single-node mode beyond plain ReadWriteOnce is served (what CSI's
+    /// SINGLE_NODE_MULTI_WRITER capability announces).
+    pub fn single_node_multi_writer(&self) -> bool {
+        use crate::capability::AccessMode;
+        self.access_modes.iter().any(|m| {
+            matches!(
+                m,
+                AccessMode::SingleNodeSingleWriter | AccessMode::SingleNodeMultiWriter
+            )
+        })
+    }
+}
+
+/// The request a backend cannot serve: INVALID_ARGUMENT naming the backend and what it lacks.
+pub fn unsupported(backend: &crate::volume_id::BackendName, what: &str) -> crate::Error {
+    crate::Error::InvalidArgument(format!("backend {backend} does not support {what}"))
+}
+
 /// The topology key every Everest node reports its availability zone under.
 pub const ZONE_TOPOLOGY_KEY: &str = "topology.everest.csi.io/zone";
 
@@ -139,13 +174,17 @@ pub struct Expanded {
 pub trait ControllerBackend: Send + Sync + Debug {
     /// The kind of storage.
     fn kind(&self) -> BackendKind;
+    /// What the kind can do.
+    fn capabilities(&self) -> Capabilities;
     /// Rejects capabilities this backend cannot serve (INVALID_ARGUMENT naming the capability).
     fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()>;
     /// Creates the volume, or returns the one already created under the same name.
     async fn create_volume(&self, req: &CreateVolume) -> Result<Volume>;
     /// Deletes the volume; a volume that is already gone is success.
     async fn delete_volume(&self, native_id: &str, secrets: &Secrets) -> Result<()>;
-    /// Attaches the volume to a node; returns the publish context the node needs.
+    /// Attaches the volume to a node; returns the publish context the node needs. A kind that
+    /// attaches nothing (file, object) answers at once with what its node side needs (the
+    /// CSIDriver object is one per driver, so the attacher calls every kind).
     async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>>;
     /// Detaches the volume from a node (or from all nodes when `node_id` is None); already detached is success.
     async fn unpublish(&self, native_id: &str, node_id: Option<&str>) -> Result<()>;
@@ -241,11 +280,22 @@ pub enum VolumeUsage {
     },
 }
 
+/// This node as a backend's cloud names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The ID ControllerPublishVolume attaches to (a block backend: the cloud server ID).
+    pub node_id: String,
+    /// The node's availability zone.
+    pub zone: String,
+}
+
 /// The node side: devices and mounts on this host.
 #[async_trait]
 pub trait NodeBackend: Send + Sync + Debug {
     /// The kind of storage.
     fn kind(&self) -> BackendKind;
+    /// What the kind can do.
+    fn capabilities(&self) -> Capabilities;
     /// Rejects a capability this backend cannot serve on a node.
     fn check_capability(&self, cap: &VolumeCapability) -> Result<()>;
     /// Makes the volume available at the staging path (find device, format if blank, mount).
@@ -260,6 +310,12 @@ pub trait NodeBackend: Send + Sync + Debug {
     async fn expand(&self, req: &NodeExpand) -> Result<u64>;
     /// Usage and health of the volume at `volume_path`.
     async fn stats(&self, native_id: &str, volume_path: &HostPath) -> Result<VolumeUsage>;
+    /// This node's ID and zone as the backend's cloud names them, for a backend whose volumes
+    /// attach to a cloud server (block); `None` (the default) for one that needs no cloud
+    /// identity, so a node with only such backends never asks a metadata service.
+    async fn node_identity(&self) -> Result<Option<NodeIdentity>> {
+        Ok(None)
+    }
     /// How many of this driver's volumes the node `node_id` can hold in all, when the backend
     /// can tell (a block backend asks the cloud for the server's free disk slots); `None`
     /// leaves the configured `max_volumes_per_node`.

@@ -3,7 +3,22 @@
 use std::collections::BTreeMap;
 
 use everest_backend::Error;
-use everest_backend::capability::{AccessType, VolumeCapability};
+use everest_backend::backend::Capabilities;
+use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+
+/// What an EVS disk offers: it grows (and its filesystem with it), it is listed with its
+/// attachments, and it serves one node at a time.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    expand: true,
+    node_expand: true,
+    list: true,
+    access_modes: &[
+        AccessMode::SingleNodeWriter,
+        AccessMode::SingleNodeReaderOnly,
+        AccessMode::SingleNodeSingleWriter,
+        AccessMode::SingleNodeMultiWriter,
+    ],
+};
 use everest_backend::params::FSTYPE_KEY;
 
 /// Filesystems the node can create and grow on an EVS disk.

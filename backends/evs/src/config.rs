@@ -40,6 +40,9 @@ pub struct BackendSettings {
     /// How long NodeStage waits for an attached disk to show up.
     #[serde(default = "default_device_wait", deserialize_with = "scalar::number")]
     pub device_wait_seconds: u64,
+    /// Where the node learns its server ID and zone, unless `[node]` configures them.
+    #[serde(default = "default_metadata_url", deserialize_with = "scalar::text")]
+    pub metadata_url: String,
 }
 
 /// The keys of [`BackendSettings`], so the table can be split between it and [`CloudConfig`].
@@ -52,6 +55,7 @@ const BACKEND_KEYS: &[&str] = &[
     "by_id_dir",
     "default_fs_type",
     "device_wait_seconds",
+    "metadata_url",
 ];
 
 fn default_volume_type() -> String {
@@ -71,6 +75,9 @@ fn default_fs_type() -> String {
 }
 fn default_device_wait() -> u64 {
     30
+}
+fn default_metadata_url() -> String {
+    crate::api::DEFAULT_METADATA_URL.to_owned()
 }
 
 impl BackendSettings {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod device;
 mod error;
+pub mod identity;
 pub mod node;
 pub mod params;
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use everest_backend::backend::{
-    BackendKind, NodeBackend, NodeExpand, NodePublish, NodeStage, VolumeUsage,
+    BackendKind, Capabilities, NodeBackend, NodeExpand, NodeIdentity, NodePublish, NodeStage,
+    VolumeUsage,
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
@@ -348,6 +349,10 @@ impl NodeBackend for EvsNode {
         BackendKind::Block
     }
 
+    fn capabilities(&self) -> Capabilities {
+        crate::capabilities::CAPABILITIES
+    }
+
     fn check_capability(&self, cap: &VolumeCapability) -> Result<()> {
         check_capability(cap)
     }
@@ -499,6 +504,14 @@ impl NodeBackend for EvsNode {
             }
         }
         Ok(device_size)
+    }
+
+    /// Disks attach to the ECS server this node runs on: its ID and zone come from the
+    /// instance metadata service.
+    async fn node_identity(&self) -> Result<Option<NodeIdentity>> {
+        crate::identity::from_metadata(&self.config.backend.metadata_url)
+            .await
+            .map(Some)
     }
 
     /// The server's free disk slots plus the Everest disks attached to it now: the disks it

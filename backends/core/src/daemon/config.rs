@@ -36,8 +36,6 @@ pub const ENV_PREFIX: &str = "EVEREST";
 pub const DEFAULT_DRIVER_NAME: &str = "everest.csi.io";
 /// The CSI endpoint when none is configured.
 pub const DEFAULT_ENDPOINT: &str = "unix:///run/everest/csi.sock";
-/// Where the node asks for its server ID and zone when they are not configured.
-pub const DEFAULT_METADATA_URL: &str = "http://169.254.169.254/openstack/latest/meta_data.json";
 
 /// The top-level keys; environment variables for anything else are ignored.
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -141,9 +139,6 @@ pub struct NodeSection {
     /// This node's availability zone; asked from the metadata service when unset.
     #[serde(default, deserialize_with = "opt_scalar_string")]
     pub zone: Option<String>,
-    /// The instance metadata document.
-    #[serde(default = "default_metadata_url")]
-    pub metadata_url: String,
     /// How many volumes the scheduler may place on this node.
     #[serde(default = "default_max_volumes")]
     pub max_volumes_per_node: u32,
@@ -160,7 +155,6 @@ impl Default for NodeSection {
         Self {
             node_id: None,
             zone: None,
-            metadata_url: default_metadata_url(),
             max_volumes_per_node: default_max_volumes(),
             kubelet_root: default_kubelet_root(),
             host: HostSettings::default(),
@@ -178,9 +172,6 @@ fn default_driver_name() -> String {
 }
 fn default_endpoint() -> String {
     DEFAULT_ENDPOINT.to_owned()
-}
-fn default_metadata_url() -> String {
-    DEFAULT_METADATA_URL.to_owned()
 }
 fn default_max_volumes() -> u32 {
     24
@@ -441,7 +432,6 @@ device_wait_seconds = 30
         assert_eq!(cfg.driver_name, DEFAULT_DRIVER_NAME);
         assert_eq!(cfg.endpoint, DEFAULT_ENDPOINT);
         assert_eq!(cfg.node.max_volumes_per_node, 24);
-        assert_eq!(cfg.node.metadata_url, DEFAULT_METADATA_URL);
         assert!(cfg.backends.is_empty());
     }
 

@@ -50,12 +50,15 @@ pub async fn check_all(
         let up = problem.is_none();
         metrics::gauge!(BACKEND_REACHABLE, "backend" => name.to_string())
             .set(f64::from(u8::from(up)));
+        // A line per change: an outage and its end at warn and info, the first good answer at
+        // debug (a healthy start is not news).
         match (last.insert(name.clone(), up), problem) {
-            (Some(false) | None, None) => tracing::info!(backend = %name, "backend reachable"),
+            (None, None) => tracing::debug!(backend = %name, "backend reachable"),
+            (Some(false), None) => tracing::info!(backend = %name, "backend reachable again"),
             (Some(true) | None, Some(problem)) => {
                 tracing::warn!(backend = %name, problem, "backend unreachable; volume operations on it fail until it answers again");
             }
-            _ => {}
+            (Some(true), None) | (Some(false), Some(_)) => {}
         }
     }
 }
@@ -69,7 +72,8 @@ mod tests {
 
     use super::*;
     use crate::backend::{
-        BackendKind, ControllerPublish, CreateVolume, Expanded, ListedVolume, Volume, VolumePage,
+        BackendKind, Capabilities, ControllerPublish, CreateVolume, Expanded, ListedVolume, Volume,
+        VolumePage,
     };
     use crate::capability::VolumeCapability;
     use crate::capacity::CapacityRange;
@@ -84,6 +88,14 @@ mod tests {
     impl ControllerBackend for Switch {
         fn kind(&self) -> BackendKind {
             BackendKind::Block
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                expand: false,
+                node_expand: false,
+                list: false,
+                access_modes: &[],
+            }
         }
         fn check_capabilities(&self, _: &[VolumeCapability]) -> Result<()> {
             Ok(())

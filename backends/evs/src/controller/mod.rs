@@ -7,8 +7,8 @@ use std::future::Future;
 
 use async_trait::async_trait;
 use everest_backend::backend::{
-    BackendKind, ControllerBackend, ControllerPublish, CreateVolume, Expanded, ListedVolume,
-    Topology, Volume as CsiVolume, VolumePage as CsiPage, ZONE_TOPOLOGY_KEY,
+    BackendKind, Capabilities, ControllerBackend, ControllerPublish, CreateVolume, Expanded,
+    ListedVolume, Topology, Volume as CsiVolume, VolumePage as CsiPage, ZONE_TOPOLOGY_KEY,
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::{CapacityRange, GIB};
@@ -277,6 +277,10 @@ fn is_usable(v: &Volume) -> bool {
 impl ControllerBackend for EvsController {
     fn kind(&self) -> BackendKind {
         BackendKind::Block
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        crate::capabilities::CAPABILITIES
     }
 
     fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()> {
