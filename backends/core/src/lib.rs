@@ -8,6 +8,7 @@
 //! - [`inflight`]: per-volume serialization (ABORTED for a conflicting call);
 //! - [`host`]: everything that touches the machine, with a Linux and a fake implementation;
 //! - [`node`]: node-side steps every backend shares (bind-publish, teardown, usage);
+//! - [`nfs`]: NFS exports, their mount options and staging them, for every file backend;
 //! - [`paths`], [`secrets`]: checked host paths and redacted request secrets;
 //! - [`daemon`]: what both daemons share (config, socket, signals, logging, telemetry, Identity).
 
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod error;
 pub mod host;
 pub mod inflight;
+pub mod nfs;
 pub mod node;
 pub mod params;
 pub mod paths;

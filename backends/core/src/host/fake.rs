@@ -54,6 +54,8 @@ struct State {
     /// Filesystem types whose grow "succeeds" without growing (a tool that exits 0 and does
     /// nothing), so a caller that trusts the exit status is caught.
     inert_grow: BTreeSet<String>,
+    /// What `/proc/filesystems` lists.
+    kernel_filesystems: Option<BTreeSet<String>>,
     /// SCSI devices, and the size each takes at its next rescan (a SCSI guest sees a new size
     /// only after a rescan).
     scsi: BTreeMap<PathBuf, Option<u64>>,
@@ -149,6 +151,11 @@ impl FakeHost {
         self.state().inert_grow.insert(fs_type.to_owned());
     }
 
+    /// Sets what `/proc/filesystems` lists (by default the block filesystems, nfs and fuse).
+    pub fn set_kernel_filesystems(&self, listed: &[&str]) {
+        self.state().kernel_filesystems = Some(listed.iter().map(|f| (*f).to_owned()).collect());
+    }
+
     /// Makes the next calls whose name starts with `operation` fail with `detail`.
     pub fn fail(&self, operation: &str, detail: &str) {
         self.state()
@@ -217,6 +224,11 @@ fn entry(
     }
 }
 
+/// What the fake kernel can mount unless a test says otherwise.
+const DEFAULT_KERNEL_FILESYSTEMS: &[&str] = &[
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "nfs", "nfs4", "fuse",
+];
+
 /// The device node bound onto `path` (a raw block publish), as `stat` on the path would find it:
 /// the devtmpfs mount's root names the node under /dev.
 fn bound_device(s: &State, path: &Path) -> Option<PathBuf> {
@@ -269,6 +281,39 @@ impl Host for FakeHost {
         let m = entry(number, &src, target, fs_type, ro);
         s.mounts.push(m);
         recorded
+    }
+
+    async fn mount_nfs(
+        &self,
+        export: &crate::nfs::NfsExport,
+        target: &Path,
+        options: &[String],
+    ) -> Result<(), HostError> {
+        self.record(format!(
+            "mount {export} {} nfs {}",
+            target.display(),
+            options.join(",")
+        ))?;
+        let mut s = self.state();
+        // An NFS mount shows an anonymous device number, as in the kernel.
+        let n = s.anonymous.len();
+        let number = s
+            .anonymous
+            .entry(export.to_string())
+            .or_insert_with(|| format!("0:{}", 40 + n))
+            .clone();
+        let ro = options.iter().any(|o| o == "ro");
+        s.mounts
+            .push(entry(number, &export.to_string(), target, "nfs", ro));
+        Ok(())
+    }
+
+    async fn kernel_supports(&self, fs_type: &str) -> Result<bool, HostError> {
+        let s = self.state();
+        Ok(match &s.kernel_filesystems {
+            Some(listed) => listed.contains(fs_type),
+            None => DEFAULT_KERNEL_FILESYSTEMS.contains(&fs_type),
+        })
     }
 
     async fn bind_mount(

@@ -115,6 +115,36 @@ impl Host for LinuxHost {
         self.run(CommandKind::Mount, "mount", &args).await.map(drop)
     }
 
+    async fn mount_nfs(
+        &self,
+        export: &crate::nfs::NfsExport,
+        target: &Path,
+        options: &[String],
+    ) -> Result<(), HostError> {
+        let opts = options.join(",");
+        let source = export.to_string();
+        let mut args = vec!["-t", "nfs"];
+        if !opts.is_empty() {
+            args.extend(["-o", &opts]);
+        }
+        args.extend([source.as_str(), path_str(target)?]);
+        // A hard mount of a server that does not answer hangs in mount(8): the time limit kills it.
+        self.run(CommandKind::Mount, "mount", &args).await.map(drop)
+    }
+
+    async fn kernel_supports(&self, fs_type: &str) -> Result<bool, HostError> {
+        self.limited("read /proc/filesystems".to_owned(), async {
+            let text = tokio::fs::read_to_string("/proc/filesystems")
+                .await
+                .map_err(|e| io_err("read", Path::new("/proc/filesystems"), e))?;
+            // Lines are "nodev\tnfs" or "\text4".
+            Ok(text
+                .lines()
+                .any(|l| l.split_whitespace().last() == Some(fs_type)))
+        })
+        .await
+    }
+
     async fn bind_mount(
         &self,
         source: &Path,

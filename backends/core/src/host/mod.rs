@@ -94,6 +94,16 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         fs_type: &str,
         options: &[String],
     ) -> Result<(), HostError>;
+    /// Mounts the NFS export `export` on `target` with `options` (already checked, see
+    /// [`crate::nfs::mount_options`]).
+    async fn mount_nfs(
+        &self,
+        export: &crate::nfs::NfsExport,
+        target: &Path,
+        options: &[String],
+    ) -> Result<(), HostError>;
+    /// Whether the kernel can mount filesystems of `fs_type` (it is in `/proc/filesystems`).
+    async fn kernel_supports(&self, fs_type: &str) -> Result<bool, HostError>;
     /// Bind-mounts `source` onto `target`, read-only when asked.
     async fn bind_mount(
         &self,

@@ -124,3 +124,40 @@ async fn make_and_remove_paths() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn kernel_filesystems_come_from_proc_and_a_kernel_without_nfs_is_refused_before_mounting() {
+    let host = LinuxHost::default();
+    let listed = std::fs::read_to_string("/proc/filesystems").unwrap();
+    let has = |fs: &str| {
+        listed
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(fs))
+    };
+    for fs in ["ext4", "nfs", "proc", "no-such-filesystem"] {
+        assert_eq!(host.kernel_supports(fs).await.unwrap(), has(fs), "{fs}");
+    }
+    if has("nfs") {
+        // This kernel can mount NFS: the refusal below cannot happen here.
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = crate::paths::AllowedRoot::new(dir.path()).unwrap();
+    let staging = root
+        .check(
+            &dir.path().join("plugins/x/globalmount").to_string_lossy(),
+            "staging",
+        )
+        .unwrap();
+    let export: crate::nfs::NfsExport = "127.0.0.1:/export/pvc-1".parse().unwrap();
+    let opts = crate::nfs::mount_options(&[], false).unwrap();
+    let err = crate::nfs::stage(&host, "pvc-1", &export, &staging, &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("no NFS client"), "{err}");
+    assert!(
+        !staging.as_path().exists(),
+        "a refused stage made the staging directory"
+    );
+}
