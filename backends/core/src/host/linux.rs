@@ -16,6 +16,23 @@ pub struct LinuxHost {
 }
 
 impl LinuxHost {
+    /// `mount -t fs_type [-o options] source target`, under the mount time limit.
+    async fn mount_source(
+        &self,
+        source: &str,
+        target: &Path,
+        fs_type: &str,
+        options: &[String],
+    ) -> Result<(), HostError> {
+        let opts = options.join(",");
+        let mut args = vec!["-t", fs_type];
+        if !opts.is_empty() {
+            args.extend(["-o", &opts]);
+        }
+        args.extend([source, path_str(target)?]);
+        self.run(CommandKind::Mount, "mount", &args).await.map(drop)
+    }
+
     /// A host that runs its tools with `settings`.
     pub fn new(settings: HostSettings) -> Self {
         Self { settings }
@@ -106,13 +123,8 @@ impl Host for LinuxHost {
         fs_type: &str,
         options: &[String],
     ) -> Result<(), HostError> {
-        let opts = options.join(",");
-        let mut args = vec!["-t", fs_type];
-        if !opts.is_empty() {
-            args.extend(["-o", &opts]);
-        }
-        args.extend([path_str(source)?, path_str(target)?]);
-        self.run(CommandKind::Mount, "mount", &args).await.map(drop)
+        self.mount_source(path_str(source)?, target, fs_type, options)
+            .await
     }
 
     async fn mount_nfs(
@@ -121,15 +133,9 @@ impl Host for LinuxHost {
         target: &Path,
         options: &[String],
     ) -> Result<(), HostError> {
-        let opts = options.join(",");
-        let source = export.to_string();
-        let mut args = vec!["-t", "nfs"];
-        if !opts.is_empty() {
-            args.extend(["-o", &opts]);
-        }
-        args.extend([source.as_str(), path_str(target)?]);
         // A hard mount of a server that does not answer hangs in mount(8): the time limit kills it.
-        self.run(CommandKind::Mount, "mount", &args).await.map(drop)
+        self.mount_source(&export.to_string(), target, "nfs", options)
+            .await
     }
 
     async fn kernel_supports(&self, fs_type: &str) -> Result<bool, HostError> {
