@@ -238,7 +238,7 @@ impl ForeignDisk {
         let settings = serde_json::json!({
             "project_id": everest_testsupport::world::PROJECT_ID,
             "region": everest_testsupport::world::REGION,
-            "evs_endpoint": url, "ecs_endpoint": url,
+            "evs_endpoint": url, "ecs_endpoint": url, "allow_insecure_http": true,
             "credentials_file": world.root().join("evs-credentials.json"),
         });
         let cfg = everest_evs::EvsConfig::parse("by-hand", settings.as_object().unwrap()).unwrap();
