@@ -378,4 +378,35 @@ mod tests {
                 .unwrap()
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any text: refused, or an export that prints back as it was read and holds
+            /// nothing that could reach mount as an option, a second argument or a way up.
+            #[test]
+            fn exports_round_trip_or_are_refused(s in "\\PC{0,80}") {
+                if let Ok(e) = s.parse::<NfsExport>() {
+                    prop_assert_eq!(e.to_string(), s.clone());
+                    prop_assert_eq!(e.to_string().parse::<NfsExport>().unwrap(), e.clone());
+                    prop_assert!(e.path().starts_with('/'));
+                    prop_assert!(!e.path().split('/').any(|p| p == ".."));
+                    prop_assert!(!s.contains(',') && !s.contains(' ') && !s.starts_with('-'));
+                }
+            }
+
+            /// Any options a user writes: refused, or what reaches mount is allowlisted and
+            /// always carries nosuid and nodev.
+            #[test]
+            fn options_are_allowlisted_or_refused(opts in proptest::collection::vec("[a-z0-9=.,]{0,16}", 0..5)) {
+                if let Ok(out) = mount_options(&opts, false) {
+                    prop_assert!(out.iter().all(|o| check_option(o).is_ok() || o == "nodev" || o == "nosuid"));
+                    prop_assert!(out.contains(&"nosuid".to_owned()) && out.contains(&"nodev".to_owned()));
+                }
+            }
+        }
+    }
 }

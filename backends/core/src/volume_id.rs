@@ -182,4 +182,30 @@ mod tests {
             assert!(BackendName::new(bad).is_err(), "{bad:?}");
         }
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any text: refused, or an ID that prints back as it was read, within the CSI size.
+            #[test]
+            fn ids_round_trip_or_are_refused(s in "\\PC{0,140}") {
+                if let Ok(id) = s.parse::<VolumeId>() {
+                    prop_assert_eq!(id.to_string(), s.clone());
+                    prop_assert!(s.len() <= MAX_VOLUME_ID_LEN);
+                }
+            }
+
+            /// Every ID this driver makes parses back to itself.
+            #[test]
+            fn made_ids_parse_back(backend in "[a-z][a-z0-9-]{0,39}", native in "[!-9;-~]{1,60}") {
+                let name = BackendName::new(&backend).unwrap();
+                if let Ok(id) = VolumeId::new(name, &native) {
+                    prop_assert_eq!(id.to_string().parse::<VolumeId>().unwrap(), id);
+                }
+            }
+        }
+    }
 }

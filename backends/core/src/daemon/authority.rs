@@ -503,4 +503,86 @@ mod tests {
         input.extend(frame(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff]));
         assert!(Rewriter::default().feed(&input).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn header() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+            (
+                "[a-z][a-z0-9-]{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..40),
+            )
+                .prop_map(|(n, v)| (n.into_bytes(), v))
+        }
+
+        proptest! {
+            /// Whatever a client sends after the preface, the rewriter answers with output or
+            /// an error, never a panic: every byte of the socket reaches it. Raw bytes, and
+            /// well-framed frames of every type with arbitrary flags and payloads (which reach
+            /// the padding, priority and HPACK paths that random bytes rarely do).
+            #[test]
+            fn arbitrary_bytes_never_panic(
+                raw in proptest::collection::vec(any::<u8>(), 0..512),
+                frames in proptest::collection::vec(
+                    (
+                        prop_oneof![Just(HEADERS), Just(CONTINUATION), Just(0u8), Just(4u8), any::<u8>()],
+                        any::<u8>(),
+                        0u32..4,
+                        proptest::collection::vec(any::<u8>(), 0..48),
+                    ),
+                    0..6,
+                ),
+                chunk in 1usize..64,
+            ) {
+                let mut input = PREFACE.to_vec();
+                for (kind, flags, stream, payload) in frames {
+                    input.extend(frame(kind, flags, stream, &payload));
+                }
+                input.extend(raw);
+                let mut r = Rewriter::default();
+                for piece in input.chunks(chunk) {
+                    if r.feed(piece).is_err() {
+                        break;
+                    }
+                }
+            }
+
+            /// Any header list, in several blocks that refer back to each other, split into
+            /// arbitrary reads: the server decodes exactly what was sent, with an authority it
+            /// would have refused replaced and any other left alone.
+            #[test]
+            fn headers_survive_and_only_a_refused_authority_changes(
+                authority in proptest::collection::vec(any::<u8>(), 0..30),
+                extra in proptest::collection::vec(header(), 0..8),
+                blocks in 1usize..4,
+                chunk in 1usize..50,
+            ) {
+                let mut sent: Block = vec![
+                    (b":method".to_vec(), b"POST".to_vec()),
+                    (b":authority".to_vec(), authority.clone()),
+                ];
+                sent.extend(extra);
+                let mut encoder = Encoder::new();
+                let mut input = PREFACE.to_vec();
+                for i in 0..blocks {
+                    let block = encoder.encode(sent.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+                    input.extend(frame(HEADERS, END_HEADERS, 1 + 2 * i as u32, &block));
+                }
+                let (_, got) = server_view(&rewrite(&input, chunk));
+                prop_assert_eq!(got.len(), blocks);
+                let expected_authority = if is_valid_authority(&authority) {
+                    authority
+                } else {
+                    FALLBACK_AUTHORITY.to_vec()
+                };
+                for block in got {
+                    let mut want = sent.clone();
+                    want[1].1 = expected_authority.clone();
+                    prop_assert_eq!(block, want);
+                }
+            }
+        }
+    }
 }
