@@ -44,6 +44,14 @@ pub enum Daemon {
 }
 
 impl Daemon {
+    /// The name its logs go under.
+    fn short(self) -> &'static str {
+        match self {
+            Daemon::Controller => "controller",
+            Daemon::Node => "node",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Daemon::Controller => "everest-controller",
@@ -139,9 +147,37 @@ impl World {
         world.prepare_dirs()?;
         world.start_emulator().await?;
         world.write_config()?;
-        world.start_daemon(Daemon::Controller).await?;
-        world.start_daemon(Daemon::Node).await?;
+        for d in [Daemon::Controller, Daemon::Node] {
+            world.start_daemon_on_a_free_port(d).await?;
+        }
         Ok(world)
+    }
+
+    /// Starts a daemon; when the metrics port picked for it was taken by another process in
+    /// between (tests run side by side), picks another and starts it again.
+    async fn start_daemon_on_a_free_port(&mut self, d: Daemon) -> Result<(), Error> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match self.start_daemon(d).await {
+                Err(_)
+                    if attempt < ATTEMPTS
+                        && self.log(d.short()).contains("Address already in use") =>
+                {
+                    eprintln!(
+                        "[world] {} lost its metrics port to another process; retrying",
+                        d.name()
+                    );
+                    let port = format!("127.0.0.1:{}", free_port()?);
+                    match d {
+                        Daemon::Controller => self.controller_metrics = port,
+                        Daemon::Node => self.node_metrics = port,
+                    }
+                    attempt += 1;
+                }
+                started => return started,
+            }
+        }
     }
 
     // ---------------------------------------------------------------- paths
@@ -624,10 +660,7 @@ impl World {
             .arg("--metrics-address")
             .arg(&metrics);
         set_log_env(&mut cmd);
-        let short = match d {
-            Daemon::Controller => "controller",
-            Daemon::Node => "node",
-        };
+        let short = d.short();
         let proc = Proc::spawn(short, cmd, &self.log_dir())?;
         *lock(self.slot(d)) = Some(proc);
         self.wait_ready(d, short).await
