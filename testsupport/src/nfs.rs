@@ -266,6 +266,22 @@ impl NfsServer {
         cmd
     }
 
+    /// Moves the calling thread into the namespace, so the sockets it opens from now on (an
+    /// HTTP client on a current-thread runtime, an NFS client) reach the server and whatever
+    /// runs beside it. Use it on a thread made for the purpose: the thread cannot go back.
+    pub fn enter(&self) -> Result<(), String> {
+        let ns_path = format!("/run/netns/{}", self.netns);
+        let ns = std::fs::File::open(&ns_path).map_err(|e| format!("open {ns_path}: {e}"))?;
+        // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "setns {ns_path}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
     /// A libnfs URL for `path` under the pseudo root (`nfs://127.0.0.1/PSEUDO/PATH?version=V`).
     pub fn url(&self, path: &str, version: u8) -> String {
         format!(

@@ -71,6 +71,12 @@ impl World {
 
     /// Starts the binary on port 0 and waits for its announcement line.
     pub fn start(&mut self, extra: &[&str]) {
+        self.start_cmd(Command::new(env!("CARGO_BIN_EXE_everest-emulator")), extra);
+    }
+
+    /// [`World::start`] with `cmd` as the program (e.g. `ip netns exec NS everest-emulator`,
+    /// which execs the emulator, so its PID is the emulator's).
+    pub fn start_cmd(&mut self, mut cmd: Command, extra: &[&str]) {
         assert!(self.child.is_none(), "already running");
         let state = self.state_dir();
         let by_id = self.by_id_dir();
@@ -88,7 +94,7 @@ impl World {
             "50".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_everest-emulator"))
+        let mut child = cmd
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
