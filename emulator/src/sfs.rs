@@ -402,7 +402,6 @@ fn gib(size: u64) -> String {
 
 /// The API view of a share (unwrapped, as `GET` and the list entries show it).
 pub fn view(cloud: &Cloud, share: &Share) -> Value {
-    let md = |k: &str| share.metadata.get(k).cloned().unwrap_or_default();
     let mut v = json!({
         "id": share.id,
         "name": share.name,
@@ -419,14 +418,18 @@ pub fn view(cloud: &Cloud, share: &Share) -> Value {
         "vpc_id": share.vpc_id,
         "subnet_id": share.subnet_id,
         "security_group_id": share.security_group_id,
-        "crypt_key_id": md("crypt_key_id"),
-        "expand_type": md("expand_type"),
         "pay_model": "0",
         "enterprise_project_id": "0",
         "version": "1.0.0",
         "tags": [],
         "created_at": share_time(share.created_at),
     });
+    // Set at creation through metadata; absent otherwise.
+    for key in ["crypt_key_id", "expand_type"] {
+        if let Some(value) = share.metadata.get(key) {
+            v[key] = json!(value);
+        }
+    }
     if let Some(sub) = &share.sub_status {
         v["sub_status"] = json!(sub);
     }

@@ -196,6 +196,36 @@ fn a_taken_name_is_409_and_the_quota_is_enforced() {
 }
 
 #[test]
+fn concurrent_creates_of_one_name_make_one_share() {
+    let w = world();
+    let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    sfs::create_share(&w.cloud, P, &body_named("same-name", 500))
+                        .map(|share| share.id)
+                        .map_err(|e| e.code().to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|c| c == "SFS.TURBO.0009"),
+        "{results:?}"
+    );
+    assert_eq!(w.cloud.lock().state.shares.len(), 1);
+}
+
+#[test]
 fn extend_needs_an_available_share_and_the_minimum_step() {
     let w = world();
     let creating = sfs::create_share(&w.cloud, P, &body_named("share-a", 500)).unwrap();

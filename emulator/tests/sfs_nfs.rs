@@ -178,6 +178,30 @@ fn a_share_is_a_real_nfs_export_from_create_to_delete() {
     assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
 }
 
+/// Needs no NFS server: the share's directory is made by the emulator either way.
+#[tokio::test]
+async fn a_creation_in_flight_when_the_emulator_stops_completes_after_a_restart() {
+    let mut world = World::new();
+    world.start(&["--job-latency-ms", "60000"]);
+    let (code, created) = world
+        .api()
+        .call("POST", &shares(), Some(create_body("restarted")))
+        .await;
+    assert_eq!(code, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    world.stop("-TERM");
+    let dir = world.state_dir().join("shares").join(&id);
+    assert!(!dir.exists(), "created before the restart");
+    world.start(&[]);
+    let api = world.api();
+    let (_, share) = wait_share(&api, &id, |_, b| b["status"] != "100").await;
+    assert_eq!(share["status"], "200", "{share}");
+    assert!(
+        dir.is_dir(),
+        "the share's directory exists after the restart"
+    );
+}
+
 #[test]
 fn injected_faults_reach_the_share_api_in_its_own_shape() {
     if skip_unless_nfs_server() {
