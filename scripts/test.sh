@@ -27,6 +27,12 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v unzip >/dev/null || need+=(unzip)
 command -v npm >/dev/null || need+=(npm)
+# File shares (testsupport/src/nfs.rs): nfs-ganesha with its VFS backend and rpcbind, run in a
+# private network namespace per test; libnfs-utils (nfs-cp, nfs-ls) is the user-space client.
+command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha)
+dpkg -s nfs-ganesha-vfs >/dev/null 2>&1 || need+=(nfs-ganesha-vfs)
+command -v rpcbind >/dev/null || need+=(rpcbind)
+command -v nfs-cp >/dev/null || need+=(libnfs-utils)
 if ((${#need[@]})); then
     if ((as_root)); then
         export DEBIAN_FRONTEND=noninteractive
@@ -52,8 +58,23 @@ export TMPDIR=$run_tmp
 # them. With CI=true a skip fails its test instead.
 export EVEREST_SKIP_LOG=$run_tmp/skipped.log
 : >"$EVEREST_SKIP_LOG"
+# Network namespaces present before the tests; any other everest-nfs-* one after them leaked.
+netns_before=$(ip netns list 2>/dev/null | awk '{print $1}' | sort)
 leak_check() {
-    local failed=0
+    local failed=0 ns
+    ns=$(comm -13 <(echo "$netns_before") <(ip netns list 2>/dev/null | awk '{print $1}' | sort) |
+        grep '^everest-nfs-' || true)
+    if [[ -n $ns ]]; then
+        echo "$ns"
+        echo "LEAK: the network namespaces above were made by this run and remain" >&2
+        failed=1
+    fi
+    # A process whose command line names a file of this run (an emulator's state dir, a
+    # ganesha config) outlived its test.
+    if ps -eo pid=,args= | grep -F "$run_tmp" | grep -v grep; then
+        echo "LEAK: the processes above remain from this run" >&2
+        failed=1
+    fi
     if command -v losetup >/dev/null && losetup -n -l -O NAME,BACK-FILE 2>/dev/null | grep -F "$run_tmp"; then
         echo "LEAK: loop devices above are backed by files under $run_tmp" >&2
         failed=1
@@ -112,7 +133,7 @@ bash helm/tests/validate.sh || chart_status=$?
 section "leak check"
 leak_status=0
 leak_check || leak_status=1
-[[ $leak_status -eq 0 ]] && echo "no loop device or mount left under $run_tmp"
+[[ $leak_status -eq 0 ]] && echo "no loop device, mount, network namespace or process left from $run_tmp"
 
 section "summary"
 skipped=$(wc -l <"$EVEREST_SKIP_LOG")

@@ -47,6 +47,7 @@ impl Cloud {
             error_rate: cfg.fault_error_rate,
             throttle_rate: cfg.fault_throttle_rate,
             delay_ms: cfg.fault_delay_ms,
+            share_create_fail_rate: 0.0,
         };
         faults
             .validate()
@@ -96,6 +97,11 @@ impl Cloud {
     /// The image file of a disk.
     pub fn image_path(&self, disk_id: &str) -> PathBuf {
         self.store.image_path(disk_id)
+    }
+
+    /// The directory of an SFS Turbo share.
+    pub fn share_dir(&self, share_id: &str) -> PathBuf {
+        self.cfg.share_root().join(share_id)
     }
 
     /// The by-id link of a disk.

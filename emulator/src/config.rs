@@ -12,7 +12,7 @@ pub const DEFAULT_SERVER_ID: &str = "5b2c8f8e-6d3a-4c1e-9a57-3f0e2b7d1c40";
 /// A second zone with no servers, so cross-zone mistakes can be tested.
 pub const SECOND_ZONE: &str = "emu-az2";
 
-/// Everest's local cloud: EVS, ECS, jobs, IAM token and metadata APIs with real effects.
+/// Everest's local cloud: EVS, ECS, jobs, SFS Turbo, IAM token and metadata APIs with real effects.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "everest-emulator", version, about)]
 pub struct Config {
@@ -55,6 +55,20 @@ pub struct Config {
     /// Disk quota for the project (EVS.1034 beyond it).
     #[arg(long)]
     pub max_disks: Option<usize>,
+    /// SFS Turbo share quota for the project (SFS.TURBO.0010 beyond it).
+    #[arg(long)]
+    pub max_shares: Option<usize>,
+    /// Directory holding one directory per SFS Turbo share (default: `<state-dir>/shares`).
+    /// Export it with an NFS server (one export of this directory) to make shares mountable.
+    #[arg(long)]
+    pub nfs_export_root: Option<PathBuf>,
+    /// The server address put in each share's `export_location`.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub nfs_export_address: String,
+    /// The path NFS clients mount for the export root (the NFS server's pseudo path);
+    /// `export_location` is `<address>:<path>/<share id>`. Default: the export root itself.
+    #[arg(long)]
+    pub nfs_export_path: Option<String>,
     /// On SIGTERM/SIGINT, detach every loop device and remove every link this emulator made.
     #[arg(long, default_value_t = false)]
     pub cleanup_on_exit: bool,
@@ -68,6 +82,26 @@ impl Config {
             zones.push(SECOND_ZONE.to_string());
         }
         zones
+    }
+
+    /// The directory holding the share directories.
+    pub fn share_root(&self) -> PathBuf {
+        self.nfs_export_root
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("shares"))
+    }
+
+    /// `export_location` of a share: `<address>:<export path>/<share id>`.
+    pub fn export_location(&self, share_id: &str) -> String {
+        let path = self
+            .nfs_export_path
+            .clone()
+            .unwrap_or_else(|| self.share_root().display().to_string());
+        format!(
+            "{}:{}/{share_id}",
+            self.nfs_export_address,
+            path.trim_end_matches('/')
+        )
     }
 
     /// A config for tests: given dirs, defaults elsewhere, fast jobs.
@@ -86,6 +120,10 @@ impl Config {
             fault_throttle_rate: 0.0,
             fault_delay_ms: 0,
             max_disks: None,
+            max_shares: None,
+            nfs_export_root: None,
+            nfs_export_address: "127.0.0.1".to_string(),
+            nfs_export_path: None,
             cleanup_on_exit: false,
         }
     }

@@ -1,4 +1,5 @@
-//! The host side of the cloud: sparse image files, loop devices and by-id links.
+//! The host side of the cloud: sparse image files, loop devices and by-id links for disks,
+//! directories for SFS Turbo shares.
 //!
 //! Behind a trait so the API logic can be unit-tested without root.
 
@@ -49,6 +50,10 @@ pub trait Effects: Send + Sync + std::fmt::Debug {
     fn create_link(&self, link: &Path, target: &str) -> Result<(), EffectError>;
     /// Removes a symlink (absent is fine).
     fn remove_link(&self, link: &Path) -> Result<(), EffectError>;
+    /// Creates a share's directory (an existing one is fine: a resumed creation).
+    fn create_share_dir(&self, dir: &Path) -> Result<(), EffectError>;
+    /// Removes a share's directory and everything in it (absent is fine).
+    fn remove_share_dir(&self, dir: &Path) -> Result<(), EffectError>;
 }
 
 /// The by-id link a KVM guest shows for a virtio disk: `virtio-<first 20 chars of id>`.
@@ -157,6 +162,29 @@ impl Effects for LinuxEffects {
             _ => Ok(()),
         }
     }
+
+    fn create_share_dir(&self, dir: &Path) -> Result<(), EffectError> {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io("create dir", parent))?;
+        }
+        // A fresh file system's root: owned by root, writable by root only, as a new share is.
+        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(io("create share dir", dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_share_dir(&self, dir: &Path) -> Result<(), EffectError> {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("remove share dir", dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A recording fake for unit tests: images, loops and links live in memory.
@@ -176,6 +204,8 @@ pub struct FakeHost {
     pub links: std::collections::BTreeMap<PathBuf, String>,
     /// Refreshed loop devices, in order.
     pub refreshed: Vec<String>,
+    /// Share directories.
+    pub share_dirs: std::collections::BTreeSet<PathBuf>,
     /// When set, the next attach fails.
     pub fail_attach: bool,
     next_loop: u32,
@@ -275,6 +305,16 @@ impl Effects for FakeEffects {
 
     fn remove_link(&self, link: &Path) -> Result<(), EffectError> {
         self.lock().links.remove(link);
+        Ok(())
+    }
+
+    fn create_share_dir(&self, dir: &Path) -> Result<(), EffectError> {
+        self.lock().share_dirs.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn remove_share_dir(&self, dir: &Path) -> Result<(), EffectError> {
+        self.lock().share_dirs.remove(dir);
         Ok(())
     }
 }

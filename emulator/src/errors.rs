@@ -33,6 +33,15 @@ pub enum ApiError {
         /// Human-readable message.
         message: String,
     },
+    /// `{"errCode","errMsg"}` — SFS Turbo (`SFS.TURBO.00xx`).
+    Sfs {
+        /// HTTP status.
+        status: StatusCode,
+        /// Service error code such as `SFS.TURBO.0002`.
+        code: &'static str,
+        /// Human-readable message.
+        message: String,
+    },
     /// `{"error_code","error_msg","request_id"}` — the API gateway (auth, throttling).
     Gateway {
         /// HTTP status.
@@ -104,6 +113,15 @@ impl ApiError {
         ApiError::service(StatusCode::INTERNAL_SERVER_ERROR, "EVS.5500", message)
     }
 
+    /// An SFS Turbo error (`{"errCode","errMsg"}`).
+    pub fn sfs(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Sfs {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// The gateway's 401 for a bad signature or token.
     pub fn unauthorized(message: impl Into<String>) -> Self {
         ApiError::Gateway {
@@ -116,7 +134,9 @@ impl ApiError {
     /// The service code, if any (handy in tests).
     pub fn code(&self) -> &str {
         match self {
-            ApiError::Service { code, .. } | ApiError::Gateway { code, .. } => code,
+            ApiError::Service { code, .. }
+            | ApiError::Sfs { code, .. }
+            | ApiError::Gateway { code, .. } => code,
             ApiError::ItemNotFound {
                 code: FaultCode::Service(code),
                 ..
@@ -134,9 +154,9 @@ impl ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ApiError::Service { code, message, .. } | ApiError::Gateway { code, message, .. } => {
-                write!(f, "{code}: {message}")
-            }
+            ApiError::Service { code, message, .. }
+            | ApiError::Sfs { code, message, .. }
+            | ApiError::Gateway { code, message, .. } => write!(f, "{code}: {message}"),
             ApiError::ItemNotFound { message, .. } => write!(f, "not found: {message}"),
             ApiError::BadRequest { message, .. } => write!(f, "bad request: {message}"),
         }
@@ -181,6 +201,11 @@ impl IntoResponse for ApiError {
                 Json(json!({"error": {"code": code, "message": message}})),
             )
                 .into_response(),
+            ApiError::Sfs {
+                status,
+                code,
+                message,
+            } => (status, Json(json!({"errCode": code, "errMsg": message}))).into_response(),
             ApiError::ItemNotFound { code, message } => (
                 StatusCode::NOT_FOUND,
                 Json(json!({"itemNotFound": {

@@ -15,7 +15,7 @@ use crate::errors::ApiError;
 
 /// The fault settings (`GET`/`PUT /_emulator/faults`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-/// A `PUT` replaces all three; a field left out is 0.
+/// A `PUT` replaces them all; a field left out is 0.
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
     /// Probability of a 500 EVS.5500 (no side effects).
@@ -24,6 +24,9 @@ pub struct Faults {
     pub throttle_rate: f64,
     /// Delay before every call, in milliseconds.
     pub delay_ms: u64,
+    /// Probability that an accepted SFS Turbo share creation ends in status `303`
+    /// (create failed) instead of `200`.
+    pub share_create_fail_rate: f64,
 }
 
 impl Faults {
@@ -32,6 +35,7 @@ impl Faults {
         for (name, rate) in [
             ("error_rate", self.error_rate),
             ("throttle_rate", self.throttle_rate),
+            ("share_create_fail_rate", self.share_create_fail_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("{name} must be between 0.0 and 1.0, got {rate}"));
@@ -41,7 +45,8 @@ impl Faults {
     }
 
     /// Draws the fault for one call, if any. `roll` yields uniform numbers in [0, 1).
-    pub fn decide(&self, mut roll: impl FnMut() -> f64) -> Option<ApiError> {
+    /// `sfs` marks an SFS Turbo call, whose server errors have SFS Turbo's body.
+    pub fn decide(&self, sfs: bool, mut roll: impl FnMut() -> f64) -> Option<ApiError> {
         if self.throttle_rate > 0.0 && roll() < self.throttle_rate {
             return Some(ApiError::Gateway {
                 status: StatusCode::TOO_MANY_REQUESTS,
@@ -50,7 +55,12 @@ impl Faults {
             });
         }
         if self.error_rate > 0.0 && roll() < self.error_rate {
-            return Some(ApiError::internal("internal error (injected fault)"));
+            let message = "internal error (injected fault)";
+            return Some(if sfs {
+                ApiError::sfs(StatusCode::INTERNAL_SERVER_ERROR, "SFS.TURBO.0005", message)
+            } else {
+                ApiError::internal(message)
+            });
         }
         None
     }
@@ -63,7 +73,8 @@ pub async fn inject(State(cloud): State<Arc<Cloud>>, req: Request, next: Next) -
     if faults.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.delay_ms)).await;
     }
-    if let Some(err) = faults.decide(rand::random::<f64>) {
+    let sfs = req.uri().path().contains("/sfs-turbo/");
+    if let Some(err) = faults.decide(sfs, rand::random::<f64>) {
         return err.into_response();
     }
     next.run(req).await
@@ -99,19 +110,35 @@ mod tests {
             throttle_rate: 1.0,
             ..Faults::default()
         };
-        assert_eq!(throttle.decide(|| 0.999).unwrap().code(), "APIGW.0308");
+        assert_eq!(
+            throttle.decide(false, || 0.999).unwrap().code(),
+            "APIGW.0308"
+        );
+        assert_eq!(
+            throttle.decide(true, || 0.999).unwrap().code(),
+            "APIGW.0308"
+        );
         let error = Faults {
             error_rate: 1.0,
             ..Faults::default()
         };
-        assert_eq!(error.decide(|| 0.999).unwrap().code(), "EVS.5500");
-        assert!(Faults::default().decide(|| 0.0).is_none());
+        assert_eq!(error.decide(false, || 0.999).unwrap().code(), "EVS.5500");
+        let sfs = error.decide(true, || 0.999).unwrap();
+        assert!(matches!(sfs, ApiError::Sfs { .. }), "{sfs:?}");
+        assert_eq!(sfs.code(), "SFS.TURBO.0005");
+        assert!(Faults::default().decide(false, || 0.0).is_none());
+        assert!(Faults::default().decide(true, || 0.0).is_none());
     }
 
     #[test]
     fn rates_outside_zero_one_are_rejected() {
         let bad = Faults {
             error_rate: 1.5,
+            ..Faults::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = Faults {
+            share_create_fail_rate: -0.1,
             ..Faults::default()
         };
         assert!(bad.validate().is_err());

@@ -1,6 +1,7 @@
-//! Everest's local cloud: the EVS, ECS, jobs, IAM token and instance-metadata APIs,
+//! Everest's local cloud: the EVS, ECS, jobs, SFS Turbo, IAM token and instance-metadata APIs,
 //! modelled on the facts file alone, with real effects on the host (sparse image files,
-//! loop devices and `virtio-*` by-id links) and injectable faults.
+//! loop devices and `virtio-*` by-id links; a directory per share, exported by an NFS server)
+//! and injectable faults.
 
 pub mod auth;
 pub mod cloud;
@@ -15,8 +16,11 @@ pub mod iam;
 pub mod jobs;
 pub mod metadata;
 pub mod server;
+pub mod sfs;
 pub mod state;
 
+#[cfg(test)]
+mod sfs_tests;
 #[cfg(test)]
 mod tests;
 

@@ -19,7 +19,7 @@ use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::effects::LinuxEffects;
 use crate::errors::ApiError;
-use crate::{ecs, errors, evs, evs_list, faults, iam, jobs, metadata};
+use crate::{ecs, errors, evs, evs_list, faults, iam, jobs, metadata, sfs};
 
 /// Largest request body accepted (the APIs take small JSON documents).
 const MAX_BODY: usize = 1024 * 1024;
@@ -162,6 +162,16 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
             get(ecs::cloudserver_attachments_handler),
         )
         .route("/v2.1/{p}/servers/{server_id}", get(ecs::server_handler))
+        .route("/v1/{p}/sfs-turbo/shares", post(sfs::create_handler))
+        .route("/v1/{p}/sfs-turbo/shares/detail", get(sfs::list_handler))
+        .route(
+            "/v1/{p}/sfs-turbo/shares/{id}",
+            get(sfs::get_handler).delete(sfs::delete_handler),
+        )
+        .route(
+            "/v1/{p}/sfs-turbo/shares/{id}/action",
+            post(sfs::action_handler),
+        )
         .route(
             "/v2.1/{p}/servers/{server_id}/os-volume_attachments",
             get(ecs::attachments_handler),
@@ -242,6 +252,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Reconcile(ApiError::internal(e.to_string())))?
         .map_err(ServeError::Reconcile)?;
     jobs::resume_all(&cloud);
+    sfs::resume_all(&cloud);
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -1,4 +1,5 @@
-//! The cloud's persisted state: disks, jobs, idempotency tokens and IAM token hashes.
+//! The cloud's persisted state: disks, jobs, SFS Turbo shares, idempotency tokens and IAM
+//! token hashes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -193,6 +194,61 @@ pub struct TokenRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An operation on a share that completes after the job latency (SFS Turbo has no job API:
+/// clients poll the share's `status` and `sub_status`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ShareOp {
+    /// Make the directory, then status `200` (or `303` when creation fails).
+    Create,
+    /// Grow to `new_size` GiB, then sub_status `221`.
+    Extend {
+        /// The new size in GiB.
+        new_size: u64,
+    },
+    /// Remove the directory and the share.
+    Delete,
+}
+
+/// An SFS Turbo share (file system).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Share {
+    /// Share id (UUID).
+    pub id: String,
+    /// Owning project.
+    pub project_id: String,
+    /// Creation order, for a stable listing order.
+    pub seq: u64,
+    /// Name (unique in the project).
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// Size in GiB.
+    pub size: u64,
+    /// `NFS`.
+    pub share_proto: String,
+    /// `STANDARD` or `PERFORMANCE`.
+    pub share_type: String,
+    /// Zone.
+    pub availability_zone: String,
+    /// VPC.
+    pub vpc_id: String,
+    /// Subnet.
+    pub subnet_id: String,
+    /// Security group.
+    pub security_group_id: String,
+    /// Metadata key/values (`crypt_key_id`, `expand_type`, ...).
+    pub metadata: BTreeMap<String, String>,
+    /// Status code string: `100` creating, `200` available, `303` create failed, ...
+    pub status: String,
+    /// Sub-status code string: `121` expanding, `221` expanded, `321` expand failed.
+    pub sub_status: Option<String>,
+    /// The operation in flight, if any.
+    pub pending: Option<ShareOp>,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+}
+
 /// Everything the cloud remembers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -200,6 +256,9 @@ pub struct State {
     pub disks: BTreeMap<String, Disk>,
     /// Jobs by id.
     pub jobs: BTreeMap<String, Job>,
+    /// SFS Turbo shares by id (absent in state files from before shares existed).
+    #[serde(default)]
+    pub shares: BTreeMap<String, Share>,
     /// Idempotency tokens.
     pub client_tokens: BTreeMap<String, ClientToken>,
     /// IAM tokens by SHA-256 hex.
@@ -272,6 +331,16 @@ impl State {
     /// A disk of `project`; another project's disk is as absent as a missing one.
     pub fn project_disk(&self, project: &str, id: &str) -> Option<&Disk> {
         self.disks.get(id).filter(|d| d.project_id == project)
+    }
+
+    /// A share of `project`; another project's share is as absent as a missing one.
+    pub fn project_share(&self, project: &str, id: &str) -> Option<&Share> {
+        self.shares.get(id).filter(|s| s.project_id == project)
+    }
+
+    /// [`State::project_share`], for changing it.
+    pub fn project_share_mut(&mut self, project: &str, id: &str) -> Option<&mut Share> {
+        self.shares.get_mut(id).filter(|s| s.project_id == project)
     }
 
     /// [`State::project_disk`], for changing it.

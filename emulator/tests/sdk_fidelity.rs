@@ -1,5 +1,6 @@
 //! Fidelity: Huawei Cloud's official Python SDK (pinned, see `sdk_fidelity/setup.sh`) drives the
-//! real emulator through every EVS and ECS call our client makes; `sdk_fidelity/driver.py`
+//! real emulator through every EVS and ECS call our client makes and the SFS Turbo calls of the
+//! file backend; `sdk_fidelity/driver.py`
 //! reports each deviation with the call, the field and the body.
 //!
 //! `scripts/test.sh` prepares the SDK and sets `EVEREST_SDK_VENV`; without it these tests print
@@ -85,4 +86,24 @@ fn a_renamed_field_fails_the_suite() {
         "{all}"
     );
     assert!(all.contains("body: {\"volume\":"), "{all}");
+}
+
+/// The same for SFS Turbo: a share field the file backend reads, renamed, fails the suite.
+#[test]
+fn a_renamed_share_field_fails_the_suite() {
+    let Some(python) = sdk_python() else { return };
+    if !can_use_loop_devices() {
+        return;
+    }
+    let out = drive(&python, &["--rename", "export_location=exportLocation"]);
+    let all = text(&out);
+    assert!(!out.status.success(), "a renamed field passed:\n{all}");
+    assert!(
+        all.contains("DEVIATION sfsturbo.ShowShare: export_location: missing or null"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("DEVIATION evs."),
+        "only the share field was renamed:\n{all}"
+    );
 }

@@ -7,12 +7,14 @@
 //! - [`csi`]: unix-socket channels, request builders, sidecar-style retries, error assertions;
 //! - [`lifecycle`]: one volume through the calls of kubelet and the sidecars, step by step;
 //! - [`host`]: mounts, loop devices, filesystem sizes and the skip check for tests that need root;
+//! - [`nfs`]: a real NFS server (nfs-ganesha and rpcbind) in a private network namespace;
 //! - [`process`]: child processes with captured logs, and where the workspace binaries are;
 //! - [`skip`]: skipping a case the machine cannot run: counted, and a failure under `CI=true`.
 
 pub mod csi;
 pub mod host;
 pub mod lifecycle;
+pub mod nfs;
 pub mod process;
 pub mod skip;
 pub mod world;
@@ -20,5 +22,6 @@ pub mod world;
 pub use everest_proto::csi::v1 as proto;
 pub use host::skip_unless_root_and_loop;
 pub use lifecycle::Lifecycle;
+pub use nfs::{NfsServer, skip_unless_nfs_server};
 pub use skip::skip;
 pub use world::{BACKEND, DRIVER_NAME, Daemon, Leftovers, World, WorldOptions};

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives everest-emulator with Huawei Cloud's official Python SDK and reports every deviation.
 
-Each call the product's EVS client makes (backends/evs/src/api/) is sent through the SDK's own
+Each call the product's EVS client makes (backends/evs/src/api/), and each SFS Turbo call of the
+file backend (create, show, list, expand, delete), is sent through the SDK's own
 request classes and AK/SK signer, with the endpoint pointed at the emulator. A call passes when
  - the emulator accepts the SDK's signature,
  - the raw response body has, at every field the SDK's model declares, a value of the model's
@@ -19,6 +20,7 @@ usage: EVEREST_FIDELITY_SK=SK driver.py --endpoint http://127.0.0.1:PORT --ak AK
 """
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -31,6 +33,7 @@ from huaweicloudsdkcore.http.http_config import HttpConfig
 from huaweicloudsdkcore.http.http_handler import HttpHandler
 import huaweicloudsdkecs.v2 as ecs
 import huaweicloudsdkevs.v2 as evs
+import huaweicloudsdksfsturbo.v1 as sfs
 
 BODY_EXCERPT = 3000
 JOB_DEADLINE_S = 30
@@ -119,6 +122,15 @@ class Suite:
         elif typ == "float":
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 self.deviation(call, path, f"is {json.dumps(value)}, model says float")
+        elif typ in ("datetime", "date"):
+            # The SDK parses these strings (with dateutil when present, else keeps the string):
+            # require an ISO 8601 form any parser takes.
+            if not isinstance(value, str):
+                return self.deviation(call, path, f"is {json.dumps(value)}, model says {typ}")
+            try:
+                datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                self.deviation(call, path, f"{value!r} does not parse as a {typ}")
         elif typ == "object":
             pass
         else:
@@ -167,8 +179,9 @@ class Suite:
 
     # --- calls -------------------------------------------------------------------------------
 
-    def call(self, name, fn, request, package, response_type, reads=()):
-        """Sends one request through the SDK; checks signature, types and the fields we read."""
+    def call(self, name, fn, request, package, response_type, reads=(), status=None):
+        """Sends one request through the SDK; checks signature, types and the fields we read,
+        and the HTTP status when one is given (a 202 with no body is checked as `{}`)."""
         self.calls += 1
         try:
             response = fn(request)
@@ -176,9 +189,13 @@ class Suite:
             self.deviation(name, "(request)", f"the SDK raised {e}")
             return None
         data = self.wire.body()
+        if data == "" and self.wire.status == 202:
+            data = {}
         if self.wire.status >= 300 or not isinstance(data, dict):
             self.deviation(name, "(status)", f"HTTP {self.wire.status}")
             return None
+        if status is not None and self.wire.status != status:
+            self.deviation(name, "(status)", f"HTTP {self.wire.status}, expected {status}")
         if not self.wire.headers.get("X-Request-Id"):
             self.deviation(name, "X-Request-Id", "response header missing")
         before = self.deviations
@@ -188,9 +205,10 @@ class Suite:
             print(f"ok   {name}: HTTP {self.wire.status}, signed {';'.join(self.wire.signed_headers)}")
         return response, data
 
-    def expect_error(self, name, fn, request, status, code):
+    def expect_error(self, name, fn, request, status, code, body_code=None):
         """The call must fail as the SDK's exception with this status, error_code and the
-        X-Request-Id header as request_id."""
+        X-Request-Id header as request_id; with `body_code`, the raw body must be SFS Turbo's
+        `{"errCode": body_code, "errMsg": "..."}`."""
         self.calls += 1
         try:
             fn(request)
@@ -210,6 +228,11 @@ class Suite:
             body = self.wire.body()
             if isinstance(body, dict) and "request_id" in body and body["request_id"] != header_id:
                 self.deviation(name, "request_id", "the body's request_id differs from X-Request-Id")
+            if body_code is not None:
+                if not isinstance(body, dict) or body.get("errCode") != body_code:
+                    self.deviation(name, "errCode", f"expected {body_code!r} in {self.wire.text}")
+                elif not isinstance(body.get("errMsg"), str) or not body["errMsg"]:
+                    self.deviation(name, "errMsg", "missing or empty")
             print(f"ok   {name}: {type(e).__name__} HTTP {e.status_code} {e.error_code} request_id {e.request_id}")
             return
         except exceptions.SdkException as e:
@@ -234,7 +257,7 @@ def make_clients(args, wire, sk=None):
             .build()
         )
 
-    return build(evs.EvsClient), build(ecs.EcsClient)
+    return build(evs.EvsClient), build(ecs.EcsClient), build(sfs.SFSTurboClient)
 
 
 # Fields our client reads (backends/evs/src/api/{evs,ecs,jobs}.rs), per response.
@@ -263,11 +286,8 @@ def wait_job(suite, name, client, package, request_cls, job_id, reads):
         time.sleep(0.05)
 
 
-def run(args):
-    renames = dict(r.split("=", 1) for r in args.rename)
-    wire = Wire(renames)
-    suite = Suite(wire)
-    evs_client, ecs_client = make_clients(args, wire)
+def run(args, suite, wire):
+    evs_client, ecs_client, _ = make_clients(args, wire)
     vol_reads = [f"volume.{f}" for f in VOLUME_READS]
 
     # EVS create (with X-Client-Token, which the SDK signs), then its job.
@@ -394,7 +414,7 @@ def run(args):
                        ecs.NovaShowServerRequest(server_id=missing), 404, "404")
     suite.expect_error("ecs.AttachServerVolume(no server)", ecs_client.attach_server_volume,
                        ecs.AttachServerVolumeRequest(server_id=missing, body=body), 404, "Ecs.0114")
-    bad_evs, _ = make_clients(args, wire, sk="not-the-secret-key")
+    bad_evs, _, _ = make_clients(args, wire, sk="not-the-secret-key")
     suite.expect_error("evs.ShowVolume(bad signature)", bad_evs.show_volume,
                        evs.ShowVolumeRequest(volume_id=volume_id), 401, "APIGW.0301")
 
@@ -421,6 +441,96 @@ def run(args):
     return suite
 
 
+# Fields the SFS Turbo client reads (issue 13: status, sub_status, size, export_location), per share.
+SHARE_READS = ["id", "name", "status", "size", "export_location", "share_proto", "share_type",
+               "availability_zone", "created_at"]
+# SDK 3.1.219 reads error_code/errorCode/code, not SFS Turbo's errCode: it reports the HTTP status
+# as the error_code of an SFS Turbo error, so the raw body's errCode is checked instead.
+
+
+def wait_share(suite, name, client, share_id, done, reads):
+    """Polls ShowShare through the SDK until `done(body)`; every poll's body is checked."""
+    deadline = time.monotonic() + JOB_DEADLINE_S
+    while True:
+        got = suite.call(name, client.show_share, sfs.ShowShareRequest(share_id=share_id), sfs,
+                         "ShowShareResponse", reads)
+        if got is None:
+            return None
+        if done(got[1]):
+            return got[1]
+        if time.monotonic() > deadline:
+            suite.deviation(name, "status", f"share {share_id} still {got[1].get('status')} after {JOB_DEADLINE_S}s")
+            return None
+        time.sleep(0.05)
+
+
+def run_sfs(args, suite, wire):
+    """SFS Turbo: create, show (polled), list, expand, the errors, delete."""
+    _, _, client = make_clients(args, wire)
+    name = f"fidelity-{uuid.uuid4().hex[:8]}"
+    share = sfs.Share(name=name, share_proto="NFS", share_type="STANDARD", size=500,
+                      availability_zone=args.zone, vpc_id="vpc-fidelity", subnet_id="subnet-fidelity",
+                      security_group_id="sg-fidelity", metadata=sfs.Metadata(expand_type="bandwidth"))
+    create = sfs.CreateShareRequest(body=sfs.CreateShareRequestBody(share=share))
+    got = suite.call("sfsturbo.CreateShare", client.create_share, create, sfs, "CreateShareResponse",
+                     ["id", "name", "status"], status=202)
+    if got is None:
+        return suite
+    share_id = got[1]["id"]
+    if got[1]["status"] != "100":
+        suite.deviation("sfsturbo.CreateShare", "status", f"{got[1]['status']!r}, expected '100' (creating)")
+    body = wait_share(suite, "sfsturbo.ShowShare", client, share_id, lambda b: b.get("status") != "100",
+                      SHARE_READS)
+    if body is None:
+        return suite
+    if body["status"] != "200":
+        suite.deviation("sfsturbo.ShowShare", "status", f"{body['status']!r}, expected '200' (available)")
+    if body.get("size") != "500.00":
+        suite.deviation("sfsturbo.ShowShare", "size", f"{body.get('size')!r}, expected '500.00'")
+    suite.call("sfsturbo.ListShares(limit=1,offset=0)", client.list_shares, sfs.ListSharesRequest(limit=1, offset=0),
+               sfs, "ListSharesResponse", ["count"] + [f"shares[].{f}" for f in SHARE_READS])
+
+    extend = sfs.ExpandShareRequestBody(extend=sfs.Extend(new_size=600))
+    suite.call("sfsturbo.ExpandShare", client.expand_share, sfs.ExpandShareRequest(share_id=share_id, body=extend),
+               sfs, "ExpandShareResponse", ["id", "name"], status=202)
+    body = wait_share(suite, "sfsturbo.ShowShare(expanded)", client, share_id,
+                      lambda b: b.get("sub_status") == "221", SHARE_READS + ["sub_status"])
+    if body is not None and body.get("size") != "600.00":
+        suite.deviation("sfsturbo.ShowShare(expanded)", "size", f"{body.get('size')!r}, expected '600.00'")
+
+    small = sfs.ExpandShareRequestBody(extend=sfs.Extend(new_size=650))
+    suite.expect_error("sfsturbo.ExpandShare(step under 100)", client.expand_share,
+                       sfs.ExpandShareRequest(share_id=share_id, body=small), 400, "400", "SFS.TURBO.0008")
+    suite.expect_error("sfsturbo.CreateShare(name taken)", client.create_share, create, 409, "409",
+                       "SFS.TURBO.0009")
+    suite.expect_error("sfsturbo.ListShares(limit=0)", client.list_shares, sfs.ListSharesRequest(limit=0), 400,
+                       "400", "SFS.TURBO.0001")
+    missing = str(uuid.uuid4())
+    suite.expect_error("sfsturbo.ShowShare(missing)", client.show_share, sfs.ShowShareRequest(share_id=missing),
+                       404, "404", "SFS.TURBO.0002")
+    suite.expect_error("sfsturbo.DeleteShare(missing)", client.delete_share,
+                       sfs.DeleteShareRequest(share_id=missing), 404, "404", "SFS.TURBO.0002")
+
+    suite.call("sfsturbo.DeleteShare", client.delete_share, sfs.DeleteShareRequest(share_id=share_id), sfs,
+               "DeleteShareResponse", status=202)
+    deadline = time.monotonic() + JOB_DEADLINE_S
+    while True:
+        try:
+            client.show_share(sfs.ShowShareRequest(share_id=share_id))
+        except exceptions.ClientRequestException as e:
+            if e.status_code == 404:
+                break
+            suite.deviation("sfsturbo.ShowShare(deleted)", "(status)", f"HTTP {e.status_code}, expected 404")
+            break
+        if time.monotonic() > deadline:
+            suite.deviation("sfsturbo.ShowShare(deleted)", "status", f"share {share_id} not gone")
+            break
+        time.sleep(0.05)
+    suite.expect_error("sfsturbo.ShowShare(deleted)", client.show_share, sfs.ShowShareRequest(share_id=share_id),
+                       404, "404", "SFS.TURBO.0002")
+    return suite
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for flag in ("endpoint", "ak", "project", "server", "zone"):
@@ -432,7 +542,10 @@ def main():
     args.sk = os.environ.get("EVEREST_FIDELITY_SK")
     if not args.sk:
         parser.error("EVEREST_FIDELITY_SK is not set")
-    suite = run(args)
+    wire = Wire(dict(r.split("=", 1) for r in args.rename))
+    suite = Suite(wire)
+    run(args, suite, wire)
+    run_sfs(args, suite, wire)
     print(f"{suite.calls} calls, {suite.deviations} deviations")
     sys.exit(1 if suite.deviations else 0)
 

@@ -3,8 +3,8 @@
 #
 #   emulator/tests/sdk_fidelity/setup.sh DIR
 #
-# Afterwards DIR/venv/bin/python imports huaweicloudsdkcore, huaweicloudsdkevs and
-# huaweicloudsdkecs at the pinned versions; emulator/tests/sdk_fidelity.rs drives the emulator
+# Afterwards DIR/venv/bin/python imports huaweicloudsdkcore, huaweicloudsdkevs, huaweicloudsdkecs
+# and huaweicloudsdksfsturbo at the pinned versions; emulator/tests/sdk_fidelity.rs drives the emulator
 # with them (scripts/test.sh sets EVEREST_SDK_VENV=DIR/venv).
 set -euo pipefail
 
@@ -16,7 +16,8 @@ dir=$1
 python=${PYTHON:-python3}
 
 # Pinned so that CI and developers check against the same models and signer.
-reqs=(huaweicloudsdkcore==3.1.219 huaweicloudsdkevs==3.1.219 huaweicloudsdkecs==3.1.219)
+reqs=(huaweicloudsdkcore==3.1.219 huaweicloudsdkevs==3.1.219 huaweicloudsdkecs==3.1.219
+      huaweicloudsdksfsturbo==3.1.219)
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -25,8 +26,10 @@ if [[ ! -x "$dir/venv/bin/python" ]]; then
     "$python" -m venv "$dir/venv"
 fi
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "${reqs[*]}" ]]; then
-    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "${reqs[@]}"
+    # pip through the venv's python: a venv copied from elsewhere keeps a pip whose first line
+    # names the original venv, and would install there.
+    "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${reqs[@]}"
     echo "${reqs[*]}" >"$stamp"
 fi
-"$dir/venv/bin/python" -c 'import huaweicloudsdkcore, huaweicloudsdkevs.v2, huaweicloudsdkecs.v2'
+"$dir/venv/bin/python" -c 'import huaweicloudsdkcore, huaweicloudsdkevs.v2, huaweicloudsdkecs.v2, huaweicloudsdksfsturbo.v1'
 echo "Huawei Cloud SDK ready in $dir/venv"
