@@ -88,12 +88,12 @@ CHART=$CHART_SAVED
 # marked enabled, whatever its backend) listed a class this release does not create.
 must_fail "notes: classes" "NOTES lists StorageClasses ['csi-nas'], expected" "${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-disk csi-disk-topology
 c=$(chart_copy notes); sed -i 's/{{ if and .enabled (hasKey $kinds .backend) }}/{{ if .enabled }}/' "$c/templates/NOTES.txt"
-helm install everest "$c" --namespace kube-system --dry-run=client "${IMAGE[@]}" -f "$HERE/values/file-only.yaml" | sed -n '/^NOTES:/,$p' > "$NEG/notes.txt"
-must_fail "notes: disabled backend" "expected ['csi-nas']" "${POLICY[@]}" notes "$NEG/notes.txt" csi-nas
+helm install everest "$c" --namespace kube-system --dry-run=client "${IMAGE[@]}" --set-json 'backends=[{"name":"evs-default","kind":"evs","enabled":false}]' | sed -n '/^NOTES:/,$p' > "$NEG/notes.txt"
+must_fail "notes: disabled backend" "NOTES lists StorageClasses ['csi-disk', 'csi-disk-topology'], expected []" "${POLICY[@]}" notes "$NEG/notes.txt"
 
 # wiring: a daemon flag the binary does not know; a privileged controller sidecar.
 sed 's/--log-format=json/--log-fromat=json/' "$R" > "$NEG/wiring1.yaml"
-must_fail "wiring: daemon flag" "not in \`everest-controller --help\`" "${CHECK[@]}" wiring "$NEG/wiring1.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+must_fail "wiring: daemon flag" "flags ['log-fromat'] not in" "${CHECK[@]}" wiring "$NEG/wiring1.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
 render "$CHART" --set-json 'sidecars.attacher.extraArgs=["--leader-election-lease=15s"]' > "$NEG/wiring2.yaml"
 must_fail "wiring: sidecar flag" "leader-election-lease" "${CHECK[@]}" wiring "$NEG/wiring2.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
 
@@ -102,7 +102,7 @@ sed '/^project_id = /d' "$WORK/everest.toml" > "$NEG/everest.toml"
 must_fail "check-config" "project_id" bash -c "cd '$WORK' && env -u EVEREST_NODE__NODE_ID '$BIN_DIR/everest-controller' --check-config --config '$NEG/everest.toml' --endpoint 'unix://$WORK/c.sock'"
 
 # promtool check rules: an expression that does not parse.
-sed '0,/^\( *\)expr: |/s//\1expr: sum(/' "$WORK/rendered-rules.yaml" > "$NEG/rules-bad.yaml"
+sed '0,/absent(up/s//absent((up/' "$WORK/rendered-rules.yaml" > "$NEG/rules-bad.yaml"
 must_fail "promtool check rules" "FAILED" promtool check rules "$NEG/rules-bad.yaml"
 
 # promtool test rules: the EverestMountFailures label mismatch put back (aggregating the node
@@ -131,7 +131,7 @@ sed '0,/everest_release=\\"\$release\\",/s///' "$CHART/files/everest-dashboard.j
 must_fail "scope: dashboard" "is not scoped to everest_release" "${POLICY[@]}" scope "$NEG/dash-unscoped.json" "$WORK/rendered-rules.yaml" everest
 
 # uids: a chart whose dashboard keeps the file's fixed uid.
-c=$(chart_copy uid); sed -i '/set \$dash "uid"/d' "$c/templates/dashboard-configmap.yaml"
+c=$(chart_copy uid); sed -i 's/set $dash "uid"/set $dash "uid-unused"/' "$c/templates/dashboard-configmap.yaml"
 render "$c" -f "$HERE/values/monitoring.yaml" > "$NEG/uid1.yaml"
 helm template other "$c" --namespace storage "${IMAGE[@]}" -f "$HERE/values/monitoring.yaml" > "$NEG/uid2.yaml"
 must_fail "uids" "render the same dashboard uid" "${POLICY[@]}" uids "$NEG/uid1.yaml" "$NEG/uid2.yaml"
@@ -146,7 +146,7 @@ must_fail "Dockerfile: digest" "is not pinned by digest" bash "$HERE/dockerfile-
 sed 's/ btrfs-progs / /' "$REPO/Dockerfile" > "$NEG/Dockerfile.btrfs"
 must_fail "Dockerfile: btrfs-progs" "does not install btrfs-progs" bash "$HERE/dockerfile-lint.sh" "$NEG/Dockerfile.btrfs"
 sed 's/^USER 65532:65532/USER root/' "$REPO/Dockerfile" > "$NEG/Dockerfile.root"
-must_fail "Dockerfile: non-root" "non-root numeric USER" bash "$HERE/dockerfile-lint.sh" "$NEG/Dockerfile.root"
+must_fail "Dockerfile: non-root" "USER" bash "$HERE/dockerfile-lint.sh" "$NEG/Dockerfile.root"
 sed 's/^WORKDIR \/src/RUN cd \/src/' "$REPO/Dockerfile" > "$NEG/Dockerfile.hadolint"
 must_fail "Dockerfile: hadolint" "DL3003" bash "$HERE/dockerfile-lint.sh" "$NEG/Dockerfile.hadolint"
 

@@ -104,6 +104,9 @@ notes -f "$HERE/values/all.yaml" > "$WORK/notes-all.txt"
 "${POLICY[@]}" notes "$WORK/notes-default.txt" csi-disk csi-disk-topology
 "${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-nas
 "${POLICY[@]}" notes "$WORK/notes-all.txt" csi-disk csi-disk-topology csi-nas csi-obs
+# The default classes name evs-default: with that backend disabled, NOTES offer none.
+notes --set-json 'backends=[{"name":"evs-default","kind":"evs","enabled":false}]' > "$WORK/notes-no-backend.txt"
+"${POLICY[@]}" notes "$WORK/notes-no-backend.txt"
 
 step "dashboard and alerts are scoped per release"
 helm template other "$CHART" --namespace storage "${IMAGE[@]}" -f "$HERE/values/monitoring.yaml" > "$WORK/other-release.yaml"
