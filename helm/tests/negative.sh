@@ -117,6 +117,18 @@ render "$c" -f "$HERE/values/monitoring.yaml" > "$NEG/down.yaml"
 mkdir -p "$NEG/down"; "${CHECK[@]}" rules "$NEG/down.yaml" "$NEG/down/rendered-rules.yaml"; cp "$HERE/alerts.test.yaml" "$NEG/down/"
 must_fail "promtool test rules: no target" "no target at all fires the down alerts" bash -c "cd '$NEG/down' && promtool test rules alerts.test.yaml"
 
+# alerts: a runbook section missing from the docs; an alert no test fires.
+sed 's/^### EverestNodePluginDown$/### Node plugin down/' "$REPO/docs/observability.md" > "$NEG/observability.md"
+must_fail "alerts: runbook" "EverestNodePluginDown: runbook" "${POLICY[@]}" alerts "$WORK/rendered-rules.yaml" "$HERE/alerts.test.yaml" "$NEG/observability.md"
+"$EVEREST_PYTHON" - "$HERE/alerts.test.yaml" "$NEG/alerts-notest.yaml" <<'PY'
+import sys, yaml
+t = yaml.safe_load(open(sys.argv[1]))
+for case in t["tests"]:
+    case["alert_rule_test"] = [a for a in case["alert_rule_test"] if a["alertname"] != "EverestSlowProvisioning" or not a.get("exp_alerts")]
+yaml.safe_dump(t, open(sys.argv[2], "w"))
+PY
+must_fail "alerts: test" "EverestSlowProvisioning: no promtool test expects it to fire" "${POLICY[@]}" alerts "$WORK/rendered-rules.yaml" "$NEG/alerts-notest.yaml" "$REPO/docs/observability.md"
+
 # metrics: a metric the daemons do not export; a label they do not put on it.
 sed 's/everest_csi_operations_total/everest_csi_operation_total/' "$CHART/files/everest-dashboard.json" > "$NEG/dash.json"
 must_fail "metrics: name" "everest_csi_operation_total is not exported" "${CHECK[@]}" metrics "$NEG/dash.json" "$WORK/rendered-rules.yaml" --source "$REPO"

@@ -139,6 +139,7 @@ step "alert rules: promtool check rules / test rules"
 cp "$HERE/alerts.test.yaml" "$WORK/alerts.test.yaml"
 promtool check rules "$WORK/rendered-rules.yaml"
 promtool test rules "$WORK/alerts.test.yaml"
+"${POLICY[@]}" alerts "$WORK/rendered-rules.yaml" "$HERE/alerts.test.yaml" "$REPO/docs/observability.md"
 
 step "dashboard and alert metrics are exported by the daemons"
 "$EVEREST_PYTHON" -c 'import json,sys; json.load(open(sys.argv[1]))' "$CHART/files/everest-dashboard.json"

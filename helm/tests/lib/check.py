@@ -43,27 +43,18 @@ def cmd_split(rendered, core_out, crd_out):
 
 # Flags each pinned sidecar accepts (from the kubernetes-csi sidecars' documentation); a
 # misspelt flag makes the sidecar exit at start, which no schema check sees.
+LEADER = {"leader-election", "leader-election-namespace", "leader-election-lease-duration",
+          "leader-election-renew-deadline", "leader-election-retry-period"}
+COMMON = {"csi-address", "v", "timeout", "http-endpoint", "metrics-address", "kube-api-qps",
+          "kube-api-burst"} | LEADER
 SIDECAR_FLAGS = {
-    "csi-provisioner": {"csi-address", "v", "timeout", "worker-threads", "feature-gates",
-                        "extra-create-metadata", "default-fstype", "leader-election",
-                        "leader-election-namespace", "leader-election-lease-duration",
-                        "leader-election-renew-deadline", "leader-election-retry-period", "strict-topology", "immediate-topology",
-                        "http-endpoint", "metrics-address", "retry-interval-start",
-                        "retry-interval-max", "kube-api-qps", "kube-api-burst"},
-    "csi-attacher": {"csi-address", "v", "timeout", "worker-threads", "leader-election",
-                     "leader-election-namespace", "leader-election-lease-duration",
-                        "leader-election-renew-deadline", "leader-election-retry-period", "http-endpoint", "metrics-address",
-                     "retry-interval-start", "retry-interval-max", "kube-api-qps",
-                     "kube-api-burst"},
-    "csi-resizer": {"csi-address", "v", "timeout", "workers", "handle-volume-inuse-error",
-                    "leader-election", "leader-election-namespace", "leader-election-lease-duration",
-                        "leader-election-renew-deadline", "leader-election-retry-period", "http-endpoint",
-                    "metrics-address", "retry-interval-start", "retry-interval-max",
-                    "kube-api-qps", "kube-api-burst"},
-    "csi-snapshotter": {"csi-address", "v", "timeout", "extra-create-metadata",
-                        "leader-election", "leader-election-namespace", "leader-election-lease-duration",
-                        "leader-election-renew-deadline", "leader-election-retry-period", "http-endpoint",
-                        "metrics-address", "worker-threads", "kube-api-qps", "kube-api-burst"},
+    "csi-provisioner": COMMON | {"worker-threads", "feature-gates", "extra-create-metadata",
+                                "default-fstype", "strict-topology", "immediate-topology",
+                                "retry-interval-start", "retry-interval-max"},
+    "csi-attacher": COMMON | {"worker-threads", "retry-interval-start", "retry-interval-max"},
+    "csi-resizer": COMMON | {"workers", "handle-volume-inuse-error", "retry-interval-start",
+                            "retry-interval-max"},
+    "csi-snapshotter": COMMON | {"extra-create-metadata", "worker-threads"},
     "liveness-probe": {"csi-address", "health-port", "probe-timeout", "v", "http-endpoint"},
     "node-driver-registrar": {"csi-address", "kubelet-registration-path", "v",
                               "http-endpoint", "plugin-registration-path"},

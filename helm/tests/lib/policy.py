@@ -10,6 +10,8 @@
   scope DASHBOARD RULES RELEASE   every dashboard and alert selector names the release
   uids RENDERED RENDERED          two releases' dashboards have different uids
   notes NOTES CLASS...            NOTES lists exactly these StorageClasses
+  alerts RULES TESTS DOC          every alert has a runbook section in DOC and a promtool test
+                                  that fires it and one that keeps it silent
 """
 
 import json
@@ -126,8 +128,7 @@ def cmd_crds(path):
 # ------------------------------------------------------------------ RBAC
 # What each sidecar needs, per pinned major version, from the kubernetes-csi sidecars' own
 # deploy/kubernetes RBAC files (optional rules for features we leave off are not granted:
-# secrets, pods for --handle-volume-inuse-error, group snapshots, VolumeAttributesClass in the
-# v5 provisioner whose feature gate is off).
+# secrets, pods for --handle-volume-inuse-error, group snapshots).
 CORE, STORAGE, SNAP = "", "storage.k8s.io", "snapshot.storage.k8s.io"
 EVENTS = {(CORE, "events"): {"list", "watch", "create", "update", "patch"}}
 SIDECAR_RBAC = {
@@ -140,6 +141,8 @@ SIDECAR_RBAC = {
         (STORAGE, "csinodes"): {"get", "list", "watch"},
         (CORE, "nodes"): {"get", "list", "watch"},
         (STORAGE, "volumeattachments"): {"get", "list", "watch"},
+        # A claim naming a VolumeAttributesClass: the provisioner reads it at CreateVolume.
+        (STORAGE, "volumeattributesclasses"): {"get"},
         **EVENTS,
     },
     ("csi-attacher", "4"): {
@@ -360,12 +363,36 @@ def cmd_notes(notes, *classes):
     print(f"ok  NOTES lists {sorted(listed)}")
 
 
+def cmd_alerts(rules, tests, doc):
+    alerts = [r for g in yaml.safe_load(open(rules))["groups"] for r in g["rules"] if "alert" in r]
+    anchors = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
+               for h in re.findall(r"^#{2,4} (.+)$", open(doc).read(), re.M)}
+    fires, silent = set(), set()
+    for t in yaml.safe_load(open(tests))["tests"]:
+        for a in t.get("alert_rule_test", []):
+            (fires if a.get("exp_alerts") else silent).add(a["alertname"])
+    problems = []
+    for r in alerts:
+        name = r["alert"]
+        runbook = r.get("annotations", {}).get("runbook", "")
+        page, _, anchor = runbook.partition("#")
+        if not page.endswith("observability.md") or anchor not in anchors:
+            problems.append(f"{name}: runbook {runbook!r} names no section of {doc}")
+        if name not in fires:
+            problems.append(f"{name}: no promtool test expects it to fire")
+        if name not in silent:
+            problems.append(f"{name}: no promtool test expects it to stay silent")
+    if problems:
+        fail("\n  ".join(["alerts without runbook or tests:"] + problems))
+    print(f"ok  {len(alerts)} alerts: each has a runbook section and tests that fire it and keep it silent")
+
+
 def main():
     if len(sys.argv) < 2:
         fail(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     cmds = {"crds": cmd_crds, "rbac": cmd_rbac, "expect": cmd_expect, "secrets": cmd_secrets,
-            "scope": cmd_scope, "uids": cmd_uids, "notes": cmd_notes}
+            "scope": cmd_scope, "uids": cmd_uids, "notes": cmd_notes, "alerts": cmd_alerts}
     if cmd not in cmds:
         fail(f"unknown subcommand {cmd}\n{__doc__}")
     cmds[cmd](*args)
