@@ -255,7 +255,7 @@ then `args` (its own), then its extraArgs. Call with
     {{- end }}
 {{- end -}}
 
-{{/* The controller sidecars that run with these values, as "name=values key" pairs. */}}
+{{/* The controller sidecars that run with these values (container names), as a JSON list. */}}
 {{- define "everest.controllerSidecarNames" -}}
 {{- $out := list "csi-provisioner" -}}
 {{- if eq (include "everest.attachRequired" .) "true" -}}{{- $out = append $out "csi-attacher" -}}{{- end -}}
