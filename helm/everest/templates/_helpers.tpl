@@ -38,8 +38,14 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* No public image exists: an install without image.repository fails here, naming the value. */}}
 {{- define "everest.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repo := required "image.repository is not set: build the Everest image (docs/install.md, \"Build the image\"), push it to a registry your nodes can pull from, and set image.repository (and image.tag or image.digest)" .Values.image.repository -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "everest.sidecarImage" -}}
@@ -132,4 +138,141 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
+{{- end -}}
+
+{{/* Fails when two ports of one pod are equal (the schema cannot compare values):
+(dict "pod" "controller" "ports" (dict "controller.metricsPort" 9808 …)). */}}
+{{- define "everest.uniquePorts" -}}
+{{- $seen := dict -}}
+{{- range $name, $port := .ports -}}
+{{- $k := toString $port -}}
+{{- if hasKey $seen $k -}}
+{{- fail (printf "%s and %s are both %s: every port of the %s pod must differ" (get $seen $k) $name $k $.pod) -}}
+{{- end -}}
+{{- $_ := set $seen $k $name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The CA bundle volume, when caBundle names a ConfigMap or a Secret. */}}
+{{- define "everest.caBundleVolume" -}}
+{{- $ca := .Values.caBundle -}}
+{{- if and $ca.configMap $ca.secret -}}
+{{- fail "caBundle: set configMap or secret, not both" -}}
+{{- end -}}
+{{- if $ca.configMap }}
+- name: ca-bundle
+  configMap:
+    name: {{ $ca.configMap }}
+    items: [{key: {{ $ca.key }}, path: {{ $ca.key }}}]
+{{- else if $ca.secret }}
+- name: ca-bundle
+  secret:
+    secretName: {{ $ca.secret }}
+    items: [{key: {{ $ca.key }}, path: {{ $ca.key }}}]
+{{- end -}}
+{{- end -}}
+
+{{/* Its mount and environment in a daemon container: SSL_CERT_DIR lists the system roots
+and the bundle, so the bundle adds to the roots instead of replacing them. */}}
+{{- define "everest.caBundleMount" -}}
+{{- if or .Values.caBundle.configMap .Values.caBundle.secret }}
+- name: ca-bundle
+  mountPath: /etc/everest/ca
+  readOnly: true
+{{- end -}}
+{{- end -}}
+{{- define "everest.caBundleEnv" -}}
+{{- if or .Values.caBundle.configMap .Values.caBundle.secret }}
+- name: SSL_CERT_DIR
+  value: /etc/ssl/certs:/etc/everest/ca
+{{- end -}}
+{{- end -}}
+
+{{/* Leader election flags of a controller sidecar. */}}
+{{- define "everest.leaderElectionArgs" -}}
+{{- $le := .Values.controller.leaderElection -}}
+{{- $on := and $le.enabled (gt (int .Values.controller.replicas) 1) -}}
+- --leader-election={{ $on }}
+{{- if $on }}
+- --leader-election-namespace=$(NAMESPACE)
+- --leader-election-lease-duration={{ $le.leaseDuration }}
+- --leader-election-renew-deadline={{ $le.renewDeadline }}
+- --leader-election-retry-period={{ $le.retryPeriod }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+One controller sidecar (provisioner, attacher, resizer, snapshotter): the flags they share,
+then `args` (its own), then its extraArgs. Call with
+(dict "ctx" $ "name" "csi-provisioner" "v" $.Values.sidecars.provisioner "args" (list …)).
+*/}}
+{{- define "everest.controllerSidecar" -}}
+{{- $ctx := .ctx -}}
+{{- $sc := $ctx.Values.sidecars -}}
+{{- $v := .v -}}
+- name: {{ .name }}
+  image: {{ include "everest.sidecarImage" $v.image }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  args:
+    - --csi-address={{ include "everest.socketPath" $ctx }}
+    - --v={{ $sc.logLevel }}
+    - --timeout={{ $v.timeout }}
+    {{- range .args }}
+    - {{ . }}
+    {{- end }}
+    {{- include "everest.leaderElectionArgs" $ctx | nindent 4 }}
+    - --kube-api-qps={{ $sc.kubeApi.qps }}
+    - --kube-api-burst={{ $sc.kubeApi.burst }}
+    {{- if $sc.metrics.enabled }}
+    - --http-endpoint=:{{ $v.httpPort }}
+    {{- end }}
+    {{- range $v.extraArgs }}
+    - {{ . }}
+    {{- end }}
+  env:
+    - name: NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    {{- with $v.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- if $sc.metrics.enabled }}
+  ports:
+    - name: {{ .name }}
+      containerPort: {{ $v.httpPort }}
+      protocol: TCP
+  {{- end }}
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  securityContext:
+    {{- include "everest.restrictedContainer" $ctx | nindent 4 }}
+  volumeMounts:
+    - name: socket-dir
+      mountPath: {{ include "everest.socketDir" $ctx }}
+    {{- with $v.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end -}}
+
+{{/* The controller sidecars that run with these values (container names), as a JSON list. */}}
+{{- define "everest.controllerSidecarNames" -}}
+{{- $out := list "csi-provisioner" -}}
+{{- if eq (include "everest.attachRequired" .) "true" -}}{{- $out = append $out "csi-attacher" -}}{{- end -}}
+{{- $out = append $out "csi-resizer" -}}
+{{- if .Values.snapshots.enabled -}}{{- $out = append $out "csi-snapshotter" -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* prometheus-operator relabelings shared by the ServiceMonitor and the PodMonitor: the
+labels the alerts and the dashboard select on (release, component, container, node). */}}
+{{- define "everest.monitorRelabelings" -}}
+- targetLabel: everest_release
+  replacement: {{ .Release.Name }}
+- sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_component]
+  targetLabel: everest_component
+- sourceLabels: [__meta_kubernetes_pod_container_name]
+  targetLabel: container
+- sourceLabels: [__meta_kubernetes_pod_node_name]
+  targetLabel: node
 {{- end -}}

