@@ -542,47 +542,107 @@ impl NodeBackend for EvsNode {
 
     async fn stats(&self, disk: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
         let path = volume_path.as_path();
-        let current = self.current_device_number(disk).await?;
-        let gone = || VolumeUsage::Lost {
-            abnormal: format!(
-                "disk {disk} is no longer attached to this node, but {volume_path} still uses it; the pod's I/O fails until the volume is unpublished, unstaged and attached again"
-            ),
+        let raw_block = self.host.is_block_device(path).await?;
+        let mount = if raw_block {
+            None
+        } else {
+            let mount = mount_at(self.host.as_ref(), disk, volume_path).await?;
+            if !mount.source.starts_with('/')
+                || !STAGED_FILESYSTEMS.contains(&mount.fs_type.as_str())
+            {
+                return Err(Error::NotFound(format!(
+                    "{volume_path} holds a {} mount of {}, not disk {disk}",
+                    mount.fs_type, mount.source
+                )));
+            }
+            Some(mount)
         };
-        if self.host.is_block_device(path).await? {
-            // A raw block volume: the path is the disk's device node, bound into the pod.
-            let number = self.host.device_number(path).await?;
-            return match current {
-                Some(n) if n == number => Ok(VolumeUsage::Block {
+        // The device the path uses: the bound node itself (raw block), or the mount's source.
+        let source = mount
+            .as_ref()
+            .map_or_else(|| path.to_owned(), |m| PathBuf::from(&m.source));
+        let used = match self.host.device_number(&source).await {
+            Ok(n) => Some(n),
+            Err(_) if raw_block => None,
+            // A mount whose source node is gone (hot-unplugged) still shows its number.
+            Err(_) => mount.as_ref().map(|m| m.device_number.clone()),
+        };
+        let current = self.current_device_number(disk).await?;
+        let ours = match (&current, &used, &mount) {
+            (Some(c), Some(_), Some(m)) => is_mount_of(self.host.as_ref(), m, c).await?,
+            (Some(c), Some(u), None) => c == u,
+            _ => false,
+        };
+        if ours {
+            return match mount {
+                Some(m) => filesystem_usage(self.host.as_ref(), &m, volume_path).await,
+                None => Ok(VolumeUsage::Block {
                     total_bytes: self.host.device_size(path).await?,
                     abnormal: None,
                 }),
-                Some(_) => Ok(stale(disk, volume_path)),
-                None => Ok(gone()),
             };
         }
-        let mount = mount_at(self.host.as_ref(), disk, volume_path).await?;
-        if !mount.source.starts_with('/') || !STAGED_FILESYSTEMS.contains(&mount.fs_type.as_str()) {
-            return Err(Error::NotFound(format!(
-                "{volume_path} holds a {} mount of {}, not disk {disk}",
-                mount.fs_type, mount.source
-            )));
-        }
-        match current {
-            Some(n) if is_mount_of(self.host.as_ref(), &mount, &n).await? => {
-                filesystem_usage(self.host.as_ref(), &mount, volume_path).await
-            }
-            Some(_) => Ok(stale(disk, volume_path)),
-            None => Ok(gone()),
+        // Not found as this disk's device: ask what names the used device still has.
+        let names = match &used {
+            Some(n) => self.host.links_to(self.by_id_dir(), n).await?,
+            None => Vec::new(),
+        };
+        match judge_unmatched(current.is_some(), &names) {
+            Unmatched::Another(name) => Err(Error::NotFound(format!(
+                "{volume_path} holds another disk ({}), not disk {disk}",
+                name.display()
+            ))),
+            Unmatched::Gone => Ok(VolumeUsage::Lost {
+                abnormal: format!(
+                    "disk {disk} is no longer attached to this node, but {volume_path} still uses it; the pod's I/O fails until the volume is unpublished, unstaged and attached again"
+                ),
+            }),
+            Unmatched::Stale => Ok(VolumeUsage::Lost {
+                abnormal: format!(
+                    "{volume_path} still uses the device disk {disk} had before it was re-attached; restart the pod so the volume is staged again from its current device"
+                ),
+            }),
+            // Present under a name that cannot be tied to the disk ID (a SCSI disk's WWN):
+            // the device is there, so its figures are what the pod sees.
+            Unmatched::Unproven => match mount {
+                Some(m) => filesystem_usage(self.host.as_ref(), &m, volume_path).await,
+                None => Ok(VolumeUsage::Block {
+                    total_bytes: self.host.device_size(path).await?,
+                    abnormal: None,
+                }),
+            },
         }
     }
 }
 
-/// A volume still served from the device a re-attached disk had before.
-fn stale(disk: &str, volume_path: &HostPath) -> VolumeUsage {
-    VolumeUsage::Lost {
-        abnormal: format!(
-            "{volume_path} still uses the device disk {disk} had before it was re-attached; restart the pod so the volume is staged again from its current device"
-        ),
+/// What a device in use at a volume path is, when it is not where this disk's ID leads.
+#[derive(Debug, PartialEq, Eq)]
+enum Unmatched {
+    /// It is another virtio disk (its by-id name says so): the path holds no volume of ours.
+    Another(PathBuf),
+    /// It has no by-id name any more: the disk went away under the mount.
+    Gone,
+    /// The disk is elsewhere now and this device has no name: left from before a re-attach.
+    Stale,
+    /// It is named only in a form the disk ID does not give (SCSI `scsi-3<wwn>`).
+    Unproven,
+}
+
+/// Decides [`Unmatched`] from whether the disk was found elsewhere and the used device's names.
+fn judge_unmatched(found_elsewhere: bool, names: &[PathBuf]) -> Unmatched {
+    let is_virtio = |p: &&PathBuf| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("virtio-"))
+    };
+    if let Some(other) = names.iter().find(is_virtio) {
+        return Unmatched::Another(other.clone());
+    }
+    match (names.is_empty(), found_elsewhere) {
+        (true, true) => Unmatched::Stale,
+        (true, false) => Unmatched::Gone,
+        // A device named only by WWN while this (virtio-named) disk is elsewhere: another disk.
+        (false, true) => Unmatched::Another(names[0].clone()),
+        (false, false) => Unmatched::Unproven,
     }
 }
 
@@ -658,22 +718,68 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        // Another disk asked about this path: its device is not the one mounted.
+        // Another disk asked about this path: what is mounted there is disk-1, by its name.
         host.add_device(
             Path::new("/by-id/virtio-disk-2"),
             Path::new("/dev/loop4"),
             FakeDevice::formatted("xfs", GIB),
         );
-        match node.stats("disk-2", &req.staging).await.unwrap() {
-            VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("re-attached")),
-            other => panic!("unexpected {other:?}"),
-        }
-        // The disk is detached under the mount: its device is gone.
+        let err = node.stats("disk-2", &req.staging).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+        assert!(err.to_string().contains("virtio-disk-1"), "{err}");
+        // The disk is detached under the mount: its device and its names are gone.
         host.remove_device(Path::new("/dev/loop3"));
         match node.stats("disk-1", &req.staging).await.unwrap() {
             VolumeUsage::Lost { abnormal } => {
                 assert!(abnormal.contains("no longer attached"), "{abnormal}");
             }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_tell_a_stale_device_from_a_scsi_disk_named_only_by_wwn() {
+        let (host, node) = setup(Some("xfs"));
+        let req = stage_req("xfs");
+        node.stage(&req).await.unwrap();
+        // Re-attached under a new device: the name moved, the mount stayed on the old one.
+        host.add_device(
+            Path::new("/by-id/virtio-disk-1"),
+            Path::new("/dev/loop5"),
+            FakeDevice::formatted("xfs", 10 * GIB),
+        );
+        match node.stats("disk-1", &req.staging).await.unwrap() {
+            VolumeUsage::Lost { abnormal } => {
+                assert!(abnormal.contains("re-attached"), "{abnormal}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        // A SCSI disk: only its WWN names it, which the disk ID alone does not give.
+        let (host, node) = setup(None);
+        host.add_device(
+            Path::new("/by-id/scsi-36001405abc"),
+            Path::new("/dev/sdb"),
+            FakeDevice::formatted("xfs", 5 * GIB),
+        );
+        host.add_path(req.staging.as_path());
+        host.mount(Path::new("/dev/sdb"), req.staging.as_path(), "xfs", &[])
+            .await
+            .unwrap();
+        match node.stats("disk-scsi", &req.staging).await.unwrap() {
+            VolumeUsage::Filesystem { stats, abnormal } => {
+                assert_eq!(stats.total_bytes, 5 * GIB);
+                assert!(
+                    abnormal.is_none(),
+                    "a healthy SCSI disk reported {abnormal:?}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // ... and when that name goes with the device, the disk is gone.
+        host.remove_device(Path::new("/dev/sdb"));
+        match node.stats("disk-scsi", &req.staging).await.unwrap() {
+            VolumeUsage::Lost { abnormal } => assert!(abnormal.contains("no longer attached")),
             other => panic!("unexpected {other:?}"),
         }
     }

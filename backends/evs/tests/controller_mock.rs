@@ -535,19 +535,21 @@ async fn publish_while_the_disk_is_attaching_elsewhere_fails_when_it_lands_not_a
 }
 
 #[tokio::test]
-async fn a_shareable_disk_attaches_beside_another_node() {
+async fn a_shareable_disk_is_still_used_by_one_node_at_a_time() {
+    // Every access mode EVS serves is single-node: a second node writing the same filesystem
+    // would corrupt it, whether or not the cloud could attach the disk twice.
     let mut d = disk("disk-s", "pvc-s", "in-use", 10);
     d["multiattach"] = json!(true);
     attach(&mut d, "server-1");
     let mock = Mock::start(vec![d], &["server-1", "server-2"]).await;
-    mock.controller()
+    let err = mock
+        .controller()
         .publish(&publish_request("disk-s", "server-2"))
         .await
-        .unwrap();
-    assert_eq!(
-        mock.writes(),
-        vec!["POST /ecs/v1/p1/cloudservers/server-2/attachvolume"]
-    );
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("server-1"), "{err}");
+    assert!(mock.writes().is_empty(), "{:?}", mock.writes());
 }
 
 #[tokio::test]

@@ -103,6 +103,13 @@ impl FakeHost {
         s.paths.insert(target.to_owned());
     }
 
+    /// Removes a link (udev dropping a name of a device that went away).
+    pub fn remove_link(&self, link: &Path) {
+        let mut s = self.state();
+        s.links.remove(link);
+        s.paths.remove(link);
+    }
+
     /// Removes a device node (a hot-unplugged disk); mounts of it stay, as in the kernel.
     pub fn remove_device(&self, path: &Path) {
         let mut s = self.state();
@@ -496,6 +503,19 @@ impl Host for FakeHost {
             d.size = size;
         }
         Ok(true)
+    }
+
+    async fn links_to(&self, dir: &Path, device_number: &str) -> Result<Vec<PathBuf>, HostError> {
+        let s = self.state();
+        Ok(s.links
+            .iter()
+            .filter(|(link, target)| {
+                link.parent() == Some(dir)
+                    && s.devices.contains_key(*target)
+                    && s.numbers.get(*target).map(String::as_str) == Some(device_number)
+            })
+            .map(|(link, _)| link.clone())
+            .collect())
     }
 
     async fn device_by_serial(&self, serial: &str) -> Result<Option<PathBuf>, HostError> {

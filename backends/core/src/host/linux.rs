@@ -425,6 +425,36 @@ impl Host for LinuxHost {
         .await
     }
 
+    async fn links_to(&self, dir: &Path, device_number: &str) -> Result<Vec<PathBuf>, HostError> {
+        self.limited(format!("list {}", dir.display()), async {
+            let mut entries = match tokio::fs::read_dir(dir).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("list", dir, e)),
+            };
+            let mut links = Vec::new();
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| io_err("list", dir, e))?
+            {
+                use std::os::unix::fs::MetadataExt;
+                // A dangling or foreign link is just not one of the device's names.
+                let Ok(meta) = tokio::fs::metadata(entry.path()).await else {
+                    continue;
+                };
+                let rdev = meta.rdev();
+                let number = format!("{}:{}", rustix::fs::major(rdev), rustix::fs::minor(rdev));
+                if meta.file_type().is_block_device() && number == device_number {
+                    links.push(entry.path());
+                }
+            }
+            links.sort();
+            Ok(links)
+        })
+        .await
+    }
+
     async fn fs_stats(&self, path: &Path) -> Result<FsStats, HostError> {
         let owned = path.to_owned();
         blocking(

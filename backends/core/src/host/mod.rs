@@ -144,6 +144,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn device_size(&self, device: &Path) -> Result<u64, HostError>;
     /// Resolves a symlink such as `/dev/disk/by-id/virtio-…` to the block device it names, or `None`.
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError>;
+    /// The names in `dir` (a by-id directory) that lead to the block device numbered
+    /// `device_number` now: what udev keeps for a device that is present, and removes with it.
+    async fn links_to(&self, dir: &Path, device_number: &str) -> Result<Vec<PathBuf>, HostError>;
     /// Asks the kernel to re-read a disk's size after an expand (SCSI disks); `false` when the
     /// disk needs no rescan (virtio).
     async fn rescan_device(&self, device: &Path) -> Result<bool, HostError>;

@@ -429,16 +429,16 @@ impl ControllerBackend for EvsController {
             if disk.status == VolumeStatus::InUse {
                 return Ok(Self::publish_context(&disk, a));
             }
-        } else if let Some(other) = disk.attachments.first().filter(|_| !disk.multiattach) {
-            // Fail at once: waiting would only time out, and the attacher retries anyway.
+        } else if let Some(other) = disk.attachments.first() {
+            // Fail at once: waiting would only time out, and the attacher retries anyway. Even a
+            // shareable (multiattach) disk: every access mode EVS serves is single-node, and two
+            // nodes writing one ext4/xfs would corrupt it.
             return Err(Error::FailedPrecondition(format!(
-                "disk {} is attached to node {}; an EVS disk that is not shareable attaches to one node at a time (detach it there first)",
+                "disk {} is attached to node {}; an EVS volume is used by one node at a time (detach it there first)",
                 disk.id, other.server_id
             )));
         } else if disk.status != VolumeStatus::Attaching {
-            let attachable = disk.status == VolumeStatus::Available
-                || (disk.multiattach && disk.status == VolumeStatus::InUse);
-            if !attachable {
+            if disk.status != VolumeStatus::Available {
                 return Err(Error::Unavailable(format!(
                     "disk {} is {}; retry once it is available",
                     disk.id,
