@@ -45,8 +45,7 @@ const PROGRAMS: &[&str] = &[
 /// Why an NFS server cannot run here, if it cannot: not root, no `ip netns`, or a missing
 /// program (`scripts/test.sh` installs nfs-ganesha, nfs-ganesha-vfs, rpcbind, libnfs-utils).
 pub fn nfs_server_unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     if euid != 0 {
         return Some(format!(
             "not root (euid {euid}): network namespaces and nfs-ganesha need root"

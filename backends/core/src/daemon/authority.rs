@@ -32,6 +32,8 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME_PAYLOAD: usize = 16_384;
 /// A header block larger than this ends the connection rather than growing memory without bound.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// HTTP/2's default SETTINGS_HEADER_TABLE_SIZE, which the server does not change.
+const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
 
 /// A client connection whose header blocks are made acceptable to the server (see the module
 /// documentation); writes pass straight through.
@@ -157,13 +159,17 @@ impl Default for Rewriter {
     fn default() -> Self {
         let mut encoder = Encoder::new();
         encoder.set_max_table_size(0);
+        let mut decoder = Decoder::new();
+        // What the server advertises (SETTINGS_HEADER_TABLE_SIZE, default 4096): a client
+        // asking for a larger table is refused, as h2 would refuse it, instead of growing it.
+        decoder.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
         Self {
             input: Vec::new(),
             output: Vec::new(),
             preface_left: PREFACE_LEN,
             passthrough_left: 0,
             block: None,
-            decoder: Decoder::new(),
+            decoder,
             encoder,
         }
     }
@@ -203,6 +209,11 @@ impl Rewriter {
             let len =
                 usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
             let (kind, flags) = (header[3], header[4]);
+            if len > MAX_FRAME_PAYLOAD {
+                // The server advertises no larger SETTINGS_MAX_FRAME_SIZE: h2 would refuse the
+                // frame too; refusing it here keeps a client from making us buffer 16 MiB.
+                return Err(malformed("frame larger than the 16 KiB the server accepts"));
+            }
             if kind != HEADERS && kind != CONTINUATION {
                 self.output.extend_from_slice(header);
                 self.passthrough_left = len;
@@ -489,6 +500,26 @@ mod tests {
             &[0x80, 0, 0, 0, 15]
         );
         assert_eq!(authority(&blocks[0]), "localhost");
+    }
+
+    #[test]
+    fn oversized_frames_and_tables_are_refused() {
+        let mut input = PREFACE.to_vec();
+        input.extend_from_slice(&[0x00, 0x40, 0x01, HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        // Refused at the frame header, before 16 KiB of payload is waited for and buffered.
+        assert!(Rewriter::default().feed(&input).is_err());
+        // A dynamic table size update to 1 MiB (0x3f then the 5-bit prefix integer).
+        let mut update = vec![0x3f];
+        let mut rest = (1usize << 20) - 31;
+        while rest >= 128 {
+            update.push((rest % 128) as u8 | 0x80);
+            rest /= 128;
+        }
+        update.push(rest as u8);
+        update.push(0x82); // then a header (:method GET): a block may not end on an update
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(HEADERS, END_HEADERS, 1, &update));
+        assert!(Rewriter::default().feed(&input).is_err());
     }
 
     #[test]

@@ -139,7 +139,14 @@ impl HostSettings {
                 // Kill the group, then wait for the tool itself: when the error returns, nothing
                 // it did is still going on, so the caller may undo or retry it safely.
                 running.kill_group();
-                let _ = running.child.kill().await;
+                // A tool stuck in the kernel (a dead disk, a dead NFS server) does not die even
+                // to SIGKILL: wait for it a little, never for ever, so the RPC still answers.
+                if tokio::time::timeout(REAP_GRACE, running.child.kill())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(command = %line(), "killed after its time limit but still stuck in the kernel; answering without it");
+                }
                 Err(HostError::timed_out(line(), limit))
             }
         }
@@ -216,6 +223,9 @@ pub fn failed(program: &str, args: &[&str], out: &Output) -> HostError {
 pub fn command_line(program: &str, args: &[&str]) -> String {
     format!("{program} {}", args.join(" "))
 }
+
+/// How long a killed command may take to go away before the RPC answers without it.
+const REAP_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a blocking call (statvfs, reading a device) on the blocking pool with a time limit. A
 /// call stuck in the kernel cannot be killed; the RPC still answers when the limit passes.

@@ -118,7 +118,6 @@ impl EvsController {
         Ok(seen.remove(disk_id).flatten())
     }
 
-    /// Waits until the disk satisfies `ready`; an error status or a vanished disk ends the wait.
     /// Every disk this driver manages, following the cloud's pages (1000 disks a call).
     async fn all_managed_disks(&self) -> Result<Vec<Volume>> {
         let mut disks = Vec::new();
@@ -139,6 +138,7 @@ impl EvsController {
         }
     }
 
+    /// Waits until the disk satisfies `ready`; an error status or a vanished disk ends the wait.
     async fn settle(
         &self,
         disk_id: &str,
