@@ -39,7 +39,13 @@ pub struct EvsNode {
     host: Arc<dyn Host>,
     /// Only for the server's disk slots (NodeGetInfo), when the node has credentials.
     client: Option<EvsClient>,
+    /// One lock per device, held by a format from start to finish (see `ensure_filesystem`).
+    formats: DeviceLocks,
 }
+
+/// Per-device async locks.
+type DeviceLocks =
+    std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>;
 
 impl EvsNode {
     /// Builds the node side on `host`.
@@ -48,6 +54,7 @@ impl EvsNode {
             config,
             host,
             client: None,
+            formats: DeviceLocks::default(),
         }
     }
 
@@ -71,6 +78,18 @@ impl EvsNode {
         requested: Option<&str>,
         read_only: bool,
     ) -> Result<(String, bool)> {
+        // A format runs in a task of its own that holds this device's lock until it is done
+        // (or, stopped at its limit, undone): a kubelet that gives up on the call drops this
+        // future, not the format, and its retry waits here instead of finding a half-written
+        // signature and refusing to format a disk that holds no data.
+        let lock = {
+            let mut locks = self
+                .formats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(locks.entry(device.to_owned()).or_default())
+        };
+        let held = lock.lock_owned().await;
         match self.host.filesystem_of(device).await? {
             None if read_only => Err(Error::FailedPrecondition(format!(
                 "disk {disk} is blank and is staged read-only: a read-only volume is never formatted, so there is nothing to mount; stage it read-write once (or fill it from a snapshot) first"
@@ -80,19 +99,28 @@ impl EvsNode {
                     .unwrap_or(&self.config.backend.default_fs_type)
                     .to_owned();
                 tracing::info!(disk, device = %device.display(), fs = %fs, "formatting blank disk");
-                match self.host.mkfs(device, &fs).await {
-                    Ok(()) => Ok((fs, true)),
-                    // The stopped mkfs may have left a signature with no filesystem behind it,
-                    // which the retry would take for data and never format. The disk was blank
-                    // a moment ago, the tool is dead and this volume's call still holds its
-                    // lock: wipe what it wrote, so the retry finds a blank disk again.
-                    Err(e) if e.timed_out => {
-                        if let Err(w) = self.host.wipe_signatures(device).await {
-                            tracing::warn!(disk, error = %w, "could not wipe what a stopped mkfs wrote");
+                let host = Arc::clone(&self.host);
+                let (device, made, disk_id) = (device.to_owned(), fs.clone(), disk.to_owned());
+                let format = tokio::spawn(async move {
+                    let _held = held;
+                    match host.mkfs(&device, &made).await {
+                        // The stopped mkfs may have left a signature with no filesystem behind
+                        // it, which the retry would take for data and never format. The disk
+                        // was blank a moment ago and the tool is dead: wipe what it wrote.
+                        Err(e) if e.timed_out => {
+                            if let Err(w) = host.wipe_signatures(&device).await {
+                                tracing::warn!(disk = %disk_id, error = %w, "could not wipe what a stopped mkfs wrote");
+                            }
+                            Err(e)
                         }
-                        Err(e.into())
+                        done => done,
                     }
-                    Err(e) => Err(e.into()),
+                });
+                match format.await {
+                    Ok(done) => done.map(|()| (fs, true)).map_err(Error::from),
+                    Err(e) => Err(Error::Internal(format!(
+                        "formatting disk {disk} did not finish: {e}"
+                    ))),
                 }
             }
             Some(existing) if requested.is_none_or(|r| r == existing) => Ok((existing, false)),
@@ -795,6 +823,57 @@ mod tests {
         let err = node.stats("disk-1", &req.staging).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
         assert!(err.to_string().contains("tmpfs"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_format_outlives_a_dropped_call_and_the_retry_waits_for_it() {
+        let (host, node) = setup(None);
+        let node = Arc::new(node);
+        let req = stage_req("xfs");
+        let mkfs_calls = || {
+            host.calls()
+                .iter()
+                .filter(|c| c.starts_with("mkfs"))
+                .count()
+        };
+        host.hold_mkfs();
+        let first = tokio::spawn({
+            let (node, req) = (Arc::clone(&node), req.clone());
+            async move { node.stage(&req).await }
+        });
+        while mkfs_calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The kubelet gives up on the call while mkfs runs: its future is dropped.
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let retry = tokio::spawn({
+            let (node, req) = (Arc::clone(&node), req.clone());
+            async move { node.stage(&req).await }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            mkfs_calls(),
+            1,
+            "the retry formatted beside the running format"
+        );
+        assert!(
+            host.mount_table().is_empty(),
+            "mounted before the format ended"
+        );
+        host.finish_mkfs();
+        retry.await.unwrap().unwrap();
+        assert_eq!(mkfs_calls(), 1, "{:?}", host.calls());
+        assert_eq!(host.mount_table().len(), 1);
+        assert_eq!(
+            host.device(Path::new("/dev/loop3"))
+                .unwrap()
+                .fs_type
+                .as_deref(),
+            Some("xfs")
+        );
     }
 
     #[tokio::test]

@@ -65,6 +65,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct FakeHost {
     state: Mutex<State>,
+    /// While set, `mkfs` waits here after it started (a format still running).
+    mkfs_gate: Mutex<Option<std::sync::Arc<tokio::sync::Semaphore>>>,
 }
 
 impl FakeHost {
@@ -156,6 +158,26 @@ impl FakeHost {
     /// Makes grows of `fs_type` exit successfully without growing anything.
     pub fn make_grow_inert(&self, fs_type: &str) {
         self.state().inert_grow.insert(fs_type.to_owned());
+    }
+
+    /// Makes every later `mkfs` start (it is recorded) and then hang until [`FakeHost::finish_mkfs`].
+    pub fn hold_mkfs(&self) {
+        *self
+            .mkfs_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(std::sync::Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets one held `mkfs` finish.
+    pub fn finish_mkfs(&self) {
+        if let Some(gate) = &*self
+            .mkfs_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            gate.add_permits(1);
+        }
     }
 
     /// Sets what `/proc/filesystems` lists (by default the block filesystems, nfs and fuse).
@@ -377,6 +399,15 @@ impl Host for FakeHost {
 
     async fn mkfs(&self, device: &Path, fs_type: &str) -> Result<(), HostError> {
         let recorded = self.record(format!("mkfs {fs_type} {}", device.display()));
+        let gate = self
+            .mkfs_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(gate) = gate {
+            // Still formatting until the test lets it finish.
+            let _ = gate.acquire().await.map(|p| p.forget());
+        }
         let mut s = self.state();
         if let Err(e) = recorded {
             if e.timed_out
