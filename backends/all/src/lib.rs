@@ -14,7 +14,7 @@ use everest_backend::registry::BackendConfig;
 use everest_backend::{BackendName, ControllerBackend, Error, NodeBackend};
 
 /// Every kind a `[backends.<name>]` table may name.
-pub const KINDS: &[&str] = &[everest_evs::KIND];
+pub const KINDS: &[&str] = &[everest_evs::KIND, everest_sfs::KIND];
 
 /// Builds the controller side of the instance `name`.
 pub fn controller(
@@ -23,6 +23,7 @@ pub fn controller(
 ) -> Result<Arc<dyn ControllerBackend>, Error> {
     match cfg.kind.as_str() {
         everest_evs::KIND => everest_evs::controller_from_config(name, &cfg.settings),
+        everest_sfs::KIND => everest_sfs::controller_from_config(name, &cfg.settings),
         other => Err(unknown_kind(name, other, KINDS)),
     }
 }
@@ -35,6 +36,7 @@ pub fn node(
 ) -> Result<Arc<dyn NodeBackend>, Error> {
     match cfg.kind.as_str() {
         everest_evs::KIND => everest_evs::node_from_config(name, &cfg.settings, host),
+        everest_sfs::KIND => everest_sfs::node_from_config(name, &cfg.settings, host),
         other => Err(unknown_kind(name, other, KINDS)),
     }
 }
@@ -49,6 +51,29 @@ mod tests {
     use everest_backend::host::FakeHost;
 
     use super::*;
+
+    #[test]
+    fn every_kind_builds_both_sides_from_its_table() {
+        let name = BackendName::new("files").unwrap();
+        let cfg: BackendConfig = serde_json::from_value(serde_json::json!({
+            "kind": "sfs", "server": "10.0.0.5", "export": "/exports"
+        }))
+        .unwrap();
+        let host: Arc<dyn Host> = Arc::new(FakeHost::default());
+        let c = controller(&name, &cfg).unwrap();
+        let n = node(&name, &cfg, host).unwrap();
+        assert_eq!(c.kind(), everest_backend::BackendKind::File);
+        assert_eq!(n.capabilities(), c.capabilities());
+        // The node of a file kind asks no cloud who it is.
+        assert!(
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+                .block_on(n.node_identity())
+                .unwrap()
+                .is_none()
+        );
+    }
 
     #[test]
     fn an_unknown_kind_names_the_supported_ones() {

@@ -1,0 +1,277 @@
+//! The controller side of a directory-per-volume backend: CreateVolume makes a directory on the
+//! NFS server, DeleteVolume deletes, keeps or archives it; nothing is attached, so
+//! ControllerPublish answers at once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use everest_backend::backend::{
+    BackendKind, Capabilities, ControllerBackend, ControllerPublish, CreateVolume, Expanded,
+    ListedVolume, Volume, VolumePage, unsupported,
+};
+use everest_backend::capability::VolumeCapability;
+use everest_backend::capacity::CapacityRange;
+use everest_backend::secrets::Secrets;
+use everest_backend::{BackendName, Error, Result};
+
+use crate::config::SfsConfig;
+use crate::dirs::{DirAttrs, Directories};
+use crate::params::SubdirParams;
+use crate::volume::{DirVolume, OnDelete};
+use crate::{CAPABILITIES, EXPORT_CONTEXT_KEY, check_capability};
+
+/// The controller side of one `sfs` instance.
+#[derive(Debug)]
+pub struct SfsController {
+    name: BackendName,
+    config: SfsConfig,
+    dirs: Arc<dyn Directories>,
+}
+
+impl SfsController {
+    /// Builds it over `dirs` (NFSv3 in production, a fake in unit tests).
+    pub fn new(name: BackendName, config: SfsConfig, dirs: Arc<dyn Directories>) -> Self {
+        Self { name, config, dirs }
+    }
+
+    fn to_csi(&self, vol: &DirVolume, capacity_bytes: u64) -> Result<Volume> {
+        Ok(Volume {
+            native_id: vol.to_string(),
+            capacity_bytes,
+            context: BTreeMap::from([(
+                EXPORT_CONTEXT_KEY.to_owned(),
+                self.config.volume_export(&vol.path)?.to_string(),
+            )]),
+            // An NFS server is reachable from every node of the cluster, whatever its zone.
+            topology: Vec::new(),
+        })
+    }
+}
+
+/// The name an archived directory gets.
+fn archived(path: &str) -> String {
+    let last = path.rsplit('/').next().unwrap_or(path);
+    format!("archived-{last}")
+}
+
+#[async_trait]
+impl ControllerBackend for SfsController {
+    fn kind(&self) -> BackendKind {
+        BackendKind::File
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()> {
+        caps.iter().try_for_each(check_capability)
+    }
+
+    async fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
+        let params = SubdirParams::parse(&req.parameters, self.name.as_str())?;
+        let on_delete = match params.on_delete {
+            Some(p) => p,
+            None => self
+                .config
+                .default_on_delete()
+                .map_err(Error::InvalidArgument)?,
+        };
+        let vol = DirVolume::for_request(&req.name, on_delete)?;
+        let attrs = DirAttrs {
+            mode: params.mode_bits()?,
+            uid: params.uid,
+            gid: params.gid,
+        };
+        let made = self.dirs.make_dir(&[vol.path.as_str()], attrs).await?;
+        tracing::debug!(volume = %vol, made, "directory volume ready");
+        // Capacity is recorded, not enforced: a directory has no size of its own.
+        self.to_csi(&vol, req.capacity.required_bytes)
+    }
+
+    async fn delete_volume(&self, native_id: &str, _secrets: &Secrets) -> Result<()> {
+        let vol = match native_id.parse::<DirVolume>() {
+            Ok(v) => v,
+            // Not one of this backend's IDs: no such volume, nothing to delete.
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let path: Vec<&str> = vol.components().collect();
+        match vol.on_delete {
+            OnDelete::Retain => Ok(()),
+            OnDelete::Delete => self.dirs.remove_tree(&path).await,
+            OnDelete::Archive => self.dirs.rename(&path, &archived(&vol.path)).await,
+        }
+    }
+
+    async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>> {
+        // Nothing to attach: the node mounts the export named in the volume context.
+        req.native_id.parse::<DirVolume>()?;
+        Ok(BTreeMap::new())
+    }
+
+    async fn unpublish(&self, _native_id: &str, _node_id: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+
+    async fn expand(&self, _native_id: &str, _capacity: CapacityRange) -> Result<Expanded> {
+        Err(unsupported(&self.name, "volume expansion"))
+    }
+
+    async fn get_volume(&self, _native_id: &str) -> Result<ListedVolume> {
+        Err(unsupported(&self.name, "ControllerGetVolume"))
+    }
+
+    async fn list_volumes(&self, _token: Option<&str>, _max: u32) -> Result<VolumePage> {
+        Err(unsupported(&self.name, "ListVolumes"))
+    }
+
+    async fn probe(&self) -> Result<()> {
+        self.dirs.check().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use everest_backend::capability::{AccessMode, AccessType};
+    use everest_backend::params::CommonParams;
+
+    use super::*;
+
+    /// Directories in memory: path → attributes; `files` under a path make it non-empty.
+    #[derive(Debug, Default)]
+    struct MemDirs {
+        dirs: Mutex<BTreeMap<String, DirAttrs>>,
+        plain_files: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Directories for MemDirs {
+        async fn make_dir(&self, path: &[&str], attrs: DirAttrs) -> Result<bool> {
+            let p = path.join("/");
+            if self.plain_files.lock().unwrap().contains(&p) {
+                return Err(Error::AlreadyExists(format!("{p} is not a directory")));
+            }
+            Ok(self.dirs.lock().unwrap().insert(p, attrs).is_none())
+        }
+        async fn remove_tree(&self, path: &[&str]) -> Result<()> {
+            self.dirs.lock().unwrap().remove(&path.join("/"));
+            Ok(())
+        }
+        async fn rename(&self, path: &[&str], new_name: &str) -> Result<()> {
+            let mut d = self.dirs.lock().unwrap();
+            if let Some(a) = d.remove(&path.join("/")) {
+                d.insert(new_name.to_owned(), a);
+            }
+            Ok(())
+        }
+        async fn check(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn controller() -> (Arc<MemDirs>, SfsController) {
+        let dirs = Arc::new(MemDirs::default());
+        let table =
+            serde_json::json!({"server": "10.0.0.5", "export": "/exports", "base_dir": "k8s"});
+        let config = SfsConfig::parse("nfs", table.as_object().unwrap()).unwrap();
+        let name = BackendName::new("nfs").unwrap();
+        (dirs.clone(), SfsController::new(name, config, dirs))
+    }
+
+    fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
+        CreateVolume {
+            name: name.into(),
+            capacity: CapacityRange::new(1 << 30, 0).unwrap(),
+            capabilities: vec![VolumeCapability {
+                access_type: AccessType::Mount {
+                    fs_type: String::new(),
+                    mount_flags: vec![],
+                },
+                access_mode: AccessMode::MultiNodeMultiWriter,
+            }],
+            common: CommonParams::default(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            topology: None,
+            secrets: Secrets::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn create_is_idempotent_and_delete_follows_the_policy() {
+        let (dirs, c) = controller();
+        let v = c
+            .create_volume(&create("pvc-1", &[("everest.io/dir-mode", "0750")]))
+            .await
+            .unwrap();
+        assert_eq!(v.native_id, "d~pvc-1");
+        assert_eq!(v.context[EXPORT_CONTEXT_KEY], "10.0.0.5:/exports/k8s/pvc-1");
+        assert_eq!(dirs.dirs.lock().unwrap()["pvc-1"].mode, 0o750);
+        assert_eq!(c.create_volume(&create("pvc-1", &[])).await.unwrap(), v);
+        c.delete_volume("d~pvc-1", &Secrets::default())
+            .await
+            .unwrap();
+        assert!(dirs.dirs.lock().unwrap().is_empty());
+        // Deleting again, or an ID that is not ours: success.
+        c.delete_volume("d~pvc-1", &Secrets::default())
+            .await
+            .unwrap();
+        c.delete_volume("not-ours", &Secrets::default())
+            .await
+            .unwrap();
+
+        let kept = c
+            .create_volume(&create("pvc-2", &[("everest.io/on-delete", "retain")]))
+            .await
+            .unwrap();
+        c.delete_volume(&kept.native_id, &Secrets::default())
+            .await
+            .unwrap();
+        assert!(dirs.dirs.lock().unwrap().contains_key("pvc-2"));
+        let archived = c
+            .create_volume(&create("pvc-3", &[("everest.io/on-delete", "archive")]))
+            .await
+            .unwrap();
+        c.delete_volume(&archived.native_id, &Secrets::default())
+            .await
+            .unwrap();
+        assert!(dirs.dirs.lock().unwrap().contains_key("archived-pvc-3"));
+    }
+
+    #[tokio::test]
+    async fn bad_names_parameters_and_what_it_cannot_do_are_refused() {
+        let (_, c) = controller();
+        for name in ["../etc", "a/b", ".x"] {
+            let err = c.create_volume(&create(name, &[])).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}");
+        }
+        let err = c
+            .create_volume(&create("pvc-1", &[("everest.io/sfs-mode", "share")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let err = c
+            .expand("d~pvc-1", CapacityRange::new(2 << 30, 0).unwrap())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nfs"), "{err}");
+        let err = c
+            .publish(&ControllerPublish {
+                native_id: "nope".into(),
+                node_id: "n".into(),
+                capability: create("x", &[]).capabilities.remove(0),
+                readonly: false,
+                context: BTreeMap::new(),
+                secrets: Secrets::default(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+}

@@ -1,0 +1,95 @@
+//! File volumes (kind `sfs`), SFS-like: NFS shares for pods on many nodes at once.
+//! - [`config`], [`params`], [`volume`]: the backend table, StorageClass parameters, and what
+//!   a volume is (a directory under a base path, with its delete policy, in its ID);
+//! - [`dirs`]: the directories on the NFS server, made and removed over NFSv3 from user space;
+//! - [`controller`], [`node`]: the two sides.
+//!
+//! Mode `subdir` (a directory per volume on an existing NFS server) is built; mode `share` (an
+//! SFS Turbo share per volume, through the cloud API the emulator already serves) is next.
+
+pub mod config;
+pub mod controller;
+pub mod dirs;
+pub mod node;
+pub mod params;
+pub mod volume;
+
+use std::sync::Arc;
+
+use everest_backend::backend::Capabilities;
+use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::host::Host;
+use everest_backend::{BackendName, ControllerBackend, Error, NodeBackend};
+
+pub use config::SfsConfig;
+pub use controller::SfsController;
+pub use node::SfsNode;
+
+/// The `kind` of this backend in the daemon configuration.
+pub const KIND: &str = "sfs";
+
+/// The volume-context key holding the NFS export a volume is mounted from (`server:/path`).
+pub const EXPORT_CONTEXT_KEY: &str = "everest.io/nfs-export";
+
+/// What a directory on an NFS server offers: every access mode, no size to grow or list.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    expand: false,
+    node_expand: false,
+    list: false,
+    access_modes: &[
+        AccessMode::SingleNodeWriter,
+        AccessMode::SingleNodeReaderOnly,
+        AccessMode::SingleNodeSingleWriter,
+        AccessMode::SingleNodeMultiWriter,
+        AccessMode::MultiNodeReaderOnly,
+        AccessMode::MultiNodeSingleWriter,
+        AccessMode::MultiNodeMultiWriter,
+    ],
+};
+
+/// Refuses what an NFS directory cannot be: a raw block device, or a filesystem type of its own.
+pub fn check_capability(cap: &VolumeCapability) -> Result<(), Error> {
+    match &cap.access_type {
+        AccessType::Block => Err(Error::InvalidArgument(
+            "raw block volumes are not offered by file backends (an NFS directory is a filesystem)"
+                .into(),
+        )),
+        AccessType::Mount { fs_type, .. } if !fs_type.is_empty() && !fs_type.starts_with("nfs") => {
+            Err(Error::InvalidArgument(format!(
+                "filesystem type {fs_type:?} cannot be asked of an NFS volume (leave it empty or nfs)"
+            )))
+        }
+        AccessType::Mount { .. } => Ok(()),
+    }
+}
+
+/// Builds the controller side of the instance `name`.
+pub fn controller_from_config(
+    name: &BackendName,
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Arc<dyn ControllerBackend>, Error> {
+    let config = SfsConfig::parse(name.as_str(), settings)?;
+    let dirs = dirs::Nfs3Directories::new(
+        &config.server,
+        &config.export,
+        config.base_components().map(str::to_owned),
+        config.auth_uid,
+        config.auth_gid,
+        config.privileged_port,
+    );
+    Ok(Arc::new(SfsController::new(
+        name.clone(),
+        config,
+        Arc::new(dirs),
+    )))
+}
+
+/// Builds the node side of the instance `name`; it needs no credentials.
+pub fn node_from_config(
+    name: &BackendName,
+    settings: &serde_json::Map<String, serde_json::Value>,
+    host: Arc<dyn Host>,
+) -> Result<Arc<dyn NodeBackend>, Error> {
+    let config = SfsConfig::parse(name.as_str(), settings)?;
+    Ok(Arc::new(SfsNode::new(name.clone(), config, host)))
+}

@@ -1,0 +1,175 @@
+//! What a subdirectory volume is: a directory under the backend's base path, with what to do
+//! with it on DeleteVolume. Both travel in the native volume ID, `<policy>~<directory>`, since
+//! DeleteVolume gets no parameters; a person can write one for static provisioning
+//! (`v1:nfs-home:r~projects/data` keeps an existing directory when the PV goes).
+
+use std::fmt;
+use std::str::FromStr;
+
+use everest_backend::Error;
+
+/// What DeleteVolume does with the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Removes it and everything in it.
+    Delete,
+    /// Leaves it as it is.
+    Retain,
+    /// Renames it to `archived-<name>` beside where it was.
+    Archive,
+}
+
+impl OnDelete {
+    fn letter(self) -> char {
+        match self {
+            OnDelete::Delete => 'd',
+            OnDelete::Retain => 'r',
+            OnDelete::Archive => 'a',
+        }
+    }
+}
+
+impl FromStr for OnDelete {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "delete" => Ok(OnDelete::Delete),
+            "retain" => Ok(OnDelete::Retain),
+            "archive" => Ok(OnDelete::Archive),
+            other => Err(format!("{other:?} is not one of delete, retain, archive")),
+        }
+    }
+}
+
+/// Longest directory path accepted (each component also at most 255 bytes, as NFS allows).
+const MAX_PATH: usize = 100;
+
+/// A directory volume: the path under the base directory, and the delete policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirVolume {
+    /// What DeleteVolume does.
+    pub on_delete: OnDelete,
+    /// `/`-separated components, each checked by [`check_component`].
+    pub path: String,
+}
+
+impl DirVolume {
+    /// A volume for the CreateVolume request `name` (one component).
+    pub fn for_request(name: &str, on_delete: OnDelete) -> Result<Self, Error> {
+        check_component(name).map_err(|why| {
+            Error::InvalidArgument(format!(
+                "volume name {name:?} cannot name a directory: {why}"
+            ))
+        })?;
+        Ok(Self {
+            on_delete,
+            path: name.to_owned(),
+        })
+    }
+
+    /// The path's components, in order.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.path.split('/')
+    }
+}
+
+impl fmt::Display for DirVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}~{}", self.on_delete.letter(), self.path)
+    }
+}
+
+impl FromStr for DirVolume {
+    type Err = Error;
+
+    /// Parses a native ID; anything else is NOT_FOUND, since no such volume can exist.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let not_ours = |why: String| {
+            Error::NotFound(format!(
+                "no such volume: {s:?} is not a directory volume ({why}); expected <d|r|a>~<directory>"
+            ))
+        };
+        let (policy, path) = s.split_once('~').ok_or_else(|| not_ours("no '~'".into()))?;
+        let on_delete = match policy {
+            "d" => OnDelete::Delete,
+            "r" => OnDelete::Retain,
+            "a" => OnDelete::Archive,
+            other => return Err(not_ours(format!("unknown policy {other:?}"))),
+        };
+        if path.len() > MAX_PATH {
+            return Err(not_ours("too long".into()));
+        }
+        for c in path.split('/') {
+            check_component(c).map_err(not_ours)?;
+        }
+        Ok(Self {
+            on_delete,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// One path component safe to hand to an NFS server: letters, digits, `.`, `_`, `-`; never `.`
+/// or `..` or a leading dot (no hidden or parent directories), never empty.
+pub fn check_component(c: &str) -> Result<(), String> {
+    if c.is_empty() {
+        return Err("empty path component".into());
+    }
+    if c.len() > 255 || c.starts_with('.') {
+        return Err(format!("{c:?} is over-long or starts with '.'"));
+    }
+    if !c
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{c:?} holds a character other than letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_traversal_is_refused() {
+        let v = DirVolume::for_request("pvc-1a2b", OnDelete::Archive).unwrap();
+        assert_eq!(v.to_string(), "a~pvc-1a2b");
+        assert_eq!(v.to_string().parse::<DirVolume>().unwrap(), v);
+        let stat: DirVolume = "r~projects/data".parse().unwrap();
+        assert_eq!(stat.on_delete, OnDelete::Retain);
+        assert_eq!(stat.components().collect::<Vec<_>>(), ["projects", "data"]);
+        for bad in [
+            "",
+            "..",
+            ".",
+            "../etc",
+            "a/b",
+            "a\0b",
+            "a b",
+            ".hidden",
+            &"x".repeat(256),
+        ] {
+            let err = DirVolume::for_request(bad, OnDelete::Delete).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
+        for bad in [
+            "pvc-1",
+            "x~pvc",
+            "d~",
+            "d~../etc",
+            "d~a//b",
+            "d~/abs",
+            "d~a/./b",
+            "d~a/..",
+            &format!("d~{}", "a/".repeat(60)),
+        ] {
+            let err = bad.parse::<DirVolume>().unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound, "{bad:?}");
+        }
+        assert!("keep".parse::<OnDelete>().is_err());
+    }
+}

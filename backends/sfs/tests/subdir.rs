@@ -1,0 +1,189 @@
+//! Directory volumes against a real NFS server: nfs-ganesha in a private network namespace
+//! (`everest_testsupport::nfs`), the controller's NFSv3 client on a thread inside it. The
+//! directories are checked on the server's disk, files are written into them over NFS, and the
+//! controller is shown never to mount anything (it speaks NFS from user space).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use everest_backend::BackendName;
+use everest_backend::backend::CreateVolume;
+use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::capacity::CapacityRange;
+use everest_backend::params::CommonParams;
+use everest_backend::secrets::Secrets;
+use everest_testsupport::nfs::{NfsServer, skip_unless_nfs_server};
+
+const PSEUDO: &str = "/exports";
+
+fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
+    CreateVolume {
+        name: name.into(),
+        capacity: CapacityRange::new(1 << 30, 0).unwrap(),
+        capabilities: vec![VolumeCapability {
+            access_type: AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: vec![],
+            },
+            access_mode: AccessMode::MultiNodeMultiWriter,
+        }],
+        common: CommonParams::default(),
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        topology: None,
+        secrets: Secrets::default(),
+    }
+}
+
+/// Runs `f` on a thread inside the server's network namespace, on its own runtime.
+fn inside<T: Send>(server: &NfsServer, f: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            server.enter().expect("enter the server's namespace");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(f)
+        })
+        .join()
+        .expect("the thread inside the namespace")
+    })
+}
+
+#[test]
+fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
+    if skip_unless_nfs_server() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("k8s");
+    std::fs::create_dir(&base).unwrap();
+    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
+    let table = serde_json::json!({
+        "server": server.address(), "export": PSEUDO, "base_dir": "k8s",
+    });
+    let controller = everest_sfs::controller_from_config(
+        &BackendName::new("nfs-home").unwrap(),
+        table.as_object().unwrap(),
+    )
+    .unwrap();
+    // NFS mounts in this process's mount table (other tests may mount loop devices meanwhile).
+    let nfs_mounts = || -> Vec<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" - nfs"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let mounts_before = nfs_mounts();
+
+    let ids = inside(&server, async {
+        controller.probe().await.expect("the server answers");
+        let made = controller
+            .create_volume(&create(
+                "pvc-1",
+                &[
+                    ("everest.io/dir-mode", "0750"),
+                    ("everest.io/dir-uid", "1000"),
+                    ("everest.io/dir-gid", "2000"),
+                ],
+            ))
+            .await
+            .expect("CreateVolume");
+        // The same name again, and ten at once: one directory, the same volume.
+        let again = controller
+            .create_volume(&create("pvc-1", &[]))
+            .await
+            .unwrap();
+        assert_eq!(again, made);
+        let racing: Vec<_> = (0..10)
+            .map(|_| {
+                let c = controller.clone();
+                tokio::spawn(async move { c.create_volume(&create("pvc-race", &[])).await })
+            })
+            .collect();
+        let mut raced = Vec::new();
+        for r in racing {
+            raced.push(
+                r.await
+                    .unwrap()
+                    .expect("concurrent CreateVolume of one name"),
+            );
+        }
+        assert!(raced.windows(2).all(|w| w[0] == w[1]));
+        let kept = controller
+            .create_volume(&create("pvc-kept", &[("everest.io/on-delete", "retain")]))
+            .await
+            .unwrap();
+        let archived = controller
+            .create_volume(&create("pvc-old", &[("everest.io/on-delete", "archive")]))
+            .await
+            .unwrap();
+        for bad in ["../escape", "a/b", ".hidden"] {
+            let err = controller
+                .create_volume(&create(bad, &[]))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        (made, raced.remove(0), kept, archived)
+    });
+    let (made, raced, kept, archived) = ids;
+    assert_eq!(
+        made.context["everest.io/nfs-export"],
+        format!("127.0.0.1:{PSEUDO}/k8s/pvc-1")
+    );
+    let dir = base.join("pvc-1");
+    let meta = std::fs::metadata(&dir).expect("the directory is on the server's disk");
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
+    assert_eq!((meta.uid(), meta.gid()), (1000, 2000));
+    assert!(!root.path().join("escape").exists() && !base.join("a").exists());
+
+    // A file written into the volume over NFS lands in its directory; a tree under it too.
+    let payload = root.path().join("payload.txt");
+    std::fs::write(&payload, "written over NFS\n").unwrap();
+    server
+        .nfs_cp_to(&payload, "k8s/pvc-1/hello.txt")
+        .expect("nfs-cp into the volume");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hello.txt")).unwrap(),
+        "written over NFS\n"
+    );
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    std::fs::write(dir.join("sub/deeper/file"), "x").unwrap();
+
+    inside(&server, async {
+        for v in [&made, &raced, &kept, &archived] {
+            controller
+                .delete_volume(&v.native_id, &Secrets::default())
+                .await
+                .expect("DeleteVolume");
+        }
+        // Gone already: still success.
+        controller
+            .delete_volume(&made.native_id, &Secrets::default())
+            .await
+            .unwrap();
+    });
+    assert!(!dir.exists(), "delete left the directory");
+    assert!(!base.join("pvc-race").exists());
+    assert!(
+        base.join("pvc-kept").is_dir(),
+        "retain removed the directory"
+    );
+    assert!(base.join("archived-pvc-old").is_dir() && !base.join("pvc-old").exists());
+    assert_eq!(nfs_mounts(), mounts_before, "the controller mounted NFS");
+    // Where the kernel has no NFS client at all (these machines), working is itself the proof
+    // that no kernel mount was involved.
+    let kernel_nfs = std::fs::read_to_string("/proc/filesystems")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("nfs"));
+    eprintln!("kernel NFS client present: {kernel_nfs}");
+    assert!(Path::new(server.export_root()).exists());
+}
