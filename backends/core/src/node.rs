@@ -35,10 +35,16 @@ impl PublishMode {
 pub async fn publish_filesystem(
     host: &dyn Host,
     volume: &str,
-    staging: &HostPath,
+    staging: Option<&HostPath>,
     target: &HostPath,
     mode: PublishMode,
 ) -> Result<()> {
+    // CSI's answer when a plugin that stages is asked to publish without a staging path.
+    let staging = staging.ok_or_else(|| {
+        Error::FailedPrecondition(format!(
+            "staging_target_path is required: volume {volume} is staged (NodeStageVolume first)"
+        ))
+    })?;
     let readonly = mode.readonly;
     let mounts = host.mounts().await?;
     let Some(staged) = mounts
@@ -249,7 +255,7 @@ mod tests {
     async fn publish_requires_stage_and_is_idempotent() {
         let host = FakeHost::default();
         let (staging, target) = paths();
-        let err = publish_filesystem(&host, "v", &staging, &target, RW)
+        let err = publish_filesystem(&host, "v", Some(&staging), &target, RW)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -262,10 +268,10 @@ mod tests {
         host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
             .await
             .unwrap();
-        publish_filesystem(&host, "v", &staging, &target, RW)
+        publish_filesystem(&host, "v", Some(&staging), &target, RW)
             .await
             .unwrap();
-        publish_filesystem(&host, "v", &staging, &target, RW)
+        publish_filesystem(&host, "v", Some(&staging), &target, RW)
             .await
             .unwrap();
         let binds = host
@@ -274,7 +280,7 @@ mod tests {
             .filter(|c| c.starts_with("bind"))
             .count();
         assert_eq!(binds, 1, "a repeated publish must not mount twice");
-        let err = publish_filesystem(&host, "v", &staging, &target, RO)
+        let err = publish_filesystem(&host, "v", Some(&staging), &target, RO)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists);
@@ -317,7 +323,7 @@ mod tests {
         host.mount(Path::new("/dev/loop1"), target.as_path(), "ext4", &[])
             .await
             .unwrap();
-        let err = publish_filesystem(&host, "v", &staging, &target, RW)
+        let err = publish_filesystem(&host, "v", Some(&staging), &target, RW)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
@@ -418,25 +424,25 @@ mod tests {
         host.mount(Path::new("/dev/loop0"), staging.as_path(), "ext4", &[])
             .await
             .unwrap();
-        publish_filesystem(&host, "v", &staging, &target, ONE_POD)
+        publish_filesystem(&host, "v", Some(&staging), &target, ONE_POD)
             .await
             .unwrap();
         // The same target again is idempotent; another target is refused, naming the first.
-        publish_filesystem(&host, "v", &staging, &target, ONE_POD)
+        publish_filesystem(&host, "v", Some(&staging), &target, ONE_POD)
             .await
             .unwrap();
-        let err = publish_filesystem(&host, "v", &staging, &second, ONE_POD)
+        let err = publish_filesystem(&host, "v", Some(&staging), &second, ONE_POD)
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains(&target.to_string()), "{err}");
         // ReadWriteOnce allows both; once the first pod is gone, the second may have it.
-        publish_filesystem(&host, "v", &staging, &second, RW)
+        publish_filesystem(&host, "v", Some(&staging), &second, RW)
             .await
             .unwrap();
         unmount_and_remove(&host, &second).await.unwrap();
         unmount_and_remove(&host, &target).await.unwrap();
-        publish_filesystem(&host, "v", &staging, &second, ONE_POD)
+        publish_filesystem(&host, "v", Some(&staging), &second, ONE_POD)
             .await
             .unwrap();
 

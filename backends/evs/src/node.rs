@@ -464,17 +464,10 @@ impl NodeBackend for EvsNode {
             )
             .await;
         }
-        let staging = req.staging.as_ref().ok_or_else(|| {
-            // CSI's answer when a plugin that stages is asked to publish without a staging path.
-            Error::FailedPrecondition(
-                "staging_target_path is required: EVS volumes are staged (NodeStageVolume first)"
-                    .into(),
-            )
-        })?;
         publish_filesystem(
             self.host.as_ref(),
             &req.native_id,
-            staging,
+            req.staging.as_ref(),
             &req.target,
             mode,
         )

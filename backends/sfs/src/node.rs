@@ -94,16 +94,10 @@ impl NodeBackend for SfsNode {
 
     async fn publish(&self, req: &NodePublish) -> Result<()> {
         check_capability(&req.capability)?;
-        let staging = req.staging.as_ref().ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "staging_target_path is required: volumes of backend {} are staged (NodeStageVolume first)",
-                self.name
-            ))
-        })?;
         publish_filesystem(
             self.host.as_ref(),
             &req.native_id,
-            staging,
+            req.staging.as_ref(),
             &req.target,
             PublishMode::of(&req.capability, req.readonly),
         )
