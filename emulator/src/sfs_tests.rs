@@ -1,45 +1,17 @@
 //! Unit tests of the SFS Turbo API logic and share state transitions, on the fake host.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use crate::auth::Credentials;
 use crate::cloud::Cloud;
-use crate::config::{Config, DEFAULT_PROJECT_ID as P};
-use crate::effects::FakeEffects;
+use crate::config::DEFAULT_PROJECT_ID as P;
 use crate::errors::ApiError;
 use crate::sfs;
 use crate::state::ShareOp;
-
-struct World {
-    cloud: Cloud,
-    fx: Arc<FakeEffects>,
-    _dir: tempfile::TempDir,
-}
-
-fn world_with(edit: impl FnOnce(&mut Config)) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::for_dirs(
-        dir.path().join("state"),
-        dir.path().join("by-id"),
-        dir.path().join("creds.json"),
-    );
-    edit(&mut cfg);
-    let fx = Arc::new(FakeEffects::default());
-    let cloud = Cloud::new(cfg, Credentials::default(), fx.clone()).unwrap();
-    World {
-        cloud,
-        fx,
-        _dir: dir,
-    }
-}
-
-fn world() -> World {
-    world_with(|_| {})
-}
+use crate::tests::{World, world, world_with};
 
 fn body_named(name: &str, size: u64) -> Vec<u8> {
     json!({"share": {

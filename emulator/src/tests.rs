@@ -10,13 +10,14 @@ use crate::errors::ApiError;
 use crate::state::JobStatus;
 use crate::{ecs, evs, jobs};
 
-struct World {
-    cloud: Cloud,
-    fx: Arc<FakeEffects>,
-    _dir: tempfile::TempDir,
+/// The cloud on the fake host, in a temp dir: what every unit test of the API logic starts from.
+pub(crate) struct World {
+    pub(crate) cloud: Cloud,
+    pub(crate) fx: Arc<FakeEffects>,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
-fn world_with(edit: impl FnOnce(&mut Config)) -> World {
+pub(crate) fn world_with(edit: impl FnOnce(&mut Config)) -> World {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_dirs(
         dir.path().join("state"),
@@ -33,7 +34,7 @@ fn world_with(edit: impl FnOnce(&mut Config)) -> World {
     }
 }
 
-fn world() -> World {
+pub(crate) fn world() -> World {
     world_with(|_| {})
 }
 
