@@ -121,10 +121,7 @@ async fn a_lifecycle_logs_one_info_line_per_change() {
         "pod-a",
     )
     .await;
-    v.create(10, &[]).await.expect("CreateVolume");
-    v.attach().await.expect("ControllerPublishVolume");
-    v.stage().await.expect("NodeStageVolume");
-    v.publish(false).await.expect("NodePublishVolume");
+    v.bring_up(10).await;
     for _ in 0..3 {
         v.stats().await.expect("NodeGetVolumeStats");
     }

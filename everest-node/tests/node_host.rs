@@ -60,10 +60,7 @@ async fn btrfs_online_expand_grows_the_filesystem() {
         "pod-a",
     )
     .await;
-    v.create(10, &[]).await.expect("CreateVolume");
-    v.attach().await.expect("ControllerPublishVolume");
-    v.stage().await.expect("NodeStageVolume");
-    v.publish(false).await.expect("NodePublishVolume");
+    v.bring_up(10).await;
     assert_eq!(mount_at(Path::new(&v.staging)).unwrap().fs_type, "btrfs");
     std::fs::write(Path::new(&v.target).join("kept.txt"), "btrfs data\n").unwrap();
 

@@ -111,6 +111,16 @@ impl<'w> Lifecycle<'w> {
         }
     }
 
+    /// CreateVolume of `gib` GiB, ControllerPublish, NodeStage and NodePublish (read-write),
+    /// each expected to succeed: a volume ready in a pod, for tests about what comes after.
+    pub async fn bring_up(&mut self, gib: i64) -> csi::Volume {
+        let vol = self.create(gib, &[]).await.expect("CreateVolume");
+        self.attach().await.expect("ControllerPublishVolume");
+        self.stage().await.expect("NodeStageVolume");
+        self.publish(false).await.expect("NodePublishVolume");
+        vol
+    }
+
     /// CreateVolume of `gib` GiB with extra StorageClass parameters.
     pub async fn create(
         &mut self,

@@ -33,10 +33,7 @@ fn a_panic_mid_lifecycle_leaves_nothing_behind() {
                 "pod",
             )
             .await;
-            v.create(10, &[]).await.expect("CreateVolume");
-            v.attach().await.expect("ControllerPublishVolume");
-            v.stage().await.expect("NodeStageVolume");
-            v.publish(false).await.expect("NodePublishVolume");
+            v.bring_up(10).await;
             let root = world.root().to_path_buf();
             assert!(
                 !mounts_under(&root).is_empty(),

@@ -179,10 +179,7 @@ async fn a_volume_of_an_unconfigured_instance_is_unmounted_by_path() {
     // A real published volume, torn down under an ID whose instance the node does not know
     // (what a kubelet holding an old PV's ID does after the instance was renamed).
     let mut v = Lifecycle::new(&world, "pvc-ids", ext4(), "pod-ids").await;
-    v.create(1, &[]).await.expect("CreateVolume");
-    v.attach().await.expect("ControllerPublishVolume");
-    v.stage().await.expect("NodeStageVolume");
-    v.publish(false).await.expect("NodePublishVolume");
+    v.bring_up(1).await;
     let mut n = world.node().await;
     n.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
         volume_id: UNCONFIGURED.into(),

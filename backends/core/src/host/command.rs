@@ -250,13 +250,12 @@ mod tests {
     use super::*;
     use crate::host::{Host, LinuxHost};
 
-    /// A stub `blkid` that records its PID and the PID of a helper it starts, then hangs: a
-    /// real process tree, as a tool stuck on a dead disk would leave.
-    fn hanging_tool_dir(dir: &Path) -> PathBuf {
+    /// A stub `blkid` that records its PID and the PID of a helper it starts, then runs `last`.
+    fn stub_tool_dir(dir: &Path, last: &str) -> PathBuf {
         let tools = dir.join("tools");
         std::fs::create_dir(&tools).unwrap();
         let script = format!(
-            "#!/bin/sh\nsleep 300 &\necho $! > {helper}\necho $$ > {leader}\nwait\n",
+            "#!/bin/sh\nsleep 300 &\necho $! > {helper}\necho $$ > {leader}\n{last}\n",
             helper = dir.join("helper.pid").display(),
             leader = dir.join("leader.pid").display()
         );
@@ -266,19 +265,15 @@ mod tests {
         tools
     }
 
-    /// A stub `blkid` that exits at once but leaves a helper holding its output open.
+    /// The stub hangs with its helper: a real process tree, as a tool stuck on a dead disk
+    /// would leave.
+    fn hanging_tool_dir(dir: &Path) -> PathBuf {
+        stub_tool_dir(dir, "wait")
+    }
+
+    /// The stub exits at once but leaves its helper holding its output open.
     fn lingering_tool_dir(dir: &Path) -> PathBuf {
-        let tools = dir.join("tools");
-        std::fs::create_dir(&tools).unwrap();
-        let script = format!(
-            "#!/bin/sh\nsleep 300 &\necho $! > {helper}\necho $$ > {leader}\nexit 0\n",
-            helper = dir.join("helper.pid").display(),
-            leader = dir.join("leader.pid").display()
-        );
-        let stub = tools.join("blkid");
-        std::fs::write(&stub, script).unwrap();
-        std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-        tools
+        stub_tool_dir(dir, "exit 0")
     }
 
     fn pids(dir: &Path) -> Option<Vec<u32>> {
