@@ -103,10 +103,12 @@ impl Nfs3Directories {
                 .await
                 .map_err(|e| self.unavailable("cannot mount the export", e))?;
         let mut dir = conn.root_nfs_fh3();
-        for part in self.base.clone() {
-            dir = match lookup(&mut conn, &dir, &part).await? {
-                Some((fh, ftype3::NF3DIR)) => fh,
-                _ => {
+        for part in &self.base {
+            dir = match lookup(&mut conn, &dir, part).await {
+                Ok(Some((fh, ftype3::NF3DIR))) => fh,
+                found => {
+                    self.release(conn).await;
+                    found?;
                     return Err(Error::FailedPrecondition(format!(
                         "base directory {} does not exist in {}:{}; create it on the NFS server",
                         self.base.join("/"),
@@ -117,6 +119,13 @@ impl Nfs3Directories {
             };
         }
         Ok((conn, dir))
+    }
+
+    /// Unmounts (UMNT); a server that does not answer any more has forgotten us anyway.
+    async fn release(&self, conn: Conn) {
+        if let Err(e) = conn.unmount().await {
+            tracing::debug!(server = %self.server, error = %e, "NFS UMNT failed");
+        }
     }
 
     /// The handle of `path`'s parent, or NOT_FOUND.
@@ -270,12 +279,16 @@ async fn remove(conn: &mut Conn, dir: &nfs_fh3, entry: &str, is_dir: bool) -> Re
     }
 }
 
-#[async_trait]
-impl Directories for Nfs3Directories {
-    async fn make_dir(&self, path: &[&str], attrs: DirAttrs) -> Result<bool> {
-        let (mut conn, base) = self.connect().await?;
+impl Nfs3Directories {
+    async fn make_dir_on(
+        &self,
+        conn: &mut Conn,
+        base: nfs_fh3,
+        path: &[&str],
+        attrs: DirAttrs,
+    ) -> Result<bool> {
         let last = path.last().copied().unwrap_or_default();
-        let Some(parent) = self.parent(&mut conn, base, path).await? else {
+        let Some(parent) = self.parent(conn, base, path).await? else {
             return Err(Error::NotFound(format!(
                 "the parent of {} does not exist on the NFS server",
                 path.join("/")
@@ -291,7 +304,7 @@ impl Directories for Nfs3Directories {
                 )))
             }
         };
-        if let Some((_, kind)) = lookup(&mut conn, &parent, last).await? {
+        if let Some((_, kind)) = lookup(conn, &parent, last).await? {
             return existing(kind);
         }
         let res = conn
@@ -313,7 +326,7 @@ impl Directories for Nfs3Directories {
             Nfs3Result::Ok(_) => Ok(true),
             // Made by a concurrent call between the lookup and the mkdir: the same answer.
             Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => {
-                match lookup(&mut conn, &parent, last).await? {
+                match lookup(conn, &parent, last).await? {
                     Some((_, kind)) => existing(kind),
                     None => Err(nfs_error("MKDIR", nfsstat3::NFS3ERR_EXIST)),
                 }
@@ -322,29 +335,33 @@ impl Directories for Nfs3Directories {
         }
     }
 
-    async fn remove_tree(&self, path: &[&str]) -> Result<()> {
-        let (mut conn, base) = self.connect().await?;
+    async fn remove_tree_on(&self, conn: &mut Conn, base: nfs_fh3, path: &[&str]) -> Result<()> {
         let last = path.last().copied().unwrap_or_default();
-        let Some(parent) = self.parent(&mut conn, base, path).await? else {
+        let Some(parent) = self.parent(conn, base, path).await? else {
             return Ok(());
         };
-        match lookup(&mut conn, &parent, last).await? {
+        match lookup(conn, &parent, last).await? {
             None => Ok(()),
             Some((fh, ftype3::NF3DIR)) => {
-                empty(&mut conn, &fh, 1).await?;
-                remove(&mut conn, &parent, last, true).await
+                empty(conn, &fh, 1).await?;
+                remove(conn, &parent, last, true).await
             }
-            Some(_) => remove(&mut conn, &parent, last, false).await,
+            Some(_) => remove(conn, &parent, last, false).await,
         }
     }
 
-    async fn rename(&self, path: &[&str], new_name: &str) -> Result<()> {
-        let (mut conn, base) = self.connect().await?;
+    async fn rename_on(
+        &self,
+        conn: &mut Conn,
+        base: nfs_fh3,
+        path: &[&str],
+        new_name: &str,
+    ) -> Result<()> {
         let last = path.last().copied().unwrap_or_default();
-        let Some(parent) = self.parent(&mut conn, base, path).await? else {
+        let Some(parent) = self.parent(conn, base, path).await? else {
             return Ok(());
         };
-        if lookup(&mut conn, &parent, last).await?.is_none() {
+        if lookup(conn, &parent, last).await?.is_none() {
             return Ok(());
         }
         let res = conn
@@ -365,8 +382,36 @@ impl Directories for Nfs3Directories {
             Nfs3Result::Err((status, _)) => Err(nfs_error("RENAME", status)),
         }
     }
+}
+
+// Each operation runs on a fresh MOUNT of the export (they are rare) and unmounts again
+// whatever the outcome, so the server keeps no record of a client that is gone.
+#[async_trait]
+impl Directories for Nfs3Directories {
+    async fn make_dir(&self, path: &[&str], attrs: DirAttrs) -> Result<bool> {
+        let (mut conn, base) = self.connect().await?;
+        let made = self.make_dir_on(&mut conn, base, path, attrs).await;
+        self.release(conn).await;
+        made
+    }
+
+    async fn remove_tree(&self, path: &[&str]) -> Result<()> {
+        let (mut conn, base) = self.connect().await?;
+        let removed = self.remove_tree_on(&mut conn, base, path).await;
+        self.release(conn).await;
+        removed
+    }
+
+    async fn rename(&self, path: &[&str], new_name: &str) -> Result<()> {
+        let (mut conn, base) = self.connect().await?;
+        let renamed = self.rename_on(&mut conn, base, path, new_name).await;
+        self.release(conn).await;
+        renamed
+    }
 
     async fn check(&self) -> Result<()> {
-        self.connect().await.map(drop)
+        let (conn, _) = self.connect().await?;
+        self.release(conn).await;
+        Ok(())
     }
 }
