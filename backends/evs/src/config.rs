@@ -116,7 +116,9 @@ impl EvsConfig {
             .map_err(|e| bad(e.to_string()))?;
         let cloud: CloudConfig = serde_json::from_value(serde_json::Value::Object(cloud))
             .map_err(|e| bad(e.to_string()))?;
-        cloud.validate().map_err(|e| bad(e.to_string()))?;
+        cloud
+            .validate(crate::api::SERVICES)
+            .map_err(|e| bad(e.to_string()))?;
         if !FS_TYPES.contains(&backend.default_fs_type.as_str()) {
             return Err(bad(format!(
                 "default_fs_type {:?} is not one of {}",
@@ -149,7 +151,7 @@ mod tests {
             })),
         )
         .unwrap();
-        assert_eq!(c.cloud.evs_url(), "http://127.0.0.1:1");
+        assert_eq!(c.cloud.url(crate::api::Service::Evs), "http://127.0.0.1:1");
         assert_eq!(c.backend.default_fs_type, "xfs");
         assert_eq!(c.backend.device_wait(), Duration::from_secs(5));
     }

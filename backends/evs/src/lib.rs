@@ -9,7 +9,6 @@ pub mod capabilities;
 pub mod config;
 pub mod controller;
 pub mod device;
-mod error;
 pub mod identity;
 pub mod node;
 pub mod params;

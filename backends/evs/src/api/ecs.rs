@@ -6,8 +6,8 @@ use serde::Deserialize;
 use super::EvsClient;
 use super::error::Result;
 use super::evs::{JobAccepted, JobId};
-use super::http::{Call, Service};
-use super::lenient;
+use everest_cloud::lenient;
+use everest_cloud::{Call, Service};
 
 /// The ECS code for "this disk is not attached to this server".
 pub const NOT_ATTACHED_CODE: &str = "Ecs.0111";

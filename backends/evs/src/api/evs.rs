@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::EvsClient;
 use super::error::{Error, Result};
-use super::http::{Call, Service};
-use super::lenient;
+use everest_cloud::lenient;
+use everest_cloud::{Call, Service};
 
 /// The most ids one `list_volumes` call may filter on.
 pub const MAX_IDS_PER_LIST: usize = 60;

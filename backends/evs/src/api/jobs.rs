@@ -8,11 +8,11 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::EvsClient;
-use super::backoff::WaitPace;
 use super::error::{Error, Result};
 use super::evs::{JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter};
-use super::http::{Call, Service};
-use super::lenient;
+use everest_cloud::backoff::WaitPace;
+use everest_cloud::lenient;
+use everest_cloud::{Call, Service};
 
 /// The status of a job.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -265,8 +265,8 @@ impl EvsClient {
                         }
                         VolumeWait::Pending => {}
                         VolumeWait::Failed(reason) => {
-                            return Err(Error::VolumeFailed {
-                                volume_id: id.clone(),
+                            return Err(Error::ResourceFailed {
+                                resource: format!("disk {id}"),
                                 reason,
                             });
                         }

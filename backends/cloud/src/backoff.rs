@@ -41,7 +41,7 @@ fn poll_intervals(config: &CloudConfig) -> ExponentialBuilder {
 /// Paces one wait on the cloud. A wait ends only when what it waits for ends or its deadline
 /// passes: a poll that fails transiently (429, 5xx, timeout, connection) after the request's own
 /// retries only slows the polling, to the request backoff, until a poll answers again.
-pub(crate) struct WaitPace {
+pub struct WaitPace {
     started: Instant,
     deadline: Duration,
     polls: ExponentialBackoff,

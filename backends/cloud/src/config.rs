@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::error::Error;
+use crate::error::Error;
+use crate::http::Service;
 
 /// The cloud domain used when no endpoint is configured explicitly.
 pub const DEFAULT_CLOUD_DOMAIN: &str = "myhuaweicloud.com";
@@ -24,6 +25,9 @@ pub struct CloudConfig {
     /// IAM base URL; `https://iam.{region}.{cloud_domain}` when unset.
     #[serde(default, deserialize_with = "scalar::opt_text")]
     pub iam_endpoint: Option<String>,
+    /// SFS Turbo base URL; `https://sfs-turbo.{region}.{cloud_domain}` when unset.
+    #[serde(default, deserialize_with = "scalar::opt_text")]
+    pub sfs_turbo_endpoint: Option<String>,
     /// The project every call is scoped to.
     #[serde(deserialize_with = "scalar::text")]
     pub project_id: String,
@@ -117,7 +121,7 @@ mod millis {
 /// their look (`EVEREST_…__PROJECT_ID=0123456789` arrives as a number, `…=true` as a bool), and a
 /// hand-written file may quote a number: so a text setting takes a number or bool as its text,
 /// and a numeric setting takes a string holding a whole number. Anything else is still an error.
-pub(crate) mod scalar {
+pub mod scalar {
     use std::path::PathBuf;
 
     use serde::de::Error as _;
@@ -193,6 +197,7 @@ impl CloudConfig {
             evs_endpoint: None,
             ecs_endpoint: None,
             iam_endpoint: None,
+            sfs_turbo_endpoint: None,
             project_id: project_id.into(),
             region: region.into(),
             cloud_domain: default_cloud_domain(),
@@ -207,30 +212,32 @@ impl CloudConfig {
         }
     }
 
-    /// The EVS base URL, without a trailing slash.
-    pub fn evs_url(&self) -> String {
-        self.resolve(self.evs_endpoint.as_deref(), "evs")
-    }
-
-    /// The ECS base URL, without a trailing slash.
-    pub fn ecs_url(&self) -> String {
-        self.resolve(self.ecs_endpoint.as_deref(), "ecs")
-    }
-
-    /// The IAM base URL, without a trailing slash.
-    pub fn iam_url(&self) -> String {
-        self.resolve(self.iam_endpoint.as_deref(), "iam")
-    }
-
-    fn resolve(&self, explicit: Option<&str>, service: &str) -> String {
-        match explicit {
-            Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!("https://{service}.{}.{}", self.region, self.cloud_domain),
+    /// The configured endpoint of `service`, if one is set.
+    fn endpoint(&self, service: Service) -> Option<&str> {
+        match service {
+            Service::Evs => self.evs_endpoint.as_deref(),
+            Service::Ecs => self.ecs_endpoint.as_deref(),
+            Service::Iam => self.iam_endpoint.as_deref(),
+            Service::SfsTurbo => self.sfs_turbo_endpoint.as_deref(),
         }
     }
 
-    /// Checks the settings without side effects.
-    pub fn validate(&self) -> Result<(), Error> {
+    /// The base URL of `service`, without a trailing slash.
+    pub fn url(&self, service: Service) -> String {
+        match self.endpoint(service) {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!(
+                "https://{}.{}.{}",
+                service.as_str(),
+                self.region,
+                self.cloud_domain
+            ),
+        }
+    }
+
+    /// Checks the settings for a client of `services` without side effects. An endpoint set
+    /// for a service the client does not use is refused: it is a typo or a misplaced table.
+    pub fn validate(&self, services: &[Service]) -> Result<(), Error> {
         let bad = |what: String| Err(Error::Config(what));
         if self.project_id.is_empty() || !is_plain_id(&self.project_id) {
             return bad("project_id must be a non-empty id of letters, digits, '-' or '_'".into());
@@ -238,14 +245,22 @@ impl CloudConfig {
         if self.region.is_empty() || !is_plain_id(&self.region) {
             return bad("region must be a non-empty name of letters, digits, '-' or '_'".into());
         }
-        if self.endpoints_need_domain() && self.cloud_domain.trim().is_empty() {
+        for service in ALL_SERVICES {
+            if !services.contains(&service) && self.endpoint(service).is_some() {
+                return bad(format!(
+                    "{} is set, but this backend does not use the {} API",
+                    endpoint_key(service),
+                    service.as_str()
+                ));
+            }
+        }
+        let needs_domain = services.iter().any(|&s| self.endpoint(s).is_none());
+        if needs_domain && self.cloud_domain.trim().is_empty() {
             return bad("cloud_domain must not be empty when an endpoint is left unset".into());
         }
-        for (name, url) in [
-            ("evs_endpoint", self.evs_url()),
-            ("ecs_endpoint", self.ecs_url()),
-            ("iam_endpoint", self.iam_url()),
-        ] {
+        for &service in services {
+            let name = endpoint_key(service);
+            let url = self.url(service);
             match reqwest::Url::parse(&url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
                     if u.query().is_some() || u.fragment().is_some() {
@@ -293,9 +308,17 @@ impl CloudConfig {
         }
         Ok(certs)
     }
+}
 
-    fn endpoints_need_domain(&self) -> bool {
-        self.evs_endpoint.is_none() || self.ecs_endpoint.is_none() || self.iam_endpoint.is_none()
+const ALL_SERVICES: [Service; 4] = [Service::Evs, Service::Ecs, Service::Iam, Service::SfsTurbo];
+
+/// The configuration key of a service's endpoint.
+fn endpoint_key(service: Service) -> &'static str {
+    match service {
+        Service::Evs => "evs_endpoint",
+        Service::Ecs => "ecs_endpoint",
+        Service::Iam => "iam_endpoint",
+        Service::SfsTurbo => "sfs_turbo_endpoint",
     }
 }
 
@@ -378,17 +401,28 @@ impl Credentials {
 mod tests {
     use super::*;
 
+    const BLOCK: &[Service] = &[Service::Evs, Service::Ecs, Service::Iam];
+
     #[test]
     fn defaults_and_resolved_endpoints() {
         let c: CloudConfig =
             serde_json::from_str(r#"{"project_id":"p1","region":"ap-southeast-1"}"#).unwrap();
         assert_eq!(c, CloudConfig::new("p1", "ap-southeast-1"));
-        assert_eq!(c.evs_url(), "https://evs.ap-southeast-1.myhuaweicloud.com");
-        assert_eq!(c.ecs_url(), "https://ecs.ap-southeast-1.myhuaweicloud.com");
-        assert_eq!(c.iam_url(), "https://iam.ap-southeast-1.myhuaweicloud.com");
+        assert_eq!(
+            c.url(Service::Evs),
+            "https://evs.ap-southeast-1.myhuaweicloud.com"
+        );
+        assert_eq!(
+            c.url(Service::Ecs),
+            "https://ecs.ap-southeast-1.myhuaweicloud.com"
+        );
+        assert_eq!(
+            c.url(Service::Iam),
+            "https://iam.ap-southeast-1.myhuaweicloud.com"
+        );
         assert_eq!(c.job_poll_initial, Duration::from_millis(100));
         assert_eq!(c.job_poll_max, Duration::from_secs(2));
-        c.validate().unwrap();
+        c.validate(BLOCK).unwrap();
     }
 
     #[test]
@@ -399,12 +433,12 @@ mod tests {
                 "max_retries":2,"allow_insecure_http":true}"#,
         )
         .unwrap();
-        assert_eq!(c.evs_url(), "http://127.0.0.1:9000");
-        assert_eq!(c.ecs_url(), "https://ecs.r.example.org");
+        assert_eq!(c.url(Service::Evs), "http://127.0.0.1:9000");
+        assert_eq!(c.url(Service::Ecs), "https://ecs.r.example.org");
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(c.retry_cap, Duration::from_secs(3));
         assert_eq!(c.max_retries, 2);
-        c.validate().unwrap();
+        c.validate(BLOCK).unwrap();
     }
 
     #[test]
@@ -414,13 +448,13 @@ mod tests {
                 .is_err()
         );
         let mut c = CloudConfig::new("p/../x", "r");
-        assert!(c.validate().is_err());
+        assert!(c.validate(BLOCK).is_err());
         c.project_id = "p".into();
         c.evs_endpoint = Some("ftp://x".into());
-        assert!(c.validate().is_err());
+        assert!(c.validate(BLOCK).is_err());
         c.evs_endpoint = None;
         c.job_poll_initial = Duration::from_secs(5);
-        assert!(c.validate().is_err());
+        assert!(c.validate(BLOCK).is_err());
     }
 
     #[test]
@@ -429,18 +463,18 @@ mod tests {
             let mut table = serde_json::json!({"project_id": "p", "region": "r"});
             table[key] = "http://127.0.0.1:9000".into();
             let c: CloudConfig = serde_json::from_value(table.clone()).unwrap();
-            let err = c.validate().unwrap_err().to_string();
+            let err = c.validate(BLOCK).unwrap_err().to_string();
             assert!(
                 err.contains(key) && err.contains("allow_insecure_http"),
                 "{err}"
             );
             table["allow_insecure_http"] = "true".into();
             let c: CloudConfig = serde_json::from_value(table.clone()).unwrap();
-            c.validate().unwrap();
+            c.validate(BLOCK).unwrap();
             table[key] = "https://127.0.0.1:9000".into();
             table["allow_insecure_http"] = false.into();
             let c: CloudConfig = serde_json::from_value(table).unwrap();
-            c.validate().unwrap();
+            c.validate(BLOCK).unwrap();
         }
         let bad =
             serde_json::json!({"project_id": "p", "region": "r", "allow_insecure_http": "yes"});
@@ -452,18 +486,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = CloudConfig::new("p", "r");
         c.ca_file = Some(dir.path().join("missing.pem"));
-        let err = c.validate().unwrap_err().to_string();
+        let err = c.validate(BLOCK).unwrap_err().to_string();
         assert!(err.contains("missing.pem"), "{err}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         c.ca_file = Some(empty);
-        let err = c.validate().unwrap_err().to_string();
+        let err = c.validate(BLOCK).unwrap_err().to_string();
         assert!(err.contains("empty.pem"), "{err}");
         let good = dir.path().join("ca.pem");
         let ca = rcgen::generate_simple_self_signed(vec!["test-ca".to_owned()]).unwrap();
         std::fs::write(&good, ca.cert.pem()).unwrap();
         c.ca_file = Some(good);
-        c.validate().unwrap();
+        c.validate(BLOCK).unwrap();
         assert_eq!(c.ca_certificates().unwrap().len(), 1);
     }
 
@@ -484,5 +518,20 @@ mod tests {
         assert!(text.contains("bob") && text.contains("dom"));
         ak.validate().unwrap();
         pw.validate().unwrap();
+    }
+
+    #[test]
+    fn an_endpoint_for_an_unused_service_is_refused() {
+        let mut c = CloudConfig::new("p", "r");
+        c.sfs_turbo_endpoint = Some("https://sfs-turbo.example".into());
+        let err = c.validate(BLOCK).unwrap_err().to_string();
+        assert!(err.contains("sfs_turbo_endpoint"), "{err}");
+        c.validate(&[Service::SfsTurbo, Service::Iam]).unwrap();
+        assert_eq!(c.url(Service::SfsTurbo), "https://sfs-turbo.example");
+        c.sfs_turbo_endpoint = None;
+        assert_eq!(
+            c.url(Service::SfsTurbo),
+            "https://sfs-turbo.r.myhuaweicloud.com"
+        );
     }
 }

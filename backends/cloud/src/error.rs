@@ -2,9 +2,10 @@
 //!
 //! Intended CSI mapping, encoded by [`Error::class`]:
 //! - quota (`EVS.1034`, `EVS.1042`, `EVS.5413`), sold out (`EVS.2072`), attach limit
-//!   (`Ecs.0104`, `Ecs.0042`) → `RESOURCE_EXHAUSTED`;
-//! - HTTP 404, `EVS.5404`, `Ecs.0114`, `itemNotFound` → `NOT_FOUND`;
-//! - HTTP 429, `APIGW.0308`, `Common.0024`, 5xx, connection failures → `UNAVAILABLE`;
+//!   (`Ecs.0104`, `Ecs.0042`), share quota (`SFS.TURBO.0010`) → `RESOURCE_EXHAUSTED`;
+//! - HTTP 404, `EVS.5404`, `Ecs.0114`, `SFS.TURBO.0002`, `itemNotFound` → `NOT_FOUND`;
+//! - HTTP 429, `APIGW.0308`, `Common.0024`, a busy share (`SFS.TURBO.0011`), 5xx, connection
+//!   failures → `UNAVAILABLE`;
 //! - a resource in the wrong state (`EVS.1046`, `EVS.1064`, `Ecs.0057`, `Ecs.0103`, HTTP 409)
 //!   → `FAILED_PRECONDITION`; every other 4xx → `INVALID_ARGUMENT`;
 //! - 401 / `APIGW.0301` / `EVS.5401` → `UNAUTHENTICATED`; 403 / `EVS.5403` → `PERMISSION_DENIED`;
@@ -141,7 +142,7 @@ pub enum TransportKind {
 
 impl TransportKind {
     /// What kind of failure a request error is.
-    pub(crate) fn of(e: &reqwest::Error) -> Self {
+    pub fn of(e: &reqwest::Error) -> Self {
         if e.is_timeout() {
             TransportKind::Timeout
         } else if e.is_connect() {
@@ -162,7 +163,7 @@ impl fmt::Display for TransportKind {
     }
 }
 
-/// Errors of the EVS/ECS/IAM client.
+/// Errors of the cloud API client (EVS, ECS, IAM, SFS Turbo).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The cloud answered with an error status.
@@ -223,19 +224,19 @@ pub enum Error {
         /// The status seen last.
         last_status: String,
     },
-    /// Disks did not reach the wanted state by the deadline.
-    #[error("disks {pending:?} did not reach the wanted state within {waited:?}")]
+    /// Resources (disks, shares) did not reach the wanted state by the deadline.
+    #[error("{pending:?} did not reach the wanted state within {waited:?}")]
     WaitTimeout {
-        /// The disks still pending.
+        /// The resources still pending.
         pending: Vec<String>,
         /// How long was waited.
         waited: Duration,
     },
-    /// A disk reached a state from which the wanted one cannot follow.
-    #[error("disk {volume_id}: {reason}")]
-    VolumeFailed {
-        /// The disk.
-        volume_id: String,
+    /// A resource (disk, share) reached a state from which the wanted one cannot follow.
+    #[error("{resource}: {reason}")]
+    ResourceFailed {
+        /// What failed, e.g. `disk 6f1c…` or `share 2b9e…`.
+        resource: String,
         /// Why the wait gave up, e.g. `status error`.
         reason: String,
     },
@@ -271,10 +272,17 @@ pub enum ErrorClass {
 }
 
 const QUOTA_CODES: &[&str] = &[
-    "EVS.1034", "EVS.1042", "EVS.5413", "EVS.2072", "Ecs.0104", "Ecs.0042",
+    "EVS.1034",
+    "EVS.1042",
+    "EVS.5413",
+    "EVS.2072",
+    "Ecs.0104",
+    "Ecs.0042",
+    "SFS.TURBO.0010",
 ];
-const NOT_FOUND_CODES: &[&str] = &["EVS.5404", "Ecs.0114"];
-const THROTTLE_CODES: &[&str] = &["APIGW.0308", "Common.0024"];
+const NOT_FOUND_CODES: &[&str] = &["EVS.5404", "Ecs.0114", "SFS.TURBO.0002"];
+// SFS.TURBO.0011: the share is busy with another operation; it frees itself.
+const THROTTLE_CODES: &[&str] = &["APIGW.0308", "Common.0024", "SFS.TURBO.0011"];
 const STATE_CODES: &[&str] = &["EVS.1046", "EVS.1064", "Ecs.0057", "Ecs.0103"];
 const RETRYABLE_CODES: &[&str] = &["EVS.5500", "EVS.5503"];
 
@@ -364,7 +372,7 @@ impl Error {
                 .and_then(class_of_code)
                 .unwrap_or(ErrorClass::Internal),
             Error::JobTimeout { .. } | Error::WaitTimeout { .. } => ErrorClass::DeadlineExceeded,
-            Error::VolumeFailed { .. } => ErrorClass::Internal,
+            Error::ResourceFailed { .. } => ErrorClass::Internal,
             Error::InvalidInput(_) => ErrorClass::InvalidArgument,
             Error::Config(_) => ErrorClass::Internal,
         }

@@ -24,15 +24,19 @@ pub enum Service {
     Ecs,
     /// Identity: tokens.
     Iam,
+    /// SFS Turbo: NFS file shares.
+    SfsTurbo,
 }
 
 impl Service {
-    /// The lowercase name used in metric labels.
+    /// The lowercase name used in metric labels, errors and default endpoints
+    /// (`https://{name}.{region}.{cloud_domain}`).
     pub fn as_str(self) -> &'static str {
         match self {
             Service::Evs => "evs",
             Service::Ecs => "ecs",
             Service::Iam => "iam",
+            Service::SfsTurbo => "sfs-turbo",
         }
     }
 }
@@ -40,7 +44,7 @@ impl Service {
 /// One logical API call; it may be sent several times.
 ///
 /// Deliberately not `Debug`: the IAM call's body holds a password.
-pub(crate) struct Call {
+pub struct Call {
     pub service: Service,
     pub operation: &'static str,
     pub method: Method,
@@ -87,7 +91,7 @@ impl Call {
 }
 
 /// A successful (2xx) answer.
-pub(crate) struct Reply {
+pub struct Reply {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
@@ -120,16 +124,19 @@ enum AttemptAuth<'a> {
 pub(crate) struct Transport {
     http: reqwest::Client,
     config: CloudConfig,
-    evs: Url,
-    ecs: Url,
-    iam: Url,
+    /// The base URL of each service this client was built for.
+    endpoints: Vec<(Service, Url)>,
     auth: AuthSource,
 }
 
 impl Transport {
-    /// Validates the settings and builds the HTTP client.
-    pub fn new(config: CloudConfig, auth: AuthSource) -> Result<Self> {
-        config.validate()?;
+    /// Validates the settings for `services` (and IAM, for tokens) and builds the HTTP client.
+    pub fn new(config: CloudConfig, auth: AuthSource, services: &[Service]) -> Result<Self> {
+        let mut services = services.to_vec();
+        if !services.contains(&Service::Iam) {
+            services.push(Service::Iam);
+        }
+        config.validate(&services)?;
         let parse = |url: String| {
             Url::parse(&url).map_err(|e| Error::Config(format!("bad endpoint {url}: {e}")))
         };
@@ -138,10 +145,12 @@ impl Transport {
             .tls_certs_merge(config.ca_certificates()?)
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let endpoints = services
+            .iter()
+            .map(|&s| Ok((s, parse(config.url(s))?)))
+            .collect::<Result<_>>()?;
         Ok(Transport {
-            evs: parse(config.evs_url())?,
-            ecs: parse(config.ecs_url())?,
-            iam: parse(config.iam_url())?,
+            endpoints,
             http,
             config,
             auth,
@@ -161,16 +170,21 @@ impl Transport {
         }
     }
 
-    fn base(&self, service: Service) -> &Url {
-        match service {
-            Service::Evs => &self.evs,
-            Service::Ecs => &self.ecs,
-            Service::Iam => &self.iam,
-        }
+    fn base(&self, service: Service) -> Result<&Url> {
+        self.endpoints
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, url)| url)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "this client was not built for the {} API",
+                    service.as_str()
+                ))
+            })
     }
 
     fn url(&self, call: &Call) -> Result<Url> {
-        let mut url = self.base(call.service).clone();
+        let mut url = self.base(call.service)?.clone();
         let mut path = url.path().trim_end_matches('/').to_owned();
         for seg in &call.path {
             if seg.is_empty() || seg == "." || seg == ".." || seg.contains('/') {
@@ -525,7 +539,7 @@ pub fn describe_metrics() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Credentials;
+    use crate::Credentials;
 
     #[test]
     fn urls_escape_segments_and_keep_endpoint_prefix() {
@@ -537,7 +551,7 @@ mod tests {
             secret_key: "s".into(),
             security_token: None,
         };
-        let t = Transport::new(config, AuthSource::fixed(creds).unwrap()).unwrap();
+        let t = Transport::new(config, AuthSource::fixed(creds).unwrap(), &[Service::Evs]).unwrap();
         let mut call = Call::new(
             Service::Evs,
             "get_volume",
@@ -550,6 +564,13 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:8080/prefix/v2/p1/a%20b?ids=%5B%27x%27%2C%27y%27%5D"
         );
+        let unbuilt = Call::new(
+            Service::SfsTurbo,
+            "show_share",
+            Method::GET,
+            vec!["x".into()],
+        );
+        assert!(matches!(t.url(&unbuilt), Err(Error::Config(_))));
         for bad in ["", "..", "a/b"] {
             let call = Call::new(Service::Evs, "get_volume", Method::GET, vec![bad.into()]);
             assert!(

@@ -2,10 +2,10 @@
 
 use everest_backend::Error;
 
-use crate::api::{self, ErrorClass};
+use crate::ErrorClass;
 
-impl From<api::Error> for Error {
-    fn from(e: api::Error) -> Self {
+impl From<crate::Error> for Error {
+    fn from(e: crate::Error) -> Self {
         let message = e.to_string();
         match e.class() {
             ErrorClass::NotFound => Error::NotFound(message),

@@ -1,0 +1,106 @@
+//! The cloud API plumbing shared by every backend that speaks a Huawei-Cloud-like API (EVS and
+//! ECS for block, SFS Turbo for file): endpoints, AK/SK signing or IAM tokens (rotated from a
+//! file), retries with capped backoff, paced waiting, error classes and metrics.
+//!
+//! A backend builds one [`CloudClient`] for the services it calls and wraps it in its own typed
+//! client; see [`error`] for how failures map to CSI codes.
+
+mod auth;
+pub mod backoff;
+pub mod config;
+mod credentials;
+pub mod error;
+mod http;
+mod into_backend;
+pub mod lenient;
+pub mod sign;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use config::{CloudConfig, Credentials};
+pub use credentials::read_credentials_file;
+pub use error::{ApiError, Error, ErrorClass, Result, TransportKind};
+pub use http::{Call, Reply, Service, describe_metrics};
+
+use credentials::AuthSource;
+use http::Transport;
+
+/// The `backend` metric label of a client that was not given its instance name.
+pub const UNNAMED_BACKEND: &str = "none";
+
+/// A handle on the cloud's APIs; clones share one connection pool and token.
+#[derive(Clone)]
+pub struct CloudClient {
+    transport: Arc<Transport>,
+    /// The backend instance, as the `backend` label of the cloud API metrics.
+    backend: Arc<str>,
+}
+
+impl CloudClient {
+    /// Validates the settings for `services` (IAM is always included, for tokens) and builds
+    /// the client; sends nothing yet.
+    pub fn new(
+        config: CloudConfig,
+        credentials: Credentials,
+        services: &[Service],
+    ) -> Result<Self> {
+        Self::with_auth(config, AuthSource::fixed(credentials)?, services)
+    }
+
+    /// Like [`CloudClient::new`], with the credentials read from `path` now and again whenever
+    /// the file changes (keys rotate without a restart). The file must not be readable by
+    /// others (see [`read_credentials_file`]).
+    pub fn from_credentials_file(
+        config: CloudConfig,
+        path: &Path,
+        services: &[Service],
+    ) -> Result<Self> {
+        Self::with_auth(config, AuthSource::file(path)?, services)
+    }
+
+    fn with_auth(config: CloudConfig, auth: AuthSource, services: &[Service]) -> Result<Self> {
+        Ok(CloudClient {
+            transport: Arc::new(Transport::new(config, auth, services)?),
+            backend: Arc::from(UNNAMED_BACKEND),
+        })
+    }
+
+    /// Counts this handle's calls (and clones made from it) under the backend instance `name`,
+    /// e.g. `evs-default`; without it they count under [`UNNAMED_BACKEND`].
+    pub fn with_backend(mut self, name: &str) -> Self {
+        self.backend = Arc::from(name);
+        self
+    }
+
+    /// The backend instance its calls are counted under.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &CloudConfig {
+        self.transport.config()
+    }
+
+    /// The project every call is scoped to.
+    pub fn project_id(&self) -> &str {
+        &self.transport.config().project_id
+    }
+
+    /// Sends an authenticated call with retries; a non-2xx answer becomes [`Error::Api`].
+    pub async fn execute(&self, call: &Call) -> Result<Reply> {
+        self.transport.bound(&self.backend).execute(call).await
+    }
+}
+
+impl fmt::Debug for CloudClient {
+    // Only the configuration: credentials and tokens stay out of debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloudClient")
+            .field("backend", &self.backend)
+            .field("config", self.config())
+            .finish_non_exhaustive()
+    }
+}
