@@ -1,9 +1,19 @@
-//! One `[backends.<name>]` table of kind `sfs`. Mode `subdir` (the one built so far): volumes
-//! are directories under `base_dir` of the export `export` on the NFS server `server`, made by
-//! the controller over NFSv3 from user space (no mount, no privilege), mounted by the node.
+//! One `[backends.<name>]` table of kind `sfs`, for one or both modes:
+//! - `subdir` (keys `server`, `export`, `base_dir`, …): volumes are directories under `base_dir`
+//!   of the export `export` on the NFS server `server`, made by the controller over NFSv3 from
+//!   user space (no mount, no privilege);
+//! - `share` (the sub-table `share`): a share per volume through the SFS Turbo API, with the
+//!   cloud client's settings, the credentials file and where new shares go.
+//!
+//! The node reads only `mount_options`: everything else it needs travels with the volume.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use everest_backend::Error;
 use everest_backend::nfs::NfsExport;
+use everest_cloud::CloudConfig;
+use everest_cloud::config::scalar;
 use serde::Deserialize;
 
 use crate::volume::{OnDelete, check_component};
@@ -12,10 +22,12 @@ use crate::volume::{OnDelete, check_component};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SfsConfig {
-    /// The NFS server holding the volumes: an IP address or a host name.
-    pub server: String,
-    /// The export on it (what MOUNT is asked for), e.g. `/exports`.
-    pub export: String,
+    /// Mode `subdir`: the NFS server holding the volumes, an IP address or a host name.
+    #[serde(default)]
+    pub server: Option<String>,
+    /// Mode `subdir`: the export on it (what MOUNT is asked for), e.g. `/exports`.
+    #[serde(default)]
+    pub export: Option<String>,
     /// Where the volume directories go inside the export, e.g. `k8s/volumes`; the export's
     /// root when empty. It must exist.
     #[serde(default)]
@@ -36,6 +48,103 @@ pub struct SfsConfig {
     /// Mount options the node always uses for this backend (checked like a StorageClass's).
     #[serde(default)]
     pub mount_options: Vec<String>,
+    /// Mode `share`: the SFS Turbo API and where new shares go; parsed by [`ShareConfig::parse`].
+    #[serde(default)]
+    pub share: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The `share` sub-table: the cloud client's settings ([`CloudConfig`]) plus these keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareSettings {
+    /// A JSON file (mode 0600) with `{"access_key","secret_key"}` or `{"domain","user","password"}`,
+    /// read again whenever it changes. Only the controller reads it.
+    #[serde(default, deserialize_with = "scalar::opt_path")]
+    pub credentials_file: Option<PathBuf>,
+    /// The zone new shares go to.
+    #[serde(deserialize_with = "scalar::text")]
+    pub availability_zone: String,
+    /// The VPC the nodes reach the shares from.
+    #[serde(deserialize_with = "scalar::text")]
+    pub vpc_id: String,
+    /// The subnet of the shares' export addresses.
+    #[serde(deserialize_with = "scalar::text")]
+    pub subnet_id: String,
+    /// The security group guarding the shares.
+    #[serde(deserialize_with = "scalar::text")]
+    pub security_group_id: String,
+    /// The share type when the StorageClass names none: `STANDARD` or `PERFORMANCE`.
+    #[serde(default = "default_share_type", deserialize_with = "scalar::text")]
+    pub share_type: String,
+    /// How long CreateVolume, ControllerExpandVolume and DeleteVolume wait for a share to
+    /// settle before answering DEADLINE_EXCEEDED (the provisioner retries and finds it again).
+    #[serde(default = "default_wait", deserialize_with = "scalar::number")]
+    pub wait_timeout_seconds: u64,
+}
+
+const SHARE_KEYS: &[&str] = &[
+    "credentials_file",
+    "availability_zone",
+    "vpc_id",
+    "subnet_id",
+    "security_group_id",
+    "share_type",
+    "wait_timeout_seconds",
+];
+
+/// The share types on sale.
+pub const SHARE_TYPES: &[&str] = &["STANDARD", "PERFORMANCE"];
+
+fn default_share_type() -> String {
+    "STANDARD".into()
+}
+fn default_wait() -> u64 {
+    600
+}
+
+/// A parsed `share` sub-table.
+#[derive(Debug, Clone)]
+pub struct ShareConfig {
+    /// The API client's settings.
+    pub cloud: CloudConfig,
+    /// Where shares go.
+    pub settings: ShareSettings,
+}
+
+impl ShareConfig {
+    /// Splits and parses the sub-table; `bad` names the backend in the error.
+    fn parse(
+        table: &serde_json::Map<String, serde_json::Value>,
+        bad: impl Fn(String) -> Error,
+    ) -> Result<Self, Error> {
+        let (mine, cloud): (serde_json::Map<_, _>, serde_json::Map<_, _>) = table
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| SHARE_KEYS.contains(&k.as_str()));
+        let settings: ShareSettings = serde_json::from_value(serde_json::Value::Object(mine))
+            .map_err(|e| bad(format!("share: {e}")))?;
+        let cloud: CloudConfig = serde_json::from_value(serde_json::Value::Object(cloud))
+            .map_err(|e| bad(format!("share: {e}")))?;
+        cloud
+            .validate(crate::turbo::SERVICES)
+            .map_err(|e| bad(format!("share: {e}")))?;
+        if !SHARE_TYPES.contains(&settings.share_type.as_str()) {
+            return Err(bad(format!(
+                "share: share_type {:?} is not one of {}",
+                settings.share_type,
+                SHARE_TYPES.join(", ")
+            )));
+        }
+        if settings.wait_timeout_seconds == 0 {
+            return Err(bad("share: wait_timeout_seconds must be positive".into()));
+        }
+        Ok(Self { cloud, settings })
+    }
+
+    /// How long one wait on a share may last.
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.wait_timeout_seconds)
+    }
 }
 
 fn default_on_delete() -> String {
@@ -51,7 +160,23 @@ impl SfsConfig {
         let bad = |e: String| Error::InvalidArgument(format!("backend {name} (kind sfs): {e}"));
         let cfg: SfsConfig = serde_json::from_value(serde_json::Value::Object(settings.clone()))
             .map_err(|e| bad(e.to_string()))?;
-        cfg.root_export().map_err(|e| bad(e.to_string()))?;
+        match (&cfg.server, &cfg.export) {
+            (Some(_), Some(_)) => {
+                cfg.root_export().map_err(|e| bad(e.to_string()))?;
+            }
+            (None, None) if cfg.share.is_some() => {}
+            (None, None) => {
+                return Err(bad(
+                    "configures no mode: set server and export (mode subdir), or a share \
+                     table (mode share), or both"
+                        .into(),
+                ));
+            }
+            _ => return Err(bad("server and export go together (mode subdir)".into())),
+        }
+        if let Some(table) = &cfg.share {
+            ShareConfig::parse(table, bad)?;
+        }
         cfg.default_on_delete().map_err(bad)?;
         if !cfg.base_dir.is_empty() {
             for c in cfg.base_dir.split('/') {
@@ -63,9 +188,25 @@ impl SfsConfig {
         Ok(cfg)
     }
 
-    /// The export itself, `server:/export`.
+    /// The export itself, `server:/export`; FAILED_PRECONDITION when mode `subdir` is not
+    /// configured.
     pub fn root_export(&self) -> Result<NfsExport, Error> {
-        format!("{}:{}", self.server, self.export).parse()
+        match (&self.server, &self.export) {
+            (Some(server), Some(export)) => format!("{server}:{export}").parse(),
+            _ => Err(Error::FailedPrecondition(
+                "this backend has no NFS server configured for directory volumes (mode subdir)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The parsed `share` sub-table, when mode `share` is configured.
+    pub fn share_config(&self, backend: &str) -> Result<Option<ShareConfig>, Error> {
+        let bad = |e: String| Error::InvalidArgument(format!("backend {backend} (kind sfs): {e}"));
+        self.share
+            .as_ref()
+            .map(|table| ShareConfig::parse(table, bad))
+            .transpose()
     }
 
     /// The export path a volume directory is mounted from, `server:/export/base/dir`.
@@ -114,6 +255,16 @@ mod tests {
                 "typo",
             ),
             (json!({"server": "10.0.0.5"}), "export"),
+            (json!({}), "no mode"),
+            (json!({"share": {"region": "r"}}), "share"),
+            (
+                json!({"share": share_table(json!({"share_type": "GOLD"}))}),
+                "share_type",
+            ),
+            (
+                json!({"share": share_table(json!({"evs_endpoint": "https://x"}))}),
+                "evs_endpoint",
+            ),
             (json!({"server": "a b", "export": "/e"}), "server"),
             (
                 json!({"server": "h", "export": "/e", "base_dir": "../x"}),
@@ -134,5 +285,35 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    fn share_table(extra: serde_json::Value) -> serde_json::Value {
+        let mut t = json!({
+            "project_id": "p1", "region": "r1", "availability_zone": "az1",
+            "vpc_id": "v", "subnet_id": "s", "security_group_id": "g",
+            "credentials_file": "/etc/everest/sfs.json",
+        });
+        t.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        t
+    }
+
+    #[test]
+    fn a_share_only_table_parses_and_has_no_subdir_mode() {
+        let c =
+            parse(json!({"share": share_table(json!({"wait_timeout_seconds": "30"}))})).unwrap();
+        let share = c.share_config("nfs-home").unwrap().expect("share mode");
+        assert_eq!(share.settings.share_type, "STANDARD");
+        assert_eq!(share.wait_timeout(), Duration::from_secs(30));
+        assert_eq!(
+            share.cloud.url(everest_cloud::Service::SfsTurbo),
+            "https://sfs-turbo.r1.myhuaweicloud.com"
+        );
+        let err = c.root_export().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let both =
+            parse(json!({"server": "h", "export": "/e", "share": share_table(json!({}))})).unwrap();
+        assert!(both.root_export().is_ok() && both.share.is_some());
     }
 }

@@ -1,6 +1,7 @@
-//! The controller side of a directory-per-volume backend: CreateVolume makes a directory on the
-//! NFS server, DeleteVolume deletes, keeps or archives it; nothing is attached, so
-//! ControllerPublish answers at once.
+//! The controller side of file volumes. Mode `subdir`: CreateVolume makes a directory on the
+//! NFS server, DeleteVolume deletes, keeps or archives it. Mode `share` ([`crate::shares`]): an
+//! SFS Turbo share per volume. Nothing is attached, so ControllerPublish answers at once with
+//! the export the node mounts.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,22 +18,84 @@ use everest_backend::{BackendName, Error, Result};
 
 use crate::config::SfsConfig;
 use crate::dirs::{DirAttrs, Directories};
-use crate::params::SubdirParams;
-use crate::volume::{DirVolume, OnDelete};
-use crate::{CAPABILITIES, EXPORT_CONTEXT_KEY, check_capability};
+use crate::params::{ModeParams, Modes, SubdirParams};
+use crate::shares::Shares;
+use crate::volume::{DirVolume, FileVolume, OnDelete};
+use crate::{EXPORT_CONTEXT_KEY, capabilities, check_capability};
 
 /// The controller side of one `sfs` instance.
 #[derive(Debug)]
 pub struct SfsController {
     name: BackendName,
     config: SfsConfig,
-    dirs: Arc<dyn Directories>,
+    /// Mode `subdir`, when an NFS server is configured.
+    dirs: Option<Arc<dyn Directories>>,
+    /// Mode `share`, when the SFS Turbo API is configured.
+    shares: Option<Shares>,
 }
 
 impl SfsController {
-    /// Builds it over `dirs` (NFSv3 in production, a fake in unit tests).
-    pub fn new(name: BackendName, config: SfsConfig, dirs: Arc<dyn Directories>) -> Self {
-        Self { name, config, dirs }
+    /// Builds it over `dirs` (NFSv3 in production, a fake in unit tests) and `shares`.
+    pub fn new(
+        name: BackendName,
+        config: SfsConfig,
+        dirs: Option<Arc<dyn Directories>>,
+        shares: Option<Shares>,
+    ) -> Self {
+        Self {
+            name,
+            config,
+            dirs,
+            shares,
+        }
+    }
+
+    fn modes(&self) -> Modes {
+        Modes {
+            subdir: self.dirs.is_some(),
+            share: self.shares.is_some(),
+        }
+    }
+
+    fn dirs(&self) -> Result<&Arc<dyn Directories>> {
+        self.dirs.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "backend {} has no NFS server configured for directory volumes (mode subdir)",
+                self.name
+            ))
+        })
+    }
+
+    fn shares(&self) -> Result<&Shares> {
+        self.shares.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "backend {} has no SFS Turbo API configured for share volumes (mode share)",
+                self.name
+            ))
+        })
+    }
+
+    fn on_delete(&self, asked: Option<OnDelete>) -> Result<OnDelete> {
+        match asked {
+            Some(p) => Ok(p),
+            None => self
+                .config
+                .default_on_delete()
+                .map_err(Error::InvalidArgument),
+        }
+    }
+
+    async fn create_dir(&self, req: &CreateVolume, params: &SubdirParams) -> Result<Volume> {
+        let vol = DirVolume::for_request(&req.name, self.on_delete(params.on_delete)?)?;
+        let attrs = DirAttrs {
+            mode: params.mode_bits()?,
+            uid: params.uid,
+            gid: params.gid,
+        };
+        let made = self.dirs()?.make_dir(&[vol.path.as_str()], attrs).await?;
+        tracing::debug!(volume = %vol, made, "directory volume ready");
+        // Capacity is recorded, not enforced: a directory has no size of its own.
+        self.to_csi(&vol, req.capacity.required_bytes)
     }
 
     fn to_csi(&self, vol: &DirVolume, capacity_bytes: u64) -> Result<Volume> {
@@ -62,7 +125,7 @@ impl ControllerBackend for SfsController {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        capabilities(self.shares.is_some())
     }
 
     fn check_capabilities(&self, caps: &[VolumeCapability]) -> Result<()> {
@@ -70,53 +133,66 @@ impl ControllerBackend for SfsController {
     }
 
     async fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
-        let params = SubdirParams::parse(&req.parameters, self.name.as_str())?;
-        let on_delete = match params.on_delete {
-            Some(p) => p,
-            None => self
-                .config
-                .default_on_delete()
-                .map_err(Error::InvalidArgument)?,
-        };
-        let vol = DirVolume::for_request(&req.name, on_delete)?;
-        let attrs = DirAttrs {
-            mode: params.mode_bits()?,
-            uid: params.uid,
-            gid: params.gid,
-        };
-        let made = self.dirs.make_dir(&[vol.path.as_str()], attrs).await?;
-        tracing::debug!(volume = %vol, made, "directory volume ready");
-        // Capacity is recorded, not enforced: a directory has no size of its own.
-        self.to_csi(&vol, req.capacity.required_bytes)
+        match ModeParams::parse(&req.parameters, self.name.as_str(), self.modes())? {
+            ModeParams::Subdir(params) => self.create_dir(req, &params).await,
+            ModeParams::Share(params) => {
+                // A backend default of archive means "keep the data" for a share.
+                let on_delete = match self.on_delete(params.on_delete)? {
+                    OnDelete::Archive => OnDelete::Retain,
+                    other => other,
+                };
+                self.shares()?.create(req, &params, on_delete).await
+            }
+        }
     }
 
     async fn delete_volume(&self, native_id: &str, _secrets: &Secrets) -> Result<()> {
-        let vol = match native_id.parse::<DirVolume>() {
+        let vol = match native_id.parse::<FileVolume>() {
             Ok(v) => v,
             // Not one of this backend's IDs: no such volume, nothing to delete.
             Err(Error::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let path: Vec<&str> = vol.components().collect();
-        match vol.on_delete {
-            OnDelete::Retain => Ok(()),
-            OnDelete::Delete => self.dirs.remove_tree(&path).await,
-            OnDelete::Archive => self.dirs.rename(&path, &archived(&vol.path)).await,
+        match vol {
+            FileVolume::Share(share) => self.shares()?.delete(&share).await,
+            FileVolume::Dir(vol) => {
+                let path: Vec<&str> = vol.components().collect();
+                match vol.on_delete {
+                    OnDelete::Retain => Ok(()),
+                    OnDelete::Delete => self.dirs()?.remove_tree(&path).await,
+                    OnDelete::Archive => self.dirs()?.rename(&path, &archived(&vol.path)).await,
+                }
+            }
         }
     }
 
     async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>> {
-        // Nothing to attach: the node mounts the export named in the volume context.
-        req.native_id.parse::<DirVolume>()?;
-        Ok(BTreeMap::new())
+        // Nothing to attach: the node mounts the export, which travels here too so that a
+        // static PV needs no volume attributes.
+        match req.native_id.parse::<FileVolume>()? {
+            FileVolume::Share(share) => self.shares()?.publish_context(&share).await,
+            FileVolume::Dir(vol) => Ok(BTreeMap::from([(
+                EXPORT_CONTEXT_KEY.to_owned(),
+                self.config.volume_export(&vol.path)?.to_string(),
+            )])),
+        }
     }
 
     async fn unpublish(&self, _native_id: &str, _node_id: Option<&str>) -> Result<()> {
         Ok(())
     }
 
-    async fn expand(&self, _native_id: &str, _capacity: CapacityRange) -> Result<Expanded> {
-        Err(unsupported(&self.name, "volume expansion"))
+    async fn expand(&self, native_id: &str, capacity: CapacityRange) -> Result<Expanded> {
+        match native_id.parse::<FileVolume>()? {
+            FileVolume::Share(share) if self.shares.is_some() => {
+                self.shares()?.expand(&share, capacity).await
+            }
+            FileVolume::Share(_) => Err(unsupported(&self.name, "volume expansion")),
+            FileVolume::Dir(_) => Err(unsupported(
+                &self.name,
+                "expansion of a directory volume (a directory has no size of its own)",
+            )),
+        }
     }
 
     async fn get_volume(&self, _native_id: &str) -> Result<ListedVolume> {
@@ -128,7 +204,13 @@ impl ControllerBackend for SfsController {
     }
 
     async fn probe(&self) -> Result<()> {
-        self.dirs.check().await
+        if let Some(dirs) = &self.dirs {
+            dirs.check().await?;
+        }
+        if let Some(shares) = &self.shares {
+            shares.check().await?;
+        }
+        Ok(())
     }
 }
 
@@ -179,7 +261,10 @@ mod tests {
             serde_json::json!({"server": "10.0.0.5", "export": "/exports", "base_dir": "k8s"});
         let config = SfsConfig::parse("nfs", table.as_object().unwrap()).unwrap();
         let name = BackendName::new("nfs").unwrap();
-        (dirs.clone(), SfsController::new(name, config, dirs))
+        (
+            dirs.clone(),
+            SfsController::new(name, config, Some(dirs), None),
+        )
     }
 
     fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {

@@ -1,17 +1,19 @@
-//! File volumes (kind `sfs`), SFS-like: NFS shares for pods on many nodes at once.
+//! File volumes (kind `sfs`), SFS-like: NFS shares for pods on many nodes at once, in two modes
+//! a StorageClass picks: `subdir` (a directory per volume on an existing NFS server) and `share`
+//! (an SFS Turbo share per volume).
 //! - [`config`], [`params`], [`volume`]: the backend table, StorageClass parameters, and what
-//!   a volume is (a directory under a base path, with its delete policy, in its ID);
+//!   a volume is (a directory or a share, with its delete policy, in its ID);
 //! - [`dirs`]: the directories on the NFS server, made and removed over NFSv3 from user space;
+//! - [`turbo`], [`shares`]: the SFS Turbo API client, and share volumes on it;
 //! - [`controller`], [`node`]: the two sides.
-//!
-//! Mode `subdir` (a directory per volume on an existing NFS server) is built; mode `share` (an
-//! SFS Turbo share per volume, through the cloud API the emulator already serves) is next.
 
 pub mod config;
 pub mod controller;
 pub mod dirs;
 pub mod node;
 pub mod params;
+pub mod shares;
+pub mod turbo;
 pub mod volume;
 
 use std::sync::Arc;
@@ -31,8 +33,16 @@ pub const KIND: &str = "sfs";
 /// The volume-context key holding the NFS export a volume is mounted from (`server:/path`).
 pub const EXPORT_CONTEXT_KEY: &str = "everest.io/nfs-export";
 
-/// What a directory on an NFS server offers: every access mode, no size to grow or list.
-pub const CAPABILITIES: Capabilities = Capabilities {
+/// What file volumes offer: every access mode, nothing to list; shares grow (on the controller
+/// alone: NFS clients see the new size at once), directories have no size of their own.
+pub fn capabilities(shares: bool) -> Capabilities {
+    Capabilities {
+        expand: shares,
+        ..DIRECTORY_CAPABILITIES
+    }
+}
+
+const DIRECTORY_CAPABILITIES: Capabilities = Capabilities {
     expand: false,
     node_expand: false,
     list: false,
@@ -69,18 +79,41 @@ pub fn controller_from_config(
     settings: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<Arc<dyn ControllerBackend>, Error> {
     let config = SfsConfig::parse(name.as_str(), settings)?;
-    let dirs = dirs::Nfs3Directories::new(
-        &config.server,
-        &config.export,
-        config.base_components().map(str::to_owned),
-        config.auth_uid,
-        config.auth_gid,
-        config.privileged_port,
-    );
+    let dirs = match (&config.server, &config.export) {
+        (Some(server), Some(export)) => Some(Arc::new(dirs::Nfs3Directories::new(
+            server,
+            export,
+            config.base_components().map(str::to_owned),
+            config.auth_uid,
+            config.auth_gid,
+            config.privileged_port,
+        )) as Arc<dyn dirs::Directories>),
+        _ => None,
+    };
+    let shares = match config.share_config(name.as_str())? {
+        Some(share) => {
+            let credentials = share.settings.credentials_file.clone().ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "backend {name} (kind sfs): share.credentials_file is required by the controller"
+                ))
+            })?;
+            let client = turbo::ShareClient::from_credentials_file(
+                share.cloud.clone(),
+                &credentials,
+                name.as_str(),
+            )
+            .map_err(|e| {
+                Error::InvalidArgument(format!("backend {name} (kind sfs): share: {e}"))
+            })?;
+            Some(shares::Shares::new(client, share, name.as_str()))
+        }
+        None => None,
+    };
     Ok(Arc::new(SfsController::new(
         name.clone(),
         config,
-        Arc::new(dirs),
+        dirs,
+        shares,
     )))
 }
 

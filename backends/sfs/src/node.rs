@@ -19,7 +19,7 @@ use everest_backend::paths::HostPath;
 use everest_backend::{BackendName, Error, Result};
 
 use crate::config::SfsConfig;
-use crate::{CAPABILITIES, EXPORT_CONTEXT_KEY, check_capability};
+use crate::{EXPORT_CONTEXT_KEY, capabilities, check_capability};
 
 /// The node side of one `sfs` instance.
 #[derive(Debug)]
@@ -45,16 +45,16 @@ impl SfsNode {
     }
 }
 
-/// The export a volume lives on, from its volume context.
-fn export_of(
-    volume: &str,
-    context: &std::collections::BTreeMap<String, String>,
-) -> Result<NfsExport> {
-    context
+/// The export a volume lives on: from the publish context (the controller looks it up at
+/// ControllerPublish, so a static PV needs nothing more), else from the volume context.
+fn export_of(req: &NodeStage) -> Result<NfsExport> {
+    req.publish_context
         .get(EXPORT_CONTEXT_KEY)
+        .or_else(|| req.volume_context.get(EXPORT_CONTEXT_KEY))
         .ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "volume {volume} has no {EXPORT_CONTEXT_KEY} in its volume context (for a static PV, set volumeAttributes.{EXPORT_CONTEXT_KEY} to server:/path)"
+                "volume {} has no {EXPORT_CONTEXT_KEY} in its publish or volume context (is the CSIDriver's attachRequired true? for a static PV without it, set volumeAttributes.{EXPORT_CONTEXT_KEY} to server:/path)",
+                req.native_id
             ))
         })?
         .parse()
@@ -67,7 +67,7 @@ impl NodeBackend for SfsNode {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        capabilities(self.config.share.is_some())
     }
 
     fn check_capability(&self, cap: &VolumeCapability) -> Result<()> {
@@ -76,7 +76,7 @@ impl NodeBackend for SfsNode {
 
     async fn stage(&self, req: &NodeStage) -> Result<()> {
         check_capability(&req.capability)?;
-        let export = export_of(&req.native_id, &req.volume_context)?;
+        let export = export_of(req)?;
         let options = self.options(&req.capability, req.capability.access_mode.is_read_only())?;
         nfs::stage(
             self.host.as_ref(),

@@ -1,7 +1,8 @@
-//! What a subdirectory volume is: a directory under the backend's base path, with what to do
-//! with it on DeleteVolume. Both travel in the native volume ID, `<policy>~<directory>`, since
-//! DeleteVolume gets no parameters; a person can write one for static provisioning
-//! (`v1:nfs-home:r~projects/data` keeps an existing directory when the PV goes).
+//! What a file volume is, in its native volume ID (DeleteVolume gets no parameters, so the
+//! delete policy travels in it too); a person can write one for static provisioning:
+//! - a directory under the backend's base path, `<d|r|a>~<directory>`
+//!   (`v1:nfs-home:r~projects/data` keeps an existing directory when the PV goes);
+//! - an SFS Turbo share, `s<d|r>~<share id>` (`v1:sfs-turbo:sr~<uuid>` keeps the share).
 
 use std::fmt;
 use std::str::FromStr;
@@ -110,6 +111,74 @@ impl FromStr for DirVolume {
     }
 }
 
+/// A share volume: the share's ID, and whether DeleteVolume deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareVolume {
+    /// `Delete` or `Retain`.
+    pub on_delete: OnDelete,
+    /// The share's UUID.
+    pub id: String,
+}
+
+impl fmt::Display for ShareVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}~{}", self.on_delete.letter(), self.id)
+    }
+}
+
+/// Longest share ID accepted (a UUID is 36).
+const MAX_SHARE_ID: usize = 64;
+
+/// A file volume of either mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileVolume {
+    /// A directory on an existing NFS server.
+    Dir(DirVolume),
+    /// An SFS Turbo share.
+    Share(ShareVolume),
+}
+
+impl fmt::Display for FileVolume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileVolume::Dir(d) => d.fmt(f),
+            FileVolume::Share(s) => s.fmt(f),
+        }
+    }
+}
+
+impl FromStr for FileVolume {
+    type Err = Error;
+
+    /// Parses a native ID of either mode; anything else is NOT_FOUND.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let Some(rest) = s.strip_prefix('s') else {
+            return s.parse().map(FileVolume::Dir);
+        };
+        let not_ours = |why: &str| {
+            Error::NotFound(format!(
+                "no such volume: {s:?} is not a file volume ({why}); expected <d|r|a>~<directory> or s<d|r>~<share id>"
+            ))
+        };
+        let (policy, id) = rest.split_once('~').ok_or_else(|| not_ours("no '~'"))?;
+        let on_delete = match policy {
+            "d" => OnDelete::Delete,
+            "r" => OnDelete::Retain,
+            _ => return Err(not_ours("unknown share policy")),
+        };
+        if id.is_empty()
+            || id.len() > MAX_SHARE_ID
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(not_ours("a share id is letters, digits and '-'"));
+        }
+        Ok(FileVolume::Share(ShareVolume {
+            on_delete,
+            id: id.to_owned(),
+        }))
+    }
+}
+
 /// One path component safe to hand to an NFS server: letters, digits, `.`, `_`, `-`; never `.`
 /// or `..` or a leading dot (no hidden or parent directories), never empty.
 pub fn check_component(c: &str) -> Result<(), String> {
@@ -171,5 +240,35 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::NotFound, "{bad:?}");
         }
         assert!("keep".parse::<OnDelete>().is_err());
+    }
+
+    #[test]
+    fn share_ids_round_trip_and_bad_ones_are_not_found() {
+        let id = "sr~6f1c2b9e-0d4a-4f57-9a3e-1b2c3d4e5f60";
+        let v: FileVolume = id.parse().unwrap();
+        assert_eq!(
+            v,
+            FileVolume::Share(ShareVolume {
+                on_delete: OnDelete::Retain,
+                id: "6f1c2b9e-0d4a-4f57-9a3e-1b2c3d4e5f60".into(),
+            })
+        );
+        assert_eq!(v.to_string(), id);
+        assert!(matches!(
+            "d~pvc-1".parse::<FileVolume>().unwrap(),
+            FileVolume::Dir(_)
+        ));
+        for bad in [
+            "s",
+            "sd~",
+            "sa~x",
+            "sx~x",
+            "sd~a/b",
+            "sd~../x",
+            &format!("sd~{}", "a".repeat(65)),
+        ] {
+            let err = bad.parse::<FileVolume>().unwrap_err();
+            assert_eq!(err.code(), tonic::Code::NotFound, "{bad:?}");
+        }
     }
 }
