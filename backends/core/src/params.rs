@@ -85,8 +85,16 @@ pub fn parse<T: DeserializeOwned>(
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
-    T::deserialize(serde_json::Value::Object(object))
-        .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))
+    // The path names the parameter whose value is bad, not just what is wrong with it.
+    serde_path_to_error::deserialize(serde_json::Value::Object(object)).map_err(|e| {
+        let key = e.path().to_string();
+        let e = e.into_inner();
+        if key == "." {
+            Error::InvalidArgument(format!("{what}: {e}"))
+        } else {
+            Error::InvalidArgument(format!("{what}: {key}: {e}"))
+        }
+    })
 }
 
 /// `deserialize_with` helper: a number, bool or enum written as a string parameter.
@@ -188,7 +196,8 @@ mod tests {
             "params",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("invalid digit"), "{err}");
+        // The message names the parameter, not only what is wrong with its value.
+        assert!(err.to_string().contains("iops: invalid digit"), "{err}");
         assert!(parse::<Example>(&map(&[]), "params").is_err());
     }
 
