@@ -7,7 +7,8 @@
 //! - [`csi`]: unix-socket channels, request builders, sidecar-style retries, error assertions;
 //! - [`lifecycle`]: one volume through the calls of kubelet and the sidecars, step by step;
 //! - [`host`]: mounts, loop devices, filesystem sizes and the skip check for tests that need root;
-//! - [`nfs`]: a real NFS server (nfs-ganesha and rpcbind) in a private network namespace;
+//! - [`nfs`]: a real NFS server (nfs-ganesha and rpcbind) in a private network namespace, and
+//!   an emulator beside it whose SFS Turbo shares are exports of that server;
 //! - [`process`]: child processes with captured logs, and where the workspace binaries are;
 //! - [`skip`]: skipping a case the machine cannot run: counted, and a failure under `CI=true`.
 

@@ -498,3 +498,100 @@ mod tests {
         }
     }
 }
+
+/// The emulator running inside an [`NfsServer`]'s namespace, with its SFS Turbo shares as
+/// directories of the server's export root: every share it makes is a real NFS export. Only
+/// reachable from inside the namespace ([`NfsServer::enter`]). Dropping it stops the process.
+pub struct ShareCloud {
+    proc: crate::process::Proc,
+    dir: tempfile::TempDir,
+    /// The emulator's base URL, the same for every service.
+    pub url: String,
+}
+
+impl ShareCloud {
+    /// Starts the emulator in `server`'s namespace; `extra` adds command-line flags.
+    pub fn start(server: &NfsServer, extra: &[&str]) -> Result<Self, String> {
+        use crate::world::{PROJECT_ID, REGION, random_hex, write_private};
+        let bin = crate::process::find_binary("everest-emulator")?;
+        let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let (ak, sk) = (random_hex(10).to_uppercase(), random_hex(20));
+        let io = |e: std::io::Error| format!("write credentials: {e}");
+        write_private(
+            &dir.path().join("emulator-credentials.json"),
+            &serde_json::json!({"access_keys": [{"ak": ak, "sk": sk}], "users": []}).to_string(),
+        )
+        .map_err(io)?;
+        write_private(
+            &dir.path().join("credentials.json"),
+            &serde_json::json!({"access_key": ak, "secret_key": sk}).to_string(),
+        )
+        .map_err(io)?;
+        // Its own namespace holds nothing else, so a fixed port cannot be taken.
+        let addr = "127.0.0.1:18080";
+        let mut cmd = server.command(bin);
+        cmd.arg("--listen")
+            .arg(addr)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--by-id-dir")
+            .arg(dir.path().join("by-id"))
+            .arg("--credentials-file")
+            .arg(dir.path().join("emulator-credentials.json"))
+            .arg("--project-id")
+            .arg(PROJECT_ID)
+            .arg("--region")
+            .arg(REGION)
+            .arg("--nfs-export-root")
+            .arg(server.export_root())
+            .arg("--nfs-export-path")
+            .arg(server.pseudo())
+            .arg("--cleanup-on-exit")
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let mut proc = crate::process::Proc::spawn("share-cloud", cmd, dir.path())
+            .map_err(|e| format!("start the emulator: {e}"))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = std::fs::read_to_string(&proc.stdout_log).unwrap_or_default();
+            if out.contains("EVEREST_EMULATOR_LISTENING=") {
+                break;
+            }
+            if proc.exited().is_some() || std::time::Instant::now() > deadline {
+                return Err(format!("the emulator did not start: {}", proc.log_tail(20)));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(Self {
+            proc,
+            dir,
+            url: format!("http://{addr}"),
+        })
+    }
+
+    /// The AK/SK file a backend's `credentials_file` names.
+    pub fn credentials_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("credentials.json")
+    }
+
+    /// A `share` table for an `sfs` backend on this cloud (`wait_timeout_seconds` short).
+    pub fn share_table(&self) -> serde_json::Value {
+        serde_json::json!({
+            "project_id": crate::world::PROJECT_ID,
+            "region": crate::world::REGION,
+            "sfs_turbo_endpoint": self.url,
+            "iam_endpoint": self.url,
+            "allow_insecure_http": true,
+            "credentials_file": self.credentials_file(),
+            "availability_zone": "emu-az1",
+            "vpc_id": "vpc-1", "subnet_id": "subnet-1", "security_group_id": "sg-1",
+            "job_poll_initial_ms": 20, "job_poll_max_ms": 100,
+            "wait_timeout_seconds": 20,
+        })
+    }
+
+    /// The process id, to prove it is gone after a drop.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}

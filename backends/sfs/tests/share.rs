@@ -1,0 +1,379 @@
+//! Share volumes (mode `share`) against the emulator's SFS Turbo API, whose shares are real NFS
+//! exports of an nfs-ganesha (both in a private network namespace, `ShareCloud`). The
+//! controller runs on a thread inside the namespace: it creates a share per volume, a file is
+//! written into the share over NFS (user-space client) and read back from the export directory
+//! on disk, the share grows by the API's minimum step, and deletion removes it. Faults injected
+//! into the API (server errors, throttling, failed creations) cost retries, never a leaked
+//! share. The controller mounts nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use everest_backend::BackendName;
+use everest_backend::backend::{ControllerBackend, ControllerPublish, CreateVolume};
+use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::capacity::{CapacityRange, GIB};
+use everest_backend::params::CommonParams;
+use everest_backend::secrets::Secrets;
+use everest_testsupport::nfs::{NfsServer, ShareCloud, skip_unless_nfs_server};
+
+const PSEUDO: &str = "/sfs-turbo";
+
+fn cap() -> VolumeCapability {
+    VolumeCapability {
+        access_type: AccessType::Mount {
+            fs_type: String::new(),
+            mount_flags: vec![],
+        },
+        access_mode: AccessMode::MultiNodeMultiWriter,
+    }
+}
+
+fn create(name: &str, gib: u64, params: &[(&str, &str)]) -> CreateVolume {
+    let mut parameters: BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    parameters.insert("everest.io/sfs-mode".into(), "share".into());
+    CreateVolume {
+        name: name.into(),
+        capacity: CapacityRange::new((gib * GIB) as i64, 0).unwrap(),
+        capabilities: vec![cap()],
+        common: CommonParams::default(),
+        parameters,
+        topology: None,
+        secrets: Secrets::default(),
+    }
+}
+
+/// Runs `f` on a thread inside the server's network namespace, on its own runtime.
+fn inside<T: Send>(server: &NfsServer, f: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            server.enter().expect("enter the server's namespace");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(f)
+        })
+        .join()
+        .expect("the thread inside the namespace")
+    })
+}
+
+fn controller(cloud: &ShareCloud, extra: serde_json::Value) -> Arc<dyn ControllerBackend> {
+    let mut share = cloud.share_table();
+    share
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    // Both modes on one instance: the parameter picks.
+    let table = serde_json::json!({"share": share});
+    everest_sfs::controller_from_config(
+        &BackendName::new("sfs-turbo").unwrap(),
+        table.as_object().unwrap(),
+    )
+    .expect("the controller side")
+}
+
+/// A client of the same API, to look at what the controller left.
+fn share_client(cloud: &ShareCloud) -> everest_sfs::turbo::ShareClient {
+    let table = serde_json::json!({"share": cloud.share_table()});
+    let config = everest_sfs::SfsConfig::parse("check", table.as_object().unwrap())
+        .unwrap()
+        .share_config("check")
+        .unwrap()
+        .unwrap();
+    everest_sfs::turbo::ShareClient::from_credentials_file(
+        config.cloud,
+        &cloud.credentials_file(),
+        "check",
+    )
+    .unwrap()
+}
+
+/// Waits until the API holds no share of `name` (deletions finish asynchronously).
+async fn gone(api: &everest_sfs::turbo::ShareClient, name: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = api.find_by_name(name).await.expect("list shares");
+        if left.is_none() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "share {name} leaked: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+async fn faults(cloud: &ShareCloud, body: serde_json::Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{}/_emulator/faults", cloud.url))
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT /_emulator/faults");
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+/// The shares the emulator holds (its directories under the export root).
+fn share_dirs(root: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn nfs_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - nfs"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_share_per_volume_from_create_to_delete_with_data_written_over_nfs() {
+    if skip_unless_nfs_server() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
+    let cloud = ShareCloud::start(&server, &["--job-latency-ms", "50"]).expect("the emulator");
+    let controller = controller(&cloud, serde_json::json!({}));
+    let mounts_before = nfs_mounts();
+
+    let (made, kept) = inside(&server, async {
+        controller.probe().await.expect("the API answers");
+        let made = controller
+            .create_volume(&create("pvc-share-1", 1, &[]))
+            .await
+            .expect("CreateVolume");
+        // The smallest share there is, whatever less was asked for.
+        assert_eq!(made.capacity_bytes, 500 * GIB);
+        assert!(made.native_id.starts_with("sd~"), "{}", made.native_id);
+        // Again, and five at once for another name: one share each.
+        assert_eq!(
+            controller
+                .create_volume(&create("pvc-share-1", 1, &[]))
+                .await
+                .unwrap(),
+            made
+        );
+        let racing: Vec<_> = (0..5)
+            .map(|_| {
+                let c = controller.clone();
+                tokio::spawn(async move { c.create_volume(&create("pvc-race", 1, &[])).await })
+            })
+            .collect();
+        let mut raced = Vec::new();
+        for r in racing {
+            raced.push(
+                r.await
+                    .unwrap()
+                    .expect("concurrent CreateVolume of one name"),
+            );
+        }
+        assert!(raced.windows(2).all(|w| w[0] == w[1]), "{raced:?}");
+        // The same name with a size the share does not have, or another type: ALREADY_EXISTS.
+        let err = controller
+            .create_volume(&create("pvc-share-1", 700, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        let err = controller
+            .create_volume(&create(
+                "pvc-share-1",
+                1,
+                &[("everest.io/share-type", "PERFORMANCE")],
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        // A limit under the smallest share: OUT_OF_RANGE.
+        let mut small = create("pvc-small", 1, &[]);
+        small.capacity = CapacityRange::new(GIB as i64, (10 * GIB) as i64).unwrap();
+        let err = controller.create_volume(&small).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+
+        // Grow: at least the 100 GiB step; asking again for less is a no-op.
+        let grown = controller
+            .expand(
+                &made.native_id,
+                CapacityRange::new((550 * GIB) as i64, 0).unwrap(),
+            )
+            .await
+            .expect("ControllerExpandVolume");
+        assert_eq!(grown.capacity_bytes, 600 * GIB);
+        assert!(!grown.node_expansion_required);
+        let again = controller
+            .expand(
+                &made.native_id,
+                CapacityRange::new((520 * GIB) as i64, 0).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.capacity_bytes, 600 * GIB);
+
+        // ControllerPublish attaches nothing and hands the node the export.
+        let published = controller
+            .publish(&ControllerPublish {
+                native_id: made.native_id.clone(),
+                node_id: "node-1".into(),
+                capability: cap(),
+                readonly: false,
+                context: BTreeMap::new(),
+                secrets: Secrets::default(),
+            })
+            .await
+            .expect("ControllerPublish");
+        assert_eq!(
+            published["everest.io/nfs-export"],
+            made.context["everest.io/nfs-export"]
+        );
+        for v in raced.iter().take(1) {
+            controller
+                .delete_volume(&v.native_id, &Secrets::default())
+                .await
+                .expect("DeleteVolume of the raced share");
+        }
+        let kept = controller
+            .create_volume(&create(
+                "pvc-kept",
+                1,
+                &[("everest.io/on-delete", "retain")],
+            ))
+            .await
+            .unwrap();
+        assert!(kept.native_id.starts_with("sr~"));
+        (made, kept)
+    });
+
+    // Write into the share over NFSv3 at its export location; read it back on the server's disk.
+    let share_id = made.native_id.trim_start_matches("sd~").to_owned();
+    let export = &made.context["everest.io/nfs-export"];
+    assert_eq!(export, &format!("127.0.0.1:{PSEUDO}/{share_id}"));
+    let scratch = tempfile::tempdir().unwrap();
+    let payload = scratch.path().join("payload.txt");
+    std::fs::write(&payload, "written over NFS into a share\n").unwrap();
+    server
+        .nfs_cp_to(&payload, &format!("{share_id}/hello.txt"))
+        .expect("nfs-cp into the share");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join(&share_id).join("hello.txt")).unwrap(),
+        "written over NFS into a share\n"
+    );
+
+    let kept_id = kept.native_id.trim_start_matches("sr~").to_owned();
+    inside(&server, async {
+        controller
+            .delete_volume(&made.native_id, &Secrets::default())
+            .await
+            .expect("DeleteVolume");
+        // Gone: still OK; an unknown share too; and a retained one stays.
+        controller
+            .delete_volume(&made.native_id, &Secrets::default())
+            .await
+            .unwrap();
+        controller
+            .delete_volume("sd~0000-not-a-share", &Secrets::default())
+            .await
+            .unwrap();
+        controller
+            .delete_volume(&kept.native_id, &Secrets::default())
+            .await
+            .unwrap();
+        let err = controller
+            .expand(
+                &made.native_id,
+                CapacityRange::new((700 * GIB) as i64, 0).unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    });
+    assert!(
+        !root.path().join(&share_id).exists(),
+        "the share's export is gone"
+    );
+    assert_eq!(
+        share_dirs(root.path()),
+        [kept_id],
+        "only the retained share is left"
+    );
+    assert_eq!(nfs_mounts(), mounts_before, "the controller mounted NFS");
+}
+
+#[test]
+fn faults_on_the_share_api_cost_retries_and_leak_nothing() {
+    if skip_unless_nfs_server() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
+    let cloud = ShareCloud::start(&server, &["--job-latency-ms", "20"]).expect("the emulator");
+    // Enough retries that a 30 % fault rate cannot plausibly exhaust them (0.3^9 per call).
+    let controller = controller(
+        &cloud,
+        serde_json::json!({"max_retries": 8, "retry_base_ms": 5, "retry_cap_ms": 40}),
+    );
+    inside(&server, async {
+        // Every creation fails: CreateVolume is UNAVAILABLE (the provisioner retries) and the
+        // failed share is deleted again.
+        faults(&cloud, serde_json::json!({"share_create_fail_rate": 1.0})).await;
+        let err = controller
+            .create_volume(&create("pvc-unlucky", 1, &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        // The failed share is deleted without another call.
+        let api = share_client(&cloud);
+        gone(&api, "pvc-unlucky").await;
+        // Server errors and throttling on every call: retries absorb them.
+        faults(
+            &cloud,
+            serde_json::json!({"error_rate": 0.3, "throttle_rate": 0.3}),
+        )
+        .await;
+        let v = controller
+            .create_volume(&create("pvc-unlucky", 1, &[]))
+            .await
+            .expect("CreateVolume through faults");
+        controller
+            .delete_volume(&v.native_id, &Secrets::default())
+            .await
+            .expect("DeleteVolume through faults");
+        faults(&cloud, serde_json::json!({})).await;
+        // The API itself holds no share any more (the failed one included), once the
+        // emulator's asynchronous deletions have run.
+        let api = share_client(&cloud);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = api.find_by_name("pvc-unlucky").await.expect("list shares");
+            if left.is_none() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a share leaked: {left:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    // Deletions finish asynchronously in the emulator; wait for its last one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !share_dirs(root.path()).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        share_dirs(root.path()),
+        Vec::<String>::new(),
+        "a share leaked"
+    );
+}
