@@ -426,79 +426,6 @@ pub fn netns_named(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn readiness_needs_both_nfs_and_mount_v3_over_tcp() {
-        let both = "   100003    3   tcp   2049  nfs\n   100005    3   tcp  42789  mountd\n";
-        assert!(registered(both));
-        assert!(!registered("   100003    3   tcp   2049  nfs\n"));
-        assert!(!registered(
-            "   100003    4   tcp   2049  nfs\n   100005    3   tcp  1  mountd\n"
-        ));
-        assert!(!registered(
-            "   100003    3   udp   2049  nfs\n   100005    3   tcp  1  mountd\n"
-        ));
-        assert!(!registered(""));
-    }
-
-    #[test]
-    fn bad_pseudo_paths_are_refused_before_anything_starts() {
-        let dir = tempfile::tempdir().unwrap();
-        for bad in ["relative", "/", "/a\"b"] {
-            let err = NfsServer::start(dir.path(), bad).unwrap_err();
-            assert!(err.contains("pseudo path"), "{bad}: {err}");
-        }
-    }
-
-    /// The real thing: a file written over NFSv3 lands in the export; the server is not
-    /// reachable from the host's namespace; nothing is left after drop.
-    #[test]
-    fn serves_the_export_inside_its_namespace_only_and_leaves_nothing() {
-        if skip_unless_nfs_server() {
-            return;
-        }
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("sub")).unwrap();
-        let mut server = NfsServer::start(root.path(), "/exp").unwrap();
-        let ns = server.netns().to_string();
-        let pids = server.pids();
-        assert_eq!(pids.len(), 2, "rpcbind and ganesha run");
-
-        let local = root.path().join("..").join(format!("{ns}.txt"));
-        std::fs::write(&local, "over nfs\n").unwrap();
-        server.nfs_cp_to(&local, "sub/hello.txt").unwrap();
-        std::fs::remove_file(&local).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(root.path().join("sub/hello.txt")).unwrap(),
-            "over nfs\n"
-        );
-        assert!(server.nfs_ls("sub").unwrap().contains("hello.txt"));
-        // A subdirectory that does not exist cannot be mounted.
-        assert!(server.nfs_ls("missing").is_err());
-        // From the host's namespace the server is unreachable.
-        let outside = Command::new("nfs-ls")
-            .arg(server.url("sub", 3))
-            .output()
-            .unwrap();
-        assert!(!outside.status.success(), "reachable from outside");
-
-        drop(server);
-        assert!(
-            !netns_named(&ns).contains(&ns),
-            "namespace {ns} left behind"
-        );
-        for pid in pids {
-            assert!(
-                !Path::new(&format!("/proc/{pid}")).exists(),
-                "process {pid} left behind"
-            );
-        }
-    }
-}
-
 /// The emulator running inside an [`NfsServer`]'s namespace, with its SFS Turbo shares as
 /// directories of the server's export root: every share it makes is a real NFS export. Only
 /// reachable from inside the namespace ([`NfsServer::enter`]). Dropping it stops the process.
@@ -593,5 +520,78 @@ impl ShareCloud {
     /// The process id, to prove it is gone after a drop.
     pub fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_both_nfs_and_mount_v3_over_tcp() {
+        let both = "   100003    3   tcp   2049  nfs\n   100005    3   tcp  42789  mountd\n";
+        assert!(registered(both));
+        assert!(!registered("   100003    3   tcp   2049  nfs\n"));
+        assert!(!registered(
+            "   100003    4   tcp   2049  nfs\n   100005    3   tcp  1  mountd\n"
+        ));
+        assert!(!registered(
+            "   100003    3   udp   2049  nfs\n   100005    3   tcp  1  mountd\n"
+        ));
+        assert!(!registered(""));
+    }
+
+    #[test]
+    fn bad_pseudo_paths_are_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["relative", "/", "/a\"b"] {
+            let err = NfsServer::start(dir.path(), bad).unwrap_err();
+            assert!(err.contains("pseudo path"), "{bad}: {err}");
+        }
+    }
+
+    /// The real thing: a file written over NFSv3 lands in the export; the server is not
+    /// reachable from the host's namespace; nothing is left after drop.
+    #[test]
+    fn serves_the_export_inside_its_namespace_only_and_leaves_nothing() {
+        if skip_unless_nfs_server() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        let mut server = NfsServer::start(root.path(), "/exp").unwrap();
+        let ns = server.netns().to_string();
+        let pids = server.pids();
+        assert_eq!(pids.len(), 2, "rpcbind and ganesha run");
+
+        let local = root.path().join("..").join(format!("{ns}.txt"));
+        std::fs::write(&local, "over nfs\n").unwrap();
+        server.nfs_cp_to(&local, "sub/hello.txt").unwrap();
+        std::fs::remove_file(&local).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("sub/hello.txt")).unwrap(),
+            "over nfs\n"
+        );
+        assert!(server.nfs_ls("sub").unwrap().contains("hello.txt"));
+        // A subdirectory that does not exist cannot be mounted.
+        assert!(server.nfs_ls("missing").is_err());
+        // From the host's namespace the server is unreachable.
+        let outside = Command::new("nfs-ls")
+            .arg(server.url("sub", 3))
+            .output()
+            .unwrap();
+        assert!(!outside.status.success(), "reachable from outside");
+
+        drop(server);
+        assert!(
+            !netns_named(&ns).contains(&ns),
+            "namespace {ns} left behind"
+        );
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "process {pid} left behind"
+            );
+        }
     }
 }
