@@ -501,7 +501,7 @@ impl ShareCloud {
         self.dir.path().join("credentials.json")
     }
 
-    /// A `share` table for an `sfs` backend on this cloud (`wait_timeout_seconds` short).
+    /// An `sfs` backend table in mode `share` on this cloud (`wait_timeout_seconds` short).
     pub fn share_table(&self) -> serde_json::Value {
         serde_json::json!({
             "project_id": crate::world::PROJECT_ID,

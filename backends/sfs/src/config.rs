@@ -2,8 +2,11 @@
 //! - `subdir` (keys `server`, `export`, `base_dir`, …): volumes are directories under `base_dir`
 //!   of the export `export` on the NFS server `server`, made by the controller over NFSv3 from
 //!   user space (no mount, no privilege);
-//! - `share` (the sub-table `share`): a share per volume through the SFS Turbo API, with the
-//!   cloud client's settings, the credentials file and where new shares go.
+//! - `share` (keys `vpc_id`, `subnet_id`, …, plus the cloud client's `project_id`, `region`,
+//!   endpoints, …): a share per volume through the SFS Turbo API.
+//!
+//! The table is flat, as an `evs` one is: the keys below are the backend's own, every other
+//! key belongs to the cloud client ([`CloudConfig`]) of mode `share`.
 //!
 //! The node reads only `mount_options`: everything else it needs travels with the volume.
 
@@ -48,12 +51,25 @@ pub struct SfsConfig {
     /// Mount options the node always uses for this backend (checked like a StorageClass's).
     #[serde(default)]
     pub mount_options: Vec<String>,
-    /// Mode `share`: the SFS Turbo API and where new shares go; parsed by [`ShareConfig::parse`].
-    #[serde(default)]
+    /// Mode `share`: the share keys and the cloud client's, when any is set; parsed by
+    /// [`ShareConfig::parse`].
+    #[serde(skip)]
     pub share: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The `share` sub-table: the cloud client's settings ([`CloudConfig`]) plus these keys.
+/// The keys of mode `subdir` and of both modes; the others are mode `share`'s.
+const OWN_KEYS: &[&str] = &[
+    "server",
+    "export",
+    "base_dir",
+    "on_delete",
+    "auth_uid",
+    "auth_gid",
+    "privileged_port",
+    "mount_options",
+];
+
+/// Mode `share`'s own keys: where shares go; the rest of its table is [`CloudConfig`]'s.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShareSettings {
@@ -121,22 +137,25 @@ impl ShareConfig {
             .clone()
             .into_iter()
             .partition(|(k, _)| SHARE_KEYS.contains(&k.as_str()));
-        let settings: ShareSettings = serde_json::from_value(serde_json::Value::Object(mine))
-            .map_err(|e| bad(format!("share: {e}")))?;
+        // The cloud part first: a key unknown to both sides is reported by name there.
         let cloud: CloudConfig = serde_json::from_value(serde_json::Value::Object(cloud))
-            .map_err(|e| bad(format!("share: {e}")))?;
+            .map_err(|e| bad(format!("mode share: {e}")))?;
+        let settings: ShareSettings = serde_json::from_value(serde_json::Value::Object(mine))
+            .map_err(|e| bad(format!("mode share: {e}")))?;
         cloud
             .validate(crate::turbo::SERVICES)
-            .map_err(|e| bad(format!("share: {e}")))?;
+            .map_err(|e| bad(format!("mode share: {e}")))?;
         if !SHARE_TYPES.contains(&settings.share_type.as_str()) {
             return Err(bad(format!(
-                "share: share_type {:?} is not one of {}",
+                "mode share: share_type {:?} is not one of {}",
                 settings.share_type,
                 SHARE_TYPES.join(", ")
             )));
         }
         if settings.wait_timeout_seconds == 0 {
-            return Err(bad("share: wait_timeout_seconds must be positive".into()));
+            return Err(bad(
+                "mode share: wait_timeout_seconds must be positive".into()
+            ));
         }
         Ok(Self { cloud, settings })
     }
@@ -158,8 +177,13 @@ impl SfsConfig {
         settings: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, Error> {
         let bad = |e: String| Error::InvalidArgument(format!("backend {name} (kind sfs): {e}"));
-        let cfg: SfsConfig = serde_json::from_value(serde_json::Value::Object(settings.clone()))
+        let (own, share): (serde_json::Map<_, _>, serde_json::Map<_, _>) = settings
+            .clone()
+            .into_iter()
+            .partition(|(k, _)| OWN_KEYS.contains(&k.as_str()));
+        let mut cfg: SfsConfig = serde_json::from_value(serde_json::Value::Object(own))
             .map_err(|e| bad(e.to_string()))?;
+        cfg.share = (!share.is_empty()).then_some(share);
         match (&cfg.server, &cfg.export) {
             (Some(_), Some(_)) => {
                 cfg.root_export().map_err(|e| bad(e.to_string()))?;
@@ -167,8 +191,9 @@ impl SfsConfig {
             (None, None) if cfg.share.is_some() => {}
             (None, None) => {
                 return Err(bad(
-                    "configures no mode: set server and export (mode subdir), or a share \
-                     table (mode share), or both"
+                    "configures no mode: set server and export (mode subdir), or \
+                     project_id, region, vpc_id, subnet_id, security_group_id and \
+                     availability_zone (mode share), or both"
                         .into(),
                 ));
             }
@@ -256,15 +281,13 @@ mod tests {
             ),
             (json!({"server": "10.0.0.5"}), "export"),
             (json!({}), "no mode"),
-            (json!({"share": {"region": "r"}}), "share"),
+            (json!({"region": "r"}), "mode share"),
+            (share_table(json!({"share_type": "GOLD"})), "share_type"),
             (
-                json!({"share": share_table(json!({"share_type": "GOLD"}))}),
-                "share_type",
-            ),
-            (
-                json!({"share": share_table(json!({"evs_endpoint": "https://x"}))}),
+                share_table(json!({"evs_endpoint": "https://x"})),
                 "evs_endpoint",
             ),
+            (share_table(json!({"sever": "typo"})), "sever"),
             (json!({"server": "a b", "export": "/e"}), "server"),
             (
                 json!({"server": "h", "export": "/e", "base_dir": "../x"}),
@@ -301,8 +324,7 @@ mod tests {
 
     #[test]
     fn a_share_only_table_parses_and_has_no_subdir_mode() {
-        let c =
-            parse(json!({"share": share_table(json!({"wait_timeout_seconds": "30"}))})).unwrap();
+        let c = parse(share_table(json!({"wait_timeout_seconds": "30"}))).unwrap();
         let share = c.share_config("nfs-home").unwrap().expect("share mode");
         assert_eq!(share.settings.share_type, "STANDARD");
         assert_eq!(share.wait_timeout(), Duration::from_secs(30));
@@ -312,8 +334,7 @@ mod tests {
         );
         let err = c.root_export().unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        let both =
-            parse(json!({"server": "h", "export": "/e", "share": share_table(json!({}))})).unwrap();
+        let both = parse(share_table(json!({"server": "h", "export": "/e"}))).unwrap();
         assert!(both.root_export().is_ok() && both.share.is_some());
     }
 }

@@ -94,7 +94,7 @@ pub fn controller_from_config(
         Some(share) => {
             let credentials = share.settings.credentials_file.clone().ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "backend {name} (kind sfs): share.credentials_file is required by the controller"
+                    "backend {name} (kind sfs): credentials_file is required by the controller in mode share"
                 ))
             })?;
             let client = turbo::ShareClient::from_credentials_file(
@@ -103,7 +103,7 @@ pub fn controller_from_config(
                 name.as_str(),
             )
             .map_err(|e| {
-                Error::InvalidArgument(format!("backend {name} (kind sfs): share: {e}"))
+                Error::InvalidArgument(format!("backend {name} (kind sfs): mode share: {e}"))
             })?;
             Some(shares::Shares::new(client, share, name.as_str()))
         }

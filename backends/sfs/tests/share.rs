@@ -68,8 +68,7 @@ fn controller(cloud: &ShareCloud, extra: serde_json::Value) -> Arc<dyn Controlle
         .as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    // Both modes on one instance: the parameter picks.
-    let table = serde_json::json!({"share": share});
+    let table = share;
     everest_sfs::controller_from_config(
         &BackendName::new("sfs-turbo").unwrap(),
         table.as_object().unwrap(),
@@ -79,7 +78,7 @@ fn controller(cloud: &ShareCloud, extra: serde_json::Value) -> Arc<dyn Controlle
 
 /// A client of the same API, to look at what the controller left.
 fn share_client(cloud: &ShareCloud) -> everest_sfs::turbo::ShareClient {
-    let table = serde_json::json!({"share": cloud.share_table()});
+    let table = cloud.share_table();
     let config = everest_sfs::SfsConfig::parse("check", table.as_object().unwrap())
         .unwrap()
         .share_config("check")
