@@ -86,7 +86,7 @@ CHART=$CHART_SAVED
 
 # NOTES: the file-only notes checked against the block classes; the old NOTES (every class
 # marked enabled, whatever its backend) listed a class this release does not create.
-must_fail "notes: classes" "NOTES lists StorageClasses ['csi-nas'], expected" "${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-disk csi-disk-topology
+must_fail "notes: classes" "NOTES lists StorageClasses ['csi-nas', 'csi-sfs-turbo'], expected" "${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-disk csi-disk-topology
 c=$(chart_copy notes); sed -i 's/{{ if and .enabled (hasKey $kinds .backend) }}/{{ if .enabled }}/' "$c/templates/NOTES.txt"
 helm install everest "$c" --namespace kube-system --dry-run=client "${IMAGE[@]}" --set-json 'backends=[{"name":"evs-default","kind":"evs","enabled":false}]' | sed -n '/^NOTES:/,$p' > "$NEG/notes.txt"
 must_fail "notes: disabled backend" "NOTES lists StorageClasses ['csi-disk', 'csi-disk-topology'], expected []" "${POLICY[@]}" notes "$NEG/notes.txt"

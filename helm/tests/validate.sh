@@ -102,7 +102,7 @@ notes > "$WORK/notes-default.txt"
 notes -f "$HERE/values/file-only.yaml" > "$WORK/notes-file-only.txt"
 notes -f "$HERE/values/all.yaml" > "$WORK/notes-all.txt"
 "${POLICY[@]}" notes "$WORK/notes-default.txt" csi-disk csi-disk-topology
-"${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-nas
+"${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-nas csi-sfs-turbo
 "${POLICY[@]}" notes "$WORK/notes-all.txt" csi-disk csi-disk-topology csi-nas csi-obs
 # The default classes name evs-default: with that backend disabled, NOTES offer none.
 notes --set-json 'backends=[{"name":"evs-default","kind":"evs","enabled":false}]' > "$WORK/notes-no-backend.txt"
@@ -130,7 +130,7 @@ chmod 600 "$WORK/credentials.json"
 # Every rendering whose kinds exist (obs does not yet); block-only last, as negative.sh edits it.
 for name in block-file file-only block-only; do
   "${CHECK[@]}" toml "$WORK/$name/rendered.yaml" "$WORK/everest.toml"
-  sed -i "s#/etc/everest/credentials/evs-default/credentials.json#$WORK/credentials.json#" "$WORK/everest.toml"
+  sed -i "s#/etc/everest/credentials/[a-z0-9-]*/credentials.json#$WORK/credentials.json#" "$WORK/everest.toml"
   sed -i "s#^kubelet_root = .*#kubelet_root = \"$WORK\"#" "$WORK/everest.toml"
   sed -i "s#^by_id_dir = .*#by_id_dir = \"$WORK\"#" "$WORK/everest.toml"
   echo "$name:"

@@ -247,7 +247,7 @@ BLOCK = {"csi-disk", "csi-disk-topology"}
 COMBOS = {
     "default": (BLOCK, True, "File", False, set()),
     "block-only": (BLOCK, True, "File", False, set()),
-    "file-only": ({"csi-nas"}, False, "None", False, set()),
+    "file-only": ({"csi-nas", "csi-sfs-turbo"}, False, "None", False, set()),
     "object-only": ({"csi-obs"}, False, "None", False, set()),
     "block-file": (BLOCK | {"csi-nas"}, True, "ReadWriteOnceWithFSType", False, set()),
     "block-object": (BLOCK | {"csi-obs"}, True, "ReadWriteOnceWithFSType", False, set()),
