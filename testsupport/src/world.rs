@@ -73,6 +73,16 @@ pub struct WorldOptions {
     pub log_format: String,
     /// Extra `key = value` lines for the backend's table (e.g. `max_retries = 1`).
     pub backend_extra: Vec<String>,
+    /// TOML appended to the daemon configuration, e.g. another `[backends.<name>]` table;
+    /// `{emulator_url}` and `{credentials_file}` (AK/SK the emulator accepts) are filled in.
+    pub extra_config: String,
+    /// Extra emulator flags (e.g. where its SFS Turbo shares are exported).
+    pub emulator_extra: Vec<String>,
+    /// A network namespace (`/run/netns/<name>`) the emulator and both daemons run in, to
+    /// reach an NFS server that lives only there ([`crate::nfs::NfsServer`]). They keep the
+    /// host's mount namespace, and the tests reach them over their unix sockets; the
+    /// emulator's HTTP endpoints and the metrics are not reachable from the test then.
+    pub netns: Option<String>,
 }
 
 impl Default for WorldOptions {
@@ -83,6 +93,9 @@ impl Default for WorldOptions {
             default_fs_type: "ext4".into(),
             log_format: "text".into(),
             backend_extra: Vec::new(),
+            extra_config: String::new(),
+            emulator_extra: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -535,7 +548,7 @@ impl World {
             &self.root.join("evs-credentials.json"),
             &serde_json::json!({"access_key": ak, "secret_key": sk}).to_string(),
         )?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = self.command(bin);
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--state-dir")
@@ -550,7 +563,8 @@ impl World {
             .arg(PROJECT_ID)
             .arg("--region")
             .arg(REGION)
-            .arg("--cleanup-on-exit");
+            .arg("--cleanup-on-exit")
+            .args(&self.opts.emulator_extra);
         set_log_env(&mut cmd);
         let proc = Proc::spawn("emulator", cmd, &self.log_dir())?;
         let stdout_log = proc.stdout_log.clone();
@@ -572,6 +586,10 @@ impl World {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.emulator_addr = addr;
+        if self.opts.netns.is_some() {
+            // Unreachable from here; it announces its address only once it listens.
+            return Ok(());
+        }
         let health = format!("{}/_emulator/health", self.emulator_url());
         loop {
             match self.http.get(&health).send().await {
@@ -642,6 +660,15 @@ impl World {
         for line in &self.opts.backend_extra {
             writeln!(toml, "{line}")?;
         }
+        let extra = self
+            .opts
+            .extra_config
+            .replace("{emulator_url}", &url)
+            .replace(
+                "{credentials_file}",
+                &self.root.join("evs-credentials.json").display().to_string(),
+            );
+        writeln!(toml, "{extra}")?;
         write_private(&self.config_path(), &toml)?;
         Ok(())
     }
@@ -652,7 +679,7 @@ impl World {
             Daemon::Controller => self.controller_metrics.clone(),
             Daemon::Node => self.node_metrics.clone(),
         };
-        let mut cmd = Command::new(bin);
+        let mut cmd = self.command(bin);
         cmd.arg("--config")
             .arg(self.config_path())
             .arg("--endpoint")
@@ -664,6 +691,19 @@ impl World {
         let proc = Proc::spawn(short, cmd, &self.log_dir())?;
         *lock(self.slot(d)) = Some(proc);
         self.wait_ready(d, short).await
+    }
+
+    /// `program`, in the world's network namespace when it has one (`nsenter --net` execs it,
+    /// so the PID is the program's own, and the mount namespace stays the host's).
+    fn command(&self, program: PathBuf) -> Command {
+        match &self.opts.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
     }
 
     /// Polls Probe over the socket until it answers ready, the daemon exits, or the deadline passes.
