@@ -237,7 +237,15 @@ mod tests {
             if self.plain_files.lock().unwrap().contains(&p) {
                 return Err(Error::AlreadyExists(format!("{p} is not a directory")));
             }
-            Ok(self.dirs.lock().unwrap().insert(p, attrs).is_none())
+            let mut dirs = self.dirs.lock().unwrap();
+            if let Some(found) = dirs.get(&p) {
+                return match attrs.conflict(found) {
+                    Some(why) => Err(Error::AlreadyExists(why)),
+                    None => Ok(false),
+                };
+            }
+            dirs.insert(p, attrs);
+            Ok(true)
         }
         async fn remove_tree(&self, path: &[&str]) -> Result<()> {
             self.dirs.lock().unwrap().remove(&path.join("/"));
@@ -298,7 +306,18 @@ mod tests {
         assert_eq!(v.native_id, "d~pvc-1");
         assert_eq!(v.context[EXPORT_CONTEXT_KEY], "10.0.0.5:/exports/k8s/pvc-1");
         assert_eq!(dirs.dirs.lock().unwrap()["pvc-1"].mode, 0o750);
-        assert_eq!(c.create_volume(&create("pvc-1", &[])).await.unwrap(), v);
+        assert_eq!(
+            c.create_volume(&create("pvc-1", &[("everest.io/dir-mode", "0750")]))
+                .await
+                .unwrap(),
+            v
+        );
+        // The same name with other attributes is another volume: ALREADY_EXISTS.
+        let err = c
+            .create_volume(&create("pvc-1", &[("everest.io/dir-mode", "0700")]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
         c.delete_volume("d~pvc-1", &Secrets::default())
             .await
             .unwrap();

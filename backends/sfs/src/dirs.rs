@@ -24,11 +24,38 @@ pub struct DirAttrs {
     pub gid: Option<u32>,
 }
 
+impl DirAttrs {
+    /// Why an existing directory with `found` attributes is not the one asked for, if it is
+    /// not: other permission bits, or another owner or group where one was asked for.
+    pub fn conflict(&self, found: &DirAttrs) -> Option<String> {
+        if found.mode & 0o7777 != self.mode & 0o7777 {
+            return Some(format!(
+                "mode {:04o}, not the requested {:04o}",
+                found.mode & 0o7777,
+                self.mode & 0o7777
+            ));
+        }
+        match (self.uid, found.uid) {
+            (Some(want), Some(have)) if want != have => {
+                return Some(format!("owner {have}, not the requested {want}"));
+            }
+            _ => {}
+        }
+        match (self.gid, found.gid) {
+            (Some(want), Some(have)) if want != have => {
+                Some(format!("group {have}, not the requested {want}"))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The directories of one backend instance, by path under its base directory.
 #[async_trait]
 pub trait Directories: Send + Sync + Debug {
-    /// Makes the directory `path` (its parent must exist). An existing directory is success
-    /// (`false`: not made now); anything else of that name is ALREADY_EXISTS.
+    /// Makes the directory `path` (its parent must exist). An existing directory with the
+    /// asked attributes is success (`false`: not made now); one with others, or anything else
+    /// of that name, is ALREADY_EXISTS (see [`DirAttrs::conflict`]).
     async fn make_dir(&self, path: &[&str], attrs: DirAttrs) -> Result<bool>;
     /// Removes `path` and everything under it; a path that is gone is success.
     async fn remove_tree(&self, path: &[&str]) -> Result<()>;
@@ -172,6 +199,17 @@ fn rpc_error(what: &str, e: impl std::fmt::Display) -> Error {
 
 /// Looks `part` up in `dir`: its handle and type, or `None` when it does not exist.
 async fn lookup(conn: &mut Conn, dir: &nfs_fh3, part: &str) -> Result<Option<(nfs_fh3, ftype3)>> {
+    Ok(lookup_attrs(conn, dir, part)
+        .await?
+        .map(|(fh, kind, _)| (fh, kind)))
+}
+
+/// [`lookup`], with the object's attributes when the server sends them.
+async fn lookup_attrs(
+    conn: &mut Conn,
+    dir: &nfs_fh3,
+    part: &str,
+) -> Result<Option<(nfs_fh3, ftype3, Option<DirAttrs>)>> {
     let res = conn
         .lookup(&nfs3::LOOKUP3args {
             what: diropargs3 {
@@ -182,13 +220,18 @@ async fn lookup(conn: &mut Conn, dir: &nfs_fh3, part: &str) -> Result<Option<(nf
         .await
         .map_err(|e| rpc_error("LOOKUP", e))?;
     match res {
-        Nfs3Result::Ok(ok) => {
-            let kind = match ok.obj_attributes {
-                Nfs3Option::Some(a) => a.type_,
-                Nfs3Option::None => ftype3::NF3REG,
-            };
-            Ok(Some((ok.object, kind)))
-        }
+        Nfs3Result::Ok(ok) => Ok(Some(match ok.obj_attributes {
+            Nfs3Option::Some(a) => (
+                ok.object,
+                a.type_,
+                Some(DirAttrs {
+                    mode: a.mode,
+                    uid: Some(a.uid),
+                    gid: Some(a.gid),
+                }),
+            ),
+            Nfs3Option::None => (ok.object, ftype3::NF3REG, None),
+        })),
         Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(None),
         Nfs3Result::Err((status, _)) => Err(nfs_error("LOOKUP", status)),
     }
@@ -294,18 +337,23 @@ impl Nfs3Directories {
                 path.join("/")
             )));
         };
-        let existing = |kind: ftype3| {
-            if kind == ftype3::NF3DIR {
-                Ok(false)
-            } else {
-                Err(Error::AlreadyExists(format!(
+        let existing = |kind: ftype3, found: Option<DirAttrs>| {
+            if kind != ftype3::NF3DIR {
+                return Err(Error::AlreadyExists(format!(
                     "{} exists on the NFS server but is not a directory",
                     path.join("/")
-                )))
+                )));
+            }
+            match found.and_then(|found| attrs.conflict(&found)) {
+                Some(why) => Err(Error::AlreadyExists(format!(
+                    "directory {} exists with {why}: it is not the volume asked for",
+                    path.join("/")
+                ))),
+                None => Ok(false),
             }
         };
-        if let Some((_, kind)) = lookup(conn, &parent, last).await? {
-            return existing(kind);
+        if let Some((_, kind, found)) = lookup_attrs(conn, &parent, last).await? {
+            return existing(kind, found);
         }
         let res = conn
             .mkdir(&MKDIR3args {
@@ -326,8 +374,8 @@ impl Nfs3Directories {
             Nfs3Result::Ok(_) => Ok(true),
             // Made by a concurrent call between the lookup and the mkdir: the same answer.
             Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => {
-                match lookup(conn, &parent, last).await? {
-                    Some((_, kind)) => existing(kind),
+                match lookup_attrs(conn, &parent, last).await? {
+                    Some((_, kind, found)) => existing(kind, found),
                     None => Err(nfs_error("MKDIR", nfsstat3::NFS3ERR_EXIST)),
                 }
             }

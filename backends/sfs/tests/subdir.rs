@@ -96,10 +96,31 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
             .expect("CreateVolume");
         // The same name again, and ten at once: one directory, the same volume.
         let again = controller
-            .create_volume(&create("pvc-1", &[]))
+            .create_volume(&create(
+                "pvc-1",
+                &[
+                    ("everest.io/dir-mode", "0750"),
+                    ("everest.io/dir-uid", "1000"),
+                    ("everest.io/dir-gid", "2000"),
+                ],
+            ))
             .await
             .unwrap();
         assert_eq!(again, made);
+        // The same name with other attributes: ALREADY_EXISTS, as CSI asks.
+        for other in [
+            &[("everest.io/dir-mode", "0700")][..],
+            &[
+                ("everest.io/dir-mode", "0750"),
+                ("everest.io/dir-uid", "1001"),
+            ][..],
+        ] {
+            let err = controller
+                .create_volume(&create("pvc-1", other))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::AlreadyExists, "{other:?}: {err}");
+        }
         let racing: Vec<_> = (0..10)
             .map(|_| {
                 let c = controller.clone();
