@@ -47,9 +47,20 @@ pub struct WaitPace {
     polls: ExponentialBackoff,
     failures: ExponentialBackoff,
     failure_delays: ExponentialBuilder,
+    /// How long such waits took lately, when known: the first poll waits for most of it, and
+    /// the polls around it come close together, so the end is seen soon after it happens
+    /// with few calls.
+    expected: Option<Duration>,
     /// Polls in a row that failed transiently.
     pub failed_in_a_row: u32,
 }
+
+/// The first poll of a wait whose length is expected comes at this share of it.
+const FIRST_POLL_SHARE: f64 = 0.9;
+/// Near the expected end, polls come this many times per expected length.
+const POLLS_PER_EXPECTED: u32 = 20;
+/// The closest two polls ever come.
+const MIN_POLL_GAP: Duration = Duration::from_millis(5);
 
 impl WaitPace {
     /// A wait that may last `deadline` from now.
@@ -61,7 +72,25 @@ impl WaitPace {
             polls: poll_intervals(config).build(),
             failures: failure_delays.build(),
             failure_delays,
+            expected: None,
             failed_in_a_row: 0,
+        }
+    }
+
+    /// A wait like [`WaitPace::new`] that is expected to last about `expected` (what such
+    /// waits took lately; see [`crate::CloudClient::wait_pace`]).
+    pub fn expecting(config: &CloudConfig, deadline: Duration, expected: Option<Duration>) -> Self {
+        WaitPace {
+            expected,
+            ..Self::new(config, deadline)
+        }
+    }
+
+    /// Sleeps before the first poll: most of the expected length, when it is known (polling
+    /// earlier would only cost calls); not at all otherwise.
+    pub async fn before_first_poll(&self) {
+        if let Some(expected) = self.expected {
+            tokio::time::sleep(expected.mul_f64(FIRST_POLL_SHARE).min(self.left())).await;
         }
     }
 
@@ -93,7 +122,14 @@ impl WaitPace {
         } else {
             self.failed_in_a_row = 0;
             self.failures = self.failure_delays.build();
-            self.polls.next()
+            match self.expected {
+                // Close to the expected end: short, even gaps. Past twice the expected length,
+                // the wait is an unusual one, and the usual growing intervals take over.
+                Some(expected) if self.waited() < expected * 2 => {
+                    Some((expected / POLLS_PER_EXPECTED).max(MIN_POLL_GAP))
+                }
+                _ => self.polls.next(),
+            }
         };
         let left = self.left();
         if left.is_zero() {
@@ -203,5 +239,33 @@ mod tests {
         assert_eq!(pace.poll(std::future::pending::<()>()).await, None);
         let fresh = WaitPace::new(&config(), Duration::from_secs(1));
         assert_eq!(fresh.poll(async { 7 }).await, Some(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expected_wait_polls_late_then_often_and_falls_back_when_it_runs_long() {
+        let expected = Duration::from_millis(1000);
+        let mut pace = WaitPace::expecting(&config(), Duration::from_secs(60), Some(expected));
+        pace.before_first_poll().await;
+        assert_eq!(pace.waited(), Duration::from_millis(900));
+        assert!(pace.pause(false).await);
+        assert_eq!(
+            pace.waited(),
+            Duration::from_millis(950),
+            "gaps of 1/20 near the end"
+        );
+        while pace.waited() < expected * 2 {
+            assert!(pace.pause(false).await);
+        }
+        let before = pace.waited();
+        assert!(pace.pause(false).await);
+        assert_eq!(
+            pace.waited() - before,
+            Duration::from_millis(100),
+            "past twice the expected length, the usual schedule from job_poll_initial"
+        );
+        // Without an expectation the first poll comes at once.
+        let fresh = WaitPace::expecting(&config(), Duration::from_secs(60), None);
+        fresh.before_first_poll().await;
+        assert_eq!(fresh.waited(), Duration::ZERO);
     }
 }

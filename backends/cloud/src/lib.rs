@@ -15,9 +15,13 @@ mod into_backend;
 pub mod lenient;
 pub mod sign;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use backoff::WaitPace;
 
 pub use config::{CloudConfig, Credentials};
 pub use credentials::read_credentials_file;
@@ -36,7 +40,12 @@ pub struct CloudClient {
     transport: Arc<Transport>,
     /// The backend instance, as the `backend` label of the cloud API metrics.
     backend: Arc<str>,
+    /// How long each kind of wait took lately (a moving average), by key.
+    waits: Arc<Mutex<HashMap<String, Duration>>>,
 }
+
+/// The weight of the newest wait in the moving average of its kind.
+const NEWEST_WAIT_WEIGHT: f64 = 0.3;
 
 impl CloudClient {
     /// Validates the settings for `services` (IAM is always included, for tokens) and builds
@@ -64,6 +73,7 @@ impl CloudClient {
         Ok(CloudClient {
             transport: Arc::new(Transport::new(config, auth, services)?),
             backend: Arc::from(UNNAMED_BACKEND),
+            waits: Arc::default(),
         })
     }
 
@@ -87,6 +97,28 @@ impl CloudClient {
     /// The project every call is scoped to.
     pub fn project_id(&self) -> &str {
         &self.transport.config().project_id
+    }
+
+    /// The pace of a wait of the kind `key` (e.g. `job:evs`) that may last `deadline`:
+    /// expecting about as long as such waits took lately on this backend instance.
+    pub fn wait_pace(&self, key: &str, deadline: Duration) -> WaitPace {
+        let expected = self
+            .waits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied();
+        WaitPace::expecting(self.config(), deadline, expected)
+    }
+
+    /// Records that a wait of the kind `key` ended well after `took`.
+    pub fn record_wait(&self, key: &str, took: Duration) {
+        let mut waits = self.waits.lock().unwrap_or_else(PoisonError::into_inner);
+        let average = match waits.get(key) {
+            Some(old) => old.mul_f64(1.0 - NEWEST_WAIT_WEIGHT) + took.mul_f64(NEWEST_WAIT_WEIGHT),
+            None => took,
+        };
+        waits.insert(key.to_owned(), average);
     }
 
     /// Sends an authenticated call with retries; a non-2xx answer becomes [`Error::Api`].

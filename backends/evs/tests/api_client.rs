@@ -769,6 +769,7 @@ async fn a_disk_wait_outlasts_failing_rounds() {
     let done = cloud
         .aksk_client()
         .wait_for_volumes(
+            "test",
             &["d1".to_owned()],
             |_, v| match v {
                 Some(v) if v.status == VolumeStatus::Available => VolumeWait::Done,
@@ -814,6 +815,7 @@ async fn wait_for_volumes_batches_sixty_ids_per_call() {
     let done = cloud
         .aksk_client()
         .wait_for_volumes(
+            "test",
             &ids,
             |_, v| match v {
                 Some(v) if v.status == VolumeStatus::Available => VolumeWait::Done,
@@ -841,6 +843,7 @@ async fn wait_for_volumes_batches_sixty_ids_per_call() {
     let err = cloud
         .aksk_client()
         .wait_for_volumes(
+            "test",
             &["v-missing".to_owned()],
             |_, v| {
                 if v.is_some() {

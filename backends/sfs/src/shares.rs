@@ -128,14 +128,19 @@ impl Shares {
     async fn wait_available(&self, id: &str) -> Result<Share> {
         let waited = self
             .client
-            .wait(id, self.config.wait_timeout(), |share| match share {
-                None => Some(Err("it disappeared while being created".to_owned())),
-                Some(s) if s.is_available() => Some(Ok(s.clone())),
-                Some(s) if s.is_failed() => {
-                    Some(Err(format!("creation ended in status {}", s.status)))
-                }
-                Some(_) => None,
-            })
+            .wait(
+                "create",
+                id,
+                self.config.wait_timeout(),
+                |share| match share {
+                    None => Some(Err("it disappeared while being created".to_owned())),
+                    Some(s) if s.is_available() => Some(Ok(s.clone())),
+                    Some(s) if s.is_failed() => {
+                        Some(Err(format!("creation ended in status {}", s.status)))
+                    }
+                    Some(_) => None,
+                },
+            )
             .await;
         match waited {
             Ok(share) => Ok(share),
@@ -182,11 +187,16 @@ impl Shares {
             return Ok(());
         }
         self.client
-            .wait(&vol.id, self.config.wait_timeout(), |share| match share {
-                None => Some(Ok(())),
-                Some(s) if s.status == status::DELETED => Some(Ok(())),
-                Some(_) => None,
-            })
+            .wait(
+                "delete",
+                &vol.id,
+                self.config.wait_timeout(),
+                |share| match share {
+                    None => Some(Ok(())),
+                    Some(s) if s.status == status::DELETED => Some(Ok(())),
+                    Some(_) => None,
+                },
+            )
             .await
             .map_err(Error::from)
     }
@@ -243,16 +253,21 @@ impl Shares {
 
     async fn wait_expanded(&self, id: &str, size: u64) -> Result<Share> {
         self.client
-            .wait(id, self.config.wait_timeout(), |share| match share {
-                None => Some(Err("it disappeared while being expanded".to_owned())),
-                Some(s) if s.sub_status == status::EXPAND_FAILED => {
-                    Some(Err("its expansion failed".to_owned()))
-                }
-                Some(s) if s.sub_status != status::EXPANDING && s.size >= size => {
-                    Some(Ok(s.clone()))
-                }
-                Some(_) => None,
-            })
+            .wait(
+                "expand",
+                id,
+                self.config.wait_timeout(),
+                |share| match share {
+                    None => Some(Err("it disappeared while being expanded".to_owned())),
+                    Some(s) if s.sub_status == status::EXPAND_FAILED => {
+                        Some(Err("its expansion failed".to_owned()))
+                    }
+                    Some(s) if s.sub_status != status::EXPANDING && s.size >= size => {
+                        Some(Ok(s.clone()))
+                    }
+                    Some(_) => None,
+                },
+            )
             .await
             .map_err(Error::from)
     }

@@ -257,17 +257,23 @@ impl ShareClient {
     /// poll only slow the polling.
     pub async fn wait<T>(
         &self,
+        kind: &str,
         id: &str,
         deadline: Duration,
         settled: impl Fn(Option<&Share>) -> Option<std::result::Result<T, String>>,
     ) -> Result<T> {
-        let mut pace = WaitPace::new(self.cloud.config(), deadline);
+        let key = format!("share:{kind}");
+        let mut pace = self.cloud.wait_pace(&key, deadline);
+        pace.before_first_poll().await;
         let mut last = String::from("not polled yet");
         loop {
             let failed = match pace.poll(self.get(id)).await {
                 Some(Ok(share)) => {
                     match settled(share.as_ref()) {
-                        Some(Ok(done)) => return Ok(done),
+                        Some(Ok(done)) => {
+                            self.cloud.record_wait(&key, pace.waited());
+                            return Ok(done);
+                        }
                         Some(Err(reason)) => {
                             return Err(Error::ResourceFailed {
                                 resource: format!("share {id}"),

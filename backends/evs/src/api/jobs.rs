@@ -188,13 +188,18 @@ impl EvsClient {
         job_id: &JobId,
         deadline: Duration,
     ) -> Result<Job> {
-        let mut pace = WaitPace::new(self.config(), deadline);
+        let key = format!("job:{}", service.as_str());
+        let mut pace = self.transport().wait_pace(&key, deadline);
+        pace.before_first_poll().await;
         let mut last_status = "not read yet".to_owned();
         loop {
             let failed = match pace.poll(self.get_job(service, job_id)).await {
                 None => false,
                 Some(Ok(job)) => match job.status {
-                    JobStatus::Success => return Ok(job),
+                    JobStatus::Success => {
+                        self.transport().record_wait(&key, pace.waited());
+                        return Ok(job);
+                    }
                     JobStatus::Fail => return Err(job.into_error()),
                     _ => {
                         last_status = job.status.to_string();
@@ -219,10 +224,11 @@ impl EvsClient {
     }
 
     /// Polls many disks with one `list_volumes` call per 60 disks per round until `predicate`
-    /// says `Done` for each (→ the last seen state, `None` if absent) or `deadline` passes.
+    /// says `Done` for each (`kind` names the wait, e.g. `attached`, for the pace it learns) (→ the last seen state, `None` if absent) or `deadline` passes.
     /// Transient failures of a round slow the polling, as in [`EvsClient::wait_for_job`].
     pub async fn wait_for_volumes<F>(
         &self,
+        kind: &str,
         ids: &[String],
         predicate: F,
         deadline: Duration,
@@ -230,7 +236,10 @@ impl EvsClient {
     where
         F: Fn(&str, Option<&Volume>) -> VolumeWait,
     {
-        let mut pace = WaitPace::new(self.config(), deadline);
+        // Waits for different states take different times: each kind learns its own pace.
+        let key = format!("disks:{kind}");
+        let mut pace = self.transport().wait_pace(&key, deadline);
+        pace.before_first_poll().await;
         let mut pending: BTreeSet<String> = ids.iter().cloned().collect();
         let mut done = BTreeMap::new();
         loop {
@@ -274,6 +283,7 @@ impl EvsClient {
                 }
             }
             if pending.is_empty() {
+                self.transport().record_wait(&key, pace.waited());
                 return Ok(done);
             }
             if !pace.pause(failed).await {

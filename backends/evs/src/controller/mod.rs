@@ -110,7 +110,12 @@ impl EvsController {
         let ids = [disk_id.to_owned()];
         let mut seen = self
             .client
-            .wait_for_volumes(&ids, |_, v| done(v), self.config.backend.job_timeout())
+            .wait_for_volumes(
+                what,
+                &ids,
+                |_, v| done(v),
+                self.config.backend.job_timeout(),
+            )
             .await
             .map_err(|e| {
                 Error::from(e).context(format!("waiting for disk {disk_id} to be {what}"))
