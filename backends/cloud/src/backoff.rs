@@ -51,6 +51,8 @@ pub struct WaitPace {
     /// the polls around it come close together, so the end is seen soon after it happens
     /// with few calls.
     expected: Option<Duration>,
+    /// Polls sent so far (atomic only so that a poll's future stays `Send`).
+    sent: std::sync::atomic::AtomicU32,
     /// Polls in a row that failed transiently.
     pub failed_in_a_row: u32,
 }
@@ -73,6 +75,7 @@ impl WaitPace {
             failures: failure_delays.build(),
             failure_delays,
             expected: None,
+            sent: std::sync::atomic::AtomicU32::new(0),
             failed_in_a_row: 0,
         }
     }
@@ -83,6 +86,16 @@ impl WaitPace {
         WaitPace {
             expected,
             ..Self::new(config, deadline)
+        }
+    }
+
+    /// How long the wait ended after, as the next expectation should learn it: when the very
+    /// first poll already saw the end, it came earlier than that poll, so a little less.
+    pub fn learned_length(&self) -> Duration {
+        let polls = self.sent.load(std::sync::atomic::Ordering::Relaxed);
+        match (polls, self.expected) {
+            (1, Some(_)) => self.waited().mul_f64(FIRST_POLL_SHARE),
+            _ => self.waited(),
         }
     }
 
@@ -105,6 +118,7 @@ impl WaitPace {
 
     /// Runs one poll, cut off at the deadline (`None`): a slow poll cannot stretch the wait.
     pub async fn poll<T>(&self, poll: impl Future<Output = T>) -> Option<T> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::time::timeout(self.left(), poll).await.ok()
     }
 
@@ -263,6 +277,13 @@ mod tests {
             Duration::from_millis(100),
             "past twice the expected length, the usual schedule from job_poll_initial"
         );
+        // An end seen at the first poll was earlier than it: the expectation shrinks.
+        let early = WaitPace::expecting(&config(), Duration::from_secs(60), Some(expected));
+        early.before_first_poll().await;
+        early.poll(async {}).await;
+        assert_eq!(early.learned_length(), Duration::from_millis(810));
+        early.poll(async {}).await;
+        assert_eq!(early.learned_length(), Duration::from_millis(900));
         // Without an expectation the first poll comes at once.
         let fresh = WaitPace::expecting(&config(), Duration::from_secs(60), None);
         fresh.before_first_poll().await;

@@ -271,7 +271,7 @@ impl ShareClient {
                 Some(Ok(share)) => {
                     match settled(share.as_ref()) {
                         Some(Ok(done)) => {
-                            self.cloud.record_wait(&key, pace.waited());
+                            self.cloud.record_wait(&key, pace.learned_length());
                             return Ok(done);
                         }
                         Some(Err(reason)) => {

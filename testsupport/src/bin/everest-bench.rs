@@ -290,13 +290,16 @@ async fn rpc_latency(world: &World, n: usize) -> Result<(Vec<Figure>, Duration),
 
 // ------------------------------------------------------------------ P2: cloud operations
 
-/// One create, attach, detach and delete, each timed. The first round only warms up: the client
-/// learns how long each kind of wait takes (see `CloudClient::wait_pace`), and the figure is
-/// the steady state a running controller has.
+/// Rounds of one create, attach, detach and delete before the timed one: the client learns how
+/// long each kind of wait takes (see `CloudClient::wait_pace`), and the figure is the steady
+/// state of a controller that has been running a while.
+const WARM_UP_ROUNDS: usize = 5;
+
+/// One create, attach, detach and delete, each timed, after the warm-up rounds.
 async fn single_operations(world: &World, job: Duration) -> Result<Vec<Figure>, Error> {
     let mut timed = Vec::new();
-    for round in ["bench-warm-up", "bench-single"] {
-        timed = one_of_each(world, round).await?;
+    for round in 0..=WARM_UP_ROUNDS {
+        timed = one_of_each(world, &format!("bench-single-{round}")).await?;
     }
     Ok(timed
         .into_iter()

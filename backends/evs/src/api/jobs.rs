@@ -197,7 +197,7 @@ impl EvsClient {
                 None => false,
                 Some(Ok(job)) => match job.status {
                     JobStatus::Success => {
-                        self.transport().record_wait(&key, pace.waited());
+                        self.transport().record_wait(&key, pace.learned_length());
                         return Ok(job);
                     }
                     JobStatus::Fail => return Err(job.into_error()),
@@ -283,7 +283,7 @@ impl EvsClient {
                 }
             }
             if pending.is_empty() {
-                self.transport().record_wait(&key, pace.waited());
+                self.transport().record_wait(&key, pace.learned_length());
                 return Ok(done);
             }
             if !pace.pause(failed).await {
