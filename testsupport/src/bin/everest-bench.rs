@@ -337,14 +337,27 @@ async fn one_of_each(world: &World, name: &str) -> Result<Vec<(&'static str, Dur
     Ok(timed)
 }
 
-/// The sum of the controller's `everest_cloud_api_requests_total` series.
-async fn cloud_calls(world: &World) -> Result<f64, Error> {
+/// The controller's `everest_cloud_api_requests_total`, summed by operation.
+async fn cloud_calls(world: &World) -> Result<std::collections::BTreeMap<String, f64>, Error> {
     let text = world.metrics(Daemon::Controller).await?;
-    Ok(text
+    let mut by_operation = std::collections::BTreeMap::new();
+    for line in text
         .lines()
-        .filter(|l| l.starts_with("everest_cloud_api_requests_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+        .filter(|l| l.starts_with("everest_cloud_api_requests_total{"))
+    {
+        let operation = line
+            .split("operation=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("?");
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *by_operation.entry(operation.to_owned()).or_insert(0.0) += value;
+    }
+    Ok(by_operation)
 }
 
 async fn burst(
@@ -381,7 +394,19 @@ async fn burst(
         ids.push(task.await??.ok_or("CreateVolume answered no volume")?);
     }
     let created = t.elapsed();
-    let calls = cloud_calls(world).await? - calls_before;
+    let mut calls_by_operation = cloud_calls(world).await?;
+    for (op, before) in &calls_before {
+        if let Some(after) = calls_by_operation.get_mut(op) {
+            *after -= before;
+        }
+    }
+    let calls: f64 = calls_by_operation.values().sum();
+    let breakdown = calls_by_operation
+        .iter()
+        .filter(|(_, n)| **n > 0.0)
+        .map(|(op, calls)| format!("{op} {:.2}", calls / n as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
     let t = Instant::now();
     let mut tasks = Vec::new();
     for id in ids {
@@ -418,7 +443,7 @@ async fn burst(
             goal: "≤ 1.2 ×".into(),
         },
         Figure {
-            name: "cloud API calls per created volume".into(),
+            name: format!("cloud API calls per created volume ({breakdown})"),
             ours: format!("{:.2}", calls / n as f64),
             baseline: "1 (the create call alone)".into(),
             ratio: calls / n as f64,
