@@ -43,21 +43,6 @@ async fn wait_share(api: &Api, id: &str, done: impl Fn(u16, &Value) -> bool) -> 
     }
 }
 
-/// Runs `body` on a thread inside the server's namespace, on a current-thread runtime, so that
-/// every socket it opens (to the emulator, to ganesha) is in that namespace.
-fn inside<F: Future<Output = ()>>(server: &NfsServer, body: impl FnOnce() -> F + Send) {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            server.enter().expect("enter the namespace");
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(body());
-        });
-    });
-}
-
 fn start_world(server: &NfsServer) -> World {
     let mut world = World::new();
     let root = server.export_root().display().to_string();
@@ -86,7 +71,7 @@ fn a_share_is_a_real_nfs_export_from_create_to_delete() {
     let payload = world.dir.path().join("payload.txt");
     std::fs::write(&payload, "written over NFS\n").unwrap();
 
-    inside(&server, || async {
+    server.block_on_inside(async {
         let api = world.api();
         let (code, created) = api
             .call("POST", &shares(), Some(create_body("it-share")))
@@ -210,7 +195,7 @@ fn injected_faults_reach_the_share_api_in_its_own_shape() {
     let root = tempfile::tempdir().expect("share root");
     let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
     let world = start_world(&server);
-    inside(&server, || async {
+    server.block_on_inside(async {
         let api = world.api();
         let faults = |v: Value| {
             let url = format!("{}/_emulator/faults", api.base);

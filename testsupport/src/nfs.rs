@@ -281,6 +281,23 @@ impl NfsServer {
         Ok(())
     }
 
+    /// Runs `f` to completion on a thread inside the namespace, on a current-thread runtime of
+    /// its own, so every socket it opens (to the server, to an emulator beside it) is there.
+    pub fn block_on_inside<T: Send>(&self, f: impl std::future::Future<Output = T> + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter().expect("enter the server's namespace");
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(f)
+            })
+            .join()
+            .expect("the thread inside the namespace")
+        })
+    }
+
     /// A libnfs URL for `path` under the pseudo root (`nfs://127.0.0.1/PSEUDO/PATH?version=V`).
     pub fn url(&self, path: &str, version: u8) -> String {
         format!(

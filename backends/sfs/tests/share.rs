@@ -46,22 +46,6 @@ fn create(name: &str, gib: u64, params: &[(&str, &str)]) -> CreateVolume {
     }
 }
 
-/// Runs `f` on a thread inside the server's network namespace, on its own runtime.
-fn inside<T: Send>(server: &NfsServer, f: impl std::future::Future<Output = T> + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            server.enter().expect("enter the server's namespace");
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(f)
-        })
-        .join()
-        .expect("the thread inside the namespace")
-    })
-}
-
 fn controller(cloud: &ShareCloud, extra: serde_json::Value) -> Arc<dyn ControllerBackend> {
     let mut share = cloud.share_table();
     share
@@ -148,7 +132,7 @@ fn a_share_per_volume_from_create_to_delete_with_data_written_over_nfs() {
     let controller = controller(&cloud, serde_json::json!({}));
     let mounts_before = nfs_mounts();
 
-    let (made, kept) = inside(&server, async {
+    let (made, kept) = server.block_on_inside(async {
         controller.probe().await.expect("the API answers");
         let made = controller
             .create_volume(&create("pvc-share-1", 1, &[]))
@@ -270,7 +254,7 @@ fn a_share_per_volume_from_create_to_delete_with_data_written_over_nfs() {
     );
 
     let kept_id = kept.native_id.trim_start_matches("sr~").to_owned();
-    inside(&server, async {
+    server.block_on_inside(async {
         controller
             .delete_volume(&made.native_id, &Secrets::default())
             .await
@@ -322,7 +306,7 @@ fn faults_on_the_share_api_cost_retries_and_leak_nothing() {
         &cloud,
         serde_json::json!({"max_retries": 8, "retry_base_ms": 5, "retry_cap_ms": 40}),
     );
-    inside(&server, async {
+    server.block_on_inside(async {
         // Every creation fails: CreateVolume is UNAVAILABLE (the provisioner retries) and the
         // failed share is deleted again.
         faults(&cloud, serde_json::json!({"share_create_fail_rate": 1.0})).await;

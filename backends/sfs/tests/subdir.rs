@@ -37,22 +37,6 @@ fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
     }
 }
 
-/// Runs `f` on a thread inside the server's network namespace, on its own runtime.
-fn inside<T: Send>(server: &NfsServer, f: impl std::future::Future<Output = T> + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            server.enter().expect("enter the server's namespace");
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(f)
-        })
-        .join()
-        .expect("the thread inside the namespace")
-    })
-}
-
 #[test]
 fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
     if skip_unless_nfs_server() {
@@ -81,7 +65,7 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
     };
     let mounts_before = nfs_mounts();
 
-    let ids = inside(&server, async {
+    let ids = server.block_on_inside(async {
         controller.probe().await.expect("the server answers");
         let made = controller
             .create_volume(&create(
@@ -178,7 +162,7 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
     std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
     std::fs::write(dir.join("sub/deeper/file"), "x").unwrap();
 
-    inside(&server, async {
+    server.block_on_inside(async {
         for v in [&made, &raced, &kept, &archived] {
             controller
                 .delete_volume(&v.native_id, &Secrets::default())
