@@ -158,7 +158,14 @@ impl NodeBackend for ObsNode {
                     m.is_read_only()
                 )));
             }
-            return Ok(());
+            match self.host.fs_stats(staging.as_path()).await {
+                Ok(_) => return Ok(()),
+                // The mounter died ("transport endpoint is not connected"): mount it again.
+                Err(e) => {
+                    tracing::warn!(volume = %req.native_id, %staging, error = %e, "staged FUSE mount is dead; mounting it again");
+                    self.host.unmount_fuse(staging.as_path()).await?;
+                }
+            }
         }
         let keys = S3Keys::from_secrets(&req.secrets)?.ok_or_else(|| {
             Error::InvalidArgument(format!(
@@ -224,6 +231,15 @@ impl NodeBackend for ObsNode {
 
     async fn publish(&self, req: &NodePublish) -> Result<()> {
         check_capability(&req.capability)?;
+        // A bind of a mount whose mounter died stays dead after the stage is repaired: drop it
+        // so it is bound again from the live staging mount.
+        let target = req.target.as_path();
+        if !mounts_at(self.host.as_ref(), target).await?.is_empty()
+            && let Err(e) = self.host.fs_stats(target).await
+        {
+            tracing::warn!(volume = %req.native_id, target = %req.target, error = %e, "published FUSE mount is dead; binding it again");
+            self.host.unmount(target).await?;
+        }
         publish_filesystem(
             self.host.as_ref(),
             &req.native_id,

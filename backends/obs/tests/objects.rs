@@ -445,6 +445,23 @@ fn shown_by_any_process(needle: &str) -> Option<String> {
     None
 }
 
+/// The s3fs process whose command line names `mount_point` (the test's own mount).
+fn s3fs_serving(mount_point: &Path) -> Option<rustix::process::Pid> {
+    let wanted = mount_point.display().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_s3fs = args.first()?.ends_with(b"s3fs");
+            (is_s3fs && args.contains(&wanted.as_bytes()))
+                .then(|| rustix::process::Pid::from_raw(pid))
+                .flatten()
+        })
+}
+
 fn fuse_unavailable() -> Option<String> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Some("not root: FUSE mounts need root".into());
@@ -570,6 +587,31 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
         VolumeUsage::Filesystem { abnormal: None, .. }
     ));
 
+    // The mounter dies: the volume turns abnormal, and the next stage and publish repair it.
+    let pid = s3fs_serving(staging.as_path()).expect("the s3fs process of the staged volume");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(staging.as_path()).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount outlived its mounter"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(matches!(
+        node.stats(&v.native_id, &target).await.unwrap(),
+        VolumeUsage::Lost { .. }
+    ));
+    node.stage(&stage).await.unwrap();
+    node.publish(&publish).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(target.as_path().join("hello.txt")).unwrap(),
+        "hello from a pod"
+    );
+    if let Some(place) = shown_by_any_process(SK) {
+        panic!("the secret key shows in {place}");
+    }
+
     for t in [&target, &ro_target] {
         node.unpublish(&v.native_id, t).await.unwrap();
         node.unpublish(&v.native_id, t).await.unwrap();
@@ -595,4 +637,76 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
 /// EROFS, without a libc dependency for one number.
 fn libc_erofs() -> i32 {
     30
+}
+
+#[tokio::test]
+async fn prefix_volumes_mount_only_their_own_keys() {
+    if skip_without("s3fs", "s3fs") {
+        return;
+    }
+    if let Some(why) = fuse_unavailable() {
+        everest_testsupport::skip(why);
+        return;
+    }
+    let Some(env) = Env::start() else { return };
+    env.admin
+        .create_bucket()
+        .bucket("shared-data")
+        .send()
+        .await
+        .unwrap();
+    let shared = [
+        ("everest.io/obs-mode", "prefix"),
+        ("everest.io/obs-bucket", "shared-data"),
+    ];
+    let a = env
+        .controller
+        .create_volume(&create("pvc-a", &shared))
+        .await
+        .unwrap();
+    let b = env
+        .controller
+        .create_volume(&create("pvc-b", &shared))
+        .await
+        .unwrap();
+    env.put("shared-data", "pvc-b/b-only.txt", "b").await;
+    let node = env.node();
+    let kubelet = env.dir.path().join("kubelet");
+    let root = AllowedRoot::new(&kubelet).unwrap();
+    let staging = root
+        .check(
+            &kubelet
+                .join("plugins/obs/a/globalmount")
+                .display()
+                .to_string(),
+            "s",
+        )
+        .unwrap();
+    let _guard = MountGuard(vec![staging.as_path().to_owned()]);
+    node.stage(&NodeStage {
+        native_id: a.native_id.clone(),
+        publish_context: BTreeMap::new(),
+        staging: staging.clone(),
+        capability: cap(AccessMode::MultiNodeMultiWriter, &[]),
+        volume_context: a.context.clone(),
+        secrets: secrets(),
+    })
+    .await
+    .unwrap();
+    std::fs::write(staging.as_path().join("a.txt"), "a").unwrap();
+    let seen: Vec<String> = std::fs::read_dir(staging.as_path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(seen, ["a.txt"], "volume a sees only its own prefix");
+    assert_eq!(env.get("shared-data", "pvc-a/a.txt").await, "a");
+    node.unstage(&a.native_id, &staging).await.unwrap();
+    assert!(!mounted(staging.as_path()));
+    for v in [&a, &b] {
+        env.controller
+            .delete_volume(&v.native_id, &Secrets::default())
+            .await
+            .unwrap();
+    }
+    assert!(env.keys("shared-data", "").await.is_empty());
 }
