@@ -73,6 +73,9 @@ pub struct WorldOptions {
     pub log_format: String,
     /// Extra `key = value` lines for the backend's table (e.g. `max_retries = 1`).
     pub backend_extra: Vec<String>,
+    /// Lines appended to the config file after the block backend's table: further
+    /// `[backends.<name>]` tables (an object backend against a test S3 server).
+    pub extra_config: Vec<String>,
 }
 
 impl Default for WorldOptions {
@@ -83,6 +86,7 @@ impl Default for WorldOptions {
             default_fs_type: "ext4".into(),
             log_format: "text".into(),
             backend_extra: Vec::new(),
+            extra_config: Vec::new(),
         }
     }
 }
@@ -640,6 +644,10 @@ impl World {
         // Calls without a topology requirement (the sidecar always sends one) land in the emulator's zone.
         writeln!(toml, "availability_zone = \"emu-az1\"")?;
         for line in &self.opts.backend_extra {
+            writeln!(toml, "{line}")?;
+        }
+        writeln!(toml)?;
+        for line in &self.opts.extra_config {
             writeln!(toml, "{line}")?;
         }
         write_private(&self.config_path(), &toml)?;
