@@ -350,6 +350,60 @@ impl ObsController {
     }
 }
 
+impl ObsController {
+    /// Records `bytes` as the bucket volume's size when it grows; the size recorded before.
+    async fn record_bucket_capacity(&self, c: &Client, vol: &ObsVolume, bytes: u64) -> Result<u64> {
+        let bucket = &vol.bucket;
+        if !self.s3.bucket_exists(c, bucket).await? {
+            return Err(Error::NotFound(format!(
+                "volume {vol}: bucket {bucket} does not exist"
+            )));
+        }
+        let mut tags = self.s3.bucket_tags(c, bucket).await?;
+        // A bucket Everest did not make (a static volume) carries no record to change.
+        if tags.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
+            return Ok(bytes);
+        }
+        let before = tags
+            .get(CAPACITY_TAG)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if bytes > before {
+            tags.insert(CAPACITY_TAG.to_owned(), bytes.to_string());
+            self.s3.put_bucket_tags(c, bucket, &tags).await?;
+        }
+        Ok(before)
+    }
+
+    /// Records `bytes` as the prefix volume's size on its marker when it grows.
+    async fn record_prefix_capacity(&self, c: &Client, vol: &ObsVolume, bytes: u64) -> Result<u64> {
+        let bucket = &vol.bucket;
+        let marker = vol.key_prefix();
+        let Some(mut meta) = self.s3.object_metadata(c, bucket, &marker).await? else {
+            if self.s3.has_objects(c, bucket, &marker).await? {
+                return Ok(bytes);
+            }
+            return Err(Error::NotFound(format!(
+                "volume {vol}: no prefix {marker} in bucket {bucket}"
+            )));
+        };
+        if meta.get(CREATED_BY_META).map(String::as_str) != Some(CREATED_BY) {
+            return Ok(bytes);
+        }
+        let before = meta
+            .get(CAPACITY_META)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if bytes > before {
+            // The marker is an empty object: rewritten whole, with the metadata s3fs keeps on
+            // the directory (mode, owner) carried over.
+            meta.insert(CAPACITY_META.to_owned(), bytes.to_string());
+            self.s3.put_marker(c, bucket, &marker, &meta).await?;
+        }
+        Ok(before)
+    }
+}
+
 /// Mode `d` on something Everest did not make (a hand-written volumeHandle): refuse, naming the
 /// way out, rather than delete another's data or pretend it is gone.
 fn not_made_by_us(vol: &ObsVolume, what: &str) -> Error {
@@ -436,8 +490,24 @@ impl ControllerBackend for ObsController {
         Ok(())
     }
 
-    async fn expand(&self, _native_id: &str, _capacity: CapacityRange) -> Result<Expanded> {
-        Err(unsupported(&self.name, "volume expansion"))
+    async fn expand(&self, native_id: &str, capacity: CapacityRange) -> Result<Expanded> {
+        let vol: ObsVolume = native_id.parse()?;
+        let c = self.s3.client(None)?;
+        let recorded = match &vol.prefix {
+            None => {
+                self.record_bucket_capacity(&c, &vol, capacity.required_bytes)
+                    .await?
+            }
+            Some(_) => {
+                self.record_prefix_capacity(&c, &vol, capacity.required_bytes)
+                    .await?
+            }
+        };
+        // Nothing to grow anywhere: the new size is only recorded (never shrunk).
+        Ok(Expanded {
+            capacity_bytes: recorded.max(capacity.required_bytes),
+            node_expansion_required: false,
+        })
     }
 
     async fn get_volume(&self, _native_id: &str) -> Result<ListedVolume> {

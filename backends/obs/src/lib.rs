@@ -7,7 +7,7 @@
 //! - [`controller`], [`node`]: the two sides.
 //!
 //! Not built yet: a mounter supervisor that keeps FUSE mounts alive across a restart of the
-//! node daemon, rclone as a second mounter, expansion, and the metrics of issue #14.
+//! node daemon, rclone as a second mounter, and the metrics of issue #14.
 
 pub mod config;
 pub mod controller;
@@ -50,9 +50,10 @@ pub mod context {
     pub const MOUNTER: &str = "everest.io/obs-mounter";
 }
 
-/// What a bucket offers: shared by many nodes, read-write or read-only; no size to grow or list.
+/// What a bucket offers: shared by many nodes, read-write or read-only; expansion only records
+/// the new size (nothing on the node grows); no listing.
 pub const CAPABILITIES: Capabilities = Capabilities {
-    expand: false,
+    expand: true,
     node_expand: false,
     list: false,
     access_modes: &[

@@ -198,6 +198,30 @@ async fn bucket_volumes_are_made_once_and_only_ours_are_deleted() {
         Code::AlreadyExists,
         "capacity",
     );
+    // Expansion records the new size (nothing grows); then the bigger request matches.
+    let grown = c
+        .expand(&v.native_id, CapacityRange::new(2 << 30, 0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (grown.capacity_bytes, grown.node_expansion_required),
+        (2 << 30, false)
+    );
+    assert_eq!(
+        c.create_volume(&bigger).await.unwrap().capacity_bytes,
+        2 << 30
+    );
+    let same = c
+        .expand(&v.native_id, CapacityRange::new(1 << 30, 0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(same.capacity_bytes, 2 << 30, "never shrunk");
+    assert_code(
+        c.expand("nope", CapacityRange::new(1 << 30, 0).unwrap())
+            .await,
+        Code::NotFound,
+        "nope",
+    );
 
     // A bucket under the name Everest would pick, made by someone else: not ours.
     let foreign = bucket_for_request("everest", "pvc-foreign");
@@ -320,6 +344,17 @@ async fn prefix_volumes_share_a_bucket_without_touching_each_other() {
     );
     assert_eq!(env.keys("shared-data", "pvc-c/").await, ["pvc-c/theirs"]);
     assert_eq!(env.get("shared-data", "outside").await, "3");
+    let grown = c
+        .expand(&b.native_id, CapacityRange::new(5 << 30, 0).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(grown.capacity_bytes, 5 << 30);
+    let mut bigger = create("pvc-b", &shared);
+    bigger.capacity = CapacityRange::new(5 << 30, 0).unwrap();
+    assert_eq!(
+        c.create_volume(&bigger).await.unwrap().native_id,
+        b.native_id
+    );
     c.delete_volume(&b.native_id, &Secrets::default())
         .await
         .unwrap();
