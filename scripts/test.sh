@@ -33,8 +33,10 @@ command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha)
 dpkg -s nfs-ganesha-vfs >/dev/null 2>&1 || need+=(nfs-ganesha-vfs)
 command -v rpcbind >/dev/null || need+=(rpcbind)
 command -v nfs-cp >/dev/null || need+=(libnfs-utils)
-# Object volumes (backends/obs/tests): s3fs mounts buckets through FUSE (fuse3 brings fusermount).
+# Object volumes (backends/obs/tests): s3fs and rclone mount buckets through FUSE (fuse3 brings
+# fusermount).
 command -v s3fs >/dev/null || need+=(s3fs)
+command -v rclone >/dev/null || need+=(rclone)
 command -v fusermount >/dev/null || need+=(fuse3)
 if ((${#need[@]})); then
     if ((as_root)); then

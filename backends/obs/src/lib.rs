@@ -3,11 +3,11 @@
 //!   a volume is (a bucket, or a prefix in one, with its delete policy, in its ID);
 //! - [`credentials`]: access keys from a private file or from CSI secrets, never shown;
 //! - [`s3`]: the S3 calls the controller makes, through `aws-sdk-s3`, and their errors;
-//! - [`mounter`]: the FUSE mounters (s3fs), their option allowlists and command lines;
+//! - [`mounter`]: the FUSE mounters (s3fs, rclone), their option allowlists and command lines;
 //! - [`controller`], [`node`]: the two sides.
 //!
 //! Not built yet: a mounter supervisor that keeps FUSE mounts alive across a restart of the
-//! node daemon, rclone as a second mounter, and the metrics of issue #14.
+//! node daemon, and the metrics of issue #14.
 
 pub mod config;
 pub mod controller;
@@ -84,7 +84,7 @@ pub fn check_capability(cap: &VolumeCapability) -> Result<(), Error> {
             if !fs_type.is_empty() && fs_type.parse::<mounter::Mounter>().is_err() =>
         {
             Err(Error::InvalidArgument(format!(
-                "filesystem type {fs_type:?} cannot be asked of an object volume (leave it empty or name the mounter, s3fs)"
+                "filesystem type {fs_type:?} cannot be asked of an object volume (leave it empty or name the mounter, s3fs or rclone)"
             )))
         }
         AccessType::Mount { .. } => Ok(()),

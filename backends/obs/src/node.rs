@@ -51,11 +51,11 @@ impl ObsNode {
         Self { name, config, host }
     }
 
-    /// The credentials file of the volume staged at `staging`: one per staging path, so
-    /// unstage (which gets only the path) finds it.
-    pub fn passwd_file(&self, staging: &HostPath) -> PathBuf {
+    /// The credentials file of the volume staged at `staging` (s3fs's passwd file, or
+    /// rclone's config): one per staging path, so unstage (which gets only the path) finds it.
+    pub fn credentials_file(&self, staging: &HostPath) -> PathBuf {
         let key = short_hash(&staging.as_path().display().to_string(), 24);
-        self.config.runtime_dir.join(format!("{key}.passwd"))
+        self.config.runtime_dir.join(format!("{key}.secret"))
     }
 
     fn target(&self, native_id: &str, ctx: &BTreeMap<String, String>) -> Result<Target> {
@@ -179,11 +179,7 @@ impl NodeBackend for ObsNode {
                 req.native_id
             )));
         }
-        let passwd = self.passwd_file(staging);
-        self.host.make_dir(staging.as_path()).await?;
-        self.host
-            .write_private_file(&passwd, keys.s3fs_passwd().as_bytes())
-            .await?;
+        let passwd = self.credentials_file(staging);
         let source = MountSource {
             endpoint: &t.endpoint,
             region: &t.region,
@@ -191,6 +187,10 @@ impl NodeBackend for ObsNode {
             bucket: &t.volume.bucket,
             prefix: t.volume.prefix.as_deref(),
         };
+        self.host.make_dir(staging.as_path()).await?;
+        self.host
+            .write_private_file(&passwd, t.mounter.credentials(&keys, &source).as_bytes())
+            .await?;
         let cmd = t
             .mounter
             .command(&source, staging.as_path(), &passwd, &options, readonly);
@@ -215,7 +215,9 @@ impl NodeBackend for ObsNode {
                 .await?
                 .pop()
             else {
-                self.host.remove_path(&self.passwd_file(staging)).await?;
+                self.host
+                    .remove_path(&self.credentials_file(staging))
+                    .await?;
                 return Ok(());
             };
             if m.fs_type.starts_with("fuse") {
@@ -339,7 +341,7 @@ mod tests {
         let req = stage_req(cap(AccessMode::MultiNodeMultiWriter, &["uid=1000"]));
         n.stage(&req).await.unwrap();
         n.stage(&req).await.unwrap();
-        let passwd = n.passwd_file(&req.staging);
+        let passwd = n.credentials_file(&req.staging);
         assert!(passwd.starts_with("/run/test-obs"));
         let calls = host.calls();
         let fuse: Vec<&String> = calls.iter().filter(|c| c.starts_with("fuse")).collect();
@@ -481,7 +483,12 @@ mod tests {
         let req = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
         let err = n.stage(&req).await.unwrap_err();
         assert!(err.to_string().contains("bucket not found"), "{err}");
-        assert!(!host.exists(&n.passwd_file(&req.staging)).await.unwrap());
+        assert!(
+            !host
+                .exists(&n.credentials_file(&req.staging))
+                .await
+                .unwrap()
+        );
         assert!(host.mount_table().is_empty());
     }
 }

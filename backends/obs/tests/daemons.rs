@@ -10,7 +10,9 @@ use std::path::Path;
 use csi::volume_capability::access_mode::Mode;
 use everest_testsupport::csi::{GIB, create_request, expect_error, mount_cap};
 use everest_testsupport::proto as csi;
-use everest_testsupport::{S3Server, World, WorldOptions, skip_unless_s3_server, skip_without};
+use everest_testsupport::{
+    Daemon, S3Server, World, WorldOptions, skip_unless_s3_server, skip_without,
+};
 use tonic::Code;
 
 const AK: &str = "AKIADAEMONTEST";
@@ -146,7 +148,7 @@ async fn an_object_volume_goes_through_both_daemons() {
     );
 
     node.node_stage_volume(stage.clone()).await.unwrap();
-    node.node_stage_volume(stage).await.unwrap();
+    node.node_stage_volume(stage.clone()).await.unwrap();
     node.node_publish_volume(csi::NodePublishVolumeRequest {
         volume_id: vol.volume_id.clone(),
         staging_target_path: staging.clone(),
@@ -181,6 +183,30 @@ async fn an_object_volume_goes_through_both_daemons() {
     assert_eq!(
         got.body.collect().await.unwrap().into_bytes().as_ref(),
         b"ok"
+    );
+    // everest-node dies (SIGKILL) and comes back: the mounter is not its child, so the
+    // mount goes on serving reads and writes, and a repeated stage finds it in place.
+    world
+        .crash_and_restart(Daemon::Node)
+        .await
+        .expect("restart the node plugin");
+    let mut node = world.node().await;
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&target).join("through-daemons.txt")).unwrap(),
+        "ok"
+    );
+    std::fs::write(Path::new(&target).join("after-restart.txt"), "still").unwrap();
+    node.node_stage_volume(stage).await.unwrap();
+    let got = admin
+        .get_object()
+        .bucket(&bucket)
+        .key("after-restart.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.body.collect().await.unwrap().into_bytes().as_ref(),
+        b"still"
     );
     let stats = node
         .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {

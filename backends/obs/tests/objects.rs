@@ -575,12 +575,12 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
     foreign.native_id = "nope".into();
     assert_code(node.stage(&foreign).await, Code::NotFound, "nope");
     assert!(!mounted(staging.as_path()));
-    assert!(!node.passwd_file(&staging).exists());
+    assert!(!node.credentials_file(&staging).exists());
 
     node.stage(&stage).await.unwrap();
     node.stage(&stage).await.unwrap();
     assert!(mounted(staging.as_path()));
-    let passwd = node.passwd_file(&staging);
+    let passwd = node.credentials_file(&staging);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&passwd), 0o600);
     assert_eq!(mode(passwd.parent().unwrap()), 0o700);
@@ -744,4 +744,89 @@ async fn prefix_volumes_mount_only_their_own_keys() {
             .unwrap();
     }
     assert!(env.keys("shared-data", "").await.is_empty());
+}
+
+#[tokio::test]
+async fn rclone_mounts_a_volume_and_leaves_nothing_behind() {
+    if skip_without("rclone", "rclone") {
+        return;
+    }
+    if let Some(why) = fuse_unavailable() {
+        everest_testsupport::skip(why);
+        return;
+    }
+    let Some(env) = Env::start() else { return };
+    let v = env
+        .controller
+        .create_volume(&create("pvc-rc", &[("everest.io/obs-mounter", "rclone")]))
+        .await
+        .unwrap();
+    assert_eq!(v.context[context::MOUNTER], "rclone");
+    let bucket = v.context[context::BUCKET].clone();
+    let node = env.node();
+    let kubelet = env.dir.path().join("kubelet");
+    let root = AllowedRoot::new(&kubelet).unwrap();
+    let staging = root
+        .check(
+            &kubelet
+                .join("plugins/obs/rc/globalmount")
+                .display()
+                .to_string(),
+            "s",
+        )
+        .unwrap();
+    let _guard = MountGuard(vec![staging.as_path().to_owned()]);
+    let stage = NodeStage {
+        native_id: v.native_id.clone(),
+        publish_context: BTreeMap::new(),
+        staging: staging.clone(),
+        capability: cap(AccessMode::MultiNodeMultiWriter, &["dir-cache-time=1s"]),
+        volume_context: v.context.clone(),
+        secrets: secrets(),
+    };
+    let mut s3fs_only = stage.clone();
+    s3fs_only.capability = cap(AccessMode::MultiNodeMultiWriter, &["multipart_size=64"]);
+    assert_code(
+        node.stage(&s3fs_only).await,
+        Code::InvalidArgument,
+        "rclone",
+    );
+    node.stage(&stage).await.unwrap();
+    node.stage(&stage).await.unwrap();
+    let creds = node.credentials_file(&staging);
+    assert_eq!(
+        std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    if let Some(place) = shown_by_any_process(SK) {
+        panic!("the secret key shows in {place}");
+    }
+    std::fs::write(staging.as_path().join("rc.txt"), "written by rclone").unwrap();
+    assert_eq!(env.get(&bucket, "rc.txt").await, "written by rclone");
+    env.put(&bucket, "api.txt", "from the API").await;
+    // rclone lists a directory again after dir-cache-time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let read = loop {
+        if let Ok(text) = std::fs::read_to_string(staging.as_path().join("api.txt")) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api.txt never showed in the mount"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(read, "from the API");
+    node.unstage(&v.native_id, &staging).await.unwrap();
+    node.unstage(&v.native_id, &staging).await.unwrap();
+    assert!(!mounted(staging.as_path()));
+    let left: Vec<_> = std::fs::read_dir(creds.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the runtime dir: {left:?}");
+    env.controller
+        .delete_volume(&v.native_id, &Secrets::default())
+        .await
+        .unwrap();
 }

@@ -146,7 +146,13 @@ impl Host for LinuxHost {
         if !args.contains(&target_text) {
             args.push(target_text);
         }
-        self.run(CommandKind::Mount, &mount.program, &args).await?;
+        let out = self
+            .settings
+            .output_without_env(CommandKind::Mount, &mount.program, &args, &mount.env_remove)
+            .await?;
+        if !out.status.success() {
+            return Err(failed(&mount.program, &args, &out));
+        }
         let shown = mounts_at(self, target).await?;
         match shown.last() {
             Some(m) if m.fs_type == mount.fs_type => Ok(()),

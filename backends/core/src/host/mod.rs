@@ -92,6 +92,8 @@ pub struct FuseMount {
     pub args: Vec<String>,
     /// The mount's type in mountinfo, e.g. `fuse.s3fs`.
     pub fs_type: String,
+    /// Variables taken out of the mounter's environment.
+    pub env_remove: Vec<String>,
 }
 
 /// The machine as the node plugin sees it.
