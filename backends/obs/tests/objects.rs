@@ -98,6 +98,27 @@ impl Env {
         })
     }
 
+    /// Starts the world for a test that mounts with `mounter` (`None` when it must skip).
+    fn start_for_mounts(mounter: &str) -> Option<Self> {
+        if skip_without(mounter, mounter) {
+            return None;
+        }
+        if let Some(why) = fuse_unavailable() {
+            everest_testsupport::skip(why);
+            return None;
+        }
+        Self::start()
+    }
+
+    /// A path under this test's kubelet root, as the kubelet hands it over.
+    fn kubelet_path(&self, rel: &str) -> HostPath {
+        let kubelet = self.dir.path().join("kubelet");
+        AllowedRoot::new(&kubelet)
+            .unwrap()
+            .check(&kubelet.join(rel).display().to_string(), "path")
+            .unwrap()
+    }
+
     fn node(&self) -> ObsNode {
         ObsNode::new(
             BackendName::new("objects").unwrap(),
@@ -509,14 +530,9 @@ fn fuse_unavailable() -> Option<String> {
 
 #[tokio::test]
 async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
-    if skip_without("s3fs", "s3fs") {
+    let Some(env) = Env::start_for_mounts("s3fs") else {
         return;
-    }
-    if let Some(why) = fuse_unavailable() {
-        everest_testsupport::skip(why);
-        return;
-    }
-    let Some(env) = Env::start() else { return };
+    };
     let v: Volume = env
         .controller
         .create_volume(&create("pvc-node", &[]))
@@ -524,15 +540,9 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
         .unwrap();
     let bucket = v.context[context::BUCKET].clone();
     let node = env.node();
-    let kubelet = env.dir.path().join("kubelet");
-    let root = AllowedRoot::new(&kubelet).unwrap();
-    let path = |p: &str| -> HostPath {
-        root.check(&kubelet.join(p).display().to_string(), "p")
-            .unwrap()
-    };
-    let staging = path("plugins/obs/globalmount");
-    let target = path("pods/p1/volumes/v/mount");
-    let ro_target = path("pods/p2/volumes/v/mount");
+    let staging = env.kubelet_path("plugins/obs/globalmount");
+    let target = env.kubelet_path("pods/p1/volumes/v/mount");
+    let ro_target = env.kubelet_path("pods/p2/volumes/v/mount");
     let _guard = MountGuard(vec![
         target.as_path().to_owned(),
         ro_target.as_path().to_owned(),
@@ -603,6 +613,10 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
     // Written through the pod's mount, read through the S3 API.
     std::fs::write(target.as_path().join("hello.txt"), "hello from a pod").unwrap();
     assert_eq!(env.get(&bucket, "hello.txt").await, "hello from a pod");
+    // A directory made through the mount is a key prefix in the bucket.
+    std::fs::create_dir(target.as_path().join("sub")).unwrap();
+    std::fs::write(target.as_path().join("sub/inner.txt"), "nested").unwrap();
+    assert_eq!(env.get(&bucket, "sub/inner.txt").await, "nested");
     // Written through the API, read through the mount.
     env.put(&bucket, "from-api.txt", "hello from the API").await;
     assert_eq!(
@@ -676,14 +690,9 @@ fn libc_erofs() -> i32 {
 
 #[tokio::test]
 async fn prefix_volumes_mount_only_their_own_keys() {
-    if skip_without("s3fs", "s3fs") {
+    let Some(env) = Env::start_for_mounts("s3fs") else {
         return;
-    }
-    if let Some(why) = fuse_unavailable() {
-        everest_testsupport::skip(why);
-        return;
-    }
-    let Some(env) = Env::start() else { return };
+    };
     env.admin
         .create_bucket()
         .bucket("shared-data")
@@ -706,17 +715,7 @@ async fn prefix_volumes_mount_only_their_own_keys() {
         .unwrap();
     env.put("shared-data", "pvc-b/b-only.txt", "b").await;
     let node = env.node();
-    let kubelet = env.dir.path().join("kubelet");
-    let root = AllowedRoot::new(&kubelet).unwrap();
-    let staging = root
-        .check(
-            &kubelet
-                .join("plugins/obs/a/globalmount")
-                .display()
-                .to_string(),
-            "s",
-        )
-        .unwrap();
+    let staging = env.kubelet_path("plugins/obs/a/globalmount");
     let _guard = MountGuard(vec![staging.as_path().to_owned()]);
     node.stage(&NodeStage {
         native_id: a.native_id.clone(),
@@ -748,14 +747,9 @@ async fn prefix_volumes_mount_only_their_own_keys() {
 
 #[tokio::test]
 async fn rclone_mounts_a_volume_and_leaves_nothing_behind() {
-    if skip_without("rclone", "rclone") {
+    let Some(env) = Env::start_for_mounts("rclone") else {
         return;
-    }
-    if let Some(why) = fuse_unavailable() {
-        everest_testsupport::skip(why);
-        return;
-    }
-    let Some(env) = Env::start() else { return };
+    };
     let v = env
         .controller
         .create_volume(&create("pvc-rc", &[("everest.io/obs-mounter", "rclone")]))
@@ -764,17 +758,7 @@ async fn rclone_mounts_a_volume_and_leaves_nothing_behind() {
     assert_eq!(v.context[context::MOUNTER], "rclone");
     let bucket = v.context[context::BUCKET].clone();
     let node = env.node();
-    let kubelet = env.dir.path().join("kubelet");
-    let root = AllowedRoot::new(&kubelet).unwrap();
-    let staging = root
-        .check(
-            &kubelet
-                .join("plugins/obs/rc/globalmount")
-                .display()
-                .to_string(),
-            "s",
-        )
-        .unwrap();
+    let staging = env.kubelet_path("plugins/obs/rc/globalmount");
     let _guard = MountGuard(vec![staging.as_path().to_owned()]);
     let stage = NodeStage {
         native_id: v.native_id.clone(),
