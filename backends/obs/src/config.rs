@@ -165,4 +165,28 @@ mod tests {
             assert!(text.contains("objects") && text.contains(key), "{text}");
         }
     }
+
+    #[test]
+    fn unreadable_ca_and_credentials_files_stop_the_controller() {
+        for (key, file) in [
+            ("ca_file", "/nonexistent/ca.pem"),
+            ("credentials_file", "/nonexistent/s3.json"),
+        ] {
+            let cfg = parse(json!({"endpoint": "https://h", key: file})).unwrap();
+            let err = crate::s3::S3::new("objects", &cfg).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            let text = err.to_string();
+            assert!(text.contains(key) && text.contains(file), "{text}");
+        }
+        // A CA file that reads is taken (its certificates are checked at connection).
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let cfg = parse(json!({"endpoint": "https://h", "ca_file": ca})).unwrap();
+        crate::s3::S3::new("objects", &cfg).unwrap();
+    }
 }

@@ -671,10 +671,14 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
         Code::NotFound,
         "does not exist",
     );
+    // A file still open on the node makes the mount busy: fusermount -u refuses, and the
+    // lazy fallback detaches it anyway.
+    let busy = std::fs::File::open(staging.as_path().join("hello.txt")).unwrap();
     node.unstage(&v.native_id, &staging).await.unwrap();
     node.unstage(&v.native_id, &staging).await.unwrap();
     assert!(!mounted(staging.as_path()));
     assert!(!passwd.exists(), "the credentials file outlived the mount");
+    drop(busy);
 
     env.controller
         .delete_volume(&v.native_id, &Secrets::default())
