@@ -101,6 +101,7 @@ async fn an_object_volume_goes_through_both_daemons() {
         .unwrap();
     assert_eq!(again.volume_id, vol.volume_id);
     let bucket = vol.volume_context["everest.io/obs-bucket"].clone();
+    assert_eq!(vol.capacity_bytes, GIB);
 
     // Nothing to attach: ControllerPublish answers at once.
     controller
@@ -173,6 +174,23 @@ async fn an_object_volume_goes_through_both_daemons() {
     .unwrap()
     .client(None)
     .unwrap();
+    // The bucket names the PV and PVC it was made for (csi-provisioner's extra metadata).
+    let tags = admin
+        .get_bucket_tagging()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let tag = |k: &str| {
+        tags.tag_set()
+            .iter()
+            .find(|t| t.key() == k)
+            .map(|t| t.value().to_owned())
+    };
+    assert_eq!(tag("everest.io/pv-name").as_deref(), Some("pvc-obj"));
+    assert_eq!(tag("everest.io/pvc-name").as_deref(), Some("claim-pvc-obj"));
+    assert_eq!(tag("everest.io/pvc-namespace").as_deref(), Some("default"));
+    assert_eq!(tag("everest.io/created-by").as_deref(), Some("everest"));
     let got = admin
         .get_object()
         .bucket(&bucket)

@@ -740,6 +740,33 @@ async fn prefix_volumes_mount_only_their_own_keys() {
     assert_eq!(env.get("shared-data", "pvc-a/a.txt").await, "a");
     node.unstage(&a.native_id, &staging).await.unwrap();
     assert!(!mounted(staging.as_path()));
+
+    // A hand-written handle for b's prefix, with no volume context at all: the node takes the
+    // endpoint from its backend table, and sees what is there.
+    let static_staging = env.kubelet_path("plugins/obs/static/globalmount");
+    let _static_guard = MountGuard(vec![static_staging.as_path().to_owned()]);
+    node.stage(&NodeStage {
+        native_id: "r~shared-data/pvc-b".into(),
+        publish_context: BTreeMap::new(),
+        staging: static_staging.clone(),
+        capability: cap(AccessMode::MultiNodeReaderOnly, &[]),
+        volume_context: BTreeMap::new(),
+        secrets: secrets(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(static_staging.as_path().join("b-only.txt")).unwrap(),
+        "b"
+    );
+    assert!(
+        std::fs::write(static_staging.as_path().join("new.txt"), "x").is_err(),
+        "read-only"
+    );
+    node.unstage("r~shared-data/pvc-b", &static_staging)
+        .await
+        .unwrap();
+    assert!(!mounted(static_staging.as_path()));
     for v in [&a, &b] {
         env.controller
             .delete_volume(&v.native_id, &Secrets::default())
