@@ -422,22 +422,6 @@ fn foreign(e: Error, what: &str) -> Error {
     }
 }
 
-impl ObsVolume {
-    fn on_delete_word(&self) -> &'static str {
-        match self.on_delete {
-            OnDelete::Delete => "delete",
-            OnDelete::Retain => "retain",
-        }
-    }
-
-    fn bucket_and_mode(&self) -> String {
-        match &self.prefix {
-            Some(_) => format!("prefix:{}", self.bucket),
-            None => "bucket".to_owned(),
-        }
-    }
-}
-
 #[async_trait]
 impl ControllerBackend for ObsController {
     fn kind(&self) -> BackendKind {

@@ -61,6 +61,23 @@ impl ObsVolume {
             .as_deref()
             .map_or_else(String::new, |p| format!("{p}/"))
     }
+
+    /// The policy as a parameter writes it.
+    pub(crate) fn on_delete_word(&self) -> &'static str {
+        match self.on_delete {
+            OnDelete::Delete => "delete",
+            OnDelete::Retain => "retain",
+        }
+    }
+
+    /// The layout, for the fingerprint of a CreateVolume: a whole bucket, or a prefix in
+    /// the bucket named.
+    pub(crate) fn bucket_and_mode(&self) -> String {
+        match &self.prefix {
+            Some(_) => format!("prefix:{}", self.bucket),
+            None => "bucket".to_owned(),
+        }
+    }
 }
 
 impl fmt::Display for ObsVolume {
