@@ -23,8 +23,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM ${RUNTIME_IMAGE}
 # Every filesystem tool the node may call: e2fsprogs (mkfs.ext4, e2fsck, resize2fs, dumpe2fs),
 # xfsprogs (mkfs.xfs, xfs_growfs), btrfs-progs (mkfs.btrfs, btrfs), util-linux (blkid,
-# blockdev), mount (mount, umount); nfs-common, s3fs, rclone, fuse3 for the file and object
-# backends to come; ca-certificates for the cloud endpoints.
+# blockdev), mount (mount, umount); nfs-common for file volumes; s3fs and fuse3 (fusermount)
+# for object volumes, rclone for their second mounter to come; ca-certificates for the cloud
+# endpoints.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

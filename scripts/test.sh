@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everest's test command, what CI runs (.ci/run). Installs what the tests need, then:
 # fmt check, clippy -D warnings, build, the official-spec CSI client, Huawei Cloud's official
-# Python SDK, cargo test (unit, integration and lifecycle suites against the real emulator and
+# Python SDK, moto's S3 server, cargo test (unit, integration and lifecycle suites against the real emulator and
 # daemons, the official client's wire check against both daemons, and the SDK's fidelity suite
 # against the emulator), the Helm chart's checks (helm/tests), and a leak check.
 #
@@ -33,6 +33,11 @@ command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha)
 dpkg -s nfs-ganesha-vfs >/dev/null 2>&1 || need+=(nfs-ganesha-vfs)
 command -v rpcbind >/dev/null || need+=(rpcbind)
 command -v nfs-cp >/dev/null || need+=(libnfs-utils)
+# Object volumes (backends/obs/tests): s3fs and rclone mount buckets through FUSE (fuse3 brings
+# fusermount).
+command -v s3fs >/dev/null || need+=(s3fs)
+command -v rclone >/dev/null || need+=(rclone)
+command -v fusermount >/dev/null || need+=(fuse3)
 if ((${#need[@]})); then
     if ((as_root)); then
         export DEBIAN_FRONTEND=noninteractive
@@ -115,6 +120,12 @@ sdk_dir=$CARGO_TARGET_DIR/sdk-fidelity
 bash "$setup" "$sdk_dir"
 # emulator/tests/sdk_fidelity.rs drives the emulator with it; without it that test skips.
 export EVEREST_SDK_VENV=$sdk_dir/venv
+
+section "moto's S3 server (for the object-volume tests in cargo test)"
+s3_dir=$CARGO_TARGET_DIR/s3-server
+bash backends/obs/tests/s3_server/setup.sh "$s3_dir"
+# testsupport::S3Server starts one per test; without it those tests skip.
+export EVEREST_MOTO_SERVER=$s3_dir/venv/bin/moto_server
 
 section "cargo test --workspace"
 # Two test binaries at a time at most share the 2 cores with their worlds' processes.

@@ -127,8 +127,9 @@ done
 step "the rendered daemon config passes --check-config"
 printf '{"access_key":"AK","secret_key":"SK"}' > "$WORK/credentials.json"
 chmod 600 "$WORK/credentials.json"
-# Every rendering whose kinds exist (obs does not yet); block-only last, as negative.sh edits it.
-for name in block-file file-only block-only; do
+# Every rendering whose backends' settings are complete (all.yaml's are not); block-only last,
+# as negative.sh edits it.
+for name in block-file file-only object-only block-object block-only; do
   "${CHECK[@]}" toml "$WORK/$name/rendered.yaml" "$WORK/everest.toml"
   sed -i "s#/etc/everest/credentials/[a-z0-9-]*/credentials.json#$WORK/credentials.json#" "$WORK/everest.toml"
   sed -i "s#^kubelet_root = .*#kubelet_root = \"$WORK\"#" "$WORK/everest.toml"

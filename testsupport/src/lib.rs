@@ -9,6 +9,7 @@
 //! - [`host`]: mounts, loop devices, filesystem sizes and the skip check for tests that need root;
 //! - [`nfs`]: a real NFS server (nfs-ganesha and rpcbind) in a private network namespace, and
 //!   an emulator beside it whose SFS Turbo shares are exports of that server;
+//! - [`s3`]: a real S3 server (moto) on a free loopback port;
 //! - [`process`]: child processes with captured logs, and where the workspace binaries are;
 //! - [`skip`]: skipping a case the machine cannot run: counted, and a failure under `CI=true`.
 
@@ -17,12 +18,14 @@ pub mod host;
 pub mod lifecycle;
 pub mod nfs;
 pub mod process;
+pub mod s3;
 pub mod skip;
 pub mod world;
 
 pub use everest_proto::csi::v1 as proto;
-pub use host::skip_unless_root_and_loop;
+pub use host::{skip_unless_root_and_loop, skip_without};
 pub use lifecycle::Lifecycle;
 pub use nfs::{NfsServer, skip_unless_nfs_server};
+pub use s3::{S3Server, skip_unless_s3_server};
 pub use skip::skip;
 pub use world::{BACKEND, DRIVER_NAME, Daemon, Leftovers, World, WorldOptions};

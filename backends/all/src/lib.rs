@@ -14,7 +14,7 @@ use everest_backend::registry::BackendConfig;
 use everest_backend::{BackendName, ControllerBackend, Error, NodeBackend};
 
 /// Every kind a `[backends.<name>]` table may name.
-pub const KINDS: &[&str] = &[everest_evs::KIND, everest_sfs::KIND];
+pub const KINDS: &[&str] = &[everest_evs::KIND, everest_sfs::KIND, everest_obs::KIND];
 
 /// Builds the controller side of the instance `name`.
 pub fn controller(
@@ -24,6 +24,7 @@ pub fn controller(
     match cfg.kind.as_str() {
         everest_evs::KIND => everest_evs::controller_from_config(name, &cfg.settings),
         everest_sfs::KIND => everest_sfs::controller_from_config(name, &cfg.settings),
+        everest_obs::KIND => everest_obs::controller_from_config(name, &cfg.settings),
         other => Err(unknown_kind(name, other, KINDS)),
     }
 }
@@ -37,6 +38,7 @@ pub fn node(
     match cfg.kind.as_str() {
         everest_evs::KIND => everest_evs::node_from_config(name, &cfg.settings, host),
         everest_sfs::KIND => everest_sfs::node_from_config(name, &cfg.settings, host),
+        everest_obs::KIND => everest_obs::node_from_config(name, &cfg.settings, host),
         other => Err(unknown_kind(name, other, KINDS)),
     }
 }
@@ -54,25 +56,35 @@ mod tests {
 
     #[test]
     fn every_kind_builds_both_sides_from_its_table() {
-        let name = BackendName::new("files").unwrap();
-        let cfg: BackendConfig = serde_json::from_value(serde_json::json!({
-            "kind": "sfs", "server": "10.0.0.5", "export": "/exports"
-        }))
-        .unwrap();
-        let host: Arc<dyn Host> = Arc::new(FakeHost::default());
-        let c = controller(&name, &cfg).unwrap();
-        let n = node(&name, &cfg, host).unwrap();
-        assert_eq!(c.kind(), everest_backend::BackendKind::File);
-        assert_eq!(n.capabilities(), c.capabilities());
-        // The node of a file kind asks no cloud who it is.
-        assert!(
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap()
-                .block_on(n.node_identity())
-                .unwrap()
-                .is_none()
-        );
+        for (name, table, kind) in [
+            (
+                "files",
+                serde_json::json!({"kind": "sfs", "server": "10.0.0.5", "export": "/exports"}),
+                everest_backend::BackendKind::File,
+            ),
+            (
+                "objects",
+                serde_json::json!({"kind": "obs", "endpoint": "http://127.0.0.1:9000"}),
+                everest_backend::BackendKind::Object,
+            ),
+        ] {
+            let name = BackendName::new(name).unwrap();
+            let cfg: BackendConfig = serde_json::from_value(table).unwrap();
+            let host: Arc<dyn Host> = Arc::new(FakeHost::default());
+            let c = controller(&name, &cfg).unwrap();
+            let n = node(&name, &cfg, host).unwrap();
+            assert_eq!(c.kind(), kind);
+            assert_eq!(n.capabilities(), c.capabilities());
+            // The node of a file or object kind asks no cloud who it is.
+            assert!(
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(n.node_identity())
+                    .unwrap()
+                    .is_none()
+            );
+        }
     }
 
     #[test]

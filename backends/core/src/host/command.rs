@@ -94,9 +94,25 @@ impl HostSettings {
         program: &str,
         args: &[&str],
     ) -> Result<Output, HostError> {
+        self.output_without_env(kind, program, args, &[]).await
+    }
+
+    /// [`HostSettings::output`] with the variables `env_remove` taken out of the program's
+    /// environment (rclone, for one, fails when `AWS_CA_BUNDLE` names a file it cannot use).
+    pub async fn output_without_env(
+        &self,
+        kind: CommandKind,
+        program: &str,
+        args: &[&str],
+        env_remove: &[String],
+    ) -> Result<Output, HostError> {
         let line = || command_line(program, args);
         let limit = self.timeout(kind);
-        let child = Command::new(self.program(program))
+        let mut command = Command::new(self.program(program));
+        for var in env_remove {
+            command.env_remove(var);
+        }
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

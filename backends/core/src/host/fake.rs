@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{FsStats, Host, HostError, MountEntry};
+use super::{FsStats, FuseMount, Host, HostError, MountEntry};
 
 /// A simulated block device.
 #[derive(Debug, Clone, Default)]
@@ -334,6 +334,43 @@ impl Host for FakeHost {
         let ro = options.iter().any(|o| o == "ro");
         s.mounts
             .push(entry(number, &export.to_string(), target, "nfs", ro));
+        Ok(())
+    }
+
+    async fn mount_fuse(&self, mount: &FuseMount, target: &Path) -> Result<(), HostError> {
+        self.record(format!(
+            "fuse {} {} -> {}",
+            mount.program,
+            mount.args.join(" "),
+            target.display()
+        ))?;
+        let mut s = self.state();
+        // A FUSE mount shows an anonymous device number and the mounter's name as its source.
+        let n = s.anonymous.len();
+        let number = format!("0:{}", 40 + n);
+        s.anonymous.insert(format!("fuse-{n}"), number.clone());
+        let ro = mount.args.iter().any(|a| a.split(',').any(|o| o == "ro"));
+        s.mounts
+            .push(entry(number, &mount.program, target, &mount.fs_type, ro));
+        Ok(())
+    }
+
+    async fn unmount_fuse(&self, target: &Path) -> Result<(), HostError> {
+        self.record(format!("fusermount -u {}", target.display()))?;
+        let mut s = self.state();
+        match s.mounts.iter().rposition(|m| m.mount_point == target) {
+            Some(i) => {
+                s.mounts.remove(i);
+                Ok(())
+            }
+            None => Err(HostError::new("fusermount -u", "not mounted")),
+        }
+    }
+
+    async fn write_private_file(&self, path: &Path, _contents: &[u8]) -> Result<(), HostError> {
+        // The contents are a secret: never recorded.
+        self.record(format!("write-private {}", path.display()))?;
+        self.state().paths.insert(path.to_owned());
         Ok(())
     }
 

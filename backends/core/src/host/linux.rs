@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::command::{CommandKind, HostSettings, blocking, failed};
-use super::{FsStats, Host, HostError, MountEntry, parse_mountinfo, sysfs};
+use super::{FsStats, FuseMount, Host, HostError, MountEntry, mounts_at, parse_mountinfo, sysfs};
 
 /// The Linux implementation of [`Host`].
 #[derive(Debug, Clone, Default)]
@@ -136,6 +136,100 @@ impl Host for LinuxHost {
         // A hard mount of a server that does not answer hangs in mount(8): the time limit kills it.
         self.mount_source(&export.to_string(), target, "nfs", options)
             .await
+    }
+
+    async fn mount_fuse(&self, mount: &FuseMount, target: &Path) -> Result<(), HostError> {
+        let mut args: Vec<&str> = mount.args.iter().map(String::as_str).collect();
+        // The mounter daemonizes once the mount is up (s3fs through libfuse): when it exits
+        // the mount is there, and its daemon, in a session of its own, stays.
+        let target_text = path_str(target)?;
+        if !args.contains(&target_text) {
+            args.push(target_text);
+        }
+        let out = self
+            .settings
+            .output_without_env(CommandKind::Mount, &mount.program, &args, &mount.env_remove)
+            .await?;
+        if !out.status.success() {
+            return Err(failed(&mount.program, &args, &out));
+        }
+        let shown = mounts_at(self, target).await?;
+        match shown.last() {
+            Some(m) if m.fs_type == mount.fs_type => Ok(()),
+            other => Err(HostError::new(
+                format!("{} … {}", mount.program, target.display()),
+                format!(
+                    "exited 0 but the kernel shows {} at the target, not a {} mount",
+                    other.map_or("nothing".to_owned(), |m| m.fs_type.clone()),
+                    mount.fs_type
+                ),
+            )),
+        }
+    }
+
+    async fn unmount_fuse(&self, target: &Path) -> Result<(), HostError> {
+        let target = path_str(target)?;
+        match self
+            .run(CommandKind::Mount, "fusermount", &["-u", target])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(first) => {
+                tracing::warn!(target, error = %first, "fusermount -u failed; detaching the mount lazily");
+                self.run(CommandKind::Mount, "fusermount", &["-u", "-z", target])
+                    .await
+                    .map(drop)
+            }
+        }
+    }
+
+    async fn write_private_file(&self, path: &Path, contents: &[u8]) -> Result<(), HostError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let owned = path.to_owned();
+        let contents = contents.to_vec();
+        blocking(
+            format!("write {}", path.display()),
+            self.settings.timeout(CommandKind::Query),
+            move || {
+                if let Some(dir) = owned.parent() {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| io_err("mkdir", dir, e))?;
+                    // A directory made earlier by someone else must be private too.
+                    use std::os::unix::fs::MetadataExt as _;
+                    let mode = std::fs::metadata(dir)
+                        .map_err(|e| io_err("stat", dir, e))?
+                        .mode();
+                    if mode & 0o077 != 0 {
+                        return Err(HostError::new(
+                            format!("write into {}", dir.display()),
+                            format!(
+                                "the directory has mode {:04o}; it must be private (0700)",
+                                mode & 0o7777
+                            ),
+                        ));
+                    }
+                }
+                // Created with 0600 from the start (no window where others could read it);
+                // replaced whole so an old file's mode cannot linger.
+                let tmp = owned.with_extension("tmp");
+                let _ = std::fs::remove_file(&tmp);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| io_err("create", &tmp, e))?;
+                file.write_all(&contents)
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| io_err("write", &tmp, e))?;
+                std::fs::rename(&tmp, &owned).map_err(|e| io_err("rename", &owned, e))
+            },
+        )
+        .await
     }
 
     async fn kernel_supports(&self, fs_type: &str) -> Result<bool, HostError> {

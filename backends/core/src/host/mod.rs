@@ -81,6 +81,21 @@ pub struct FsStats {
     pub read_only: bool,
 }
 
+/// A FUSE mounter to start: the program and its arguments (which must carry no secret: they show
+/// in `ps`; credentials go in a file, see [`Host::write_private_file`]), and the filesystem type
+/// the kernel shows for the mount it makes (`fuse.s3fs`), which proves the mount is there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuseMount {
+    /// The mounter, e.g. `s3fs`.
+    pub program: String,
+    /// Its arguments, already checked (mount options against the mounter's allowlist).
+    pub args: Vec<String>,
+    /// The mount's type in mountinfo, e.g. `fuse.s3fs`.
+    pub fs_type: String,
+    /// Variables taken out of the mounter's environment.
+    pub env_remove: Vec<String>,
+}
+
 /// The machine as the node plugin sees it.
 #[async_trait]
 pub trait Host: Send + Sync + std::fmt::Debug {
@@ -102,6 +117,15 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         target: &Path,
         options: &[String],
     ) -> Result<(), HostError>;
+    /// Runs the FUSE mounter `mount`, which mounts at `target` and leaves its daemon running;
+    /// an error unless a mount of `mount.fs_type` is at `target` afterwards.
+    async fn mount_fuse(&self, mount: &FuseMount, target: &Path) -> Result<(), HostError>;
+    /// Unmounts the FUSE mount at `target` (`fusermount -u`), lazily (`-z`) when that fails, as
+    /// it does for a mount whose daemon died ("transport endpoint is not connected") or is busy.
+    async fn unmount_fuse(&self, target: &Path) -> Result<(), HostError>;
+    /// Writes `contents` to `path`, readable by the owner only (0600), in a directory that is
+    /// made private (0700) if it does not exist: where a mounter's credentials go.
+    async fn write_private_file(&self, path: &Path, contents: &[u8]) -> Result<(), HostError>;
     /// Whether the kernel can mount filesystems of `fs_type` (it is in `/proc/filesystems`).
     async fn kernel_supports(&self, fs_type: &str) -> Result<bool, HostError>;
     /// Bind-mounts `source` onto `target`, read-only when asked.

@@ -1,0 +1,494 @@
+//! The node side of object volumes: the bucket (or prefix) is mounted once per node at the
+//! staging path by a FUSE mounter and bind-mounted into each pod. The node holds no cloud
+//! credentials: each volume's keys come in the NodeStage secrets and live, while the volume is
+//! staged, in a file only root can read, in a private runtime directory; the mounter reads
+//! them from there (never from its command line or environment), and unstage removes them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use everest_backend::backend::{
+    BackendKind, Capabilities, NodeBackend, NodeExpand, NodePublish, NodeStage, VolumeUsage,
+    unsupported,
+};
+use everest_backend::capability::{AccessType, VolumeCapability};
+use everest_backend::host::{Host, mounts_at};
+use everest_backend::node::{
+    PublishMode, filesystem_usage, mount_at, publish_filesystem, unmount_and_remove,
+};
+use everest_backend::paths::HostPath;
+use everest_backend::{BackendName, Error, Result};
+
+use crate::config::ObsConfig;
+use crate::credentials::{ACCESS_KEY_SECRET, S3Keys, SECRET_KEY_SECRET};
+use crate::mounter::{MountSource, Mounter};
+use crate::volume::{ObsVolume, check_endpoint, check_region, short_hash};
+use crate::{CAPABILITIES, check_capability, context};
+
+/// The node side of one `obs` instance.
+#[derive(Debug)]
+pub struct ObsNode {
+    name: BackendName,
+    config: ObsConfig,
+    host: Arc<dyn Host>,
+}
+
+/// Where and how a volume is mounted, from its ID, its context and the backend's defaults.
+#[derive(Debug)]
+struct Target {
+    volume: ObsVolume,
+    endpoint: String,
+    region: String,
+    path_style: bool,
+    mounter: Mounter,
+}
+
+impl ObsNode {
+    /// Builds the node side on `host`.
+    pub fn new(name: BackendName, config: ObsConfig, host: Arc<dyn Host>) -> Self {
+        Self { name, config, host }
+    }
+
+    /// The credentials file of the volume staged at `staging` (s3fs's passwd file, or
+    /// rclone's config): one per staging path, so unstage (which gets only the path) finds it.
+    pub fn credentials_file(&self, staging: &HostPath) -> PathBuf {
+        let key = short_hash(&staging.as_path().display().to_string(), 24);
+        self.config.runtime_dir.join(format!("{key}.secret"))
+    }
+
+    fn target(&self, native_id: &str, ctx: &BTreeMap<String, String>) -> Result<Target> {
+        let volume: ObsVolume = native_id.parse()?;
+        let bad = |key: &str, why: String| {
+            Error::InvalidArgument(format!("volume {native_id}: volume context {key}: {why}"))
+        };
+        if let Some(b) = ctx.get(context::BUCKET)
+            && *b != volume.bucket
+        {
+            return Err(bad(
+                context::BUCKET,
+                format!("{b:?} is not the bucket in the volume ID"),
+            ));
+        }
+        if let Some(p) = ctx.get(context::PREFIX)
+            && Some(p) != volume.prefix.as_ref()
+        {
+            return Err(bad(
+                context::PREFIX,
+                format!("{p:?} is not the prefix in the volume ID"),
+            ));
+        }
+        let endpoint = ctx
+            .get(context::ENDPOINT)
+            .unwrap_or(&self.config.endpoint)
+            .clone();
+        check_endpoint(&endpoint).map_err(|e| bad(context::ENDPOINT, e))?;
+        let region = ctx
+            .get(context::REGION)
+            .unwrap_or(&self.config.region)
+            .clone();
+        check_region(&region).map_err(|e| bad(context::REGION, e))?;
+        let path_style = match ctx.get(context::PATH_STYLE) {
+            None => self.config.path_style,
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad(context::PATH_STYLE, format!("{v:?} is not true or false")))?,
+        };
+        let mounter = match ctx.get(context::MOUNTER) {
+            None => self.config.mounter,
+            Some(m) => m.parse().map_err(|e| bad(context::MOUNTER, e))?,
+        };
+        Ok(Target {
+            volume,
+            endpoint,
+            region,
+            path_style,
+            mounter,
+        })
+    }
+
+    /// The backend's options, then the capability's, checked against the mounter's allowlist.
+    fn options(&self, mounter: Mounter, cap: &VolumeCapability) -> Result<Vec<String>> {
+        let mut user = self.config.mount_options.clone();
+        if let AccessType::Mount { mount_flags, .. } = &cap.access_type {
+            user.extend(mount_flags.iter().cloned());
+        }
+        mounter
+            .check_options(&user)
+            .map_err(Error::InvalidArgument)?;
+        Ok(user)
+    }
+}
+
+#[async_trait]
+impl NodeBackend for ObsNode {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Object
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn check_capability(&self, cap: &VolumeCapability) -> Result<()> {
+        check_capability(cap)
+    }
+
+    async fn stage(&self, req: &NodeStage) -> Result<()> {
+        check_capability(&req.capability)?;
+        let t = self.target(&req.native_id, &req.volume_context)?;
+        let options = self.options(t.mounter, &req.capability)?;
+        let readonly = req.capability.access_mode.is_read_only();
+        let staging = &req.staging;
+        if let Some(m) = mounts_at(self.host.as_ref(), staging.as_path())
+            .await?
+            .last()
+        {
+            if m.fs_type != t.mounter.fs_type() {
+                return Err(Error::AlreadyExists(format!(
+                    "staging path {staging} already has {} ({}) mounted, not object volume {}",
+                    m.source, m.fs_type, req.native_id
+                )));
+            }
+            if m.is_read_only() != readonly {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {} is staged at {staging} with readonly={}, not readonly={readonly}; unstage it first",
+                    req.native_id,
+                    m.is_read_only()
+                )));
+            }
+            match self.host.fs_stats(staging.as_path()).await {
+                Ok(_) => return Ok(()),
+                // The mounter died ("transport endpoint is not connected"): mount it again.
+                Err(e) => {
+                    tracing::warn!(volume = %req.native_id, %staging, error = %e, "staged FUSE mount is dead; mounting it again");
+                    self.host.unmount_fuse(staging.as_path()).await?;
+                }
+            }
+        }
+        let keys = S3Keys::from_secrets(&req.secrets)?.ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "volume {}: NodeStage has no S3 credentials; put {ACCESS_KEY_SECRET} and {SECRET_KEY_SECRET} in the Secret named by csi.storage.k8s.io/node-stage-secret-name",
+                req.native_id
+            ))
+        })?;
+        if !self.host.kernel_supports("fuse").await? {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {}: this node's kernel has no FUSE (no fuse in /proc/filesystems); load the fuse module, then retry",
+                req.native_id
+            )));
+        }
+        let passwd = self.credentials_file(staging);
+        let source = MountSource {
+            endpoint: &t.endpoint,
+            region: &t.region,
+            path_style: t.path_style,
+            bucket: &t.volume.bucket,
+            prefix: t.volume.prefix.as_deref(),
+        };
+        self.host.make_dir(staging.as_path()).await?;
+        self.host
+            .write_private_file(&passwd, t.mounter.credentials(&keys, &source).as_bytes())
+            .await?;
+        let cmd = t
+            .mounter
+            .command(&source, staging.as_path(), &passwd, &options, readonly);
+        if let Err(e) = self.host.mount_fuse(&cmd, staging.as_path()).await {
+            // A mounter stopped at its time limit may have mounted: unstage cleans up then.
+            if !e.timed_out {
+                let _ = self.host.remove_path(&passwd).await;
+            }
+            return Err(Error::from(e).context(format!(
+                "volume {}: mounting bucket {} with {}",
+                req.native_id, t.volume.bucket, t.mounter
+            )));
+        }
+        tracing::info!(volume = %req.native_id, %staging, mounter = %t.mounter, "object volume staged");
+        Ok(())
+    }
+
+    async fn unstage(&self, _native_id: &str, staging: &HostPath) -> Result<()> {
+        // Unmount until nothing is left: a retried stage may have stacked mounts.
+        for _ in 0..16 {
+            let Some(m) = mounts_at(self.host.as_ref(), staging.as_path())
+                .await?
+                .pop()
+            else {
+                self.host
+                    .remove_path(&self.credentials_file(staging))
+                    .await?;
+                return Ok(());
+            };
+            if m.fs_type.starts_with("fuse") {
+                self.host.unmount_fuse(staging.as_path()).await?;
+            } else {
+                self.host.unmount(staging.as_path()).await?;
+            }
+        }
+        Err(Error::Internal(format!(
+            "{staging} still has mounts after 16 unmounts; something keeps mounting there"
+        )))
+    }
+
+    async fn publish(&self, req: &NodePublish) -> Result<()> {
+        check_capability(&req.capability)?;
+        // A bind of a mount whose mounter died stays dead after the stage is repaired: drop it
+        // so it is bound again from the live staging mount.
+        let target = req.target.as_path();
+        if !mounts_at(self.host.as_ref(), target).await?.is_empty()
+            && let Err(e) = self.host.fs_stats(target).await
+        {
+            tracing::warn!(volume = %req.native_id, target = %req.target, error = %e, "published FUSE mount is dead; binding it again");
+            self.host.unmount(target).await?;
+        }
+        publish_filesystem(
+            self.host.as_ref(),
+            &req.native_id,
+            req.staging.as_ref(),
+            &req.target,
+            PublishMode::of(&req.capability, req.readonly),
+        )
+        .await
+    }
+
+    async fn unpublish(&self, _native_id: &str, target: &HostPath) -> Result<()> {
+        unmount_and_remove(self.host.as_ref(), target).await
+    }
+
+    async fn expand(&self, _req: &NodeExpand) -> Result<u64> {
+        Err(unsupported(&self.name, "NodeExpandVolume"))
+    }
+
+    async fn stats(&self, native_id: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
+        let mount = mount_at(self.host.as_ref(), native_id, volume_path).await?;
+        if !mount.fs_type.starts_with("fuse") {
+            return Err(Error::NotFound(format!(
+                "{volume_path} holds a {} mount of {}, not object volume {native_id}",
+                mount.fs_type, mount.source
+            )));
+        }
+        // A mounter that died leaves a mount that cannot be read: an abnormal volume.
+        filesystem_usage(self.host.as_ref(), &mount, volume_path).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use everest_backend::capability::AccessMode;
+    use everest_backend::host::FakeHost;
+    use everest_backend::paths::AllowedRoot;
+    use everest_backend::secrets::Secrets;
+
+    use super::*;
+
+    fn node(host: Arc<FakeHost>) -> ObsNode {
+        let table = serde_json::json!({
+            "endpoint": "http://127.0.0.1:9000", "runtime_dir": "/run/test-obs",
+            "mount_options": ["multipart_size=16"]
+        });
+        let config = ObsConfig::parse("objects", table.as_object().unwrap()).unwrap();
+        ObsNode::new(BackendName::new("objects").unwrap(), config, host)
+    }
+
+    fn cap(mode: AccessMode, flags: &[&str]) -> VolumeCapability {
+        VolumeCapability {
+            access_type: AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: flags.iter().map(|f| f.to_string()).collect(),
+            },
+            access_mode: mode,
+        }
+    }
+
+    fn paths() -> (HostPath, HostPath) {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        (
+            root.check("/var/lib/kubelet/plugins/x/globalmount", "s")
+                .unwrap(),
+            root.check("/var/lib/kubelet/pods/p/volumes/v/mount", "t")
+                .unwrap(),
+        )
+    }
+
+    fn keys() -> Secrets {
+        Secrets::new(BTreeMap::from([
+            ("access.key".to_owned(), "AK".to_owned()),
+            ("secret.key".to_owned(), "hunter2".to_owned()),
+        ]))
+    }
+
+    fn stage_req(cap: VolumeCapability) -> NodeStage {
+        NodeStage {
+            native_id: "d~shared/pvc-1".into(),
+            publish_context: BTreeMap::new(),
+            staging: paths().0,
+            capability: cap,
+            volume_context: BTreeMap::from([
+                (context::BUCKET.to_owned(), "shared".to_owned()),
+                (context::PREFIX.to_owned(), "pvc-1".to_owned()),
+            ]),
+            secrets: keys(),
+        }
+    }
+
+    #[tokio::test]
+    async fn stages_once_publishes_and_cleans_up_the_credentials() {
+        let host = Arc::new(FakeHost::default());
+        let n = node(host.clone());
+        let req = stage_req(cap(AccessMode::MultiNodeMultiWriter, &["uid=1000"]));
+        n.stage(&req).await.unwrap();
+        n.stage(&req).await.unwrap();
+        let passwd = n.credentials_file(&req.staging);
+        assert!(passwd.starts_with("/run/test-obs"));
+        let calls = host.calls();
+        let fuse: Vec<&String> = calls.iter().filter(|c| c.starts_with("fuse")).collect();
+        assert_eq!(fuse.len(), 1, "{calls:?}");
+        assert!(
+            fuse[0].starts_with("fuse s3fs shared:/pvc-1 /var/lib/kubelet/plugins/x/globalmount -o url=http://127.0.0.1:9000,endpoint=us-east-1,passwd_file=/run/test-obs/"),
+            "{}",
+            fuse[0]
+        );
+        assert!(
+            fuse[0]
+                .ends_with("multipart_size=16,uid=1000 -> /var/lib/kubelet/plugins/x/globalmount"),
+            "{}",
+            fuse[0]
+        );
+        assert!(!calls.iter().any(|c| c.contains("hunter2")));
+        assert!(host.exists(&passwd).await.unwrap());
+
+        let (staging, target) = paths();
+        n.publish(&NodePublish {
+            native_id: req.native_id.clone(),
+            staging: Some(staging.clone()),
+            target: target.clone(),
+            capability: req.capability.clone(),
+            readonly: false,
+            publish_context: BTreeMap::new(),
+            volume_context: req.volume_context.clone(),
+            secrets: Secrets::default(),
+        })
+        .await
+        .unwrap();
+        host.add_path(target.as_path());
+        assert!(matches!(
+            n.stats(&req.native_id, &target).await.unwrap(),
+            VolumeUsage::Filesystem { .. }
+        ));
+        n.unpublish(&req.native_id, &target).await.unwrap();
+        n.unstage(&req.native_id, &staging).await.unwrap();
+        n.unstage(&req.native_id, &staging).await.unwrap();
+        assert!(host.mount_table().is_empty());
+        assert!(!host.exists(&passwd).await.unwrap());
+        assert!(host.calls().iter().any(|c| c.starts_with("fusermount -u")));
+    }
+
+    #[tokio::test]
+    async fn read_only_modes_mount_read_only() {
+        let host = Arc::new(FakeHost::default());
+        let n = node(host.clone());
+        n.stage(&stage_req(cap(AccessMode::MultiNodeReaderOnly, &[])))
+            .await
+            .unwrap();
+        assert!(host.mount_table()[0].is_read_only());
+        // The same staging path asked for read-write: a conflict, not a second mount.
+        let err = n
+            .stage(&stage_req(cap(AccessMode::MultiNodeMultiWriter, &[])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn refuses_bad_input_before_touching_the_host() {
+        let host = Arc::new(FakeHost::default());
+        let n = node(host.clone());
+        let mut no_keys = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        no_keys.secrets = Secrets::default();
+        let mut wrong_bucket = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        wrong_bucket
+            .volume_context
+            .insert(context::BUCKET.into(), "other".into());
+        let mut bad_mounter = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        bad_mounter
+            .volume_context
+            .insert(context::MOUNTER.into(), "goofys".into());
+        let mut bad_endpoint = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        bad_endpoint.volume_context.insert(
+            context::ENDPOINT.into(),
+            "http://h,passwd_file=/etc/shadow".into(),
+        );
+        let mut block = stage_req(cap(AccessMode::SingleNodeWriter, &[]));
+        block.capability.access_type = AccessType::Block;
+        for (what, req) in [
+            ("no keys", no_keys),
+            ("wrong bucket", wrong_bucket),
+            ("unknown mounter", bad_mounter),
+            ("smuggling endpoint", bad_endpoint),
+            ("block", block),
+            (
+                "smuggled option",
+                stage_req(cap(
+                    AccessMode::MultiNodeMultiWriter,
+                    &["uid=0,passwd_file=/x"],
+                )),
+            ),
+            (
+                "reserved option",
+                stage_req(cap(AccessMode::MultiNodeMultiWriter, &["url=http://evil"])),
+            ),
+            (
+                "single writer many nodes",
+                stage_req(cap(AccessMode::MultiNodeSingleWriter, &[])),
+            ),
+        ] {
+            let err = n.stage(&req).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
+            assert!(!err.to_string().contains("hunter2"));
+        }
+        let mut not_ours = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        not_ours.native_id = "pvc-1".into();
+        assert_eq!(
+            n.stage(&not_ours).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        host.set_kernel_filesystems(&["ext4"]);
+        let err = n
+            .stage(&stage_req(cap(AccessMode::MultiNodeMultiWriter, &[])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            !host
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("fuse") || c.starts_with("write-private"))
+        );
+        assert!(
+            !host
+                .exists(Path::new("/var/lib/kubelet/plugins/x/globalmount"))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_mount_leaves_no_credentials() {
+        let host = Arc::new(FakeHost::default());
+        let n = node(host.clone());
+        host.fail("fuse", "s3fs: bucket not found");
+        let req = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        let err = n.stage(&req).await.unwrap_err();
+        assert!(err.to_string().contains("bucket not found"), "{err}");
+        assert!(
+            !host
+                .exists(&n.credentials_file(&req.staging))
+                .await
+                .unwrap()
+        );
+        assert!(host.mount_table().is_empty());
+    }
+}
