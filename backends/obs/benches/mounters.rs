@@ -1,0 +1,356 @@
+//! The object data path: each FUSE mounter, mounted by the obs node side with Everest's default
+//! options, against direct `aws-sdk-s3` calls to the same S3 server in the same run.
+//!
+//! ```sh
+//! cargo install s3s-fs@0.14.1 --features binary --locked     # a fast local S3 server
+//! sudo cargo bench -p everest-obs --bench mounters               # 1 GiB, 10 000 keys
+//! sudo cargo bench -p everest-obs --bench mounters -- --quick    # 256 MiB, 1 000 keys
+//! ```
+//!
+//! Needs root, `/dev/fuse`, `s3fs` (and `rclone` for its rows) and `s3s-fs` on the PATH (or
+//! `S3S_FS=/path/to/s3s-fs`). s3s-fs serves a directory over S3 and is fast for plain GET and
+//! PUT, so the server is not the bottleneck (moto is); it mishandles keys ending in `/`, which
+//! none of these figures needs. The figures go to docs/performance.md.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use everest_backend::BackendName;
+use everest_backend::backend::{NodeBackend, NodeStage};
+use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::host::LinuxHost;
+use everest_backend::paths::AllowedRoot;
+use everest_backend::secrets::Secrets;
+use everest_obs::credentials::S3Keys;
+use everest_obs::{ObsConfig, ObsNode, context};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const AK: &str = "BENCHACCESSKEY01";
+const SK: &str = "bench-secret-key-not-real";
+const BUCKET: &str = "everest-bench";
+const MIB: usize = 1 << 20;
+
+/// The S3 server, stopped when dropped.
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+fn start_server(dir: &Path) -> Result<Server, Error> {
+    let bin = std::env::var_os("S3S_FS")
+        .map(PathBuf::from)
+        .or_else(|| which("s3s-fs"))
+        .ok_or("s3s-fs not found: cargo install s3s-fs@0.14.1 --features binary --locked, or set S3S_FS")?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let data = dir.join("s3-data");
+    std::fs::create_dir_all(&data)?;
+    let child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", AK, "--secret-key", SK])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let server = Server {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("s3s-fs did not start listening".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+struct Sizes {
+    object: usize,
+    keys: usize,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn rate(bytes: usize, d: Duration) -> String {
+    format!("{:.0} MiB/s", bytes as f64 / MIB as f64 / secs(d).max(1e-9))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            object: 256 * MIB,
+            keys: 1000,
+        }
+    } else {
+        Sizes {
+            object: 1024 * MIB,
+            keys: 10_000,
+        }
+    };
+    match run(&sizes).await {
+        Ok(report) => println!("{report}"),
+        Err(e) => {
+            eprintln!("mounters bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(sizes: &Sizes) -> Result<String, Error> {
+    if rustix::process::geteuid().as_raw() != 0 || !Path::new("/dev/fuse").exists() {
+        return Err("needs root and /dev/fuse (FUSE mounts)".into());
+    }
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path())?;
+    let table = serde_json::json!({
+        "endpoint": server.endpoint,
+        "runtime_dir": dir.path().join("run").display().to_string(),
+    });
+    let config = ObsConfig::parse("bench", table.as_object().ok_or("table")?)?;
+    let keys = S3Keys {
+        access_key: AK.into(),
+        secret_key: SK.into(),
+    };
+    let s3 = everest_obs::s3::S3::new("bench", &config)?.client(Some(&keys))?;
+    s3.create_bucket().bucket(BUCKET).send().await?;
+
+    let payload: Vec<u8> = (0..sizes.object).map(|i| (i % 251) as u8).collect();
+    // Direct PUT and GET: the baselines.
+    let t = Instant::now();
+    s3.put_object()
+        .bucket(BUCKET)
+        .key("direct.bin")
+        .body(ByteStream::from(payload.clone()))
+        .send()
+        .await?;
+    let direct_put = t.elapsed();
+    let t = Instant::now();
+    let got = s3
+        .get_object()
+        .bucket(BUCKET)
+        .key("direct.bin")
+        .send()
+        .await?
+        .body
+        .collect()
+        .await?
+        .into_bytes();
+    let direct_get = t.elapsed();
+    if got.len() != payload.len() {
+        return Err("direct GET returned a short body".into());
+    }
+    // Many small keys, for the listing figures.
+    put_many(&s3, sizes.keys).await?;
+    let t = Instant::now();
+    let listed = list_all(&s3, "many/").await?;
+    let direct_list = t.elapsed();
+    if listed != sizes.keys {
+        return Err(format!("ListObjectsV2 found {listed} of {} keys", sizes.keys).into());
+    }
+
+    let mut rows = vec![
+        format!(
+            "| direct PUT of {} MiB (aws-sdk-s3) | {} | — | 1.00 | baseline |",
+            sizes.object / MIB,
+            rate(sizes.object, direct_put)
+        ),
+        format!(
+            "| direct GET of {} MiB (aws-sdk-s3) | {} | — | 1.00 | baseline |",
+            sizes.object / MIB,
+            rate(sizes.object, direct_get)
+        ),
+        format!(
+            "| ListObjectsV2 of {} keys | {:.0} ms | — | 1.00 | baseline |",
+            sizes.keys,
+            secs(direct_list) * 1e3
+        ),
+    ];
+    for mounter in ["s3fs", "rclone"] {
+        if which(mounter).is_none() {
+            rows.push(format!("| {mounter} | not installed | | | |"));
+            continue;
+        }
+        let m = through_mount(dir.path(), &config, mounter, sizes, &payload).await?;
+        rows.push(format!(
+            "| {mounter}: sequential write of {} MiB, closed | {} | direct PUT {} | {:.2} | ≥ 0.70 |",
+            sizes.object / MIB,
+            rate(sizes.object, m.write),
+            rate(sizes.object, direct_put),
+            secs(direct_put) / secs(m.write)
+        ));
+        rows.push(format!(
+            "| {mounter}: sequential read of {} MiB | {} | direct GET {} | {:.2} | ≥ 0.85 |",
+            sizes.object / MIB,
+            rate(sizes.object, m.read),
+            rate(sizes.object, direct_get),
+            secs(direct_get) / secs(m.read)
+        ));
+        rows.push(format!(
+            "| {mounter}: listing {} entries | {:.0} ms | ListObjectsV2 {:.0} ms | {:.2} | — |",
+            sizes.keys,
+            secs(m.list) * 1e3,
+            secs(direct_list) * 1e3,
+            secs(direct_list) / secs(m.list)
+        ));
+    }
+    drop(server);
+    Ok(format!(
+        "Object data path (s3s-fs on loopback; ratio = Everest's mount speed / direct speed)\n\n| figure | Everest | baseline | ratio | goal |\n|---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    ))
+}
+
+async fn put_many(s3: &Client, n: usize) -> Result<(), Error> {
+    let s3 = Arc::new(s3.clone());
+    let mut tasks = tokio::task::JoinSet::new();
+    let per = n.div_ceil(16);
+    for w in 0..16 {
+        let s3 = s3.clone();
+        tasks.spawn(async move {
+            for i in (w * per)..((w + 1) * per).min(n) {
+                s3.put_object()
+                    .bucket(BUCKET)
+                    .key(format!("many/k{i:06}"))
+                    .body(ByteStream::from_static(b"x"))
+                    .send()
+                    .await?;
+            }
+            Ok::<(), aws_sdk_s3::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+async fn list_all(s3: &Client, prefix: &str) -> Result<usize, Error> {
+    let mut n = 0;
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await?;
+        n += page.contents().len();
+        match page.next_continuation_token() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return Ok(n),
+        }
+    }
+}
+
+struct MountTimes {
+    write: Duration,
+    read: Duration,
+    list: Duration,
+}
+
+/// Mounts the bucket through the node side with `mounter`, times a write, a read of the
+/// directly PUT object and a listing, and unmounts.
+async fn through_mount(
+    dir: &Path,
+    config: &ObsConfig,
+    mounter: &str,
+    sizes: &Sizes,
+    payload: &[u8],
+) -> Result<MountTimes, Error> {
+    let kubelet = dir.join("kubelet");
+    std::fs::create_dir_all(&kubelet)?;
+    let staging = AllowedRoot::new(&kubelet)?.check(
+        &kubelet.join(format!("stage-{mounter}")).display().to_string(),
+        "path",
+    )?;
+    let node = ObsNode::new(
+        BackendName::new("bench")?,
+        config.clone(),
+        Arc::new(LinuxHost::default()),
+    );
+    let native_id = format!("r~{BUCKET}");
+    node.stage(&NodeStage {
+        native_id: native_id.clone(),
+        publish_context: BTreeMap::new(),
+        staging: staging.clone(),
+        capability: VolumeCapability {
+            access_type: AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: vec![],
+            },
+            access_mode: AccessMode::MultiNodeMultiWriter,
+        },
+        volume_context: BTreeMap::from([(context::MOUNTER.to_owned(), mounter.to_owned())]),
+        secrets: Secrets::new(BTreeMap::from([
+            ("access.key".to_owned(), AK.to_owned()),
+            ("secret.key".to_owned(), SK.to_owned()),
+        ])),
+    })
+    .await?;
+    let mnt = staging.as_path().to_owned();
+    let timed = (|| -> Result<MountTimes, Error> {
+        let t = Instant::now();
+        let mut f = std::fs::File::create(mnt.join(format!("{mounter}.bin")))?;
+        for chunk in payload.chunks(MIB) {
+            f.write_all(chunk)?;
+        }
+        // The upload happens at close: time it too.
+        f.sync_all()?;
+        drop(f);
+        let write = t.elapsed();
+        let t = Instant::now();
+        let mut f = std::fs::File::open(mnt.join("direct.bin"))?;
+        let mut buf = vec![0u8; MIB];
+        let mut total = 0;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        let read = t.elapsed();
+        if total != sizes.object {
+            return Err(format!("read {total} bytes through {mounter}, not {}", sizes.object).into());
+        }
+        let t = Instant::now();
+        let entries = std::fs::read_dir(mnt.join("many"))?.count();
+        let list = t.elapsed();
+        if entries != sizes.keys {
+            return Err(format!("{mounter} listed {entries} of {} keys", sizes.keys).into());
+        }
+        Ok(MountTimes { write, read, list })
+    })();
+    node.unstage(&native_id, &staging).await?;
+    timed
+}
