@@ -28,6 +28,7 @@ impl Default for FakeNodeBackend {
                 expand: false,
                 node_expand: false,
                 list: false,
+                snapshots: false,
                 access_modes: &[],
             },
         }

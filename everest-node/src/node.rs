@@ -450,6 +450,7 @@ mod tests {
                 expand: true,
                 node_expand: true,
                 list: true,
+                snapshots: false,
                 access_modes: &[everest_backend::capability::AccessMode::SingleNodeSingleWriter],
             },
             ..Default::default()

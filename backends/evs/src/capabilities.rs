@@ -12,6 +12,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     expand: true,
     node_expand: true,
     list: true,
+    snapshots: false,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

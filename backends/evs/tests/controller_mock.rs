@@ -369,6 +369,7 @@ fn create_request(name: &str, gib: u64) -> CreateVolume {
         common: CommonParams::default(),
         parameters: BTreeMap::new(),
         topology: None,
+        source: None,
         secrets: Secrets::default(),
     }
 }

@@ -46,6 +46,7 @@ const DIRECTORY_CAPABILITIES: Capabilities = Capabilities {
     expand: false,
     node_expand: false,
     list: false,
+    snapshots: false,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

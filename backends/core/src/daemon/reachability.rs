@@ -94,6 +94,7 @@ mod tests {
                 expand: false,
                 node_expand: false,
                 list: false,
+                snapshots: false,
                 access_modes: &[],
             }
         }
