@@ -12,7 +12,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     expand: true,
     node_expand: true,
     list: true,
-    snapshots: false,
+    snapshots: true,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

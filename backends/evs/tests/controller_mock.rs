@@ -148,6 +148,12 @@ async fn handle(
     });
     let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
+        // This mock's disks have no snapshots.
+        ("GET", ["evs", "v2", PROJECT, "cloudsnapshots", "detail"]) => (
+            StatusCode::OK,
+            axum::Json(json!({"snapshots": [], "count": 0})),
+        )
+            .into_response(),
         ("GET", ["evs", "v2", PROJECT, "cloudvolumes", "detail"]) => {
             let q = query(&uri);
             let ids: Vec<String> = q

@@ -205,6 +205,9 @@ pub struct Volume {
     /// Where it is attached.
     #[serde(default, deserialize_with = "lenient::null_default")]
     pub attachments: Vec<Attachment>,
+    /// The snapshot it was made from, if any.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
     /// Creation time.
     #[serde(default, deserialize_with = "lenient::timestamp")]
     pub created_at: Option<DateTime<Utc>>,
@@ -306,8 +309,9 @@ struct ListEnvelope {
     volumes_links: Vec<Link>,
 }
 
+/// One entry of a listing's `*_links`.
 #[derive(Deserialize)]
-struct Link {
+pub(crate) struct Link {
     #[serde(default)]
     href: String,
     #[serde(default)]
@@ -346,6 +350,11 @@ fn check_listed_id(id: &str) -> Result<()> {
 
 /// The marker in a `next` link, or else the last disk's id when a `next` link exists.
 fn next_marker(links: &[Link], volumes: &[Volume]) -> Option<String> {
+    next_marker_of(links, volumes.last().map(|v| &v.id))
+}
+
+/// The marker in a `next` link, or else `last` (the page's last id) when a `next` link exists.
+pub(crate) fn next_marker_of(links: &[Link], last: Option<&String>) -> Option<String> {
     let next = links.iter().find(|l| l.rel == "next")?;
     let query = next
         .href
@@ -357,7 +366,7 @@ fn next_marker(links: &[Link], volumes: &[Volume]) -> Option<String> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == "marker")
         .map(|(_, v)| percent_decode_str(v).decode_utf8_lossy().into_owned())
-        .or_else(|| volumes.last().map(|v| v.id.clone()))
+        .or_else(|| last.cloned())
 }
 
 impl VolumeFilter {
