@@ -121,6 +121,9 @@ fn controller_rpcs(registry: &Registry<dyn ControllerBackend>) -> Vec<rpc::Type>
     if snapshots::offered(&caps) {
         rpcs.extend([rpc::Type::CreateDeleteSnapshot, rpc::Type::ListSnapshots]);
     }
+    if any(|c| c.clone) {
+        rpcs.push(rpc::Type::CloneVolume);
+    }
     rpcs
 }
 
@@ -151,12 +154,12 @@ impl Controller for ControllerService {
             if let Some(source) = &source {
                 if source.backend != backend_name {
                     return Err(Error::InvalidArgument(format!(
-                        "the content source lives on backend {}, but the StorageClass provisions from {backend_name}; a volume is made from a snapshot of its own backend",
+                        "the content source lives on backend {}, but the StorageClass provisions from {backend_name}; a volume is made from a snapshot or volume of its own backend",
                         source.backend
                     ))
                     .into());
                 }
-                backend = snapshots::snapshotting(&backend_name, backend)?;
+                backend = snapshots::can_restore(&backend_name, backend, &create)?;
             }
             let _claim = self.creating.claim(&create.name)?;
             let volume = backend.create_volume(&create).await?;

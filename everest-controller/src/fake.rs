@@ -11,7 +11,7 @@ use everest_backend::backend::{
 use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::capacity::CapacityRange;
 use everest_backend::secrets::Secrets;
-use everest_backend::snapshot::{CreateSnapshot, Snapshot, SnapshotPage};
+use everest_backend::snapshot::{CreateSnapshot, Snapshot, SnapshotPage, VolumeSource};
 use everest_backend::{ControllerBackend, Error, Result};
 
 /// Volumes by native ID; single-node access modes only, like a cloud disk. Snapshots (when
@@ -33,6 +33,7 @@ impl Default for FakeBackend {
                 node_expand: true,
                 list: true,
                 snapshots: true,
+                clone: true,
                 access_modes: &[
                     AccessMode::SingleNodeWriter,
                     AccessMode::SingleNodeSingleWriter,
@@ -60,6 +61,7 @@ impl FakeBackend {
                 node_expand: false,
                 list: false,
                 snapshots: false,
+                clone: false,
                 access_modes: &[AccessMode::SingleNodeWriter],
             },
             ..Self::default()
@@ -112,6 +114,13 @@ impl ControllerBackend for FakeBackend {
     }
 
     async fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
+        match &req.source {
+            Some(VolumeSource::Volume(v)) => drop(self.get_volume(v).await?),
+            Some(VolumeSource::Snapshot(s)) if self.get_snapshot(s).await?.is_none() => {
+                return Err(Error::NotFound(format!("snapshot {s} does not exist")));
+            }
+            _ => {}
+        }
         self.add(&req.name);
         Ok(self.lock()[&req.name].volume.clone())
     }

@@ -40,8 +40,8 @@ pub struct ContentSource {
     pub echo: csi::VolumeContentSource,
 }
 
-/// The content source of a CreateVolume: a snapshot ID of ours, or NOT_FOUND (a snapshot ID
-/// that is not in Everest's form names no snapshot of ours). Cloning a volume is not offered.
+/// The content source of a CreateVolume: a snapshot or a volume (a clone) of ours, or
+/// NOT_FOUND (an ID that is not in Everest's form names nothing of ours).
 fn content_source(
     source: Option<csi::VolumeContentSource>,
 ) -> Result<Option<(ContentSource, VolumeSource)>, Error> {
@@ -61,9 +61,17 @@ fn content_source(
             let backend = id.backend().clone();
             Ok(Some((ContentSource { backend, echo }, native)))
         }
-        Some(Type::Volume(_)) => Err(Error::InvalidArgument(
-            "volume_content_source.volume (cloning) is not supported by this driver; restore from a snapshot instead".into(),
-        )),
+        Some(Type::Volume(v)) => {
+            if v.volume_id.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "volume_content_source.volume.volume_id is required".into(),
+                ));
+            }
+            let id = volume_id(&v.volume_id)?;
+            let native = VolumeSource::Volume(id.native().to_owned());
+            let backend = id.backend().clone();
+            Ok(Some((ContentSource { backend, echo }, native)))
+        }
         None => Err(Error::InvalidArgument(
             "volume_content_source names neither a snapshot nor a volume".into(),
         )),
@@ -296,7 +304,9 @@ mod tests {
         assert_invalid(create_volume(source), "volume_content_source");
         let mut clone = create();
         clone.volume_content_source = Some(volume_source());
-        assert_invalid(create_volume(clone), "cloning");
+        let (c, source) = create_volume(clone).unwrap();
+        assert_eq!(c.source, Some(VolumeSource::Volume("d1".into())));
+        assert_eq!(source.unwrap().backend.as_str(), "disks");
         let mut no_snap_id = create();
         no_snap_id.volume_content_source = Some(snapshot_source(""));
         assert_invalid(create_volume(no_snap_id), "snapshot_id");

@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use everest_backend::backend::{Capabilities, unsupported};
+use everest_backend::backend::{Capabilities, CreateVolume, unsupported};
 use everest_backend::daemon::fields::{is_not_found, ordered, volume_id};
 use everest_backend::secrets::Secrets;
-use everest_backend::snapshot::Snapshot;
+use everest_backend::snapshot::{Snapshot, VolumeSource};
 use everest_backend::{BackendName, ControllerBackend, Error, SnapshotId};
 use everest_proto::csi::v1 as csi;
 
@@ -30,6 +30,22 @@ pub fn snapshotting(
         Ok(backend)
     } else {
         Err(unsupported(name, WHAT))
+    }
+}
+
+/// The backend `name` if it can make `create`'s content: restore a snapshot, or clone a
+/// volume; INVALID_ARGUMENT naming it otherwise.
+pub fn can_restore(
+    name: &BackendName,
+    backend: Arc<dyn ControllerBackend>,
+    create: &CreateVolume,
+) -> Result<Arc<dyn ControllerBackend>, Error> {
+    match create.source {
+        Some(VolumeSource::Volume(_)) if !backend.capabilities().clone => {
+            Err(unsupported(name, "cloning volumes"))
+        }
+        Some(VolumeSource::Volume(_)) | None => Ok(backend),
+        Some(VolumeSource::Snapshot(_)) => snapshotting(name, backend),
     }
 }
 
@@ -300,6 +316,7 @@ mod tests {
         let all = rpcs(service()).await;
         assert!(all.contains(&rpc::Type::CreateDeleteSnapshot), "{all:?}");
         assert!(all.contains(&rpc::Type::ListSnapshots), "{all:?}");
+        assert!(all.contains(&rpc::Type::CloneVolume), "{all:?}");
         let mut only_plain: Registry<dyn ControllerBackend> = Registry::new(None);
         only_plain.insert(
             BackendName::new("plain").unwrap(),
@@ -309,6 +326,7 @@ mod tests {
         let none = rpcs(plain.clone()).await;
         assert!(!none.contains(&rpc::Type::CreateDeleteSnapshot), "{none:?}");
         assert!(!none.contains(&rpc::Type::ListSnapshots), "{none:?}");
+        assert!(!none.contains(&rpc::Type::CloneVolume), "{none:?}");
         // Not advertised: UNIMPLEMENTED, naming the RPC.
         let err = take(&plain, "s", "v1:plain:p1").await.unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
@@ -328,7 +346,7 @@ mod tests {
         let snap = take(&svc, "snap-1", "v1:alpha:a1").await.unwrap();
         let restore = |backend: &str, snapshot: &str| {
             use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
-            use csi::volume_content_source::{SnapshotSource, Type};
+            use csi::volume_content_source::{SnapshotSource, Type, VolumeSource as Vs};
             csi::CreateVolumeRequest {
                 name: "pvc-restored".into(),
                 volume_capabilities: vec![csi::VolumeCapability {
@@ -339,9 +357,15 @@ mod tests {
                 }],
                 parameters: [("everest.io/backend".to_string(), backend.to_string())].into(),
                 volume_content_source: Some(csi::VolumeContentSource {
-                    r#type: Some(Type::Snapshot(SnapshotSource {
-                        snapshot_id: snapshot.into(),
-                    })),
+                    // "vol:<id>" asks for a clone of that volume.
+                    r#type: Some(match snapshot.strip_prefix("vol:") {
+                        Some(volume) => Type::Volume(Vs {
+                            volume_id: volume.into(),
+                        }),
+                        None => Type::Snapshot(SnapshotSource {
+                            snapshot_id: snapshot.into(),
+                        }),
+                    }),
                 }),
                 ..Default::default()
             }
@@ -359,7 +383,23 @@ mod tests {
         );
         // From another backend's snapshot, onto a backend without snapshots, or from a
         // snapshot that is not ours.
+        let clone = svc
+            .create_volume(Request::new(restore("alpha", "vol:v1:alpha:a2")))
+            .await
+            .unwrap()
+            .into_inner()
+            .volume
+            .unwrap();
+        assert_eq!(
+            clone.content_source,
+            restore("alpha", "vol:v1:alpha:a2").volume_content_source
+        );
         for (backend, snapshot, code, names) in [
+            ("alpha", "v1:alpha:gone", Code::NotFound, "gone"),
+            ("alpha", "vol:v1:alpha:zz", Code::NotFound, "zz"),
+            ("alpha", "vol:some-volume", Code::NotFound, "some-volume"),
+            ("beta", "vol:v1:alpha:a1", Code::InvalidArgument, "alpha"),
+            ("plain", "vol:v1:plain:p1", Code::InvalidArgument, "plain"),
             (
                 "beta",
                 snap.snapshot_id.as_str(),

@@ -29,6 +29,7 @@ impl Default for FakeNodeBackend {
                 node_expand: false,
                 list: false,
                 snapshots: false,
+                clone: false,
                 access_modes: &[],
             },
         }

@@ -451,6 +451,7 @@ mod tests {
                 node_expand: true,
                 list: true,
                 snapshots: false,
+                clone: false,
                 access_modes: &[everest_backend::capability::AccessMode::SingleNodeSingleWriter],
             },
             ..Default::default()

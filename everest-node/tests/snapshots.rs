@@ -1,7 +1,8 @@
-//! Snapshots through the real daemons and the real emulator, as csi-snapshotter and the
-//! provisioner call them: data written in a pod survives snapshot → restore into a larger volume
-//! → stage → publish; a disk with snapshots is not deleted (and the answer says why); bad input
-//! gets the spec's codes; ListSnapshots pages through many snapshots while they change.
+//! Snapshots and clones through the real daemons and the real emulator, as csi-snapshotter and
+//! the provisioner call them: data written in a pod survives snapshot → restore into a larger
+//! volume → stage → publish, and a clone likewise; a disk with snapshots is not deleted (and the
+//! answer says why); bad input gets the spec's codes; ListSnapshots pages through many
+//! snapshots while they change.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -219,7 +220,15 @@ async fn data_survives_snapshot_and_restore_and_the_source_is_kept_while_snapsho
     let disk = world.disk(&vol.volume_id).await.expect("the restored disk");
     let native_snapshot = taken.snapshot_id.rsplit(':').next().unwrap();
     assert_eq!(disk["snapshot_id"], native_snapshot, "{disk}");
-    // Retried by the provisioner: the same volume.
+    // Retried by the provisioner: the same volume; the same name without the snapshot is
+    // another volume, which this one is not.
+    let mut empty = req.clone();
+    empty.volume_content_source = None;
+    expect_error(
+        c.create_volume(empty).await,
+        Code::AlreadyExists,
+        &["snapshot"],
+    );
     let retried = c.create_volume(req).await.expect("CreateVolume again");
     assert_eq!(
         retried.into_inner().volume.unwrap().volume_id,
@@ -469,6 +478,118 @@ async fn bad_snapshot_input_gets_the_spec_codes_and_listing_pages_through_30() {
     assert!(list_all(&world, "", 0).await.is_empty());
     src.delete().await.expect("DeleteVolume");
     other.delete().await.expect("DeleteVolume");
+    let left = world.shutdown();
+    assert!(left.is_clean(), "the run left {left:?}");
+}
+
+#[tokio::test]
+async fn a_clone_has_the_source_data_and_leaves_no_snapshot_behind() {
+    if skip_unless_root_and_loop() {
+        return;
+    }
+    let world = World::start().await;
+    let mut c = world.controller().await;
+    let caps = c
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(format!("{caps:?}").contains("CloneVolume"), "{caps:?}");
+
+    let mut src = Lifecycle::new(&world, "pvc-clone-src", ext4(), "pod-src").await;
+    src.bring_up(10).await;
+    write_synced(&src.target, "hello.txt", b"cloned while in use\n");
+
+    // A clone of the volume in use, as the provisioner asks for a PVC whose dataSource is a PVC.
+    let mut req = create_request("pvc-clone", 11 * GIB, ext4(), &[]);
+    req.accessibility_requirements = Some(world.topology_requirement().await);
+    let source = csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: src.id(),
+            },
+        )),
+    };
+    req.volume_content_source = Some(source.clone());
+    let vol = c
+        .create_volume(req.clone())
+        .await
+        .expect("CreateVolume of a clone")
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(vol.content_source, Some(source));
+    assert_eq!(vol.capacity_bytes, 11 * GIB);
+    // Retried: the same clone, and still no snapshot left.
+    let again = c.create_volume(req).await.expect("CreateVolume again");
+    assert_eq!(again.into_inner().volume.unwrap().volume_id, vol.volume_id);
+    assert!(
+        world.emulator_state().await["snapshots"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "a temporary snapshot is left: {}",
+        world.emulator_state().await["snapshots"]
+    );
+    assert!(list_all(&world, "", 0).await.is_empty());
+
+    let mut clone = Lifecycle::new(&world, "pvc-clone", ext4(), "pod-clone").await;
+    clone.volume = Some(vol);
+    clone.attach().await.expect("ControllerPublishVolume");
+    clone.stage().await.expect("NodeStageVolume");
+    clone.publish(false).await.expect("NodePublishVolume");
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&clone.target).join("hello.txt")).unwrap(),
+        "cloned while in use\n"
+    );
+    // The two are independent: a write to the clone does not reach the source.
+    write_synced(&clone.target, "only-in-clone.txt", b"x");
+    assert!(!Path::new(&src.target).join("only-in-clone.txt").exists());
+
+    // The same name again, from another volume: ALREADY_EXISTS, and nothing snapshotted.
+    let mut other = Lifecycle::new(&world, "pvc-clone-other", ext4(), "pod-other").await;
+    other.create(10, &[]).await.expect("CreateVolume");
+    let mut from_other = create_request("pvc-clone", 11 * GIB, ext4(), &[]);
+    from_other.accessibility_requirements = Some(world.topology_requirement().await);
+    from_other.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: other.id(),
+            },
+        )),
+    });
+    expect_error(
+        c.create_volume(from_other).await,
+        Code::AlreadyExists,
+        &["pvc-clone"],
+    );
+    other
+        .delete()
+        .await
+        .expect("DeleteVolume of the other volume");
+
+    // A clone of a volume that does not exist.
+    let mut missing = create_request("pvc-clone-missing", 10 * GIB, ext4(), &[]);
+    missing.volume_content_source = Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: "v1:evs-default:0b1c2d3e-0000-4000-8000-000000000000".into(),
+            },
+        )),
+    });
+    expect_error(
+        c.create_volume(missing).await,
+        Code::NotFound,
+        &["clone", "disk"],
+    );
+
+    // The source can be deleted while its clone lives on.
+    for v in [&src, &clone] {
+        v.unpublish().await.expect("NodeUnpublishVolume");
+        v.unstage().await.expect("NodeUnstageVolume");
+        v.detach().await.expect("ControllerUnpublishVolume");
+        v.delete().await.expect("DeleteVolume");
+    }
+    assert!(world.disks().await.is_empty());
     let left = world.shutdown();
     assert!(left.is_clean(), "the run left {left:?}");
 }

@@ -40,6 +40,8 @@ pub struct Capabilities {
     pub list: bool,
     /// CreateSnapshot, DeleteSnapshot, ListSnapshots, and CreateVolume from a snapshot.
     pub snapshots: bool,
+    /// CreateVolume from another volume of the same instance (a clone).
+    pub clone: bool,
     /// The access modes the kind can serve at all (a backend may refuse more, e.g. by
     /// filesystem, in its own capability check).
     pub access_modes: &'static [crate::capability::AccessMode],

@@ -13,6 +13,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     node_expand: true,
     list: true,
     snapshots: true,
+    clone: true,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

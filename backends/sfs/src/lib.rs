@@ -47,6 +47,7 @@ const DIRECTORY_CAPABILITIES: Capabilities = Capabilities {
     node_expand: false,
     list: false,
     snapshots: false,
+    clone: false,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

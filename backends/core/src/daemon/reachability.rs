@@ -95,6 +95,7 @@ mod tests {
                 node_expand: false,
                 list: false,
                 snapshots: false,
+                clone: false,
                 access_modes: &[],
             }
         }

@@ -29,8 +29,11 @@ impl EvsController {
                 .as_deref()
                 .unwrap_or(&self.config.backend.default_volume_type),
         };
+        // A clone's origin is checked before its temporary snapshot is taken (see
+        // `clone_source`); that snapshot is made anew on a retry, so it decides nothing here.
+        let is_clone = restore.is_some_and(|r| r.clone_of.is_some());
         let wanted_snapshot = restore.map(|r| r.snapshot_id.as_str());
-        if v.snapshot_id.as_deref().filter(|s| !s.is_empty()) != wanted_snapshot {
+        if !is_clone && v.snapshot_id.as_deref().filter(|s| !s.is_empty()) != wanted_snapshot {
             return Err(Error::AlreadyExists(format!(
                 "volume {} already exists as disk {} made from {}, not from {}",
                 req.name,

@@ -36,6 +36,8 @@ use existing::{is_failed_create, stuck_in_error};
 
 /// Metadata key holding the CSI request name a disk was created for (the idempotency key).
 pub const CSI_NAME_KEY: &str = "everest.io/csi-name";
+/// Metadata key naming the disk a clone was made from.
+pub const CLONE_OF_KEY: &str = "everest.io/clone-of";
 /// Metadata key marking disks this driver manages, for ListVolumes.
 pub const MANAGED_BY_KEY: &str = "everest.io/managed-by";
 /// Publish-context key: the disk's WWN, for SCSI (passthrough) disks.
@@ -333,12 +335,7 @@ impl ControllerBackend for EvsController {
         let restore = match &req.source {
             None => None,
             Some(VolumeSource::Snapshot(id)) => Some(self.restore_from(req, id, &params).await?),
-            Some(VolumeSource::Volume(_)) => {
-                return Err(Error::InvalidArgument(format!(
-                    "backend {} does not clone volumes; take a snapshot and restore it",
-                    self.name
-                )));
-            }
+            Some(VolumeSource::Volume(src)) => Some(self.clone_source(req, src, &params).await?),
         };
         let gib = match &restore {
             Some(r) => r.gib,
@@ -362,6 +359,7 @@ impl ControllerBackend for EvsController {
             if !is_failed_create(&existing) {
                 self.check_existing(req, &existing, gib, &params, restore.as_ref())?;
                 let ready = self.settle(&existing.id, "available", is_usable).await?;
+                self.finish_clone(restore.as_ref()).await?;
                 return Ok(to_csi(&ready));
             }
             // The cloud failed to create this disk: it never held data and will never become
@@ -384,6 +382,9 @@ impl ControllerBackend for EvsController {
             (CSI_NAME_KEY.to_owned(), req.name.clone()),
             (MANAGED_BY_KEY.to_owned(), "everest".to_owned()),
         ]);
+        if let Some(source) = restore.as_ref().and_then(|r| r.clone_of.as_ref()) {
+            metadata.insert(CLONE_OF_KEY.to_owned(), source.clone());
+        }
         if let Some(kms) = &params.kms_key_id {
             metadata.insert(ENCRYPTED_KEY.into(), "1".into());
             metadata.insert(CMK_ID_KEY.into(), kms.clone());
@@ -434,6 +435,7 @@ impl ControllerBackend for EvsController {
                     Error::Unavailable(format!("{what}: the new disk vanished; retry"))
                 })?,
         };
+        self.finish_clone(restore.as_ref()).await?;
         tracing::debug!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
         Ok(to_csi(&disk))
     }

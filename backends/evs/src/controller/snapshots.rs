@@ -13,7 +13,7 @@ use everest_backend::{Error, Result};
 use everest_cloud::backoff::WaitPace;
 
 use super::placement::requisite_zones;
-use super::{CSI_NAME_KEY, EvsController, MANAGED_BY_KEY, MAX_GIB, page_after};
+use super::{CLONE_OF_KEY, CSI_NAME_KEY, EvsController, MANAGED_BY_KEY, MAX_GIB, page_after};
 use crate::api::{
     CreateSnapshot as ApiCreateSnapshot, Snapshot, SnapshotFilter, SnapshotStatus, Volume,
 };
@@ -31,6 +31,18 @@ pub(super) struct Restore {
     pub zone: String,
     /// The size, GiB: the request's, raised to the snapshot's.
     pub gib: u64,
+    /// For a clone: the disk cloned (the snapshot is a temporary one, deleted once the clone
+    /// exists).
+    pub clone_of: Option<String>,
+}
+
+/// The `everest.io/managed-by` value of a clone's temporary snapshot: not the driver's
+/// `everest`, so ListSnapshots leaves it out.
+const CLONE_SNAPSHOT_MANAGER: &str = "everest-clone";
+
+/// The request name a clone's temporary snapshot is found by.
+fn clone_snapshot_name(request_name: &str) -> String {
+    format!("clone/{request_name}")
 }
 
 fn to_csi(s: &Snapshot) -> CsiSnapshot {
@@ -298,31 +310,53 @@ impl EvsController {
                 snap.volume_id
             ))
         })?;
+        let what = format!("snapshot {snapshot_id}");
+        let (volume_type, zone, gib) = self.inherit(req, params, source, snap.size, &what)?;
+        Ok(Restore {
+            snapshot_id: snapshot_id.to_owned(),
+            volume_type,
+            zone,
+            gib,
+            clone_of: None,
+        })
+    }
+
+    /// What a disk made from `source`'s content must be, checked against the request (`what`
+    /// names the source in errors): EVS makes it of the source's type, in its zone, at least
+    /// `min_gib`, and takes encryption from the source. Answers the type, zone and size.
+    fn inherit(
+        &self,
+        req: &CreateVolume,
+        params: &EvsParams,
+        source: Volume,
+        min_gib: u64,
+        what: &str,
+    ) -> Result<(String, String, u64)> {
         if let Some(wanted) = params
             .volume_type
             .as_ref()
             .filter(|t| **t != source.volume_type)
         {
             return Err(Error::InvalidArgument(format!(
-                "the StorageClass asks for disk type {wanted}, but snapshot {snapshot_id} is of a {} disk, and EVS restores a snapshot only to its source's type; use a StorageClass of type {} (or none)",
+                "the StorageClass asks for disk type {wanted}, but {what} is of a {} disk, and EVS makes a disk from it only of that type; use a StorageClass of type {} (or none)",
                 source.volume_type, source.volume_type
             )));
         }
         if params.kms_key_id.is_some() {
             return Err(Error::InvalidArgument(format!(
-                "a disk restored from snapshot {snapshot_id} takes its encryption from the snapshot; the StorageClass must not set a KMS key"
+                "a disk made from {what} takes its encryption from it; the StorageClass must not set a KMS key"
             )));
         }
         let zone = source.availability_zone;
         if let Some(fixed) = params.availability_zone.as_ref().filter(|z| **z != zone) {
             return Err(Error::InvalidArgument(format!(
-                "snapshot {snapshot_id} is in zone {zone}, but the StorageClass places disks in {fixed}; EVS restores a snapshot only in its own zone"
+                "{what} is in zone {zone}, but the StorageClass places disks in {fixed}; EVS makes a disk from it only in that zone"
             )));
         }
         let requisite = requisite_zones(req);
         if !requisite.is_empty() && !requisite.contains(&zone) {
             return Err(Error::InvalidArgument(format!(
-                "snapshot {snapshot_id} is in zone {zone}, which is not among the zones the claim can use ({})",
+                "{what} is in zone {zone}, which is not among the zones the claim can use ({})",
                 requisite.join(", ")
             )));
         }
@@ -330,20 +364,97 @@ impl EvsController {
             .capacity
             .to_gib(
                 self.config.backend.default_size_gib,
-                snap.size.max(super::MIN_GIB),
+                min_gib.max(super::MIN_GIB),
                 MAX_GIB,
             )
-            .map_err(|e| {
-                e.context(format!(
-                    "restoring snapshot {snapshot_id} of {} GiB",
-                    snap.size
+            .map_err(|e| e.context(format!("making a disk from {what} of {min_gib} GiB")))?;
+        Ok((source.volume_type, zone, gib))
+    }
+
+    /// A clone of disk `source_id`: EVS has no disk-to-disk copy, so the clone is restored from
+    /// a temporary snapshot of the source, taken under a name derived from the request (found
+    /// again on a retry) and kept out of ListSnapshots; [`EvsController::finish_clone`] deletes
+    /// it once the clone exists.
+    pub(super) async fn clone_source(
+        &self,
+        req: &CreateVolume,
+        source_id: &str,
+        params: &EvsParams,
+    ) -> Result<Restore> {
+        let source = self.client.get_volume(source_id).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "disk {source_id} to clone does not exist on backend {}",
+                self.name
+            ))
+        })?;
+        // A retry that names another source is refused before anything is snapshotted.
+        if let Some(existing) = self.find_by_request_name(&req.name).await?
+            && !super::existing::is_failed_create(&existing)
+            && existing.metadata.get(CLONE_OF_KEY).map(String::as_str) != Some(source_id)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "volume {} already exists as disk {}, which is not a clone of disk {source_id}",
+                req.name, existing.id
+            )));
+        }
+        let what = format!("disk {source_id}");
+        let source_gib = source.size;
+        let (volume_type, zone, gib) = self.inherit(req, params, source, source_gib, &what)?;
+        let temp_name = clone_snapshot_name(&req.name);
+        let snap = match self.find_snapshot_by_request_name(&temp_name).await? {
+            Some(s) if s.volume_id == source_id => s,
+            Some(s) => {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {} is being cloned from disk {}, not {source_id}",
+                    req.name, s.volume_id
+                )));
+            }
+            None => {
+                let spec = ApiCreateSnapshot {
+                    volume_id: source_id.to_owned(),
+                    name: self.disk_name(&temp_name),
+                    description: Some(format!(
+                        "temporary: the content of clone {} (Everest CSI)",
+                        req.name
+                    )),
+                    force: true,
+                    metadata: BTreeMap::from([
+                        (CSI_NAME_KEY.to_owned(), temp_name.clone()),
+                        (MANAGED_BY_KEY.to_owned(), CLONE_SNAPSHOT_MANAGER.to_owned()),
+                    ]),
+                };
+                self.client.create_snapshot(&spec).await.map_err(|e| {
+                    Error::from(e).context(format!("snapshotting disk {source_id} to clone it"))
+                })?
+            }
+        };
+        let snap = self
+            .wait_for_snapshot(&snap.id, "available", |s| {
+                s.is_none_or(|s| s.status != SnapshotStatus::Creating)
+            })
+            .await?
+            .ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "the temporary snapshot of disk {source_id} vanished; retry"
                 ))
             })?;
+        if snap.status != SnapshotStatus::Available {
+            return Err(failed(&snap, "a temporary snapshot for a clone"));
+        }
         Ok(Restore {
-            snapshot_id: snapshot_id.to_owned(),
-            volume_type: source.volume_type,
+            snapshot_id: snap.id,
+            volume_type,
             zone,
             gib,
+            clone_of: Some(source_id.to_owned()),
         })
+    }
+
+    /// After a clone exists: deletes its temporary snapshot (the source may be deleted then).
+    pub(super) async fn finish_clone(&self, restore: Option<&Restore>) -> Result<()> {
+        match restore {
+            Some(r) if r.clone_of.is_some() => self.drop_snapshot(&r.snapshot_id).await,
+            _ => Ok(()),
+        }
     }
 }
