@@ -237,6 +237,29 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
                 }
             }
         }
+        JobAction::RetypeVolume {
+            new_type,
+            iops,
+            throughput,
+        } => {
+            if let Some(d) = inner.state.disks.get_mut(id) {
+                d.volume_type = new_type.clone();
+                d.iops = *iops;
+                d.throughput = *throughput;
+                d.updated_at = Utc::now();
+            }
+            Ok(())
+        }
+        JobAction::ModifyQos { iops, throughput } => {
+            if let Some(d) = inner.state.disks.get_mut(id) {
+                d.iops = Some(*iops);
+                if throughput.is_some() {
+                    d.throughput = *throughput;
+                }
+                d.updated_at = Utc::now();
+            }
+            Ok(())
+        }
         JobAction::DetachVolume { .. } => {
             let removed = fx.remove_link(&cloud.link_path(id)).and_then(|()| {
                 // Detach whatever loop device backs the image now (it may differ from the

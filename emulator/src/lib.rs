@@ -11,6 +11,7 @@ pub mod effects;
 pub mod errors;
 pub mod evs;
 pub mod evs_list;
+pub mod evs_modify;
 pub mod evs_snapshots;
 pub mod faults;
 pub mod iam;

@@ -296,3 +296,49 @@ fn the_real_copy_keeps_content_and_holes_and_refuses_to_overwrite() {
     );
     assert!(!dir.path().join("c").exists());
 }
+
+#[test]
+fn retype_and_qos_change_the_disk_when_their_job_completes() {
+    use crate::evs_modify::{modify_qos, retype_volume};
+    let w = world();
+    let d = disk(&w, 10, "").unwrap();
+    let retype = |t: &str| format!(r#"{{"os-retype":{{"new_type":"{t}"}}}}"#).into_bytes();
+    let job = retype_volume(&w.cloud, P, &d, &retype("ESSD")).unwrap();
+    assert_eq!(w.cloud.lock().state.disks[&d].volume_type, "SSD");
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(w.cloud.lock().state.disks[&d].volume_type, "ESSD");
+    assert_eq!(
+        code(retype_volume(&w.cloud, P, &d, &retype("ESSD"))),
+        "EVS.2088"
+    );
+    assert_eq!(
+        code(retype_volume(&w.cloud, P, &d, &retype("SAS"))),
+        "EVS.2087"
+    );
+    assert_eq!(
+        code(retype_volume(&w.cloud, P, &d, &retype("NVME"))),
+        "EVS.1020"
+    );
+    assert_eq!(
+        code(retype_volume(&w.cloud, P, &d, &retype("GPSSD2"))),
+        "EVS.2088"
+    );
+    assert_eq!(
+        code(retype_volume(&w.cloud, P, "nope", &retype("SSD"))),
+        "EVS.5404"
+    );
+    let to_gp2 = br#"{"os-retype":{"new_type":"GPSSD2","iops":3000,"throughput":125}}"#;
+    let job = retype_volume(&w.cloud, P, &d, to_gp2).unwrap();
+    // Not GPSSD2 until the job completes: no QoS to change yet.
+    let qos = br#"{"qos_modify":{"iops":5000,"throughput":250}}"#;
+    assert_eq!(code(modify_qos(&w.cloud, P, &d, qos)), "EVS.2088");
+    jobs::complete(&w.cloud, &job);
+    let job = modify_qos(&w.cloud, P, &d, qos).unwrap();
+    jobs::complete(&w.cloud, &job);
+    let state = &w.cloud.lock().state;
+    let disk = &state.disks[&d];
+    assert_eq!(
+        (disk.volume_type.as_str(), disk.iops, disk.throughput),
+        ("GPSSD2", Some(5000), Some(250))
+    );
+}

@@ -128,6 +128,22 @@ pub enum JobAction {
         /// The server it was attached to.
         server_id: String,
     },
+    /// Change the disk's type (and its provisioned performance) in place.
+    RetypeVolume {
+        /// The new type.
+        new_type: String,
+        /// The new provisioned IOPS (GPSSD2/ESSD2).
+        iops: Option<u64>,
+        /// The new provisioned throughput (GPSSD2).
+        throughput: Option<u64>,
+    },
+    /// Change the provisioned IOPS and throughput in place.
+    ModifyQos {
+        /// The new provisioned IOPS.
+        iops: u64,
+        /// The new provisioned throughput, if given.
+        throughput: Option<u64>,
+    },
 }
 
 impl JobAction {
@@ -139,6 +155,8 @@ impl JobAction {
             JobAction::ExtendVolume { .. } => "extendVolume",
             JobAction::AttachVolume { .. } => "attachVolume",
             JobAction::DetachVolume { .. } => "detachVolume",
+            JobAction::RetypeVolume { .. } => "retypeVolume",
+            JobAction::ModifyQos { .. } => "modifyVolumeQos",
         }
     }
 }

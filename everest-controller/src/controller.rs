@@ -124,6 +124,9 @@ fn controller_rpcs(registry: &Registry<dyn ControllerBackend>) -> Vec<rpc::Type>
     if any(|c| c.clone) {
         rpcs.push(rpc::Type::CloneVolume);
     }
+    if any(|c| c.modify) {
+        rpcs.push(rpc::Type::ModifyVolume);
+    }
     rpcs
 }
 
@@ -140,9 +143,16 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let name = req.name.clone();
         // Parsed and routed once, before the span opens, so the backend label comes for free.
-        let routed = requests::create_volume(req).and_then(|(create, source)| {
-            let (backend_name, backend) = self.registry.for_params(&create.common)?;
-            Ok((create, source, backend_name, backend))
+        let routed = requests::create_volume(req).and_then(|new| {
+            let (backend_name, backend) = self.registry.for_params(&new.create.common)?;
+            if let Some(key) = new.mutable_keys.first()
+                && !backend.capabilities().modify
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "mutable_parameters ({key}) are not supported: backend {backend_name} does not change volumes in place"
+                )));
+            }
+            Ok((new.create, new.source, backend_name, backend))
         });
         let label = routed.as_ref().map_or_else(
             |_| NO_BACKEND.to_owned(),
@@ -474,10 +484,28 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _: Request<csi::ControllerModifyVolumeRequest>,
+        request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        observe(SERVICE, "ControllerModifyVolume", "", NO_BACKEND, async {
-            Err(unimplemented("ControllerModifyVolume"))
+        let req = request.into_inner();
+        let raw_id = req.volume_id.clone();
+        let parsed = requests::modify(req);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
+        observe(SERVICE, "ControllerModifyVolume", &raw_id, &label, async {
+            if !self.registry.iter().any(|(_, b)| b.capabilities().modify) {
+                return Err(unimplemented("ControllerModifyVolume"));
+            }
+            let (id, parameters) = parsed?;
+            let backend = self.registry.for_volume(&id)?;
+            if !backend.capabilities().modify {
+                return Err(unsupported(
+                    id.backend(),
+                    "changing volumes in place (ControllerModifyVolume)",
+                )
+                .into());
+            }
+            let _claim = self.busy.claim(&id)?;
+            backend.modify_volume(id.native(), &parameters).await?;
+            Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
         })
         .await
     }
@@ -601,6 +629,78 @@ mod tests {
         // ListVolumes reports only the backends that list.
         let (ids, _) = list_all(&svc, 0).await;
         assert_eq!(ids, ["v1:full:f1"]);
+    }
+
+    #[tokio::test]
+    async fn modify_routes_and_refuses_what_a_backend_cannot_change() {
+        let name = |s: &str| BackendName::new(s).unwrap();
+        let mut r: Registry<dyn ControllerBackend> = Registry::new(Some(name("alpha")));
+        r.insert(name("alpha"), Arc::new(FakeBackend::with(&["a1"])));
+        r.insert(name("plain"), Arc::new(FakeBackend::limited(&["p1"])));
+        let svc = ControllerService::new(Arc::new(r));
+        assert!(rpcs(&svc).await.contains(&rpc::Type::ModifyVolume));
+        let modify = |id: &str, params: &[(&str, &str)]| {
+            let svc = svc.clone();
+            let req = csi::ControllerModifyVolumeRequest {
+                volume_id: id.into(),
+                mutable_parameters: params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            };
+            async move { svc.controller_modify_volume(Request::new(req)).await }
+        };
+        let iops = [("iops", "3000")];
+        modify("v1:alpha:a1", &iops).await.unwrap();
+        for (id, params, code, names) in [
+            ("v1:alpha:zz", &iops[..], Code::NotFound, "zz"),
+            ("not-ours", &iops[..], Code::NotFound, "not-ours"),
+            ("v1:plain:p1", &iops[..], Code::InvalidArgument, "plain"),
+            (
+                "v1:alpha:a1",
+                &[][..],
+                Code::InvalidArgument,
+                "mutable_parameters",
+            ),
+            ("", &iops[..], Code::InvalidArgument, "volume_id"),
+        ] {
+            let err = modify(id, params).await.unwrap_err();
+            assert_eq!(err.code(), code, "{id}: {err:?}");
+            assert!(err.message().contains(names), "{err:?}");
+        }
+        // Mutable parameters at creation only where the backend modifies.
+        let create = |backend: &str| csi::CreateVolumeRequest {
+            name: "pvc-vac".into(),
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter)],
+            parameters: [("everest.io/backend".to_string(), backend.to_string())].into(),
+            mutable_parameters: [("iops".to_string(), "3000".to_string())].into(),
+            ..Default::default()
+        };
+        svc.create_volume(Request::new(create("alpha")))
+            .await
+            .unwrap();
+        let err = svc
+            .create_volume(Request::new(create("plain")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("plain"), "{err:?}");
+        // No backend modifies: UNIMPLEMENTED, naming the RPC.
+        let mut only_plain: Registry<dyn ControllerBackend> = Registry::new(None);
+        only_plain.insert(name("plain"), Arc::new(FakeBackend::limited(&["p1"])));
+        let plain = ControllerService::new(Arc::new(only_plain));
+        assert!(!rpcs(&plain).await.contains(&rpc::Type::ModifyVolume));
+        let err = plain
+            .controller_modify_volume(Request::new(csi::ControllerModifyVolumeRequest {
+                volume_id: "v1:plain:p1".into(),
+                mutable_parameters: [("iops".to_string(), "1".to_string())].into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert!(err.message().contains("ControllerModifyVolume"));
     }
 
     #[tokio::test]

@@ -34,6 +34,7 @@ impl Default for FakeBackend {
                 list: true,
                 snapshots: true,
                 clone: true,
+                modify: true,
                 access_modes: &[
                     AccessMode::SingleNodeWriter,
                     AccessMode::SingleNodeSingleWriter,
@@ -62,6 +63,7 @@ impl FakeBackend {
                 list: false,
                 snapshots: false,
                 clone: false,
+                modify: false,
                 access_modes: &[AccessMode::SingleNodeWriter],
             },
             ..Self::default()
@@ -176,6 +178,10 @@ impl ControllerBackend for FakeBackend {
 
     async fn probe(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn modify_volume(&self, native_id: &str, _: &BTreeMap<String, String>) -> Result<()> {
+        self.get_volume(native_id).await.map(drop)
     }
 
     async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<Snapshot> {

@@ -3,6 +3,8 @@
 
 use everest_backend::backend::{ControllerPublish, CreateVolume, Topology, TopologyRequirement};
 use everest_backend::capability::{VolumeCapability, parse_capabilities, parse_capability};
+use std::collections::BTreeMap;
+
 use everest_backend::capacity::CapacityRange;
 use everest_backend::daemon::fields::{ordered, require_volume_id, volume_id};
 use everest_backend::params::split_common;
@@ -91,22 +93,32 @@ pub fn snapshot_id(raw: &str) -> Result<SnapshotId, Error> {
         .map_err(|e| Error::NotFound(format!("no such snapshot: {e}")))
 }
 
-/// CreateVolume: name, capabilities, capacity, parameters, topology and content source.
-pub fn create_volume(
-    req: csi::CreateVolumeRequest,
-) -> Result<(CreateVolume, Option<ContentSource>), Error> {
+/// A validated CreateVolume with what the daemon checks against the chosen backend.
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    /// The request for the backend; its parameters include the mutable ones.
+    pub create: CreateVolume,
+    /// Where its content comes from, if not empty.
+    pub source: Option<ContentSource>,
+    /// The keys of `mutable_parameters` (a VolumeAttributesClass given at creation): only a
+    /// backend that modifies volumes accepts them.
+    pub mutable_keys: Vec<String>,
+}
+
+/// CreateVolume: name, capabilities, capacity, parameters (the mutable ones win over the
+/// StorageClass's), topology and content source.
+pub fn create_volume(req: csi::CreateVolumeRequest) -> Result<NewVolume, Error> {
     if req.name.is_empty() {
         return Err(Error::InvalidArgument("name is required".into()));
     }
     let capabilities = parse_capabilities(&req.volume_capabilities)?;
     let capacity = capacity(req.capacity_range.as_ref())?;
     let (source, native_source) = content_source(req.volume_content_source)?.unzip();
-    if !req.mutable_parameters.is_empty() {
-        return Err(Error::InvalidArgument(
-            "mutable_parameters are not supported (no ControllerModifyVolume)".into(),
-        ));
-    }
-    let (common, parameters) = split_common(&ordered(req.parameters))?;
+    let mutable = ordered(req.mutable_parameters);
+    let mutable_keys: Vec<String> = mutable.keys().cloned().collect();
+    let mut all = ordered(req.parameters);
+    all.extend(mutable);
+    let (common, parameters) = split_common(&all)?;
     let create = CreateVolume {
         name: req.name,
         capacity,
@@ -117,7 +129,25 @@ pub fn create_volume(
         source: native_source,
         secrets: Secrets::new(ordered(req.secrets)),
     };
-    Ok((create, source))
+    Ok(NewVolume {
+        create,
+        source,
+        mutable_keys,
+    })
+}
+
+/// ControllerModifyVolume: the volume and a non-empty set of mutable parameters.
+pub fn modify(
+    req: csi::ControllerModifyVolumeRequest,
+) -> Result<(VolumeId, BTreeMap<String, String>), Error> {
+    require_volume_id(&req.volume_id)?;
+    if req.mutable_parameters.is_empty() {
+        return Err(Error::InvalidArgument(
+            "mutable_parameters is required: say what to change".into(),
+        ));
+    }
+    let id = volume_id(&req.volume_id)?;
+    Ok((id, ordered(req.mutable_parameters)))
 }
 
 /// CreateSnapshot: the name, the source volume (NOT_FOUND when it is not one of ours), the
@@ -260,7 +290,9 @@ mod tests {
             }],
             preferred: vec![],
         });
-        let (c, source) = create_volume(req).unwrap();
+        let NewVolume {
+            create: c, source, ..
+        } = create_volume(req).unwrap();
         assert!(source.is_none() && c.source.is_none());
         assert_eq!(c.name, "pvc-1");
         assert_eq!(c.capacity.required_bytes, 1 << 30);
@@ -304,15 +336,28 @@ mod tests {
         assert_invalid(create_volume(source), "volume_content_source");
         let mut clone = create();
         clone.volume_content_source = Some(volume_source());
-        let (c, source) = create_volume(clone).unwrap();
+        let NewVolume {
+            create: c, source, ..
+        } = create_volume(clone).unwrap();
         assert_eq!(c.source, Some(VolumeSource::Volume("d1".into())));
         assert_eq!(source.unwrap().backend.as_str(), "disks");
         let mut no_snap_id = create();
         no_snap_id.volume_content_source = Some(snapshot_source(""));
         assert_invalid(create_volume(no_snap_id), "snapshot_id");
         let mut mutable = create();
+        mutable.parameters = [("iops".to_string(), "1000".to_string())].into();
         mutable.mutable_parameters = [("iops".to_string(), "3000".to_string())].into();
-        assert_invalid(create_volume(mutable), "mutable_parameters");
+        let made = create_volume(mutable).unwrap();
+        assert_eq!(made.mutable_keys, ["iops"]);
+        assert_eq!(
+            made.create.parameters["iops"], "3000",
+            "the mutable value wins"
+        );
+        let empty = csi::ControllerModifyVolumeRequest {
+            volume_id: "v1:disks:d1".into(),
+            ..Default::default()
+        };
+        assert_invalid(modify(empty), "mutable_parameters");
     }
 
     fn snapshot_source(id: &str) -> csi::VolumeContentSource {
@@ -337,7 +382,9 @@ mod tests {
     fn create_volume_from_a_snapshot_names_its_backend_and_echoes_the_source() {
         let mut req = create();
         req.volume_content_source = Some(snapshot_source("v1:disks-fast:snap-1"));
-        let (c, source) = create_volume(req).unwrap();
+        let NewVolume {
+            create: c, source, ..
+        } = create_volume(req).unwrap();
         assert_eq!(c.source, Some(VolumeSource::Snapshot("snap-1".into())));
         let source = source.unwrap();
         assert_eq!(source.backend.as_str(), "disks-fast");

@@ -30,6 +30,7 @@ impl Default for FakeNodeBackend {
                 list: false,
                 snapshots: false,
                 clone: false,
+                modify: false,
                 access_modes: &[],
             },
         }

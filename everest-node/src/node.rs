@@ -452,6 +452,7 @@ mod tests {
                 list: true,
                 snapshots: false,
                 clone: false,
+                modify: false,
                 access_modes: &[everest_backend::capability::AccessMode::SingleNodeSingleWriter],
             },
             ..Default::default()

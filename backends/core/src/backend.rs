@@ -42,6 +42,8 @@ pub struct Capabilities {
     pub snapshots: bool,
     /// CreateVolume from another volume of the same instance (a clone).
     pub clone: bool,
+    /// ControllerModifyVolume (VolumeAttributesClass): some parameters change in place.
+    pub modify: bool,
     /// The access modes the kind can serve at all (a backend may refuse more, e.g. by
     /// filesystem, in its own capability check).
     pub access_modes: &'static [crate::capability::AccessMode],
@@ -215,6 +217,19 @@ pub trait ControllerBackend: Send + Sync + Debug {
     ) -> Result<VolumePage>;
     /// Checks that the backend's service answers.
     async fn probe(&self) -> Result<()>;
+    /// Changes a volume in place to what the mutable `parameters` (a VolumeAttributesClass)
+    /// say; a parameter that cannot change is INVALID_ARGUMENT naming it. Already so is success.
+    async fn modify_volume(
+        &self,
+        native_id: &str,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let _ = (native_id, parameters);
+        Err(crate::Error::InvalidArgument(format!(
+            "{:?} backends do not change volumes in place",
+            self.kind()
+        )))
+    }
     /// Takes a snapshot of a volume, or returns the one already taken under the same name
     /// (ALREADY_EXISTS when that one is of another volume); NOT_FOUND when the volume does not
     /// exist. `ready` says whether a volume can be made from it yet.

@@ -14,6 +14,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     list: true,
     snapshots: true,
     clone: true,
+    modify: true,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

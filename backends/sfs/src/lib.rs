@@ -48,6 +48,7 @@ const DIRECTORY_CAPABILITIES: Capabilities = Capabilities {
     list: false,
     snapshots: false,
     clone: false,
+    modify: false,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

@@ -96,6 +96,7 @@ mod tests {
                 list: false,
                 snapshots: false,
                 clone: false,
+                modify: false,
                 access_modes: &[],
             }
         }

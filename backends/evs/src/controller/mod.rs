@@ -28,6 +28,7 @@ use crate::config::EvsConfig;
 use crate::params::EvsParams;
 
 mod existing;
+mod modify;
 mod naming;
 mod placement;
 mod snapshots;
@@ -650,6 +651,14 @@ impl ControllerBackend for EvsController {
             entries: page.iter().map(|v| self.listed(v)).collect(),
             next_token,
         })
+    }
+
+    async fn modify_volume(
+        &self,
+        native_id: &str,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.change_volume(native_id, parameters).await
     }
 
     async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<CsiSnapshot> {
