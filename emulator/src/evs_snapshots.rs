@@ -16,13 +16,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::cloud::Cloud;
 use crate::errors::ApiError;
 use crate::evs::base_url;
+use crate::evs_list::next_link;
 use crate::state::{Snapshot, SnapshotOp, evs_time};
 
 /// Statuses a snapshot may be deleted from.
@@ -337,25 +337,6 @@ impl ListQuery {
     }
 }
 
-fn next_link(base: &str, project: &str, params: &BTreeMap<String, String>, last: &str) -> String {
-    let mut pairs: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k.as_str() != "marker" && k.as_str() != "offset")
-        .map(|(k, v)| {
-            format!(
-                "{}={}",
-                utf8_percent_encode(k, NON_ALPHANUMERIC),
-                utf8_percent_encode(v, NON_ALPHANUMERIC)
-            )
-        })
-        .collect();
-    pairs.push(format!("marker={last}"));
-    format!(
-        "{base}/v2/{project}/cloudsnapshots/detail?{}",
-        pairs.join("&")
-    )
-}
-
 /// `POST /v2/{p}/cloudsnapshots` → 202 `{"snapshot": {...}}`.
 pub async fn create_handler(
     State(cloud): State<Arc<Cloud>>,
@@ -407,8 +388,7 @@ pub async fn list_handler(
     let snapshots: Vec<Value> = page.iter().map(|s| view(s, &base)).collect();
     let mut out = json!({"snapshots": snapshots, "count": count});
     if more && let Some(last) = page.last() {
-        out["snapshots_links"] =
-            json!([{"href": next_link(&base, &project, &params, &last.id), "rel": "next"}]);
+        out["snapshots_links"] = json!([{"href": next_link(&base, &project, "cloudsnapshots", &params, &last.id), "rel": "next"}]);
     }
     Ok(Json(out))
 }
