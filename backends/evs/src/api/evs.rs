@@ -324,9 +324,9 @@ struct ListEnvelope {
     volumes_links: Vec<Link>,
 }
 
-/// One entry of a listing's `*_links`.
+/// One entry of a listing's `volumes_links`.
 #[derive(Deserialize)]
-pub(crate) struct Link {
+struct Link {
     #[serde(default)]
     href: String,
     #[serde(default)]
@@ -365,11 +365,6 @@ fn check_listed_id(id: &str) -> Result<()> {
 
 /// The marker in a `next` link, or else the last disk's id when a `next` link exists.
 fn next_marker(links: &[Link], volumes: &[Volume]) -> Option<String> {
-    next_marker_of(links, volumes.last().map(|v| &v.id))
-}
-
-/// The marker in a `next` link, or else `last` (the page's last id) when a `next` link exists.
-pub(crate) fn next_marker_of(links: &[Link], last: Option<&String>) -> Option<String> {
     let next = links.iter().find(|l| l.rel == "next")?;
     let query = next
         .href
@@ -381,7 +376,7 @@ pub(crate) fn next_marker_of(links: &[Link], last: Option<&String>) -> Option<St
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == "marker")
         .map(|(_, v)| percent_decode_str(v).decode_utf8_lossy().into_owned())
-        .or_else(|| last.cloned())
+        .or_else(|| volumes.last().map(|v| v.id.clone()))
 }
 
 impl VolumeFilter {

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::EvsClient;
 use super::error::Result;
-use super::evs::{Link, next_marker_of};
 use everest_cloud::lenient;
 use everest_cloud::{Call, Service};
 
@@ -119,8 +118,9 @@ pub struct SnapshotFilter {
     pub volume_id: Option<String>,
     /// Page size, 1–1000.
     pub limit: Option<u32>,
-    /// Start after this snapshot id.
-    pub marker: Option<String>,
+    /// Skip this many (the snapshot listing pages by offset: the official SDK's
+    /// `ListSnapshotsRequest` has `offset` and `limit`, no `marker`).
+    pub offset: Option<u32>,
 }
 
 /// One page of snapshots.
@@ -128,8 +128,8 @@ pub struct SnapshotFilter {
 pub struct SnapshotPage {
     /// The snapshots.
     pub snapshots: Vec<Snapshot>,
-    /// Pass as `marker` to get the next page; `None` on the last page.
-    pub next_marker: Option<String>,
+    /// How many match the filter in all, when the cloud says.
+    pub count: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -146,8 +146,8 @@ struct Envelope {
 struct ListEnvelope {
     #[serde(default, deserialize_with = "lenient::null_default")]
     snapshots: Vec<Snapshot>,
-    #[serde(default, deserialize_with = "lenient::null_default")]
-    snapshots_links: Vec<Link>,
+    #[serde(default)]
+    count: Option<u64>,
 }
 
 impl SnapshotFilter {
@@ -162,8 +162,8 @@ impl SnapshotFilter {
         if let Some(limit) = self.limit {
             q.push(("limit".into(), limit.to_string()));
         }
-        if let Some(marker) = &self.marker {
-            q.push(("marker".into(), marker.clone()));
+        if let Some(offset) = self.offset {
+            q.push(("offset".into(), offset.to_string()));
         }
         q
     }
@@ -223,11 +223,9 @@ impl EvsClient {
         );
         call.query = filter.to_query();
         let list: ListEnvelope = self.transport().execute(&call).await?.json(&call)?;
-        let next_marker =
-            next_marker_of(&list.snapshots_links, list.snapshots.last().map(|s| &s.id));
         Ok(SnapshotPage {
             snapshots: list.snapshots,
-            next_marker,
+            count: list.count,
         })
     }
 

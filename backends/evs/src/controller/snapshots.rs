@@ -90,24 +90,26 @@ impl EvsController {
     /// Every snapshot this driver took (of one disk, when `volume_id` is set), following the
     /// cloud's pages.
     async fn all_managed_snapshots(&self, volume_id: Option<&str>) -> Result<Vec<Snapshot>> {
+        const PAGE: u32 = 1000;
         let mut all = Vec::new();
-        let mut marker = None;
+        let mut offset = 0;
         loop {
             let filter = SnapshotFilter {
                 volume_id: volume_id.map(str::to_owned),
-                limit: Some(1000),
-                marker: marker.take(),
+                limit: Some(PAGE),
+                offset: Some(offset),
                 ..SnapshotFilter::default()
             };
             let page = self.client.list_snapshots(&filter).await?;
+            let got = u32::try_from(page.snapshots.len()).unwrap_or(u32::MAX);
+            offset = offset.saturating_add(got);
             all.extend(
                 page.snapshots.into_iter().filter(|s| {
                     s.metadata.get(MANAGED_BY_KEY).map(String::as_str) == Some("everest")
                 }),
             );
-            match page.next_marker {
-                Some(next) => marker = Some(next),
-                None => return Ok(all),
+            if got < PAGE {
+                return Ok(all);
             }
         }
     }
@@ -244,7 +246,7 @@ impl EvsController {
             return Ok(());
         }
         let ids: Vec<&str> = page.snapshots.iter().map(|s| s.id.as_str()).collect();
-        let more = if page.next_marker.is_some() {
+        let more = if page.count.is_some_and(|n| n > page.snapshots.len() as u64) {
             " and more"
         } else {
             ""
