@@ -10,7 +10,7 @@ use everest_backend::backend::{Capabilities, CreateVolume, unsupported};
 use everest_backend::daemon::fields::{is_not_found, ordered, volume_id};
 use everest_backend::secrets::Secrets;
 use everest_backend::snapshot::{Snapshot, VolumeSource};
-use everest_backend::{BackendName, ControllerBackend, Error, SnapshotId};
+use everest_backend::{BackendName, ControllerBackend, Error, SnapshotId, VolumeId};
 use everest_proto::csi::v1 as csi;
 
 use crate::controller::ControllerService;
@@ -136,10 +136,18 @@ impl ControllerService {
             else {
                 return Ok(nothing);
             };
-            let found = backend.get_snapshot(id.native()).await?.filter(|s| {
-                req.source_volume_id.is_empty()
-                    || format!("v1:{}:{}", id.backend(), s.source_native_id) == req.source_volume_id
-            });
+            // With a source filter too, the snapshot must be of that volume.
+            let source = (!req.source_volume_id.is_empty())
+                .then(|| req.source_volume_id.parse::<VolumeId>().ok());
+            let found = backend
+                .get_snapshot(id.native())
+                .await?
+                .filter(|s| match &source {
+                    None => true,
+                    Some(wanted) => wanted.as_ref().is_some_and(|v| {
+                        v.backend() == id.backend() && v.native() == s.source_native_id
+                    }),
+                });
             let entries = found
                 .map(|s| entry(id.backend(), s))
                 .transpose()?
