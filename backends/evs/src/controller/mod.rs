@@ -466,8 +466,15 @@ impl ControllerBackend for EvsController {
                 disk.status.as_str()
             )));
         }
-        self.remove_disk(disk_id, disk.status == VolumeStatus::Deleting)
-            .await?;
+        if let Err(e) = self
+            .remove_disk(disk_id, disk.status == VolumeStatus::Deleting)
+            .await
+        {
+            // A snapshot taken since the look above makes the cloud refuse with a generic code:
+            // answer with the reason instead.
+            self.refuse_if_snapshotted(disk_id).await?;
+            return Err(e);
+        }
         tracing::debug!(disk = %disk_id, "deleted disk");
         Ok(())
     }
