@@ -99,6 +99,11 @@ impl Cloud {
         self.store.image_path(disk_id)
     }
 
+    /// The image file of a snapshot.
+    pub fn snapshot_path(&self, snapshot_id: &str) -> PathBuf {
+        self.store.snapshot_path(snapshot_id)
+    }
+
     /// The directory of an SFS Turbo share.
     pub fn share_dir(&self, share_id: &str) -> PathBuf {
         self.cfg.share_root().join(share_id)

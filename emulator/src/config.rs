@@ -55,6 +55,9 @@ pub struct Config {
     /// Disk quota for the project (EVS.1034 beyond it).
     #[arg(long)]
     pub max_disks: Option<usize>,
+    /// Snapshot quota for the project (EVS.5413 beyond it).
+    #[arg(long)]
+    pub max_snapshots: Option<usize>,
     /// SFS Turbo share quota for the project (SFS.TURBO.0010 beyond it).
     #[arg(long)]
     pub max_shares: Option<usize>,
@@ -121,6 +124,7 @@ impl Config {
             fault_delay_ms: 0,
             max_disks: None,
             max_shares: None,
+            max_snapshots: None,
             nfs_export_root: None,
             nfs_export_address: "127.0.0.1".to_string(),
             nfs_export_path: None,

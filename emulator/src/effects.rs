@@ -34,6 +34,10 @@ pub enum EffectError {
 pub trait Effects: Send + Sync + std::fmt::Debug {
     /// Creates a sparse image of `bytes`.
     fn create_image(&self, path: &Path, bytes: u64) -> Result<(), EffectError>;
+    /// Copies an image to a new file `to` (which must not exist): a reflink where the
+    /// filesystem shares blocks, else a copy that keeps the holes, so the copy costs what the
+    /// source holds in data, not its nominal size.
+    fn copy_image(&self, from: &Path, to: &Path) -> Result<(), EffectError>;
     /// Grows an image to `bytes`.
     fn grow_image(&self, path: &Path, bytes: u64) -> Result<(), EffectError>;
     /// Removes an image (absent is fine).
@@ -101,6 +105,43 @@ impl Effects for LinuxEffects {
             .open(path)
             .map_err(io("create image", path))?;
         f.set_len(bytes).map_err(io("size image", path))
+    }
+
+    fn copy_image(&self, from: &Path, to: &Path) -> Result<(), EffectError> {
+        if to.exists() {
+            return Err(EffectError::Io {
+                what: "copy image",
+                path: to.display().to_string(),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        // coreutils knows both tricks (FICLONE, then SEEK_DATA/SEEK_HOLE); an argument vector,
+        // never a shell.
+        let command = format!("cp {} {}", from.display(), to.display());
+        let out = Command::new("cp")
+            .arg("--reflink=auto")
+            .arg("--sparse=always")
+            .arg("--")
+            .arg(from)
+            .arg(to)
+            .output()
+            .map_err(|e| EffectError::Command {
+                command: command.clone(),
+                detail: e.to_string(),
+            })?;
+        if !out.status.success() {
+            // Leave no half-written copy behind.
+            let _ = std::fs::remove_file(to);
+            return Err(EffectError::Command {
+                command,
+                detail: format!(
+                    "{}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn grow_image(&self, path: &Path, bytes: u64) -> Result<(), EffectError> {
@@ -208,6 +249,10 @@ pub struct FakeHost {
     pub share_dirs: std::collections::BTreeSet<PathBuf>,
     /// When set, the next attach fails.
     pub fail_attach: bool,
+    /// Image copies made, in order (source, copy).
+    pub copies: Vec<(PathBuf, PathBuf)>,
+    /// When set, the next copy fails.
+    pub fail_copy: bool,
     next_loop: u32,
 }
 
@@ -220,6 +265,11 @@ impl FakeEffects {
     /// Makes the next attach fail.
     pub fn fail_next_attach(&self) {
         self.lock().fail_attach = true;
+    }
+
+    /// Makes the next image copy fail.
+    pub fn fail_next_copy(&self) {
+        self.lock().fail_copy = true;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeHost> {
@@ -242,6 +292,23 @@ impl Effects for FakeEffects {
             return Err(fake_err("create image: exists"));
         }
         h.images.insert(path.to_path_buf(), bytes);
+        Ok(())
+    }
+
+    fn copy_image(&self, from: &Path, to: &Path) -> Result<(), EffectError> {
+        let mut h = self.lock();
+        if std::mem::take(&mut h.fail_copy) {
+            return Err(fake_err("cp: injected failure"));
+        }
+        let size = *h
+            .images
+            .get(from)
+            .ok_or_else(|| fake_err("copy: no source image"))?;
+        if h.images.contains_key(to) {
+            return Err(fake_err("copy: target exists"));
+        }
+        h.images.insert(to.to_path_buf(), size);
+        h.copies.push((from.to_path_buf(), to.to_path_buf()));
         Ok(())
     }
 

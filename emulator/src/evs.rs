@@ -102,11 +102,11 @@ fn validate(cloud: &Cloud, v: &CreateVolume) -> Result<(), ApiError> {
             "only one of snapshot_id, backup_id and imageRef may be given",
         ));
     }
-    if sources == 1 {
-        // Snapshots, backups and images are not modelled, so any id names nothing.
+    if v.backup_id.is_some() || v.image_ref.is_some() {
+        // Backups and images are not modelled, so any id names nothing.
         return Err(ApiError::bad_request(
             "EVS.1006",
-            "the snapshot, backup or image to create from does not exist",
+            "the backup or image to create from does not exist",
         ));
     }
     match v.size {
@@ -155,6 +155,73 @@ fn validate(cloud: &Cloud, v: &CreateVolume) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A disk made from a snapshot: the snapshot must be `available` (EVS.2043) and in the disk's
+/// zone (EVS.2054), the disk of its source's type (EVS.2096) and at least its size, and neither
+/// encrypted nor SCSI by metadata (EVS.1043: it inherits those from the snapshot).
+fn check_snapshot_source(
+    state: &crate::state::State,
+    project: &str,
+    snapshot_id: &str,
+    v: &CreateVolume,
+) -> Result<(), ApiError> {
+    let snap = state
+        .project_snapshot(project, snapshot_id)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "EVS.2045",
+                format!("invalid snapshot_id! snapshot {snapshot_id} does not exist"),
+            )
+        })?;
+    if snap.status != "available" {
+        return Err(ApiError::bad_request(
+            "EVS.2043",
+            format!(
+                "The status of snapshot is not available or backing-up. snapshot {snapshot_id} is {}",
+                snap.status
+            ),
+        ));
+    }
+    if v.availability_zone.as_deref() != Some(snap.availability_zone.as_str()) {
+        return Err(ApiError::bad_request(
+            "EVS.2054",
+            format!(
+                "Cannot create volume from snapshot as the az is invalid! snapshot {snapshot_id} is in {}",
+                snap.availability_zone
+            ),
+        ));
+    }
+    if v.volume_type.as_deref() != Some(snap.volume_type.as_str()) {
+        return Err(ApiError::bad_request(
+            "EVS.2096",
+            format!(
+                "Target volumeType[{}] is not matched with snapshot[{}] !",
+                v.volume_type.as_deref().unwrap_or_default(),
+                snap.volume_type
+            ),
+        ));
+    }
+    if v.size.is_some_and(|s| s < snap.size) {
+        return Err(ApiError::bad_request(
+            "EVS.1010",
+            format!(
+                "invalid volume size! a disk made from snapshot {snapshot_id} needs at least {} GB",
+                snap.size
+            ),
+        ));
+    }
+    let md = v.metadata.as_ref();
+    if ["__system__encrypted", "__system__cmkid", "hw:passthrough"]
+        .iter()
+        .any(|k| md.is_some_and(|m| m.contains_key(*k)))
+    {
+        return Err(ApiError::bad_request(
+            "EVS.1043",
+            "encrypt and cmk and passthrougth in metadata is not support when create volume from snapshot or image!",
+        ));
+    }
+    Ok(())
+}
+
 /// Creates a disk (status `creating`) and its createVolume job.
 pub fn create_volume(
     cloud: &Cloud,
@@ -196,6 +263,9 @@ pub fn create_volume(
         }
     }
     validate(cloud, &req.volume)?;
+    if let Some(snapshot_id) = &req.volume.snapshot_id {
+        check_snapshot_source(&inner.state, project, snapshot_id, &req.volume)?;
+    }
     if let Some(max) = cloud.cfg.max_disks {
         let used = inner
             .state
@@ -233,7 +303,7 @@ pub fn create_volume(
             "688860300{}",
             &uuid::Uuid::new_v4().simple().to_string()[..23]
         ),
-        snapshot_id: None,
+        snapshot_id: v.snapshot_id,
         created_at: now,
         updated_at: now,
         attachment: None,
@@ -276,10 +346,21 @@ fn not_found(id: &str) -> ApiError {
 pub fn delete_volume(cloud: &Cloud, project: &str, id: &str) -> Result<String, ApiError> {
     cloud.check_project(project)?;
     let mut inner = cloud.lock();
+    let dependents = inner.state.snapshots_of(id).len();
     let disk = inner
         .state
         .project_disk_mut(project, id)
         .ok_or_else(|| not_found(id))?;
+    if dependents > 0 {
+        // Cinder's rule, passed through with EVS's generic code: snapshots live on the disk's
+        // storage, so they go first.
+        return Err(ApiError::bad_request(
+            "EVS.5400",
+            format!(
+                "Invalid volume: Volume {id} still has {dependents} dependent snapshots; delete them first"
+            ),
+        ));
+    }
     if !DELETABLE.contains(&disk.status.as_str()) {
         return Err(ApiError::bad_request(
             "EVS.1046",

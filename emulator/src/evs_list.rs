@@ -198,8 +198,15 @@ impl ListQuery {
     }
 }
 
-/// The `next` link: the same query with `marker` set to the page's last id.
-fn next_link(base: &str, project: &str, params: &BTreeMap<String, String>, last: &str) -> String {
+/// The `next` link of a `/v2/{project}/{collection}/detail` listing: the same query with
+/// `marker` set to the page's last id.
+pub fn next_link(
+    base: &str,
+    project: &str,
+    collection: &str,
+    params: &BTreeMap<String, String>,
+    last: &str,
+) -> String {
     let mut pairs: Vec<String> = params
         .iter()
         .filter(|(k, _)| k.as_str() != "marker" && k.as_str() != "offset")
@@ -213,7 +220,7 @@ fn next_link(base: &str, project: &str, params: &BTreeMap<String, String>, last:
         .collect();
     pairs.push(format!("marker={last}"));
     format!(
-        "{base}/v2/{project}/cloudvolumes/detail?{}",
+        "{base}/v2/{project}/{collection}/detail?{}",
         pairs.join("&")
     )
 }
@@ -239,8 +246,7 @@ pub async fn list_handler(
     let volumes: Vec<Value> = page.iter().map(|d| view(d, &base)).collect();
     let mut out = json!({"volumes": volumes, "count": count});
     if more && let Some(last) = page.last() {
-        out["volumes_links"] =
-            json!([{"href": next_link(&base, &project, &params, &last.id), "rel": "next"}]);
+        out["volumes_links"] = json!([{"href": next_link(&base, &project, "cloudvolumes", &params, &last.id), "rel": "next"}]);
     }
     Ok(Json(out))
 }
@@ -261,7 +267,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         assert_eq!(
-            next_link("http://h:1", "p", &params, "last"),
+            next_link("http://h:1", "p", "cloudvolumes", &params, "last"),
             "http://h:1/v2/p/cloudvolumes/detail?limit=2&name=a%20b&marker=last"
         );
     }

@@ -125,6 +125,24 @@ fn set_status(inner: &mut Inner, id: &str, status: &str) {
     }
 }
 
+/// A blank sparse image, or a copy of the snapshot the disk is made from, grown to its size.
+fn create_image(
+    cloud: &Cloud,
+    disk: &Disk,
+    image: &std::path::Path,
+) -> Result<(), crate::effects::EffectError> {
+    let fx = &cloud.effects;
+    match &disk.snapshot_id {
+        None => fx.create_image(image, disk.bytes()),
+        Some(snap) => {
+            fx.copy_image(&cloud.snapshot_path(snap), image)?;
+            fx.grow_image(image, disk.bytes()).inspect_err(|_| {
+                let _ = fx.remove_image(image);
+            })
+        }
+    }
+}
+
 fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
     let id = job.volume_id.as_str();
     let disk = inner
@@ -136,7 +154,7 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
     let image = cloud.image_path(id);
     let fx = &cloud.effects;
     match &job.action {
-        JobAction::CreateVolume => match fx.create_image(&image, disk.bytes()) {
+        JobAction::CreateVolume => match create_image(cloud, &disk, &image) {
             Ok(()) => {
                 set_status(inner, id, "available");
                 Ok(())
@@ -218,6 +236,29 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
                     Err(e.to_string())
                 }
             }
+        }
+        JobAction::RetypeVolume {
+            new_type,
+            iops,
+            throughput,
+        } => {
+            if let Some(d) = inner.state.disks.get_mut(id) {
+                d.volume_type = new_type.clone();
+                d.iops = *iops;
+                d.throughput = *throughput;
+                d.updated_at = Utc::now();
+            }
+            Ok(())
+        }
+        JobAction::ModifyQos { iops, throughput } => {
+            if let Some(d) = inner.state.disks.get_mut(id) {
+                d.iops = Some(*iops);
+                if throughput.is_some() {
+                    d.throughput = *throughput;
+                }
+                d.updated_at = Utc::now();
+            }
+            Ok(())
         }
         JobAction::DetachVolume { .. } => {
             let removed = fx.remove_link(&cloud.link_path(id)).and_then(|()| {

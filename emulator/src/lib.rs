@@ -1,6 +1,6 @@
 //! Everest's local cloud: the EVS, ECS, jobs, SFS Turbo, IAM token and instance-metadata APIs,
 //! modelled on the facts file alone, with real effects on the host (sparse image files,
-//! loop devices and `virtio-*` by-id links; a directory per share, exported by an NFS server)
+//! loop devices and `virtio-*` by-id links; snapshots as image copies; a directory per share, exported by an NFS server)
 //! and injectable faults.
 
 pub mod auth;
@@ -11,6 +11,8 @@ pub mod effects;
 pub mod errors;
 pub mod evs;
 pub mod evs_list;
+pub mod evs_modify;
+pub mod evs_snapshots;
 pub mod faults;
 pub mod iam;
 pub mod jobs;
@@ -21,6 +23,8 @@ pub mod state;
 
 #[cfg(test)]
 mod sfs_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;
 

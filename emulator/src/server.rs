@@ -19,7 +19,9 @@ use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::effects::LinuxEffects;
 use crate::errors::ApiError;
-use crate::{ecs, errors, evs, evs_list, faults, iam, jobs, metadata, sfs};
+use crate::{
+    ecs, errors, evs, evs_list, evs_modify, evs_snapshots, faults, iam, jobs, metadata, sfs,
+};
 
 /// Largest request body accepted (the APIs take small JSON documents).
 const MAX_BODY: usize = 1024 * 1024;
@@ -135,6 +137,26 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
         .route(
             "/v2.1/{p}/cloudvolumes/{id}/action",
             post(evs::action_handler),
+        )
+        .route(
+            "/v2/{p}/cloudsnapshots",
+            post(evs_snapshots::create_handler),
+        )
+        .route(
+            "/v2/{p}/cloudsnapshots/detail",
+            get(evs_snapshots::list_handler),
+        )
+        .route(
+            "/v2/{p}/cloudsnapshots/{id}",
+            get(evs_snapshots::get_handler).delete(evs_snapshots::delete_handler),
+        )
+        .route(
+            "/v2/{p}/volumes/{id}/retype",
+            post(evs_modify::retype_handler),
+        )
+        .route(
+            "/v5/{p}/cloudvolumes/{id}/qos",
+            axum::routing::put(evs_modify::qos_handler),
         )
         .route("/v1/{p}/jobs/{job_id}", get(jobs::get_job))
         .route(
@@ -253,6 +275,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         .map_err(ServeError::Reconcile)?;
     jobs::resume_all(&cloud);
     sfs::resume_all(&cloud);
+    evs_snapshots::resume_all(&cloud);
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await

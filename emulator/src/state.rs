@@ -128,6 +128,22 @@ pub enum JobAction {
         /// The server it was attached to.
         server_id: String,
     },
+    /// Change the disk's type (and its provisioned performance) in place.
+    RetypeVolume {
+        /// The new type.
+        new_type: String,
+        /// The new provisioned IOPS (GPSSD2/ESSD2).
+        iops: Option<u64>,
+        /// The new provisioned throughput (GPSSD2).
+        throughput: Option<u64>,
+    },
+    /// Change the provisioned IOPS and throughput in place.
+    ModifyQos {
+        /// The new provisioned IOPS.
+        iops: u64,
+        /// The new provisioned throughput, if given.
+        throughput: Option<u64>,
+    },
 }
 
 impl JobAction {
@@ -139,6 +155,8 @@ impl JobAction {
             JobAction::ExtendVolume { .. } => "extendVolume",
             JobAction::AttachVolume { .. } => "attachVolume",
             JobAction::DetachVolume { .. } => "detachVolume",
+            JobAction::RetypeVolume { .. } => "retypeVolume",
+            JobAction::ModifyQos { .. } => "modifyVolumeQos",
         }
     }
 }
@@ -249,6 +267,50 @@ pub struct Share {
     pub created_at: DateTime<Utc>,
 }
 
+/// An operation on a snapshot that completes after the job latency (EVS snapshots have no
+/// job: clients poll the snapshot's `status`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SnapshotOp {
+    /// Copy the disk image, then `available` (or `error` when the copy fails).
+    Create,
+    /// Remove the copy and the snapshot (or `error_deleting`).
+    Delete,
+}
+
+/// An EVS snapshot: a point-in-time copy of a disk's image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// Snapshot id (UUID).
+    pub id: String,
+    /// Owning project.
+    pub project_id: String,
+    /// Creation order, for a stable listing order.
+    pub seq: u64,
+    /// Name.
+    pub name: String,
+    /// Description.
+    pub description: String,
+    /// The source disk.
+    pub volume_id: String,
+    /// The source disk's size when the snapshot was taken, GiB.
+    pub size: u64,
+    /// The source disk's type (a disk made from the snapshot must have the same).
+    pub volume_type: String,
+    /// The source disk's zone.
+    pub availability_zone: String,
+    /// Status string (`creating`, `available`, `error`, `deleting`, `error_deleting`).
+    pub status: String,
+    /// Metadata key/values.
+    pub metadata: BTreeMap<String, String>,
+    /// The operation in flight, if any.
+    pub pending: Option<SnapshotOp>,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Updated at.
+    pub updated_at: DateTime<Utc>,
+}
+
 /// Everything the cloud remembers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
@@ -259,6 +321,9 @@ pub struct State {
     /// SFS Turbo shares by id (absent in state files from before shares existed).
     #[serde(default)]
     pub shares: BTreeMap<String, Share>,
+    /// EVS snapshots by id (absent in state files from before snapshots existed).
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, Snapshot>,
     /// Idempotency tokens.
     pub client_tokens: BTreeMap<String, ClientToken>,
     /// IAM tokens by SHA-256 hex.
@@ -280,6 +345,7 @@ impl Store {
     /// A store rooted at the state dir (creates it and `disks/`).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("disks"))?;
+        std::fs::create_dir_all(dir.join("snapshots"))?;
         Ok(Store {
             dir: dir.to_path_buf(),
         })
@@ -293,6 +359,13 @@ impl Store {
     /// The image file of a disk.
     pub fn image_path(&self, disk_id: &str) -> PathBuf {
         self.dir.join("disks").join(format!("{disk_id}.img"))
+    }
+
+    /// The image file of a snapshot (a copy of its disk's image).
+    pub fn snapshot_path(&self, snapshot_id: &str) -> PathBuf {
+        self.dir
+            .join("snapshots")
+            .join(format!("{snapshot_id}.img"))
     }
 
     /// Loads the state, or an empty one if there is none yet.
@@ -331,6 +404,19 @@ impl State {
     /// A disk of `project`; another project's disk is as absent as a missing one.
     pub fn project_disk(&self, project: &str, id: &str) -> Option<&Disk> {
         self.disks.get(id).filter(|d| d.project_id == project)
+    }
+
+    /// A snapshot of `project`; another project's snapshot is as absent as a missing one.
+    pub fn project_snapshot(&self, project: &str, id: &str) -> Option<&Snapshot> {
+        self.snapshots.get(id).filter(|s| s.project_id == project)
+    }
+
+    /// The snapshots taken of a disk, in any status.
+    pub fn snapshots_of(&self, disk_id: &str) -> Vec<&Snapshot> {
+        self.snapshots
+            .values()
+            .filter(|s| s.volume_id == disk_id)
+            .collect()
     }
 
     /// A share of `project`; another project's share is as absent as a missing one.

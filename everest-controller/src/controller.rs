@@ -11,7 +11,7 @@ use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
 use everest_backend::inflight::InFlight;
 use everest_backend::params::split_common;
 use everest_backend::registry::Registry;
-use everest_backend::{ControllerBackend, Error, VolumeId};
+use everest_backend::{ControllerBackend, Error, SnapshotId, VolumeId};
 use everest_proto::csi::v1 as csi;
 use everest_proto::csi::v1::controller_server::Controller;
 use everest_proto::csi::v1::controller_service_capability::{Rpc, Type, rpc};
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::listing::{self, ListToken};
 use crate::requests;
 use crate::responses;
+use crate::snapshots;
 
 const SERVICE: &str = "controller";
 
@@ -31,6 +32,10 @@ pub struct ControllerService {
     creating: InFlight<String>,
     /// Every other mutating call by volume ID.
     busy: InFlight<VolumeId>,
+    /// CreateSnapshot calls by request name.
+    snapshot_names: InFlight<String>,
+    /// DeleteSnapshot calls by snapshot ID.
+    busy_snapshots: InFlight<SnapshotId>,
 }
 
 impl ControllerService {
@@ -40,7 +45,32 @@ impl ControllerService {
             registry,
             creating: InFlight::default(),
             busy: InFlight::default(),
+            snapshot_names: InFlight::default(),
+            busy_snapshots: InFlight::default(),
         }
+    }
+
+    /// The backends this service routes to.
+    pub(crate) fn registry(&self) -> &Registry<dyn ControllerBackend> {
+        &self.registry
+    }
+
+    /// Whether a configured backend takes snapshots; if none does, the snapshot RPCs are not
+    /// advertised and answer UNIMPLEMENTED, as CSI asks of RPCs a plugin does not offer.
+    fn snapshots_offered(&self) -> bool {
+        self.registry
+            .iter()
+            .any(|(_, b)| b.capabilities().snapshots)
+    }
+
+    /// CreateSnapshot calls in flight, by request name.
+    pub(crate) fn snapshot_names(&self) -> &InFlight<String> {
+        &self.snapshot_names
+    }
+
+    /// DeleteSnapshot calls in flight, by snapshot ID.
+    pub(crate) fn busy_snapshots(&self) -> &InFlight<SnapshotId> {
+        &self.busy_snapshots
     }
 
     /// The `backend` label for a request whose volume ID parsed (`None` when it did not).
@@ -88,6 +118,15 @@ fn controller_rpcs(registry: &Registry<dyn ControllerBackend>) -> Vec<rpc::Type>
     if any(Capabilities::single_node_multi_writer) {
         rpcs.push(rpc::Type::SingleNodeMultiWriter);
     }
+    if snapshots::offered(&caps) {
+        rpcs.extend([rpc::Type::CreateDeleteSnapshot, rpc::Type::ListSnapshots]);
+    }
+    if any(|c| c.clone) {
+        rpcs.push(rpc::Type::CloneVolume);
+    }
+    if any(|c| c.modify) {
+        rpcs.push(rpc::Type::ModifyVolume);
+    }
     rpcs
 }
 
@@ -104,20 +143,40 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let name = req.name.clone();
         // Parsed and routed once, before the span opens, so the backend label comes for free.
-        let routed = requests::create_volume(req).and_then(|create| {
-            let (backend_name, backend) = self.registry.for_params(&create.common)?;
-            Ok((create, backend_name, backend))
+        let routed = requests::create_volume(req).and_then(|new| {
+            let (backend_name, backend) = self.registry.for_params(&new.create.common)?;
+            if let Some(key) = new.mutable_keys.first()
+                && !backend.capabilities().modify
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "mutable_parameters ({key}) are not supported: backend {backend_name} does not change volumes in place"
+                )));
+            }
+            Ok((new.create, new.source, backend_name, backend))
         });
-        let label = routed
-            .as_ref()
-            .map_or_else(|_| NO_BACKEND.to_owned(), |(_, name, _)| name.to_string());
+        let label = routed.as_ref().map_or_else(
+            |_| NO_BACKEND.to_owned(),
+            |(_, _, name, _)| name.to_string(),
+        );
         observe(SERVICE, "CreateVolume", &name, &label, async {
-            let (create, backend_name, backend) = routed?;
+            let (create, source, backend_name, mut backend) = routed?;
             backend.check_capabilities(&create.capabilities)?;
+            if let Some(source) = &source {
+                if source.backend != backend_name {
+                    return Err(Error::InvalidArgument(format!(
+                        "the content source lives on backend {}, but the StorageClass provisions from {backend_name}; a volume is made from a snapshot or volume of its own backend",
+                        source.backend
+                    ))
+                    .into());
+                }
+                backend = snapshots::can_restore(&backend_name, backend, &create)?;
+            }
             let _claim = self.creating.claim(&create.name)?;
             let volume = backend.create_volume(&create).await?;
+            let mut volume = responses::volume(&backend_name, volume)?;
+            volume.content_source = source.map(|s| s.echo);
             Ok(Response::new(csi::CreateVolumeResponse {
-                volume: Some(responses::volume(&backend_name, volume)?),
+                volume: Some(volume),
             }))
         })
         .await
@@ -311,30 +370,50 @@ impl Controller for ControllerService {
 
     async fn create_snapshot(
         &self,
-        _: Request<csi::CreateSnapshotRequest>,
+        request: Request<csi::CreateSnapshotRequest>,
     ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
-        observe(SERVICE, "CreateSnapshot", "", NO_BACKEND, async {
-            Err(unimplemented("CreateSnapshot"))
+        let req = request.into_inner();
+        let source = req.source_volume_id.clone();
+        let label = self.label(source.parse::<VolumeId>().ok().as_ref());
+        observe(SERVICE, "CreateSnapshot", &source, &label, async {
+            if !self.snapshots_offered() {
+                return Err(unimplemented("CreateSnapshot"));
+            }
+            Ok(Response::new(self.take_snapshot(req).await?))
         })
         .await
     }
 
     async fn delete_snapshot(
         &self,
-        _: Request<csi::DeleteSnapshotRequest>,
+        request: Request<csi::DeleteSnapshotRequest>,
     ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
-        observe(SERVICE, "DeleteSnapshot", "", NO_BACKEND, async {
-            Err(unimplemented("DeleteSnapshot"))
+        let req = request.into_inner();
+        let id = req.snapshot_id.clone();
+        let label = id
+            .parse::<SnapshotId>()
+            .ok()
+            .filter(|s| self.registry.get(s.backend()).is_some())
+            .map_or_else(|| NO_BACKEND.to_owned(), |s| s.backend().to_string());
+        observe(SERVICE, "DeleteSnapshot", &id, &label, async {
+            if !self.snapshots_offered() {
+                return Err(unimplemented("DeleteSnapshot"));
+            }
+            Ok(Response::new(self.remove_snapshot(req).await?))
         })
         .await
     }
 
     async fn list_snapshots(
         &self,
-        _: Request<csi::ListSnapshotsRequest>,
+        request: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        let req = request.into_inner();
         observe(SERVICE, "ListSnapshots", "", NO_BACKEND, async {
-            Err(unimplemented("ListSnapshots"))
+            if !self.snapshots_offered() {
+                return Err(unimplemented("ListSnapshots"));
+            }
+            Ok(Response::new(self.list_snapshots_page(req).await?))
         })
         .await
     }
@@ -405,10 +484,28 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _: Request<csi::ControllerModifyVolumeRequest>,
+        request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        observe(SERVICE, "ControllerModifyVolume", "", NO_BACKEND, async {
-            Err(unimplemented("ControllerModifyVolume"))
+        let req = request.into_inner();
+        let raw_id = req.volume_id.clone();
+        let parsed = requests::modify(req);
+        let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
+        observe(SERVICE, "ControllerModifyVolume", &raw_id, &label, async {
+            if !self.registry.iter().any(|(_, b)| b.capabilities().modify) {
+                return Err(unimplemented("ControllerModifyVolume"));
+            }
+            let (id, parameters) = parsed?;
+            let backend = self.registry.for_volume(&id)?;
+            if !backend.capabilities().modify {
+                return Err(unsupported(
+                    id.backend(),
+                    "changing volumes in place (ControllerModifyVolume)",
+                )
+                .into());
+            }
+            let _claim = self.busy.claim(&id)?;
+            backend.modify_volume(id.native(), &parameters).await?;
+            Ok(Response::new(csi::ControllerModifyVolumeResponse {}))
         })
         .await
     }
@@ -532,6 +629,78 @@ mod tests {
         // ListVolumes reports only the backends that list.
         let (ids, _) = list_all(&svc, 0).await;
         assert_eq!(ids, ["v1:full:f1"]);
+    }
+
+    #[tokio::test]
+    async fn modify_routes_and_refuses_what_a_backend_cannot_change() {
+        let name = |s: &str| BackendName::new(s).unwrap();
+        let mut r: Registry<dyn ControllerBackend> = Registry::new(Some(name("alpha")));
+        r.insert(name("alpha"), Arc::new(FakeBackend::with(&["a1"])));
+        r.insert(name("plain"), Arc::new(FakeBackend::limited(&["p1"])));
+        let svc = ControllerService::new(Arc::new(r));
+        assert!(rpcs(&svc).await.contains(&rpc::Type::ModifyVolume));
+        let modify = |id: &str, params: &[(&str, &str)]| {
+            let svc = svc.clone();
+            let req = csi::ControllerModifyVolumeRequest {
+                volume_id: id.into(),
+                mutable_parameters: params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            };
+            async move { svc.controller_modify_volume(Request::new(req)).await }
+        };
+        let iops = [("iops", "3000")];
+        modify("v1:alpha:a1", &iops).await.unwrap();
+        for (id, params, code, names) in [
+            ("v1:alpha:zz", &iops[..], Code::NotFound, "zz"),
+            ("not-ours", &iops[..], Code::NotFound, "not-ours"),
+            ("v1:plain:p1", &iops[..], Code::InvalidArgument, "plain"),
+            (
+                "v1:alpha:a1",
+                &[][..],
+                Code::InvalidArgument,
+                "mutable_parameters",
+            ),
+            ("", &iops[..], Code::InvalidArgument, "volume_id"),
+        ] {
+            let err = modify(id, params).await.unwrap_err();
+            assert_eq!(err.code(), code, "{id}: {err:?}");
+            assert!(err.message().contains(names), "{err:?}");
+        }
+        // Mutable parameters at creation only where the backend modifies.
+        let create = |backend: &str| csi::CreateVolumeRequest {
+            name: "pvc-vac".into(),
+            volume_capabilities: vec![cap(Mode::SingleNodeWriter)],
+            parameters: [("everest.io/backend".to_string(), backend.to_string())].into(),
+            mutable_parameters: [("iops".to_string(), "3000".to_string())].into(),
+            ..Default::default()
+        };
+        svc.create_volume(Request::new(create("alpha")))
+            .await
+            .unwrap();
+        let err = svc
+            .create_volume(Request::new(create("plain")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("plain"), "{err:?}");
+        // No backend modifies: UNIMPLEMENTED, naming the RPC.
+        let mut only_plain: Registry<dyn ControllerBackend> = Registry::new(None);
+        only_plain.insert(name("plain"), Arc::new(FakeBackend::limited(&["p1"])));
+        let plain = ControllerService::new(Arc::new(only_plain));
+        assert!(!rpcs(&plain).await.contains(&rpc::Type::ModifyVolume));
+        let err = plain
+            .controller_modify_volume(Request::new(csi::ControllerModifyVolumeRequest {
+                volume_id: "v1:plain:p1".into(),
+                mutable_parameters: [("iops".to_string(), "1".to_string())].into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert!(err.message().contains("ControllerModifyVolume"));
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! A controller backend that keeps volumes in memory, for the unit tests of routing and listing.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use everest_backend::backend::{
@@ -11,12 +11,15 @@ use everest_backend::backend::{
 use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::capacity::CapacityRange;
 use everest_backend::secrets::Secrets;
+use everest_backend::snapshot::{CreateSnapshot, Snapshot, SnapshotPage, VolumeSource};
 use everest_backend::{ControllerBackend, Error, Result};
 
-/// Volumes by native ID; single-node access modes only, like a cloud disk.
+/// Volumes by native ID; single-node access modes only, like a cloud disk. Snapshots (when
+/// its capabilities say so) are kept by request name, which is also their native ID.
 #[derive(Debug)]
 pub struct FakeBackend {
     volumes: Mutex<BTreeMap<String, ListedVolume>>,
+    snapshots: Mutex<BTreeMap<String, Snapshot>>,
     capabilities: Capabilities,
 }
 
@@ -24,10 +27,14 @@ impl Default for FakeBackend {
     fn default() -> Self {
         Self {
             volumes: Mutex::default(),
+            snapshots: Mutex::default(),
             capabilities: Capabilities {
                 expand: true,
                 node_expand: true,
                 list: true,
+                snapshots: true,
+                clone: true,
+                modify: true,
                 access_modes: &[
                     AccessMode::SingleNodeWriter,
                     AccessMode::SingleNodeSingleWriter,
@@ -54,6 +61,9 @@ impl FakeBackend {
                 expand: false,
                 node_expand: false,
                 list: false,
+                snapshots: false,
+                clone: false,
+                modify: false,
                 access_modes: &[AccessMode::SingleNodeWriter],
             },
             ..Self::default()
@@ -106,6 +116,13 @@ impl ControllerBackend for FakeBackend {
     }
 
     async fn create_volume(&self, req: &CreateVolume) -> Result<Volume> {
+        match &req.source {
+            Some(VolumeSource::Volume(v)) => drop(self.get_volume(v).await?),
+            Some(VolumeSource::Snapshot(s)) if self.get_snapshot(s).await?.is_none() => {
+                return Err(Error::NotFound(format!("snapshot {s} does not exist")));
+            }
+            _ => {}
+        }
         self.add(&req.name);
         Ok(self.lock()[&req.name].volume.clone())
     }
@@ -161,5 +178,84 @@ impl ControllerBackend for FakeBackend {
 
     async fn probe(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn modify_volume(&self, native_id: &str, _: &BTreeMap<String, String>) -> Result<()> {
+        self.get_volume(native_id).await.map(drop)
+    }
+
+    async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<Snapshot> {
+        let source = self.get_volume(&req.source_native_id).await?;
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = snapshots.get(&req.name) {
+            if s.source_native_id != req.source_native_id {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {} is of volume {}",
+                    req.name, s.source_native_id
+                )));
+            }
+            return Ok(s.clone());
+        }
+        let s = Snapshot {
+            native_id: req.name.clone(),
+            source_native_id: req.source_native_id.clone(),
+            size_bytes: source.volume.capacity_bytes,
+            created_at: std::time::UNIX_EPOCH,
+            ready: true,
+        };
+        snapshots.insert(req.name.clone(), s.clone());
+        Ok(s)
+    }
+
+    async fn delete_snapshot(&self, native_id: &str, _: &Secrets) -> Result<()> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(native_id);
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, native_id: &str) -> Result<Option<Snapshot>> {
+        Ok(self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(native_id)
+            .cloned())
+    }
+
+    /// Pages by position, like its volumes.
+    async fn list_snapshots(
+        &self,
+        source: Option<&str>,
+        token: Option<&str>,
+        max: u32,
+    ) -> Result<SnapshotPage> {
+        let start: usize = match token {
+            None => 0,
+            Some(t) => t
+                .parse()
+                .map_err(|_| Error::Aborted(format!("bad token {t:?}")))?,
+        };
+        let all: Vec<Snapshot> = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| source.is_none_or(|v| s.source_native_id == v))
+            .cloned()
+            .collect();
+        let end = if max == 0 {
+            all.len()
+        } else {
+            (start + max as usize).min(all.len())
+        };
+        Ok(SnapshotPage {
+            entries: all.get(start..end).unwrap_or_default().to_vec(),
+            next_token: (end < all.len()).then(|| end.to_string()),
+        })
     }
 }

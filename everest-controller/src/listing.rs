@@ -1,7 +1,9 @@
-//! ListVolumes across backend instances. The token is `<backend>/<that backend's token>`: the
+//! ListVolumes and ListSnapshots across backend instances. The token is `<backend>/<that backend's token>`: the
 //! backend part says where to resume, the rest is handed back to that backend untouched. An
 //! empty rest means "from that backend's first page".
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use everest_backend::backend::ListedVolume;
@@ -43,8 +45,12 @@ impl ListToken {
     }
 }
 
-/// One page: volumes with their backend, and the token for the next page.
-pub type Page = (Vec<(BackendName, ListedVolume)>, Option<String>);
+/// One page: entries with their backend, and the token for the next page.
+pub type Page<T> = (Vec<(BackendName, T)>, Option<String>);
+
+/// What one backend answers for one page: its entries and its own next token.
+pub type BackendPage<'a, T> =
+    Pin<Box<dyn Future<Output = Result<(Vec<T>, Option<String>), Error>> + Send + 'a>>;
 
 /// Lists up to `max_entries` volumes (0 = as many as the backends return), backend by backend
 /// in name order, resuming at `start`.
@@ -52,12 +58,30 @@ pub async fn list(
     registry: &Registry<dyn ControllerBackend>,
     start: Option<ListToken>,
     max_entries: u32,
-) -> Result<Page, Error> {
+) -> Result<Page<ListedVolume>, Error> {
     // Only the kinds that list; the others' volumes are not ListVolumes' to report.
-    let backends: Vec<(&BackendName, &Arc<dyn ControllerBackend>)> = registry
+    let backends = registry
         .iter()
         .filter(|(_, b)| b.capabilities().list)
         .collect();
+    walk(backends, "volumes", start, max_entries, |b, token, max| {
+        Box::pin(async move {
+            let page = b.list_volumes(token.as_deref(), max).await?;
+            Ok((page.entries, page.next_token))
+        })
+    })
+    .await
+}
+
+/// Pages through `backends` in order, asking each with `fetch(backend, its token, how many)`,
+/// resuming at `start`; `what` names the listing in errors.
+pub async fn walk<'r, T>(
+    backends: Vec<(&'r BackendName, &'r Arc<dyn ControllerBackend>)>,
+    what: &str,
+    start: Option<ListToken>,
+    max_entries: u32,
+    fetch: impl for<'a> Fn(&'a dyn ControllerBackend, Option<String>, u32) -> BackendPage<'a, T>,
+) -> Result<Page<T>, Error> {
     let (mut index, mut token) = match start {
         None => (0, None),
         Some(t) => {
@@ -82,12 +106,11 @@ pub async fn list(
             max.saturating_sub(out.len())
         };
         let remaining = u32::try_from(remaining).unwrap_or(u32::MAX);
-        let page = backend
-            .list_volumes(token.as_deref(), remaining)
+        let (entries, next) = fetch(backend.as_ref(), token.take(), remaining)
             .await
-            .map_err(|e| e.context(format!("listing volumes of backend {name}")))?;
-        out.extend(page.entries.into_iter().map(|v| ((*name).clone(), v)));
-        if let Some(next) = page.next_token {
+            .map_err(|e| e.context(format!("listing {what} of backend {name}")))?;
+        out.extend(entries.into_iter().map(|v| ((*name).clone(), v)));
+        if let Some(next) = next {
             let next = ListToken {
                 backend: (*name).clone(),
                 inner: Some(next),
@@ -95,7 +118,6 @@ pub async fn list(
             return Ok((out, Some(next.encode())));
         }
         index += 1;
-        token = None;
         if max != 0 && out.len() >= max {
             break;
         }

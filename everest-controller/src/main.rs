@@ -10,6 +10,7 @@ mod fake;
 mod listing;
 mod requests;
 mod responses;
+mod snapshots;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -3,11 +3,15 @@
 
 use everest_backend::backend::{ControllerPublish, CreateVolume, Topology, TopologyRequirement};
 use everest_backend::capability::{VolumeCapability, parse_capabilities, parse_capability};
+use std::collections::BTreeMap;
+
 use everest_backend::capacity::CapacityRange;
 use everest_backend::daemon::fields::{ordered, require_volume_id, volume_id};
 use everest_backend::params::split_common;
 use everest_backend::secrets::Secrets;
-use everest_backend::{Error, VolumeId};
+use everest_backend::snapshot::{CreateSnapshot, VolumeSource, split_snapshot_params};
+use everest_backend::volume_id::MAX_VOLUME_ID_LEN;
+use everest_backend::{BackendName, Error, SnapshotId, VolumeId};
 use everest_proto::csi::v1 as csi;
 
 fn capacity(range: Option<&csi::CapacityRange>) -> Result<CapacityRange, Error> {
@@ -28,33 +32,148 @@ fn topology(req: Option<csi::TopologyRequirement>) -> Option<TopologyRequirement
     })
 }
 
-/// CreateVolume: name, capabilities, capacity, parameters and topology.
-pub fn create_volume(req: csi::CreateVolumeRequest) -> Result<CreateVolume, Error> {
+/// Where a new volume's content comes from: the backend instance the source lives on (the new
+/// volume must be on the same one) and the source as the request named it, to echo back.
+#[derive(Debug, Clone)]
+pub struct ContentSource {
+    /// The backend instance of the source.
+    pub backend: BackendName,
+    /// The request's `volume_content_source`, returned in the created volume.
+    pub echo: csi::VolumeContentSource,
+}
+
+/// The content source of a CreateVolume: a snapshot or a volume (a clone) of ours, or
+/// NOT_FOUND (an ID that is not in Everest's form names nothing of ours).
+fn content_source(
+    source: Option<csi::VolumeContentSource>,
+) -> Result<Option<(ContentSource, VolumeSource)>, Error> {
+    use csi::volume_content_source::Type;
+    let Some(echo) = source else {
+        return Ok(None);
+    };
+    match &echo.r#type {
+        Some(Type::Snapshot(s)) => {
+            if s.snapshot_id.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "volume_content_source.snapshot.snapshot_id is required".into(),
+                ));
+            }
+            let id = snapshot_id(&s.snapshot_id)?;
+            let native = VolumeSource::Snapshot(id.native().to_owned());
+            let backend = id.backend().clone();
+            Ok(Some((ContentSource { backend, echo }, native)))
+        }
+        Some(Type::Volume(v)) => {
+            if v.volume_id.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "volume_content_source.volume.volume_id is required".into(),
+                ));
+            }
+            let id = volume_id(&v.volume_id)?;
+            let native = VolumeSource::Volume(id.native().to_owned());
+            let backend = id.backend().clone();
+            Ok(Some((ContentSource { backend, echo }, native)))
+        }
+        None => Err(Error::InvalidArgument(
+            "volume_content_source names neither a snapshot nor a volume".into(),
+        )),
+    }
+}
+
+/// Parses a snapshot ID a request names; one not in Everest's form names no snapshot of ours
+/// (NOT_FOUND), as CSI asks for a snapshot that does not exist.
+pub fn snapshot_id(raw: &str) -> Result<SnapshotId, Error> {
+    if raw.len() > MAX_VOLUME_ID_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot ID of {} bytes is longer than the CSI limit of {MAX_VOLUME_ID_LEN}",
+            raw.len()
+        )));
+    }
+    raw.parse::<SnapshotId>()
+        .map_err(|e| Error::NotFound(format!("no such snapshot: {e}")))
+}
+
+/// A validated CreateVolume with what the daemon checks against the chosen backend.
+#[derive(Debug, Clone)]
+pub struct NewVolume {
+    /// The request for the backend; its parameters include the mutable ones.
+    pub create: CreateVolume,
+    /// Where its content comes from, if not empty.
+    pub source: Option<ContentSource>,
+    /// The keys of `mutable_parameters` (a VolumeAttributesClass given at creation): only a
+    /// backend that modifies volumes accepts them.
+    pub mutable_keys: Vec<String>,
+}
+
+/// CreateVolume: name, capabilities, capacity, parameters (the mutable ones win over the
+/// StorageClass's), topology and content source.
+pub fn create_volume(req: csi::CreateVolumeRequest) -> Result<NewVolume, Error> {
     if req.name.is_empty() {
         return Err(Error::InvalidArgument("name is required".into()));
     }
     let capabilities = parse_capabilities(&req.volume_capabilities)?;
     let capacity = capacity(req.capacity_range.as_ref())?;
-    if req.volume_content_source.is_some() {
-        return Err(Error::InvalidArgument(
-            "volume_content_source is not supported: this driver cannot create volumes from snapshots or clones".into(),
-        ));
-    }
-    if !req.mutable_parameters.is_empty() {
-        return Err(Error::InvalidArgument(
-            "mutable_parameters are not supported (no ControllerModifyVolume)".into(),
-        ));
-    }
-    let (common, parameters) = split_common(&ordered(req.parameters))?;
-    Ok(CreateVolume {
+    let (source, native_source) = content_source(req.volume_content_source)?.unzip();
+    let mutable = ordered(req.mutable_parameters);
+    let mutable_keys: Vec<String> = mutable.keys().cloned().collect();
+    let mut all = ordered(req.parameters);
+    all.extend(mutable);
+    let (common, parameters) = split_common(&all)?;
+    let create = CreateVolume {
         name: req.name,
         capacity,
         capabilities,
         common,
         parameters,
         topology: topology(req.accessibility_requirements),
+        source: native_source,
         secrets: Secrets::new(ordered(req.secrets)),
+    };
+    Ok(NewVolume {
+        create,
+        source,
+        mutable_keys,
     })
+}
+
+/// ControllerModifyVolume: the volume and a non-empty set of mutable parameters.
+pub fn modify(
+    req: csi::ControllerModifyVolumeRequest,
+) -> Result<(VolumeId, BTreeMap<String, String>), Error> {
+    require_volume_id(&req.volume_id)?;
+    if req.mutable_parameters.is_empty() {
+        return Err(Error::InvalidArgument(
+            "mutable_parameters is required: say what to change".into(),
+        ));
+    }
+    let id = volume_id(&req.volume_id)?;
+    Ok((id, ordered(req.mutable_parameters)))
+}
+
+/// CreateSnapshot: the name, the source volume (NOT_FOUND when it is not one of ours), the
+/// VolumeSnapshotClass's backend (if it names one) and the rest of its parameters.
+pub fn create_snapshot(
+    req: csi::CreateSnapshotRequest,
+) -> Result<(VolumeId, Option<BackendName>, CreateSnapshot), Error> {
+    if req.name.is_empty() {
+        return Err(Error::InvalidArgument("name is required".into()));
+    }
+    if req.source_volume_id.is_empty() {
+        return Err(Error::InvalidArgument(
+            "source_volume_id is required".into(),
+        ));
+    }
+    let class = split_snapshot_params(&ordered(req.parameters))?;
+    let source = volume_id(&req.source_volume_id)?;
+    let backend = class.backend;
+    let create = CreateSnapshot {
+        name: req.name,
+        source_native_id: source.native().to_owned(),
+        k8s: class.k8s,
+        parameters: class.rest,
+        secrets: Secrets::new(ordered(req.secrets)),
+    };
+    Ok((source, backend, create))
 }
 
 /// ControllerPublishVolume: volume, node and capability are all required.
@@ -171,7 +290,10 @@ mod tests {
             }],
             preferred: vec![],
         });
-        let c = create_volume(req).unwrap();
+        let NewVolume {
+            create: c, source, ..
+        } = create_volume(req).unwrap();
+        assert!(source.is_none() && c.source.is_none());
         assert_eq!(c.name, "pvc-1");
         assert_eq!(c.capacity.required_bytes, 1 << 30);
         assert_eq!(c.common.backend.unwrap().as_str(), "disks-fast");
@@ -212,9 +334,98 @@ mod tests {
         let mut source = create();
         source.volume_content_source = Some(csi::VolumeContentSource::default());
         assert_invalid(create_volume(source), "volume_content_source");
+        let mut clone = create();
+        clone.volume_content_source = Some(volume_source());
+        let NewVolume {
+            create: c, source, ..
+        } = create_volume(clone).unwrap();
+        assert_eq!(c.source, Some(VolumeSource::Volume("d1".into())));
+        assert_eq!(source.unwrap().backend.as_str(), "disks");
+        let mut no_snap_id = create();
+        no_snap_id.volume_content_source = Some(snapshot_source(""));
+        assert_invalid(create_volume(no_snap_id), "snapshot_id");
         let mut mutable = create();
+        mutable.parameters = [("iops".to_string(), "1000".to_string())].into();
         mutable.mutable_parameters = [("iops".to_string(), "3000".to_string())].into();
-        assert_invalid(create_volume(mutable), "mutable_parameters");
+        let made = create_volume(mutable).unwrap();
+        assert_eq!(made.mutable_keys, ["iops"]);
+        assert_eq!(
+            made.create.parameters["iops"], "3000",
+            "the mutable value wins"
+        );
+        let empty = csi::ControllerModifyVolumeRequest {
+            volume_id: "v1:disks:d1".into(),
+            ..Default::default()
+        };
+        assert_invalid(modify(empty), "mutable_parameters");
+    }
+
+    fn snapshot_source(id: &str) -> csi::VolumeContentSource {
+        use csi::volume_content_source::{SnapshotSource, Type};
+        csi::VolumeContentSource {
+            r#type: Some(Type::Snapshot(SnapshotSource {
+                snapshot_id: id.into(),
+            })),
+        }
+    }
+
+    fn volume_source() -> csi::VolumeContentSource {
+        use csi::volume_content_source::{Type, VolumeSource as Vs};
+        csi::VolumeContentSource {
+            r#type: Some(Type::Volume(Vs {
+                volume_id: "v1:disks:d1".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn create_volume_from_a_snapshot_names_its_backend_and_echoes_the_source() {
+        let mut req = create();
+        req.volume_content_source = Some(snapshot_source("v1:disks-fast:snap-1"));
+        let NewVolume {
+            create: c, source, ..
+        } = create_volume(req).unwrap();
+        assert_eq!(c.source, Some(VolumeSource::Snapshot("snap-1".into())));
+        let source = source.unwrap();
+        assert_eq!(source.backend.as_str(), "disks-fast");
+        assert_eq!(source.echo, snapshot_source("v1:disks-fast:snap-1"));
+        // Not an Everest snapshot ID: no such snapshot.
+        let mut foreign = create();
+        foreign.volume_content_source = Some(snapshot_source("snap-1"));
+        let err = create_volume(foreign).unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err}");
+    }
+
+    #[test]
+    fn create_snapshot_requires_name_and_source_and_splits_parameters() {
+        let ok = csi::CreateSnapshotRequest {
+            name: "snapshot-1".into(),
+            source_volume_id: "v1:disks:d1".into(),
+            parameters: [
+                (
+                    "csi.storage.k8s.io/volumesnapshot/name".to_string(),
+                    "nightly".to_string(),
+                ),
+                ("everest.io/backend".to_string(), "disks".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let (source, backend, c) = create_snapshot(ok.clone()).unwrap();
+        assert_eq!(source.to_string(), "v1:disks:d1");
+        assert_eq!(backend.unwrap().as_str(), "disks");
+        assert_eq!(c.source_native_id, "d1");
+        assert_eq!(c.k8s.name.as_deref(), Some("nightly"));
+        assert!(c.parameters.is_empty());
+        let mut no_name = ok.clone();
+        no_name.name.clear();
+        assert_invalid(create_snapshot(no_name), "name");
+        let mut no_source = ok.clone();
+        no_source.source_volume_id.clear();
+        assert_invalid(create_snapshot(no_source), "source_volume_id");
+        let mut foreign = ok;
+        foreign.source_volume_id = "vol-1".into();
+        assert_eq!(create_snapshot(foreign).unwrap_err().code(), Code::NotFound);
     }
 
     #[test]

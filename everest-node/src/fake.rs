@@ -28,6 +28,9 @@ impl Default for FakeNodeBackend {
                 expand: false,
                 node_expand: false,
                 list: false,
+                snapshots: false,
+                clone: false,
+                modify: false,
                 access_modes: &[],
             },
         }

@@ -450,6 +450,9 @@ mod tests {
                 expand: true,
                 node_expand: true,
                 list: true,
+                snapshots: false,
+                clone: false,
+                modify: false,
                 access_modes: &[everest_backend::capability::AccessMode::SingleNodeSingleWriter],
             },
             ..Default::default()

@@ -283,7 +283,11 @@ const QUOTA_CODES: &[&str] = &[
 const NOT_FOUND_CODES: &[&str] = &["EVS.5404", "Ecs.0114", "SFS.TURBO.0002"];
 // SFS.TURBO.0011: the share is busy with another operation; it frees itself.
 const THROTTLE_CODES: &[&str] = &["APIGW.0308", "Common.0024", "SFS.TURBO.0011"];
-const STATE_CODES: &[&str] = &["EVS.1046", "EVS.1064", "Ecs.0057", "Ecs.0103"];
+// EVS.1047: a snapshot deleted while not available/error; EVS.2043: a disk made from a
+// snapshot that is not available.
+const STATE_CODES: &[&str] = &[
+    "EVS.1046", "EVS.1047", "EVS.1064", "EVS.2043", "Ecs.0057", "Ecs.0103",
+];
 const RETRYABLE_CODES: &[&str] = &["EVS.5500", "EVS.5503"];
 
 fn class_of_code(code: &str) -> Option<ErrorClass> {

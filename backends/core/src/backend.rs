@@ -13,6 +13,7 @@ use crate::host::FsStats;
 use crate::params::CommonParams;
 use crate::paths::HostPath;
 use crate::secrets::Secrets;
+use crate::snapshot::{CreateSnapshot, Snapshot, SnapshotPage, VolumeSource};
 
 /// What kind of storage a backend provides; decides attach and stage behaviour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -37,6 +38,12 @@ pub struct Capabilities {
     pub node_expand: bool,
     /// ListVolumes and ControllerGetVolume (with health and published nodes).
     pub list: bool,
+    /// CreateSnapshot, DeleteSnapshot, ListSnapshots, and CreateVolume from a snapshot.
+    pub snapshots: bool,
+    /// CreateVolume from another volume of the same instance (a clone).
+    pub clone: bool,
+    /// ControllerModifyVolume (VolumeAttributesClass): some parameters change in place.
+    pub modify: bool,
     /// The access modes the kind can serve at all (a backend may refuse more, e.g. by
     /// filesystem, in its own capability check).
     pub access_modes: &'static [crate::capability::AccessMode],
@@ -54,6 +61,12 @@ impl Capabilities {
             )
         })
     }
+}
+
+/// What a backend kind that has no snapshots answers to a snapshot call (the daemon checks
+/// [`Capabilities::snapshots`] first, so this only answers a caller that did not).
+fn no_snapshots(kind: BackendKind) -> crate::Error {
+    crate::Error::InvalidArgument(format!("{kind:?} backends do not support snapshots"))
 }
 
 /// The request a backend cannot serve: INVALID_ARGUMENT naming the backend and what it lacks.
@@ -106,6 +119,10 @@ pub struct CreateVolume {
     pub parameters: BTreeMap<String, String>,
     /// Placement constraints.
     pub topology: Option<TopologyRequirement>,
+    /// What the volume starts with (a snapshot or volume of the same backend instance);
+    /// `None` for an empty volume. The daemon only passes one to a backend whose
+    /// [`Capabilities`] say it can.
+    pub source: Option<VolumeSource>,
     /// CSI secrets sent with the request.
     pub secrets: Secrets,
 }
@@ -200,6 +217,47 @@ pub trait ControllerBackend: Send + Sync + Debug {
     ) -> Result<VolumePage>;
     /// Checks that the backend's service answers.
     async fn probe(&self) -> Result<()>;
+    /// Changes a volume in place to what the mutable `parameters` (a VolumeAttributesClass)
+    /// say; a parameter that cannot change is INVALID_ARGUMENT naming it. Already so is success.
+    async fn modify_volume(
+        &self,
+        native_id: &str,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let _ = (native_id, parameters);
+        Err(crate::Error::InvalidArgument(format!(
+            "{:?} backends do not change volumes in place",
+            self.kind()
+        )))
+    }
+    /// Takes a snapshot of a volume, or returns the one already taken under the same name
+    /// (ALREADY_EXISTS when that one is of another volume); NOT_FOUND when the volume does not
+    /// exist. `ready` says whether a volume can be made from it yet.
+    async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<Snapshot> {
+        let _ = req;
+        Err(no_snapshots(self.kind()))
+    }
+    /// Deletes a snapshot; one that is already gone is success.
+    async fn delete_snapshot(&self, native_id: &str, secrets: &Secrets) -> Result<()> {
+        let _ = (native_id, secrets);
+        Err(no_snapshots(self.kind()))
+    }
+    /// One snapshot; `None` when it does not exist.
+    async fn get_snapshot(&self, native_id: &str) -> Result<Option<Snapshot>> {
+        let _ = native_id;
+        Err(no_snapshots(self.kind()))
+    }
+    /// A page of this backend's snapshots, of one volume when `source` names it. A token this
+    /// backend did not issue is ABORTED.
+    async fn list_snapshots(
+        &self,
+        source: Option<&str>,
+        starting_token: Option<&str>,
+        max_entries: u32,
+    ) -> Result<SnapshotPage> {
+        let _ = (source, starting_token, max_entries);
+        Err(no_snapshots(self.kind()))
+    }
 }
 
 /// A validated NodeStageVolume.

@@ -2,6 +2,7 @@
 //! - [`backend`]: the controller-side and node-side traits and their request types;
 //! - [`registry`]: backend instances by name, chosen by StorageClass parameter or volume ID;
 //! - [`volume_id`]: the versioned `v1:<backend>:<native id>` volume ID;
+//! - [`snapshot`]: snapshot IDs (the same form), snapshots and their requests;
 //! - [`params`]: typed StorageClass parameters that reject unknown keys;
 //! - [`capability`], [`capacity`]: access modes and sizes, parsed once from CSI messages;
 //! - [`error`]: the one error type and its one mapping to a gRPC status;
@@ -25,8 +26,10 @@ pub mod params;
 pub mod paths;
 pub mod registry;
 pub mod secrets;
+pub mod snapshot;
 pub mod volume_id;
 
 pub use backend::{BackendKind, ControllerBackend, NodeBackend};
 pub use error::{Error, Result};
+pub use snapshot::SnapshotId;
 pub use volume_id::{BackendName, VolumeId};

@@ -84,6 +84,11 @@ impl<B: ?Sized> Registry<B> {
         })
     }
 
+    /// The instance named `name`, if configured.
+    pub fn get(&self, name: &BackendName) -> Option<Arc<B>> {
+        self.backends.get(name).cloned()
+    }
+
     /// All instances, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&BackendName, &Arc<B>)> {
         self.backends.iter()

@@ -12,6 +12,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     expand: true,
     node_expand: true,
     list: true,
+    snapshots: true,
+    clone: true,
+    modify: true,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

@@ -1178,3 +1178,100 @@ fn controller_from_config_labels_the_client_with_the_instance_name() {
         "{lines:#?}"
     );
 }
+
+#[tokio::test]
+async fn snapshot_calls_have_the_documented_shapes_and_page_by_offset() {
+    use everest_evs::api::{CreateSnapshot, SnapshotFilter, SnapshotStatus};
+    let snap = |id: &str, status: &str| {
+        json!({"id": id, "name": "s", "status": status, "size": 10, "volume_id": "d1",
+               "metadata": {"k": "v"}, "created_at": "2016-05-25T02:42:10.856332"})
+    };
+    let cloud = Cloud::start(AuthMode::AkSk, move |seen, _| {
+        match (seen.method.as_str(), seen.path.as_str()) {
+            ("POST", "/evs/v2/p1/cloudsnapshots") => {
+                answer(202, json!({"snapshot": snap("s1", "creating")}))
+            }
+            ("GET", "/evs/v2/p1/cloudsnapshots/detail") => answer(
+                200,
+                json!({"snapshots": [snap("s1", "available"), snap("s2", "available")], "count": 3}),
+            ),
+            ("GET", "/evs/v2/p1/cloudsnapshots/s1") => {
+                answer(200, json!({"snapshot": snap("s1", "available")}))
+            }
+            ("DELETE", "/evs/v2/p1/cloudsnapshots/s1") => answer(202, Value::Null),
+            _ => answer(
+                404,
+                json!({"itemNotFound": {"message": "Snapshot could not be found.", "code": "EVS.5404"}}),
+            ),
+        }
+    })
+    .await;
+    let c = cloud.aksk_client();
+    let made = c
+        .create_snapshot(&CreateSnapshot {
+            volume_id: "d1".into(),
+            name: "s".into(),
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(made.status, SnapshotStatus::Creating);
+    let body = cloud.mock.seen()[0].json();
+    assert_eq!(
+        body,
+        json!({"snapshot": {"volume_id": "d1", "name": "s", "force": true}})
+    );
+    let page = c
+        .list_snapshots(&SnapshotFilter {
+            volume_id: Some("d1".into()),
+            limit: Some(2),
+            offset: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((page.snapshots.len(), page.count), (2, Some(3)));
+    let seen = &cloud.mock.seen()[1];
+    assert_eq!(
+        (
+            seen.query("volume_id"),
+            seen.query("limit"),
+            seen.query("offset")
+        ),
+        (Some("d1"), Some("2"), Some("2"))
+    );
+    let got = c.get_snapshot("s1").await.unwrap().unwrap();
+    assert_eq!((got.size, got.volume_id.as_str()), (10, "d1"));
+    assert!(got.created_at.is_some());
+    assert_eq!(c.get_snapshot("gone").await.unwrap(), None);
+    assert!(c.delete_snapshot("s1").await.unwrap());
+    assert!(!c.delete_snapshot("gone").await.unwrap());
+}
+
+#[tokio::test]
+async fn retype_and_qos_have_the_documented_paths_and_bodies() {
+    let cloud = Cloud::start(AuthMode::AkSk, |_, _| answer(202, json!({"job_id": "j1"}))).await;
+    let c = cloud.aksk_client();
+    assert_eq!(
+        c.retype_volume("d1", "GPSSD2", Some(3000), Some(125))
+            .await
+            .unwrap(),
+        JobId("j1".into())
+    );
+    c.modify_qos("d1", 6000, None).await.unwrap();
+    let seen = cloud.mock.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("POST", "/evs/v2/p1/volumes/d1/retype")
+    );
+    assert_eq!(
+        seen[0].json(),
+        json!({"os-retype": {"new_type": "GPSSD2", "iops": 3000, "throughput": 125}})
+    );
+    assert_eq!(
+        (seen[1].method.as_str(), seen[1].path.as_str()),
+        ("PUT", "/evs/v5/p1/cloudvolumes/d1/qos")
+    );
+    assert_eq!(seen[1].json(), json!({"qos_modify": {"iops": 6000}}));
+}

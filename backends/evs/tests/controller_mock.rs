@@ -53,6 +53,11 @@ struct Cloud {
     /// `error_extending` (and stays there).
     fail_deletes: bool,
     fail_extends: bool,
+    /// A snapshot of this disk appears right after the driver's first look for snapshots
+    /// (taken in between by someone else): the cloud then refuses the delete.
+    snapshot_races: Option<String>,
+    /// Snapshot listings answered so far.
+    snapshot_lists: usize,
     seen: Vec<Seen>,
     next: usize,
 }
@@ -148,6 +153,22 @@ async fn handle(
     });
     let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
+        // No snapshots, but for the one that races a delete (from the second listing on).
+        ("GET", ["evs", "v2", PROJECT, "cloudsnapshots", "detail"]) => {
+            c.snapshot_lists += 1;
+            let snapshots: Vec<Value> = match &c.snapshot_races {
+                Some(d) if c.snapshot_lists > 1 => {
+                    vec![json!({"id": "snap-race", "status": "available", "volume_id": d})]
+                }
+                _ => Vec::new(),
+            };
+            let count = snapshots.len();
+            (
+                StatusCode::OK,
+                axum::Json(json!({"snapshots": snapshots, "count": count})),
+            )
+                .into_response()
+        }
         ("GET", ["evs", "v2", PROJECT, "cloudvolumes", "detail"]) => {
             let q = query(&uri);
             let ids: Vec<String> = q
@@ -187,6 +208,11 @@ async fn handle(
                 return not_found("EVS.5404");
             };
             let status = d["status"].as_str().unwrap_or_default();
+            if c.snapshot_races.as_deref() == Some(*id) {
+                let body = json!({"error": {"code": "EVS.5400",
+                    "message": format!("Invalid volume: Volume {id} still has 1 dependent snapshots")}});
+                return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+            }
             if !matches!(status, "available" | "error") || c.deleting.contains_key(*id) {
                 let body = json!({"error": {"code": "EVS.1046", "message": "bad state"}});
                 return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
@@ -369,6 +395,7 @@ fn create_request(name: &str, gib: u64) -> CreateVolume {
         common: CommonParams::default(),
         parameters: BTreeMap::new(),
         topology: None,
+        source: None,
         secrets: Secrets::default(),
     }
 }
@@ -674,6 +701,20 @@ async fn delete_that_leaves_the_disk_in_error_deleting_is_failed_precondition() 
         .unwrap_err();
     assert_stuck(&again, "disk-g", "error_deleting");
     assert_eq!(mock.writes(), vec!["DELETE /evs/v2/p1/cloudvolumes/disk-g"]);
+}
+
+#[tokio::test]
+async fn a_snapshot_taken_while_deleting_its_disk_makes_the_refusal_failed_precondition() {
+    let mock = Mock::start(vec![disk("disk-s", "pvc-s", "available", 10)], &[]).await;
+    mock.cloud.lock().unwrap().snapshot_races = Some("disk-s".into());
+    let err = mock
+        .controller()
+        .delete_volume("disk-s", &Secrets::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.to_string().contains("snap-race"), "{err}");
+    assert_eq!(mock.writes(), vec!["DELETE /evs/v2/p1/cloudvolumes/disk-s"]);
 }
 
 #[tokio::test]

@@ -311,7 +311,10 @@ async fn through_mount(
     let kubelet = dir.join("kubelet");
     std::fs::create_dir_all(&kubelet)?;
     let staging = AllowedRoot::new(&kubelet)?.check(
-        &kubelet.join(format!("stage-{mounter}")).display().to_string(),
+        &kubelet
+            .join(format!("stage-{mounter}"))
+            .display()
+            .to_string(),
         "path",
     )?;
     let node = ObsNode::new(
@@ -362,7 +365,9 @@ async fn through_mount(
         }
         let read = t.elapsed();
         if total != sizes.object {
-            return Err(format!("read {total} bytes through {mounter}, not {}", sizes.object).into());
+            return Err(
+                format!("read {total} bytes through {mounter}, not {}", sizes.object).into(),
+            );
         }
         // s3fs stats every entry of a listing, asking for `<key>/` too, and s3s-fs answers
         // such keys badly and slowly (docs/facts: components): that would measure the server.

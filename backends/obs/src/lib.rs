@@ -56,6 +56,9 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     expand: true,
     node_expand: false,
     list: false,
+    snapshots: false,
+    clone: false,
+    modify: false,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

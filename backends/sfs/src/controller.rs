@@ -292,6 +292,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             topology: None,
+            source: None,
             secrets: Secrets::default(),
         }
     }

@@ -46,6 +46,9 @@ const DIRECTORY_CAPABILITIES: Capabilities = Capabilities {
     expand: false,
     node_expand: false,
     list: false,
+    snapshots: false,
+    clone: false,
+    modify: false,
     access_modes: &[
         AccessMode::SingleNodeWriter,
         AccessMode::SingleNodeReaderOnly,

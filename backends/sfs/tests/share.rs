@@ -42,6 +42,7 @@ fn create(name: &str, gib: u64, params: &[(&str, &str)]) -> CreateVolume {
         common: CommonParams::default(),
         parameters,
         topology: None,
+        source: None,
         secrets: Secrets::default(),
     }
 }

@@ -33,6 +33,7 @@ fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         topology: None,
+        source: None,
         secrets: Secrets::default(),
     }
 }

@@ -265,6 +265,8 @@ VOLUME_READS = ["id", "name", "status", "size", "volume_type", "availability_zon
                 "metadata", "tags", "wwn", "encrypted", "created_at"]
 ATTACHMENT_READS = ["attachment_id", "volume_id", "server_id", "host_name", "device", "attached_at"]
 EVS_JOB_READS = ["job_id", "job_type", "status", "entities"]
+# backends/evs/src/api/snapshots.rs.
+SNAPSHOT_READS = ["id", "name", "status", "size", "volume_id", "metadata", "created_at"]
 ECS_SUB_JOB_READS = ["job_id", "job_type", "status", "entities.server_id"]
 SERVER_READS = ["id", "name", "status", "OS-EXT-AZ:availability_zone"]
 BLOCK_DEVICE_READS = ["id", "serverId", "volumeId", "device", "bus", "pciAddress", "size"]
@@ -429,8 +431,107 @@ def run(args, suite, wire):
                        ecs.DetachServerVolumeRequest(server_id=args.server, volume_id=volume_id, delete_flag="0"),
                        400, "Ecs.0111")
 
-    # EVS delete and its job, for both disks.
-    for vid in [volume_id, second_id]:
+    # EVS snapshots of the first disk: create (202, `creating`), show until `available`, list by
+    # disk and paged, a disk made from it, the refusals, delete (202, no body) until gone.
+    third_id = None
+    snap_ids = []
+    snap_reads = [f"snapshot.{f}" for f in SNAPSHOT_READS]
+    for label in ("", "-b"):
+        opt = evs.CreateSnapshotOption(volume_id=volume_id, name=f"{name}-snap{label}", force=True,
+                                       metadata={"everest.io/csi-name": name})
+        got = suite.call("evs.CreateSnapshot", evs_client.create_snapshot,
+                         evs.CreateSnapshotRequest(body=evs.CreateSnapshotRequestBody(snapshot=opt)), evs,
+                         "CreateSnapshotResponse", snap_reads, status=202)
+        if got is None:
+            return suite
+        if got[1]["snapshot"]["status"] != "creating":
+            suite.deviation("evs.CreateSnapshot", "snapshot.status", "a new snapshot should be creating")
+        snap_ids.append(got[1]["snapshot"]["id"])
+    for sid in snap_ids:
+        deadline = time.monotonic() + JOB_DEADLINE_S
+        while True:
+            got = suite.call("evs.ShowSnapshot", evs_client.show_snapshot, evs.ShowSnapshotRequest(snapshot_id=sid),
+                             evs, "ShowSnapshotResponse", snap_reads)
+            if got is None or got[1]["snapshot"]["status"] == "available":
+                break
+            if time.monotonic() > deadline:
+                suite.deviation("evs.ShowSnapshot", "status", f"snapshot {sid} never became available")
+                break
+            time.sleep(0.05)
+    list_snap_reads = ["count"] + [f"snapshots[].{f}" for f in SNAPSHOT_READS]
+    got = suite.call("evs.ListSnapshots(volume_id)", evs_client.list_snapshots,
+                     evs.ListSnapshotsRequest(volume_id=volume_id), evs, "ListSnapshotsResponse", list_snap_reads)
+    if got is not None and sorted(x["id"] for x in got[1]["snapshots"]) != sorted(snap_ids):
+        suite.deviation("evs.ListSnapshots(volume_id)", "snapshots", f"expected exactly {snap_ids}")
+    got = suite.call("evs.ListSnapshots(limit=1)", evs_client.list_snapshots, evs.ListSnapshotsRequest(limit=1),
+                     evs, "ListSnapshotsResponse", list_snap_reads + ["snapshots_links[].href", "snapshots_links[].rel"])
+    # The SDK pages snapshots by offset (its ListSnapshotsRequest has no marker), as our client does.
+    got2 = suite.call("evs.ListSnapshots(limit=1,offset=1)", evs_client.list_snapshots,
+                      evs.ListSnapshotsRequest(limit=1, offset=1), evs, "ListSnapshotsResponse", list_snap_reads)
+    if got is not None and got2 is not None and got[1]["snapshots"][0]["id"] == got2[1]["snapshots"][0]["id"]:
+        suite.deviation("evs.ListSnapshots(limit=1,offset=1)", "snapshots", "offset 1 repeats the first page")
+    option3 = evs.CreateVolumeOption(availability_zone=args.zone, volume_type="SSD", size=12, name=name + "-c",
+                                     snapshot_id=snap_ids[0])
+    got = suite.call("evs.CreateVolume(snapshot_id)", evs_client.create_volume,
+                     evs.CreateVolumeRequest(body=evs.CreateVolumeRequestBody(volume=option3)), evs,
+                     "CreateVolumeResponse", ["job_id", "volume_ids"])
+    if got is not None:
+        third_id = got[1]["volume_ids"][0]
+        wait_job(suite, "evs.ShowJob(createVolume)", evs_client, evs, evs.ShowJobRequest, got[1]["job_id"],
+                 EVS_JOB_READS)
+        suite.call("evs.ShowVolume(from snapshot)", evs_client.show_volume,
+                   evs.ShowVolumeRequest(volume_id=third_id), evs, "ShowVolumeResponse",
+                   vol_reads + ["volume.snapshot_id"])
+    suite.expect_error("evs.DeleteVolume(has snapshots)", evs_client.delete_volume,
+                       evs.DeleteVolumeRequest(volume_id=volume_id), 400, "EVS.5400")
+    suite.expect_error("evs.ShowSnapshot(missing)", evs_client.show_snapshot,
+                       evs.ShowSnapshotRequest(snapshot_id=missing), 404, "EVS.5404")
+    suite.expect_error("evs.DeleteSnapshot(missing)", evs_client.delete_snapshot,
+                       evs.DeleteSnapshotRequest(snapshot_id=missing), 404, "EVS.5404")
+    for sid in snap_ids:
+        suite.call("evs.DeleteSnapshot", evs_client.delete_snapshot, evs.DeleteSnapshotRequest(snapshot_id=sid),
+                   evs, "DeleteSnapshotResponse", status=202)
+        deadline = time.monotonic() + JOB_DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                evs_client.show_snapshot(evs.ShowSnapshotRequest(snapshot_id=sid))
+            except exceptions.ClientRequestException as e:
+                if e.status_code == 404:
+                    break
+            time.sleep(0.05)
+        else:
+            suite.deviation("evs.DeleteSnapshot", "(effect)", f"snapshot {sid} still there")
+
+    # Changing the second disk in place: type (with GPSSD2's figures), then IOPS and throughput.
+    if second_id is not None:
+        retype = evs.RetypeVolumeRequestBody(os_retype=evs.RetypeVolume(new_type="GPSSD2", iops=3000,
+                                                                        throughput=125))
+        got = suite.call("evs.RetypeVolume", evs_client.retype_volume,
+                         evs.RetypeVolumeRequest(volume_id=second_id, body=retype), evs, "RetypeVolumeResponse",
+                         ["job_id"], status=202)
+        if got is not None:
+            wait_job(suite, "evs.ShowJob(retypeVolume)", evs_client, evs, evs.ShowJobRequest, got[1]["job_id"],
+                     EVS_JOB_READS)
+        qos = evs.ModifyVolumeQoSRequestBody(qos_modify=evs.ModifyVolumeQoSOption(iops=6000, throughput=250))
+        got = suite.call("evs.ModifyVolumeQoS", evs_client.modify_volume_qo_s,
+                         evs.ModifyVolumeQoSRequest(volume_id=second_id, body=qos), evs, "ModifyVolumeQoSResponse",
+                         ["job_id"], status=202)
+        if got is not None:
+            wait_job(suite, "evs.ShowJob(modifyVolumeQos)", evs_client, evs, evs.ShowJobRequest,
+                     got[1]["job_id"], EVS_JOB_READS)
+        got = suite.call("evs.ShowVolume(GPSSD2)", evs_client.show_volume,
+                         evs.ShowVolumeRequest(volume_id=second_id), evs, "ShowVolumeResponse",
+                         vol_reads + ["volume.iops.total_val", "volume.throughput.total_val"])
+        if got is not None:
+            v = got[1]["volume"]
+            if (v["volume_type"], v["iops"]["total_val"], v["throughput"]["total_val"]) != ("GPSSD2", 6000, 250):
+                suite.deviation("evs.ShowVolume(GPSSD2)", "volume", "the retype or QoS change did not land")
+        back = evs.RetypeVolumeRequestBody(os_retype=evs.RetypeVolume(new_type="SAS"))
+        suite.expect_error("evs.RetypeVolume(SSD-backed to SAS)", evs_client.retype_volume,
+                           evs.RetypeVolumeRequest(volume_id=second_id, body=back), 400, "EVS.2087")
+
+    # EVS delete and its job, for every disk.
+    for vid in [volume_id, second_id, third_id]:
         if vid is None:
             continue
         got = suite.call("evs.DeleteVolume", evs_client.delete_volume, evs.DeleteVolumeRequest(volume_id=vid), evs,

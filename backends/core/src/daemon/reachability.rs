@@ -94,6 +94,9 @@ mod tests {
                 expand: false,
                 node_expand: false,
                 list: false,
+                snapshots: false,
+                clone: false,
+                modify: false,
                 access_modes: &[],
             }
         }

@@ -205,9 +205,27 @@ pub struct Volume {
     /// Where it is attached.
     #[serde(default, deserialize_with = "lenient::null_default")]
     pub attachments: Vec<Attachment>,
+    /// The snapshot it was made from, if any.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// Provisioned IOPS (GPSSD2, ESSD2): EVS sends `{"total_val": N, …}`.
+    #[serde(default, deserialize_with = "provisioned")]
+    pub iops: Option<u64>,
+    /// Provisioned throughput in MiB/s (GPSSD2), in the same shape.
+    #[serde(default, deserialize_with = "provisioned")]
+    pub throughput: Option<u64>,
     /// Creation time.
     #[serde(default, deserialize_with = "lenient::timestamp")]
     pub created_at: Option<DateTime<Utc>>,
+}
+
+/// A provisioned figure: `{"total_val": N}` as EVS sends it, or a bare number; anything else
+/// (absent, null, another shape) reads as unknown rather than failing the whole disk.
+fn provisioned<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.get("total_val").unwrap_or(&v).as_u64())
 }
 
 /// What to create; serialised as the `volume` object of the create call.
@@ -306,6 +324,7 @@ struct ListEnvelope {
     volumes_links: Vec<Link>,
 }
 
+/// One entry of a listing's `volumes_links`.
 #[derive(Deserialize)]
 struct Link {
     #[serde(default)]
@@ -488,6 +507,61 @@ impl EvsClient {
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Starts changing a disk's type (with the provisioned IOPS and throughput a GPSSD2 or
+    /// ESSD2 disk needs): `POST /v2/{p}/volumes/{id}/retype`.
+    pub async fn retype_volume(
+        &self,
+        id: &str,
+        new_type: &str,
+        iops: Option<u64>,
+        throughput: Option<u64>,
+    ) -> Result<JobId> {
+        let mut retype = serde_json::json!({"new_type": new_type});
+        if let Some(iops) = iops {
+            retype["iops"] = iops.into();
+        }
+        if let Some(tp) = throughput {
+            retype["throughput"] = tp.into();
+        }
+        let path = vec![
+            "v2".to_owned(),
+            self.project_id().to_owned(),
+            "volumes".to_owned(),
+            id.to_owned(),
+            "retype".to_owned(),
+        ];
+        let call = Call::new(Service::Evs, "retype_volume", Method::POST, path)
+            .json(&serde_json::json!({"os-retype": retype}))?;
+        Ok(self
+            .transport()
+            .execute(&call)
+            .await?
+            .json::<JobAccepted>(&call)?
+            .job_id)
+    }
+
+    /// Starts changing a GPSSD2/ESSD2 disk's provisioned IOPS (and GPSSD2 throughput):
+    /// `PUT /v5/{p}/cloudvolumes/{id}/qos`.
+    pub async fn modify_qos(&self, id: &str, iops: u64, throughput: Option<u64>) -> Result<JobId> {
+        let mut qos = serde_json::json!({"iops": iops});
+        if let Some(tp) = throughput {
+            qos["throughput"] = tp.into();
+        }
+        let call = Call::new(
+            Service::Evs,
+            "modify_qos",
+            Method::PUT,
+            self.volumes_path("v5", &[id, "qos"]),
+        )
+        .json(&serde_json::json!({"qos_modify": qos}))?;
+        Ok(self
+            .transport()
+            .execute(&call)
+            .await?
+            .json::<JobAccepted>(&call)?
+            .job_id)
     }
 
     /// Starts growing a disk to `new_size_gb`.

@@ -1,4 +1,4 @@
-//! The EVS / ECS API client: disks, servers, jobs and batched polling, on the shared cloud
+//! The EVS / ECS API client: disks, snapshots, servers, jobs and batched polling, on the shared cloud
 //! plumbing of [`everest_cloud`] (signing or token auth, retries, error classes).
 //!
 //! One [`EvsClient`] (cheap to clone) serves every call; see [`error`] for how failures map
@@ -8,6 +8,7 @@ pub mod ecs;
 pub mod evs;
 pub mod jobs;
 pub mod metadata;
+pub mod snapshots;
 
 use std::fmt;
 use std::path::Path;
@@ -23,6 +24,7 @@ pub use evs::{
 };
 pub use jobs::{Job, JobEntities, JobStatus, VolumeWait};
 pub use metadata::{DEFAULT_METADATA_URL, InstanceMetadata, fetch_instance_metadata};
+pub use snapshots::{CreateSnapshot, Snapshot, SnapshotFilter, SnapshotPage, SnapshotStatus};
 
 /// The services the block client calls.
 pub(crate) const SERVICES: &[Service] = &[Service::Evs, Service::Ecs, Service::Iam];

@@ -6,24 +6,44 @@ use everest_backend::capacity::GIB;
 use everest_backend::{Error, Result};
 
 use super::placement::requisite_zones;
+use super::snapshots::Restore;
 use super::{CMK_ID_KEY, ENCRYPTED_KEY, EvsController};
 use crate::api::{Volume, VolumeStatus};
 use crate::params::EvsParams;
 
 impl EvsController {
     /// Whether an existing disk for the request's name serves it; ALREADY_EXISTS naming the
-    /// mismatch (size, type, zone, encryption) when it does not.
+    /// mismatch (size, type, zone, encryption, source snapshot) when it does not.
     pub(super) fn check_existing(
         &self,
         req: &CreateVolume,
         v: &Volume,
         gib: u64,
         params: &EvsParams,
+        restore: Option<&Restore>,
     ) -> Result<()> {
-        let wanted_type = params
-            .volume_type
-            .as_deref()
-            .unwrap_or(&self.config.backend.default_volume_type);
+        let wanted_type = match restore {
+            Some(r) => r.volume_type.as_str(),
+            None => params
+                .volume_type
+                .as_deref()
+                .unwrap_or(&self.config.backend.default_volume_type),
+        };
+        // A clone's origin is checked before its temporary snapshot is taken (see
+        // `clone_source`); that snapshot is made anew on a retry, so it decides nothing here.
+        let is_clone = restore.is_some_and(|r| r.clone_of.is_some());
+        let wanted_snapshot = restore.map(|r| r.snapshot_id.as_str());
+        if !is_clone && v.snapshot_id.as_deref().filter(|s| !s.is_empty()) != wanted_snapshot {
+            return Err(Error::AlreadyExists(format!(
+                "volume {} already exists as disk {} made from {}, not from {}",
+                req.name,
+                v.id,
+                v.snapshot_id
+                    .as_deref()
+                    .map_or("no snapshot".to_owned(), |s| format!("snapshot {s}")),
+                wanted_snapshot.map_or("no snapshot".to_owned(), |s| format!("snapshot {s}")),
+            )));
+        }
         if !req.capacity.is_satisfied_by(v.size * GIB) || v.size < gib {
             return Err(Error::AlreadyExists(format!(
                 "volume {} already exists as disk {} with {} GiB, which does not match the requested capacity",

@@ -14,6 +14,9 @@ use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::{CapacityRange, GIB};
 use everest_backend::params::FSTYPE_KEY;
 use everest_backend::secrets::Secrets;
+use everest_backend::snapshot::{
+    CreateSnapshot, Snapshot as CsiSnapshot, SnapshotPage, VolumeSource,
+};
 use everest_backend::{BackendName, Error, Result};
 
 use crate::api::{
@@ -25,13 +28,17 @@ use crate::config::EvsConfig;
 use crate::params::EvsParams;
 
 mod existing;
+mod modify;
 mod naming;
 mod placement;
+mod snapshots;
 
 use existing::{is_failed_create, stuck_in_error};
 
 /// Metadata key holding the CSI request name a disk was created for (the idempotency key).
 pub const CSI_NAME_KEY: &str = "everest.io/csi-name";
+/// Metadata key naming the disk a clone was made from.
+pub const CLONE_OF_KEY: &str = "everest.io/clone-of";
 /// Metadata key marking disks this driver manages, for ListVolumes.
 pub const MANAGED_BY_KEY: &str = "everest.io/managed-by";
 /// Publish-context key: the disk's WWN, for SCSI (passthrough) disks.
@@ -273,6 +280,43 @@ impl EvsController {
     }
 }
 
+/// One page of `items` in ID order after the token's ID (`after:<id>`), at most `max` of them
+/// (0: all), and the token for the next page. Items created or deleted while a listing pages
+/// through neither shift a page (as an offset would) nor break the listing (as a cloud
+/// `marker` naming a deleted item would): an item that exists throughout is listed once.
+fn page_after<T>(
+    mut items: Vec<T>,
+    id: impl Fn(&T) -> &String,
+    starting_token: Option<&str>,
+    max: u32,
+) -> Result<(Vec<T>, Option<String>)> {
+    let after = match starting_token {
+        None | Some("") => None,
+        Some(t) => Some(t.strip_prefix(LIST_TOKEN_PREFIX).ok_or_else(|| {
+            Error::Aborted(format!(
+                "starting_token {t:?} is not one this backend issued"
+            ))
+        })?),
+    };
+    items.sort_by(|a, b| id(a).cmp(id(b)));
+    items.retain(|i| after.is_none_or(|a| id(i).as_str() > a));
+    let take = if max == 0 {
+        items.len()
+    } else {
+        items.len().min(max as usize)
+    };
+    let more = take < items.len();
+    items.truncate(take);
+    let next = more
+        .then(|| {
+            items
+                .last()
+                .map(|i| format!("{LIST_TOKEN_PREFIX}{}", id(i)))
+        })
+        .flatten();
+    Ok((items, next))
+}
+
 /// Settled and usable: not creating, extending, attaching or detaching.
 fn is_usable(v: &Volume) -> bool {
     matches!(v.status, VolumeStatus::Available | VolumeStatus::InUse)
@@ -294,9 +338,17 @@ impl ControllerBackend for EvsController {
 
     async fn create_volume(&self, req: &CreateVolume) -> Result<CsiVolume> {
         let params = EvsParams::parse(&req.parameters, self.name.as_str())?;
-        let gib = req
-            .capacity
-            .to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?;
+        let restore = match &req.source {
+            None => None,
+            Some(VolumeSource::Snapshot(id)) => Some(self.restore_from(req, id, &params).await?),
+            Some(VolumeSource::Volume(src)) => Some(self.clone_source(req, src, &params).await?),
+        };
+        let gib = match &restore {
+            Some(r) => r.gib,
+            None => req
+                .capacity
+                .to_gib(self.config.backend.default_size_gib, MIN_GIB, MAX_GIB)?,
+        };
         self.check_capabilities(&req.capabilities)?;
         let fs_type = storage_class_fs_type(req.common.fs_type.as_deref(), &req.capabilities)?;
         // The node formats with it when the capability it gets names no filesystem.
@@ -311,8 +363,9 @@ impl ControllerBackend for EvsController {
         let mut token = self.client_token(&req.name);
         if let Some(existing) = self.find_by_request_name(&req.name).await? {
             if !is_failed_create(&existing) {
-                self.check_existing(req, &existing, gib, &params)?;
+                self.check_existing(req, &existing, gib, &params, restore.as_ref())?;
                 let ready = self.settle(&existing.id, "available", is_usable).await?;
+                self.finish_clone(restore.as_ref()).await?;
                 return Ok(to_csi(&ready));
             }
             // The cloud failed to create this disk: it never held data and will never become
@@ -327,11 +380,17 @@ impl ControllerBackend for EvsController {
             token = self.client_token(&format!("{}\n{}", req.name, existing.id));
         }
 
-        let zone = self.zone(req, &params)?;
+        let zone = match &restore {
+            Some(r) => r.zone.clone(),
+            None => self.zone(req, &params)?,
+        };
         let mut metadata = BTreeMap::from([
             (CSI_NAME_KEY.to_owned(), req.name.clone()),
             (MANAGED_BY_KEY.to_owned(), "everest".to_owned()),
         ]);
+        if let Some(source) = restore.as_ref().and_then(|r| r.clone_of.as_ref()) {
+            metadata.insert(CLONE_OF_KEY.to_owned(), source.clone());
+        }
         if let Some(kms) = &params.kms_key_id {
             metadata.insert(ENCRYPTED_KEY.into(), "1".into());
             metadata.insert(CMK_ID_KEY.into(), kms.clone());
@@ -350,12 +409,17 @@ impl ControllerBackend for EvsController {
                 tags.insert(key.to_owned(), v.clone());
             }
         }
-        let create = ApiCreate {
-            availability_zone: zone,
-            volume_type: params
+        let volume_type = match &restore {
+            Some(r) => r.volume_type.clone(),
+            None => params
                 .volume_type
                 .clone()
                 .unwrap_or_else(|| self.config.backend.default_volume_type.clone()),
+        };
+        let create = ApiCreate {
+            availability_zone: zone,
+            volume_type,
+            snapshot_id: restore.as_ref().map(|r| r.snapshot_id.clone()),
             name: self.disk_name(&req.name),
             description: Some(format!("Kubernetes volume {} (Everest CSI)", req.name)),
             size: gib,
@@ -377,6 +441,7 @@ impl ControllerBackend for EvsController {
                     Error::Unavailable(format!("{what}: the new disk vanished; retry"))
                 })?,
         };
+        self.finish_clone(restore.as_ref()).await?;
         tracing::debug!(disk = %disk.id, size_gib = disk.size, zone = %disk.availability_zone, "created disk");
         Ok(to_csi(&disk))
     }
@@ -399,14 +464,22 @@ impl ControllerBackend for EvsController {
         if disk.status.is_error() && !disk.status.is_deletable() {
             return Err(stuck_in_error(&disk, "DeleteVolume"));
         }
+        self.refuse_if_snapshotted(disk_id).await?;
         if disk.status != VolumeStatus::Deleting && !disk.status.is_deletable() {
             return Err(Error::Unavailable(format!(
                 "disk {disk_id} is {}; retry once it settles",
                 disk.status.as_str()
             )));
         }
-        self.remove_disk(disk_id, disk.status == VolumeStatus::Deleting)
-            .await?;
+        if let Err(e) = self
+            .remove_disk(disk_id, disk.status == VolumeStatus::Deleting)
+            .await
+        {
+            // A snapshot taken since the look above makes the cloud refuse with a generic code:
+            // answer with the reason instead.
+            self.refuse_if_snapshotted(disk_id).await?;
+            return Err(e);
+        }
         tracing::debug!(disk = %disk_id, "deleted disk");
         Ok(())
     }
@@ -578,42 +651,48 @@ impl ControllerBackend for EvsController {
         Ok(self.listed(&disk))
     }
 
-    /// Pages by disk ID: the token is the last ID handed out, and the next page starts after
-    /// it. Disks deleted or created meanwhile can neither shift a page (as an offset would) nor
-    /// break the listing (as a cloud `marker` naming a deleted disk would): no disk that exists
-    /// throughout is listed twice or skipped.
+    /// Pages by disk ID (see [`page_after`]).
     async fn list_volumes(
         &self,
         starting_token: Option<&str>,
         max_entries: u32,
     ) -> Result<CsiPage> {
-        let after = match starting_token {
-            None | Some("") => None,
-            Some(t) => Some(t.strip_prefix(LIST_TOKEN_PREFIX).ok_or_else(|| {
-                Error::Aborted(format!(
-                    "starting_token {t:?} is not one this backend issued"
-                ))
-            })?),
-        };
-        let mut disks = self.all_managed_disks().await?;
-        disks.sort_by(|a, b| a.id.cmp(&b.id));
-        let rest: Vec<&Volume> = disks
-            .iter()
-            .filter(|d| after.is_none_or(|a| d.id.as_str() > a))
-            .collect();
-        let take = if max_entries == 0 {
-            rest.len()
-        } else {
-            rest.len().min(max_entries as usize)
-        };
-        let page = &rest[..take];
-        let next_token = (take < rest.len())
-            .then(|| page.last().map(|d| format!("{LIST_TOKEN_PREFIX}{}", d.id)))
-            .flatten();
+        let disks = self.all_managed_disks().await?;
+        let (page, next_token) = page_after(disks, |d| &d.id, starting_token, max_entries)?;
         Ok(CsiPage {
             entries: page.iter().map(|v| self.listed(v)).collect(),
             next_token,
         })
+    }
+
+    async fn modify_volume(
+        &self,
+        native_id: &str,
+        parameters: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.change_volume(native_id, parameters).await
+    }
+
+    async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<CsiSnapshot> {
+        self.take_snapshot(req).await
+    }
+
+    async fn delete_snapshot(&self, native_id: &str, _secrets: &Secrets) -> Result<()> {
+        self.drop_snapshot(native_id).await
+    }
+
+    async fn get_snapshot(&self, native_id: &str) -> Result<Option<CsiSnapshot>> {
+        self.read_snapshot(native_id).await
+    }
+
+    async fn list_snapshots(
+        &self,
+        source: Option<&str>,
+        starting_token: Option<&str>,
+        max_entries: u32,
+    ) -> Result<SnapshotPage> {
+        self.snapshot_page(source, starting_token, max_entries)
+            .await
     }
 
     async fn probe(&self) -> Result<()> {
@@ -631,5 +710,24 @@ impl ControllerBackend for EvsController {
                     self.name
                 ))
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_after;
+
+    #[test]
+    fn pages_cut_by_id_survive_changes_between_calls() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (page, next) = page_after(ids(&["c", "a", "b"]), |s| s, None, 2).unwrap();
+        assert_eq!((page, next.as_deref()), (ids(&["a", "b"]), Some("after:b")));
+        // "b" deleted and "aa" created meanwhile: the next page still starts after "b".
+        let (page, next) = page_after(ids(&["a", "aa", "c"]), |s| s, Some("after:b"), 2).unwrap();
+        assert_eq!((page, next), (ids(&["c"]), None));
+        let (all, next) = page_after(ids(&["b", "a"]), |s| s, Some(""), 0).unwrap();
+        assert_eq!((all, next), (ids(&["a", "b"]), None));
+        let err = page_after(ids(&["a"]), |s| s, Some("b"), 1).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Aborted);
     }
 }
