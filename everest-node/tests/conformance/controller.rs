@@ -588,3 +588,95 @@ rejects!(
         ..Default::default()
     } => NotFound, [MISSING_NATIVE_ID]
 );
+
+// Snapshots and in-place modification: the rows of the CSI spec's error tables for
+// CreateSnapshot, DeleteSnapshot, ListSnapshots and ControllerModifyVolume, on the block
+// backend that offers them.
+rejects!(
+    create_snapshot_without_a_name_is_invalid_argument,
+    controller.create_snapshot,
+    |w| csi::CreateSnapshotRequest {
+        source_volume_id: some_volume_id(),
+        ..Default::default()
+    },
+    "name"
+);
+rejects!(
+    create_snapshot_without_a_source_is_invalid_argument,
+    controller.create_snapshot,
+    |w| csi::CreateSnapshotRequest {
+        name: "snap-conformance".into(),
+        ..Default::default()
+    },
+    "source_volume_id"
+);
+rejects!(
+    create_snapshot_of_a_missing_volume_is_not_found,
+    controller.create_snapshot,
+    |w| csi::CreateSnapshotRequest {
+        name: "snap-conformance".into(),
+        source_volume_id: missing_volume_id(),
+        ..Default::default()
+    } => NotFound, [MISSING_NATIVE_ID]
+);
+rejects!(
+    delete_snapshot_without_an_id_is_invalid_argument,
+    controller.delete_snapshot,
+    |w| csi::DeleteSnapshotRequest::default(),
+    "snapshot_id"
+);
+rejects!(
+    list_snapshots_with_an_invalid_starting_token_is_aborted,
+    controller.list_snapshots,
+    |w| csi::ListSnapshotsRequest {
+        starting_token: "not-a-token-we-issued".into(),
+        ..Default::default()
+    } => Aborted, ["starting_token"]
+);
+rejects!(
+    controller_modify_volume_without_a_volume_id_is_invalid_argument,
+    controller.controller_modify_volume,
+    |w| csi::ControllerModifyVolumeRequest::default(),
+    "volume_id"
+);
+rejects!(
+    controller_modify_volume_of_a_missing_volume_is_not_found,
+    controller.controller_modify_volume,
+    |w| csi::ControllerModifyVolumeRequest {
+        volume_id: missing_volume_id(),
+        mutable_parameters: [("everest.io/disk-volume-type".to_owned(), "SSD".to_owned())].into(),
+        ..Default::default()
+    } => NotFound, [MISSING_NATIVE_ID]
+);
+rejects!(
+    controller_modify_volume_of_an_immutable_parameter_is_invalid_argument,
+    controller.controller_modify_volume,
+    volume "pvc-modify-immutable",
+    |w, vol| csi::ControllerModifyVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        mutable_parameters: [("everest.io/crypt-key-id".to_owned(), "key-1".to_owned())].into(),
+        ..Default::default()
+    },
+    "everest.io/crypt-key-id"
+);
+
+/// DeleteSnapshot of a snapshot that does not exist is OK (the spec's idempotency row).
+#[tokio::test]
+async fn delete_snapshot_of_a_missing_snapshot_is_ok() {
+    let Some(world) = start().await else {
+        return;
+    };
+    let mut c = world.controller().await;
+    for id in [
+        format!("v1:{BACKEND}:{MISSING_NATIVE_ID}"),
+        "not-ours".to_owned(),
+    ] {
+        c.delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("DeleteSnapshot of {id}: {e:?}"));
+    }
+    shut_down_clean(world).await;
+}
