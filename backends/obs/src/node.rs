@@ -23,7 +23,9 @@ use everest_backend::{BackendName, Error, Result};
 
 use crate::config::ObsConfig;
 use crate::credentials::{ACCESS_KEY_SECRET, S3Keys, SECRET_KEY_SECRET};
-use crate::mounter::{MountSource, Mounter};
+use crate::mounter::{MountSource, Mounter, Run};
+use crate::supervisor::client::SupervisorClient;
+use crate::supervisor::protocol::MountSpec;
 use crate::volume::{ObsVolume, check_endpoint, check_region, short_hash};
 use crate::{CAPABILITIES, check_capability, context};
 
@@ -33,7 +35,14 @@ pub struct ObsNode {
     name: BackendName,
     config: ObsConfig,
     host: Arc<dyn Host>,
+    /// The mounter supervisor, when the backend names its socket; else the node starts the
+    /// mounters itself (as daemons).
+    supervisor: Option<SupervisorClient>,
 }
+
+/// How long a call to the supervisor may take: a start waits for the mount (up to the
+/// supervisor's 60 s), under the kubelet's two minutes.
+const SUPERVISOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Where and how a volume is mounted, from its ID, its context and the backend's defaults.
 #[derive(Debug)]
@@ -48,7 +57,16 @@ struct Target {
 impl ObsNode {
     /// Builds the node side on `host`.
     pub fn new(name: BackendName, config: ObsConfig, host: Arc<dyn Host>) -> Self {
-        Self { name, config, host }
+        let supervisor = config.supervisor_socket.clone().map(|socket| {
+            // Longer than the supervisor's own mount limit, so its answer arrives first.
+            SupervisorClient::new(socket, SUPERVISOR_TIMEOUT)
+        });
+        Self {
+            name,
+            config,
+            host,
+            supervisor,
+        }
     }
 
     /// The credentials file of the volume staged at `staging` (s3fs's passwd file, or
@@ -179,7 +197,19 @@ impl NodeBackend for ObsNode {
                 req.native_id
             )));
         }
-        let passwd = self.credentials_file(staging);
+        let spec = MountSpec {
+            backend: self.name.to_string(),
+            mounter: t.mounter,
+            endpoint: t.endpoint.clone(),
+            region: t.region.clone(),
+            path_style: t.path_style,
+            bucket: t.volume.bucket.clone(),
+            prefix: t.volume.prefix.clone(),
+            target: staging.as_path().to_owned(),
+            credentials_file: self.credentials_file(staging),
+            options,
+            readonly,
+        };
         let source = MountSource {
             endpoint: &t.endpoint,
             region: &t.region,
@@ -189,17 +219,26 @@ impl NodeBackend for ObsNode {
         };
         self.host.make_dir(staging.as_path()).await?;
         self.host
-            .write_private_file(&passwd, t.mounter.credentials(&keys, &source).as_bytes())
+            .write_private_file(
+                &spec.credentials_file,
+                t.mounter.credentials(&keys, &source).as_bytes(),
+            )
             .await?;
-        let cmd = t
-            .mounter
-            .command(&source, staging.as_path(), &passwd, &options, readonly);
-        if let Err(e) = self.host.mount_fuse(&cmd, staging.as_path()).await {
-            // A mounter stopped at its time limit may have mounted: unstage cleans up then.
-            if !e.timed_out {
-                let _ = self.host.remove_path(&passwd).await;
+        let mounted = match &self.supervisor {
+            Some(client) => client.start(&spec).await.map(drop),
+            None => self
+                .host
+                .mount_fuse(&spec.command(Run::Daemon), staging.as_path())
+                .await
+                .map_err(Error::from),
+        };
+        if let Err(e) = mounted {
+            // A mounter stopped at its time limit (or a supervisor still at work) may have
+            // mounted: unstage cleans up then.
+            if !matches!(e, Error::DeadlineExceeded(_)) {
+                let _ = self.host.remove_path(&spec.credentials_file).await;
             }
-            return Err(Error::from(e).context(format!(
+            return Err(e.context(format!(
                 "volume {}: mounting bucket {} with {}",
                 req.native_id, t.volume.bucket, t.mounter
             )));
