@@ -76,8 +76,13 @@ fn parent_of(pid: u32) -> Option<u32> {
     stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
 }
 
-fn start_supervisor(dir: &Path) -> Proc {
+/// Starts `everest-mounter` with its socket and state in `dir`, serving metrics on
+/// `metrics_port` when given.
+fn start_supervisor(dir: &Path, metrics_port: Option<u16>) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_everest-mounter"));
+    if let Some(port) = metrics_port {
+        cmd.args(["--metrics-address", &format!("127.0.0.1:{port}")]);
+    }
     cmd.args([
         "--socket",
         &dir.join("mounter.sock").display().to_string(),
@@ -90,6 +95,33 @@ fn start_supervisor(dir: &Path) -> Proc {
     ])
     .env("RUST_LOG", "info");
     Proc::spawn("mounter", cmd, dir).expect("start everest-mounter")
+}
+
+/// The supervisor's metrics exposition (plain HTTP/1.0 on loopback).
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
+/// The value of the series `series` (name and labels as the exposition writes them).
+fn value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_for<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
@@ -137,7 +169,8 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
     .unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
     let socket = dir.path().join("mounter.sock");
-    let mut supervisor = start_supervisor(dir.path());
+    let metrics_port = free_port();
+    let mut supervisor = start_supervisor(dir.path(), Some(metrics_port));
     let client = SupervisorClient::new(socket.clone(), Duration::from_secs(30));
     wait_for("the supervisor's socket", async || client.list().await.ok()).await;
     assert_eq!(
@@ -234,6 +267,21 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
     })
     .await;
     assert_ne!(again.pid, Some(pid));
+    let labels = r#"{backend="objects",mounter="s3fs"}"#;
+    let exposition = scrape(metrics_port);
+    assert_eq!(
+        value(
+            &exposition,
+            &format!("everest_obs_mounter_restarts_total{labels}")
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        value(&exposition, &format!("everest_obs_mounts{labels}")),
+        Some(1.0),
+        "{exposition}"
+    );
     assert_eq!(
         std::fs::read_to_string(in_staging("one.txt")).unwrap(),
         "first"
@@ -282,7 +330,7 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         cond.abnormal && cond.message.contains("does not answer"),
         "{cond:?}"
     );
-    let mut supervisor = start_supervisor(dir.path());
+    let mut supervisor = start_supervisor(dir.path(), None);
     let adopted = wait_for("the adoption", async || the_mount(&client).await).await;
     assert!(adopted.adopted, "{adopted:?}");
     assert_eq!(adopted.pid, again.pid);
@@ -401,7 +449,7 @@ async fn rclone_runs_supervised_and_is_restarted() {
     .unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
     let socket = dir.path().join("mounter.sock");
-    let supervisor = start_supervisor(dir.path());
+    let supervisor = start_supervisor(dir.path(), None);
     let client = SupervisorClient::new(socket.clone(), Duration::from_secs(30));
     wait_for("the supervisor's socket", async || client.list().await.ok()).await;
 
