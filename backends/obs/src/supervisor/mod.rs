@@ -186,9 +186,18 @@ impl Supervisor {
             if e.status.borrow().state != MountState::Dead {
                 let mut status = e.status.clone();
                 drop(mounts);
-                // Another start of the same mount is on its way: answer with its outcome.
-                return match status.wait_for(|s| s.state != MountState::Starting).await {
-                    Ok(s) => Response::Started(s.clone()),
+                // Being started (by a concurrent start, or after its mounter died): answer
+                // once it serves, or with why it was given up (the next start begins afresh).
+                let settled = status
+                    .wait_for(|s| matches!(s.state, MountState::Serving | MountState::Dead))
+                    .await
+                    .map(|s| s.clone());
+                return match settled {
+                    Ok(s) if s.state == MountState::Serving => Response::Started(s),
+                    Ok(s) => error(
+                        Fault::Failed,
+                        s.abnormal().unwrap_or_else(|| "given up".to_owned()),
+                    ),
                     Err(_) => error(
                         Fault::Failed,
                         format!(
