@@ -22,6 +22,9 @@ use everest_testsupport::{
     Daemon, S3Server, World, WorldOptions, skip_unless_s3_server, skip_without,
 };
 
+mod common;
+use common::{fuse_unavailable, shown_by_any_process};
+
 const AK: &str = "AKIASUPERVISED";
 const SK: &str = "sk-supervised-never-shown-51c0";
 
@@ -55,20 +58,6 @@ fn processes_naming(needle: &Path) -> Vec<i32> {
         })
         .filter(|pid| *pid != std::process::id() as i32)
         .collect()
-}
-
-/// Whether any process's command line or environment shows `needle`.
-fn shown_by_any_process(needle: &str) -> Option<String> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        for file in ["cmdline", "environ"] {
-            if let Ok(bytes) = std::fs::read(entry.path().join(file))
-                && String::from_utf8_lossy(&bytes).contains(needle)
-            {
-                return Some(format!("{}/{file}", entry.path().display()));
-            }
-        }
-    }
-    None
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -141,6 +130,63 @@ async fn the_mount(client: &SupervisorClient) -> Option<MountStatus> {
     mounts.into_iter().next()
 }
 
+/// What both tests start: a moto server, a private dir with the controller's credentials
+/// file, a supervisor with its socket and state there, and a client of it. Dropped in field
+/// order: the supervisor stops, mounters left behind are killed, the dir and server go.
+struct Fixture {
+    supervisor: Proc,
+    _mounters: MounterGuard,
+    client: SupervisorClient,
+    socket: PathBuf,
+    creds: PathBuf,
+    dir: tempfile::TempDir,
+    server: S3Server,
+}
+
+impl Fixture {
+    /// Starts it all for a test of `mounter`, or skips (`None`) when something is missing.
+    async fn start(mounter: &str, metrics_port: Option<u16>) -> Option<Fixture> {
+        if skip_without(mounter, mounter) || skip_unless_s3_server() {
+            return None;
+        }
+        if let Some(why) = fuse_unavailable() {
+            everest_testsupport::skip(why);
+            return None;
+        }
+        let server = S3Server::start().expect("start moto");
+        let dir = tempfile::Builder::new()
+            .prefix("everest-mounter-")
+            .tempdir()
+            .unwrap();
+        let mounters = MounterGuard(dir.path().to_owned());
+        let creds = dir.path().join("obs.json");
+        std::fs::write(
+            &creds,
+            format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = dir.path().join("mounter.sock");
+        let supervisor = start_supervisor(dir.path(), metrics_port);
+        let client = SupervisorClient::new(socket.clone(), Duration::from_secs(30));
+        wait_for("the supervisor's socket", async || client.list().await.ok()).await;
+        Some(Fixture {
+            supervisor,
+            _mounters: mounters,
+            client,
+            socket,
+            creds,
+            dir,
+            server,
+        })
+    }
+
+    /// Whether only the supervisor is left of the processes naming the test's dir.
+    fn only_the_supervisor_runs(&self) -> bool {
+        processes_naming(self.dir.path()) == [self.supervisor.pid() as i32]
+    }
+}
+
 fn kill(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a real pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
@@ -148,31 +194,13 @@ fn kill(pid: u32) {
 
 #[tokio::test]
 async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
-    if skip_without("s3fs", "s3fs") || skip_unless_s3_server() {
-        return;
-    }
-    if rustix::process::geteuid().as_raw() != 0 || !Path::new("/dev/fuse").exists() {
-        everest_testsupport::skip("FUSE mounts need root and /dev/fuse");
-        return;
-    }
-    let server = S3Server::start().expect("start moto");
-    let dir = tempfile::Builder::new()
-        .prefix("everest-mounter-")
-        .tempdir()
-        .unwrap();
-    let _mounters = MounterGuard(dir.path().to_owned());
-    let creds = dir.path().join("obs.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let socket = dir.path().join("mounter.sock");
     let metrics_port = free_port();
-    let mut supervisor = start_supervisor(dir.path(), Some(metrics_port));
-    let client = SupervisorClient::new(socket.clone(), Duration::from_secs(30));
-    wait_for("the supervisor's socket", async || client.list().await.ok()).await;
+    let Some(mut fx) = Fixture::start("s3fs", Some(metrics_port)).await else {
+        return;
+    };
+    let (client, socket, creds, server) = (&fx.client, fx.socket.clone(), &fx.creds, &fx.server);
+    let dir = fx.dir.path().to_owned();
+    let dir = dir.as_path();
     assert_eq!(
         std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
         0o600
@@ -184,7 +212,7 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
             "kind = \"obs\"".to_owned(),
             format!("endpoint = \"{}\"", server.endpoint()),
             format!("credentials_file = \"{}\"", creds.display()),
-            format!("runtime_dir = \"{}\"", dir.path().join("run").display()),
+            format!("runtime_dir = \"{}\"", dir.join("run").display()),
             format!("supervisor_socket = \"{}\"", socket.display()),
         ]
         .join("\n"),
@@ -240,11 +268,11 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
     std::fs::write(in_target("one.txt"), "first").unwrap();
 
     // The mounter is the supervisor's child, in the foreground, and was started once.
-    let first = the_mount(&client).await.expect("a supervised mount");
+    let first = the_mount(client).await.expect("a supervised mount");
     assert_eq!(first.state, MountState::Serving);
     assert_eq!(first.target, Path::new(&staging));
     let pid = first.pid.unwrap();
-    assert_eq!(parent_of(pid), Some(supervisor.pid()));
+    assert_eq!(parent_of(pid), Some(fx.supervisor.pid()));
     if let Some(place) = shown_by_any_process(SK) {
         panic!("the secret key shows in {place}");
     }
@@ -261,7 +289,7 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
     // SIGKILL the mounter: the supervisor starts it again and the staged mount serves.
     kill(pid);
     let again = wait_for("the mounter's restart", async || {
-        the_mount(&client)
+        the_mount(client)
             .await
             .filter(|m| m.restarts == 1 && m.state == MountState::Serving)
     })
@@ -312,12 +340,12 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
             .contains("re-adopted an object volume's FUSE mount")
     );
     node.node_stage_volume(stage.clone()).await.unwrap();
-    let after = the_mount(&client).await.unwrap();
+    let after = the_mount(client).await.unwrap();
     assert_eq!((after.pid, after.restarts), (again.pid, 1));
 
     // Stop the supervisor: its mounter goes on serving, the node reports that nothing would
     // restart it; a supervisor started again adopts it.
-    supervisor.stop(Duration::from_secs(15));
+    fx.supervisor.stop(Duration::from_secs(15));
     assert!(!socket.exists(), "the supervisor left its socket");
     assert!(std::fs::read_to_string(in_target("three.txt")).is_ok());
     let st = node
@@ -330,20 +358,20 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         cond.abnormal && cond.message.contains("does not answer"),
         "{cond:?}"
     );
-    let mut supervisor = start_supervisor(dir.path(), None);
-    let adopted = wait_for("the adoption", async || the_mount(&client).await).await;
+    fx.supervisor = start_supervisor(dir, None);
+    let adopted = wait_for("the adoption", async || the_mount(client).await).await;
     assert!(adopted.adopted, "{adopted:?}");
     assert_eq!(adopted.pid, again.pid);
     std::fs::write(in_target("four.txt"), "fourth").unwrap();
     // The adopted mounter dies too: the new supervisor starts it again, as its own child.
     kill(adopted.pid.unwrap());
     let third = wait_for("the adopted mounter's restart", async || {
-        the_mount(&client)
+        the_mount(client)
             .await
             .filter(|m| m.restarts == 1 && m.state == MountState::Serving && !m.adopted)
     })
     .await;
-    assert_eq!(parent_of(third.pid.unwrap()), Some(supervisor.pid()));
+    assert_eq!(parent_of(third.pid.unwrap()), Some(fx.supervisor.pid()));
     assert_eq!(
         std::fs::read_to_string(in_staging("four.txt")).unwrap(),
         "fourth"
@@ -364,17 +392,15 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
     .unwrap();
     assert!(client.list().await.unwrap().is_empty());
     let left_in = |d: &str| -> Vec<_> {
-        std::fs::read_dir(dir.path().join(d))
+        std::fs::read_dir(dir.join(d))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect()
     };
     assert!(left_in("run").is_empty(), "{:?}", left_in("run"));
     assert!(left_in("state").is_empty(), "{:?}", left_in("state"));
-    let supervisor_pid = supervisor.pid() as i32;
     wait_for("the mounter's exit", async || {
-        let left = processes_naming(dir.path());
-        (left == [supervisor_pid]).then_some(())
+        fx.only_the_supervisor_runs().then_some(())
     })
     .await;
     controller
@@ -385,8 +411,8 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         .await
         .unwrap();
 
-    supervisor.stop(Duration::from_secs(15));
-    let mounter_log = std::fs::read_to_string(&supervisor.stderr_log).unwrap();
+    fx.supervisor.stop(Duration::from_secs(15));
+    let mounter_log = std::fs::read_to_string(&fx.supervisor.stderr_log).unwrap();
     assert!(mounter_log.contains("mount serving"), "{mounter_log}");
     for (name, log) in [
         ("controller", world.log("controller")),
@@ -416,20 +442,11 @@ async fn rclone_runs_supervised_and_is_restarted() {
     use everest_backend::secrets::Secrets;
     use everest_obs::{ObsConfig, ObsController, ObsNode};
 
-    if skip_without("rclone", "rclone") || skip_unless_s3_server() {
+    let Some(fx) = Fixture::start("rclone", None).await else {
         return;
-    }
-    if rustix::process::geteuid().as_raw() != 0 || !Path::new("/dev/fuse").exists() {
-        everest_testsupport::skip("FUSE mounts need root and /dev/fuse");
-        return;
-    }
-    let server = S3Server::start().expect("start moto");
-    let dir = tempfile::Builder::new()
-        .prefix("everest-mounter-")
-        .tempdir()
-        .unwrap();
-    let _mounters = MounterGuard(dir.path().to_owned());
-    let kubelet = dir.path().join("kubelet");
+    };
+    let (client, dir, server) = (&fx.client, fx.dir.path(), &fx.server);
+    let kubelet = dir.join("kubelet");
     let staging = AllowedRoot::new(&kubelet)
         .unwrap()
         .check(
@@ -441,26 +458,14 @@ async fn rclone_runs_supervised_and_is_restarted() {
         )
         .unwrap();
     let _unmount = UnmountGuard(staging.as_path().to_owned());
-    let creds = dir.path().join("obs.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let socket = dir.path().join("mounter.sock");
-    let supervisor = start_supervisor(dir.path(), None);
-    let client = SupervisorClient::new(socket.clone(), Duration::from_secs(30));
-    wait_for("the supervisor's socket", async || client.list().await.ok()).await;
-
     let table = |with_creds: bool| {
         let mut t = serde_json::json!({
             "endpoint": server.endpoint(),
-            "runtime_dir": dir.path().join("run"),
-            "supervisor_socket": socket,
+            "runtime_dir": dir.join("run"),
+            "supervisor_socket": fx.socket,
         });
         if with_creds {
-            t["credentials_file"] = creds.display().to_string().into();
+            t["credentials_file"] = fx.creds.display().to_string().into();
         }
         ObsConfig::parse("objects", t.as_object().unwrap()).unwrap()
     };
@@ -499,9 +504,9 @@ async fn rclone_runs_supervised_and_is_restarted() {
     })
     .await
     .unwrap();
-    let first = the_mount(&client).await.expect("a supervised mount");
+    let first = the_mount(client).await.expect("a supervised mount");
     let pid = first.pid.unwrap();
-    assert_eq!(parent_of(pid), Some(supervisor.pid()));
+    assert_eq!(parent_of(pid), Some(fx.supervisor.pid()));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     assert!(cmdline.starts_with("rclone mount "), "{cmdline}");
@@ -513,7 +518,7 @@ async fn rclone_runs_supervised_and_is_restarted() {
 
     kill(pid);
     wait_for("rclone's restart", async || {
-        the_mount(&client)
+        the_mount(client)
             .await
             .filter(|m| m.restarts == 1 && m.state == MountState::Serving)
     })
@@ -524,16 +529,14 @@ async fn rclone_runs_supervised_and_is_restarted() {
     );
     node.unstage(&v.native_id, &staging).await.unwrap();
     assert!(client.list().await.unwrap().is_empty());
-    let supervisor_pid = supervisor.pid() as i32;
     wait_for("rclone's exit", async || {
-        (processes_naming(dir.path()) == [supervisor_pid]).then_some(())
+        fx.only_the_supervisor_runs().then_some(())
     })
     .await;
     controller
         .delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
-    drop(supervisor);
 }
 
 /// Lazily unmounts a path when dropped, if it is still mounted (a failed test).

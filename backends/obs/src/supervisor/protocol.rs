@@ -222,9 +222,10 @@ pub fn state_file(dir: &Path, target: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A valid mount, for every test of the supervisor.
     pub(crate) fn spec() -> MountSpec {
         MountSpec {
             backend: "objects".into(),

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use super::host::fake::FakeMounterHost;
 use super::*;
-use crate::mounter::Mounter;
 
 fn settings(dir: &Path) -> Settings {
     Settings {
@@ -21,17 +20,9 @@ fn settings(dir: &Path) -> Settings {
 
 fn spec(target: &str) -> MountSpec {
     MountSpec {
-        backend: "objects".into(),
-        mounter: Mounter::S3fs,
-        endpoint: "http://127.0.0.1:9000".into(),
-        region: "us-east-1".into(),
-        path_style: true,
-        bucket: "bucket-1".into(),
-        prefix: None,
         target: target.into(),
-        credentials_file: "/run/obs/x.secret".into(),
-        options: vec![],
-        readonly: false,
+        bucket: "bucket-1".into(),
+        ..protocol::tests::spec()
     }
 }
 
