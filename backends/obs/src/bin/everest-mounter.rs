@@ -35,8 +35,8 @@ struct Cli {
         default_value = "/run/everest/mounter/mounter.sock"
     )]
     socket: PathBuf,
-    /// Private directory (0700) for state files and mounter logs; keep it across restarts of
-    /// this process (not across reboots: a tmpfs such as /run is right).
+    /// Its own directory for state files and mounter logs, made private (0700); keep it across
+    /// restarts of this process, not across reboots (a tmpfs, or a pod's emptyDir).
     #[arg(
         long,
         env = "EVEREST_MOUNTER_STATE_DIR",

@@ -648,25 +648,29 @@ impl Drop for ServingGauge {
     }
 }
 
-/// Creates `dir` owner-only (0700), or checks an existing one is.
+/// Creates `dir` owner-only (0700), or makes an existing one of ours so: the state directory
+/// is the supervisor's alone, and a Kubernetes emptyDir starts out world-writable. One owned
+/// by someone else is refused.
 pub fn make_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let mode = std::fs::metadata(dir)
-        .map_err(|e| format!("stat {}: {e}", dir.display()))?
-        .mode();
-    if mode & 0o077 != 0 {
+    let meta = std::fs::metadata(dir).map_err(|e| format!("stat {}: {e}", dir.display()))?;
+    if meta.mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
         return Err(format!(
-            "{} has mode {:04o}; it must be private (0700)",
+            "{} has mode {:04o} and another owner; it must be private (0700)",
             dir.display(),
-            mode & 0o7777
+            meta.mode() & 0o7777
         ));
     }
-    Ok(())
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("make {} private: {e}", dir.display()))
 }
 
 /// Resolves once a stop is asked (the guard `wait_for` returns is dropped here, before any

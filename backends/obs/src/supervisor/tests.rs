@@ -231,6 +231,20 @@ async fn a_new_supervisor_adopts_what_an_earlier_one_started() {
 }
 
 #[test]
+fn the_state_dir_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    // As a Kubernetes emptyDir comes.
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    make_private_dir(&state).unwrap();
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    make_private_dir(&dir.path().join("a/b")).unwrap();
+}
+
+#[test]
 fn the_pause_doubles_up_to_the_cap() {
     let s = Settings::new("/x".into());
     let pauses: Vec<u64> = (1..=7).map(|n| s.backoff(n).as_secs()).collect();
