@@ -76,6 +76,10 @@ async fn run(
     for (name, backend) in registry.iter() {
         // Only name and kind: settings may name credential files and are not for logs.
         tracing::info!(backend = %name, kind = ?backend.kind(), "backend configured");
+        // What an earlier run left mounted is taken up again, never mounted twice.
+        if let Err(e) = backend.recover().await {
+            tracing::warn!(backend = %name, error = %e, "cannot take up what an earlier run left on this node");
+        }
     }
     let info = node_info::apply_backend_limits(
         node_info::resolve(

@@ -96,6 +96,11 @@ sed 's/--log-format=json/--log-fromat=json/' "$R" > "$NEG/wiring1.yaml"
 must_fail "wiring: daemon flag" "flags ['log-fromat'] not in" "${CHECK[@]}" wiring "$NEG/wiring1.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
 render "$CHART" --set-json 'sidecars.attacher.extraArgs=["--leader-election-lease=15s"]' > "$NEG/wiring2.yaml"
 must_fail "wiring: sidecar flag" "leader-election-lease" "${CHECK[@]}" wiring "$NEG/wiring2.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+# The mounter supervisor: a flag it does not know; a socket everest-node does not look at.
+render "$CHART" -f "$HERE/values/object-only.yaml" --set-json 'node.mounterSupervisor.extraArgs=["--max-restart=3"]' > "$NEG/wiring3.yaml"
+must_fail "wiring: mounter flag" "everest-mounter: flags ['max-restart'] not in" "${CHECK[@]}" wiring "$NEG/wiring3.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
+sed 's|--socket=/run/everest/mounter/mounter.sock|--socket=/run/everest/other.sock|' "$WORK/object-only/rendered.yaml" > "$NEG/wiring4.yaml"
+must_fail "wiring: mounter socket" "everest.toml's supervisor_socket is" "${CHECK[@]}" wiring "$NEG/wiring4.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 
 # --check-config: the rendered config without the EVS project.
 sed '/^project_id = /d' "$WORK/everest.toml" > "$NEG/everest.toml"

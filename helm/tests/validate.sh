@@ -8,7 +8,7 @@
 #
 #   bash helm/tests/validate.sh
 #
-# Needs the daemons built (cargo build -p everest-controller -p everest-node) for the flag check;
+# Needs the daemons built (cargo build -p everest-controller -p everest-node -p everest-obs) for the flag check;
 # uses $EVEREST_METRICS_DIR (written by metrics-live.sh) for the metric check when present,
 # else the metric names recorded in the Rust sources.
 set -euo pipefail
@@ -113,15 +113,15 @@ helm template other "$CHART" --namespace storage "${IMAGE[@]}" -f "$HERE/values/
 "${POLICY[@]}" uids "$WORK/monitoring/rendered.yaml" "$WORK/other-release.yaml"
 
 step "daemon flags, sockets and registration paths"
-for d in everest-controller everest-node; do
+for d in everest-controller everest-node everest-mounter; do
   if [[ ! -x "$BIN_DIR/$d" ]]; then
-    echo "FAIL: $BIN_DIR/$d missing: cargo build -p everest-controller -p everest-node" >&2
+    echo "FAIL: $BIN_DIR/$d missing: cargo build -p everest-controller -p everest-node -p everest-obs" >&2
     exit 1
   fi
   "$BIN_DIR/$d" --help > "$WORK/$d.help"
 done
-for name in default all snapshots; do
-  "${CHECK[@]}" wiring "$WORK/$name/rendered.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+for name in default all snapshots object-only; do
+  "${CHECK[@]}" wiring "$WORK/$name/rendered.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 done
 
 step "the rendered daemon config passes --check-config"

@@ -380,6 +380,12 @@ pub trait NodeBackend: Send + Sync + Debug {
     async fn max_volumes(&self, _node_id: &str) -> Result<Option<u32>> {
         Ok(None)
     }
+    /// Called once when the node plugin starts, before it serves: takes up again what an
+    /// earlier run left on this host (mounts whose helper processes outlived it). Nothing by
+    /// default; an error is logged, never fatal (the next NodeStage repairs what is wrong).
+    async fn recover(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,11 @@ pub struct ObsConfig {
     /// while a volume is staged.
     #[serde(default = "default_runtime_dir")]
     pub runtime_dir: PathBuf,
+    /// Node only: the unix socket of the mounter supervisor (`everest-mounter`). When set, the
+    /// node asks it to start and stop mounters, which then outlive the node daemon and are
+    /// restarted when they die; when unset, the node starts them itself as daemons.
+    #[serde(default)]
+    pub supervisor_socket: Option<PathBuf>,
 }
 
 fn default_region() -> String {
@@ -100,6 +105,14 @@ impl ObsConfig {
             return Err(bad(format!(
                 "runtime_dir {} is not an absolute path",
                 cfg.runtime_dir.display()
+            )));
+        }
+        if let Some(sock) = &cfg.supervisor_socket
+            && !sock.is_absolute()
+        {
+            return Err(bad(format!(
+                "supervisor_socket {} is not an absolute path",
+                sock.display()
             )));
         }
         cfg.mounter

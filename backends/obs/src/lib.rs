@@ -4,10 +4,9 @@
 //! - [`credentials`]: access keys from a private file or from CSI secrets, never shown;
 //! - [`s3`]: the S3 calls the controller makes, through `aws-sdk-s3`, and their errors;
 //! - [`mounter`]: the FUSE mounters (s3fs, rclone), their option allowlists and command lines;
-//! - [`controller`], [`node`]: the two sides.
-//!
-//! Not built yet: a mounter supervisor that keeps FUSE mounts alive across a restart of the
-//! node daemon, and the metrics of issue #14.
+//! - [`controller`], [`node`]: the two sides;
+//! - [`supervisor`]: `everest-mounter`, which keeps the FUSE mounters alive as its children,
+//!   apart from the node daemon, and what the node asks it.
 
 pub mod config;
 pub mod controller;
@@ -16,6 +15,7 @@ pub mod mounter;
 pub mod node;
 pub mod params;
 pub mod s3;
+pub mod supervisor;
 pub mod volume;
 
 use std::sync::Arc;

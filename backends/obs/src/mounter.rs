@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use everest_backend::host::FuseMount;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::credentials::S3Keys;
 
@@ -20,6 +20,16 @@ pub enum Mounter {
     /// `rclone mount`, without a local VFS cache (sequential writes only, nothing of a
     /// volume's data left on the node).
     Rclone,
+}
+
+/// How the mounter runs once the mount is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// It daemonizes and the command returns (what the node does without a supervisor).
+    Daemon,
+    /// It stays in the foreground as the child of whoever started it: the supervisor, which
+    /// waits on it to learn at once when it dies.
+    Foreground,
 }
 
 /// rclone's name for the one remote its per-volume config file defines.
@@ -113,7 +123,8 @@ impl Mounter {
     /// The command that mounts `source` (a bucket, or a prefix in one) at `target`, reading
     /// its credentials from `credentials_file`; `user_options` are already checked. s3fs:
     /// `s3fs <bucket>[:/<prefix>] <target> -o <options>`; rclone: `rclone mount
-    /// volume:<bucket>[/<prefix>] <target> --config <file> --daemon …`.
+    /// volume:<bucket>[/<prefix>] <target> --config <file> --daemon …`; in the foreground
+    /// (`run`), s3fs gets `-f` and rclone no `--daemon`.
     pub fn command(
         self,
         source: &MountSource<'_>,
@@ -121,13 +132,21 @@ impl Mounter {
         credentials_file: &Path,
         user_options: &[String],
         readonly: bool,
+        run: Run,
     ) -> FuseMount {
-        match self {
+        let mut cmd = match self {
             Mounter::S3fs => s3fs_command(source, target, credentials_file, user_options, readonly),
             Mounter::Rclone => {
                 rclone_command(source, target, credentials_file, user_options, readonly)
             }
+        };
+        if run == Run::Foreground {
+            match self {
+                Mounter::S3fs => cmd.args.push("-f".to_owned()),
+                Mounter::Rclone => cmd.args.retain(|a| a != "--daemon"),
+            }
         }
+        cmd
     }
 }
 
@@ -427,6 +446,12 @@ impl fmt::Display for Mounter {
     }
 }
 
+impl Serialize for Mounter {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl<'de> Deserialize<'de> for Mounter {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?
@@ -500,6 +525,7 @@ mod tests {
             Path::new("/run/obs/x.passwd"),
             &strings(&["uid=1000", "mp_umask=0002"]),
             true,
+            Run::Daemon,
         );
         assert_eq!(cmd.program, "s3fs");
         assert_eq!(cmd.fs_type, "fuse.s3fs");
@@ -556,6 +582,7 @@ mod tests {
             Path::new("/run/obs/x.secret"),
             &strings(&["uid=1000", "ro"]),
             false,
+            Run::Daemon,
         );
         assert_eq!(cmd.program, "rclone");
         assert_eq!(cmd.fs_type, "fuse.rclone");
@@ -575,6 +602,25 @@ mod tests {
             ]
         );
         assert_eq!(cmd.env_remove, ["AWS_CA_BUNDLE"]);
+        // Under the supervisor it stays in the foreground; so does s3fs, with -f.
+        let fg = m.command(
+            &source,
+            Path::new("/stage"),
+            Path::new("/run/obs/x.secret"),
+            &[],
+            false,
+            Run::Foreground,
+        );
+        assert!(!fg.args.iter().any(|a| a == "--daemon"), "{:?}", fg.args);
+        let fg = Mounter::S3fs.command(
+            &source,
+            Path::new("/stage"),
+            Path::new("/run/obs/x.passwd"),
+            &[],
+            false,
+            Run::Foreground,
+        );
+        assert_eq!(fg.args.last().map(String::as_str), Some("-f"));
         let keys = S3Keys::from_secrets(&everest_backend::secrets::Secrets::new(
             [
                 ("access.key".to_owned(), "AK".to_owned()),

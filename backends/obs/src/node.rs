@@ -5,7 +5,7 @@
 //! them from there (never from its command line or environment), and unstage removes them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,7 +14,7 @@ use everest_backend::backend::{
     unsupported,
 };
 use everest_backend::capability::{AccessType, VolumeCapability};
-use everest_backend::host::{Host, mounts_at};
+use everest_backend::host::{Host, MountEntry, mounts_at};
 use everest_backend::node::{
     PublishMode, filesystem_usage, mount_at, publish_filesystem, unmount_and_remove,
 };
@@ -23,7 +23,9 @@ use everest_backend::{BackendName, Error, Result};
 
 use crate::config::ObsConfig;
 use crate::credentials::{ACCESS_KEY_SECRET, S3Keys, SECRET_KEY_SECRET};
-use crate::mounter::{MountSource, Mounter};
+use crate::mounter::{MountSource, Mounter, Run};
+use crate::supervisor::client::SupervisorClient;
+use crate::supervisor::protocol::{MountSpec, MountStatus};
 use crate::volume::{ObsVolume, check_endpoint, check_region, short_hash};
 use crate::{CAPABILITIES, check_capability, context};
 
@@ -33,7 +35,14 @@ pub struct ObsNode {
     name: BackendName,
     config: ObsConfig,
     host: Arc<dyn Host>,
+    /// The mounter supervisor, when the backend names its socket; else the node starts the
+    /// mounters itself (as daemons).
+    supervisor: Option<SupervisorClient>,
 }
+
+/// How long a call to the supervisor may take: a start waits for the mount (up to the
+/// supervisor's 60 s), under the kubelet's two minutes.
+const SUPERVISOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// Where and how a volume is mounted, from its ID, its context and the backend's defaults.
 #[derive(Debug)]
@@ -48,14 +57,44 @@ struct Target {
 impl ObsNode {
     /// Builds the node side on `host`.
     pub fn new(name: BackendName, config: ObsConfig, host: Arc<dyn Host>) -> Self {
-        Self { name, config, host }
+        let supervisor = config.supervisor_socket.clone().map(|socket| {
+            // Longer than the supervisor's own mount limit, so its answer arrives first.
+            SupervisorClient::new(socket, SUPERVISOR_TIMEOUT)
+        });
+        Self {
+            name,
+            config,
+            host,
+            supervisor,
+        }
     }
 
     /// The credentials file of the volume staged at `staging` (s3fs's passwd file, or
     /// rclone's config): one per staging path, so unstage (which gets only the path) finds it.
     pub fn credentials_file(&self, staging: &HostPath) -> PathBuf {
-        let key = short_hash(&staging.as_path().display().to_string(), 24);
+        self.credentials_file_of(staging.as_path())
+    }
+
+    fn credentials_file_of(&self, staging: &Path) -> PathBuf {
+        let key = short_hash(&staging.display().to_string(), 24);
         self.config.runtime_dir.join(format!("{key}.secret"))
+    }
+
+    /// What the supervisor says of the FUSE mount `mount` (at a staging path, or a bind of
+    /// one: the same filesystem, so the same device number), if it supervises it.
+    async fn supervised_status(
+        &self,
+        client: &SupervisorClient,
+        mount: &MountEntry,
+    ) -> Result<Option<MountStatus>> {
+        let statuses = client.list().await?;
+        let all = self.host.mounts().await?;
+        Ok(statuses.into_iter().find(|s| {
+            s.target == mount.mount_point
+                || all
+                    .iter()
+                    .any(|m| m.mount_point == s.target && m.device_number == mount.device_number)
+        }))
     }
 
     fn target(&self, native_id: &str, ctx: &BTreeMap<String, String>) -> Result<Target> {
@@ -179,7 +218,19 @@ impl NodeBackend for ObsNode {
                 req.native_id
             )));
         }
-        let passwd = self.credentials_file(staging);
+        let spec = MountSpec {
+            backend: self.name.to_string(),
+            mounter: t.mounter,
+            endpoint: t.endpoint.clone(),
+            region: t.region.clone(),
+            path_style: t.path_style,
+            bucket: t.volume.bucket.clone(),
+            prefix: t.volume.prefix.clone(),
+            target: staging.as_path().to_owned(),
+            credentials_file: self.credentials_file(staging),
+            options,
+            readonly,
+        };
         let source = MountSource {
             endpoint: &t.endpoint,
             region: &t.region,
@@ -189,17 +240,26 @@ impl NodeBackend for ObsNode {
         };
         self.host.make_dir(staging.as_path()).await?;
         self.host
-            .write_private_file(&passwd, t.mounter.credentials(&keys, &source).as_bytes())
+            .write_private_file(
+                &spec.credentials_file,
+                t.mounter.credentials(&keys, &source).as_bytes(),
+            )
             .await?;
-        let cmd = t
-            .mounter
-            .command(&source, staging.as_path(), &passwd, &options, readonly);
-        if let Err(e) = self.host.mount_fuse(&cmd, staging.as_path()).await {
-            // A mounter stopped at its time limit may have mounted: unstage cleans up then.
-            if !e.timed_out {
-                let _ = self.host.remove_path(&passwd).await;
+        let mounted = match &self.supervisor {
+            Some(client) => client.start(&spec).await.map(drop),
+            None => self
+                .host
+                .mount_fuse(&spec.command(Run::Daemon), staging.as_path())
+                .await
+                .map_err(Error::from),
+        };
+        if let Err(e) = mounted {
+            // A mounter stopped at its time limit (or a supervisor still at work) may have
+            // mounted: unstage cleans up then.
+            if !matches!(e, Error::DeadlineExceeded(_)) {
+                let _ = self.host.remove_path(&spec.credentials_file).await;
             }
-            return Err(Error::from(e).context(format!(
+            return Err(e.context(format!(
                 "volume {}: mounting bucket {} with {}",
                 req.native_id, t.volume.bucket, t.mounter
             )));
@@ -208,7 +268,13 @@ impl NodeBackend for ObsNode {
         Ok(())
     }
 
-    async fn unstage(&self, _native_id: &str, staging: &HostPath) -> Result<()> {
+    async fn unstage(&self, native_id: &str, staging: &HostPath) -> Result<()> {
+        if let Some(client) = &self.supervisor {
+            // The supervisor unmounts and ends the mounter; what it did not mount (a mount
+            // from before it was configured) goes below like any other.
+            let known = client.stop(staging.as_path()).await?;
+            tracing::debug!(volume = %native_id, %staging, supervised = known, "asked the mounter supervisor to stop");
+        }
         // Unmount until nothing is left: a retried stage may have stacked mounts.
         for _ in 0..16 {
             let Some(m) = mounts_at(self.host.as_ref(), staging.as_path())
@@ -269,7 +335,62 @@ impl NodeBackend for ObsNode {
             )));
         }
         // A mounter that died leaves a mount that cannot be read: an abnormal volume.
-        filesystem_usage(self.host.as_ref(), &mount, volume_path).await
+        let usage = filesystem_usage(self.host.as_ref(), &mount, volume_path).await?;
+        let Some(client) = &self.supervisor else {
+            return Ok(usage);
+        };
+        // The supervisor knows more: a mounter being restarted, or given up.
+        let said = match self.supervised_status(client, &mount).await {
+            Ok(status) => status.and_then(|s| s.abnormal()),
+            Err(e) => Some(format!(
+                "{e}: a mounter that dies will not be restarted until it is back"
+            )),
+        };
+        Ok(match (usage, said) {
+            (VolumeUsage::Filesystem { stats, abnormal }, Some(said)) => VolumeUsage::Filesystem {
+                stats,
+                abnormal: Some(abnormal.map_or(said.clone(), |a| format!("{a}; {said}"))),
+            },
+            (VolumeUsage::Lost { .. }, Some(said)) => VolumeUsage::Lost { abnormal: said },
+            (usage, _) => usage,
+        })
+    }
+
+    async fn recover(&self) -> Result<()> {
+        // Ours: FUSE mounts of our mounters whose credentials file is in our runtime dir.
+        let fs_types = [Mounter::S3fs.fs_type(), Mounter::Rclone.fs_type()];
+        let mut ours = Vec::new();
+        for m in self.host.mounts().await? {
+            if fs_types.contains(&m.fs_type.as_str())
+                && self
+                    .host
+                    .exists(&self.credentials_file_of(&m.mount_point))
+                    .await?
+            {
+                ours.push(m);
+            }
+        }
+        let supervised = match &self.supervisor {
+            Some(client) => client.list().await?,
+            None => Vec::new(),
+        };
+        for m in &ours {
+            let status = supervised.iter().find(|s| s.target == m.mount_point);
+            let serving = self.host.fs_stats(&m.mount_point).await.is_ok();
+            tracing::info!(
+                backend = %self.name,
+                staging = %m.mount_point.display(),
+                fs_type = %m.fs_type,
+                serving,
+                supervised = status.is_some(),
+                state = ?status.map(|s| s.state),
+                "re-adopted an object volume's FUSE mount"
+            );
+            if self.supervisor.is_some() && status.is_none() {
+                tracing::warn!(staging = %m.mount_point.display(), "this mount's mounter is not supervised (it was mounted without the supervisor); it is restarted only by unstaging and staging the volume again");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -490,5 +611,83 @@ mod tests {
                 .unwrap()
         );
         assert!(host.mount_table().is_empty());
+    }
+
+    #[tokio::test]
+    async fn with_a_supervisor_the_node_asks_it_to_mount_and_unmount() {
+        use crate::supervisor::host::fake::FakeMounterHost;
+        use crate::supervisor::{Settings, Supervisor, server};
+
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("mounter.sock");
+        let host = Arc::new(FakeHost::default());
+        let table = serde_json::json!({
+            "endpoint": "http://127.0.0.1:9000", "runtime_dir": "/run/test-obs",
+            "supervisor_socket": socket,
+        });
+        let config = ObsConfig::parse("objects", table.as_object().unwrap()).unwrap();
+        let n = ObsNode::new(BackendName::new("objects").unwrap(), config, host.clone());
+        let req = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+
+        // No supervisor answers: UNAVAILABLE, and no credentials are left behind.
+        let err = n.stage(&req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+        assert!(err.to_string().contains("everest-mounter"), "{err}");
+        assert!(
+            !host
+                .exists(&n.credentials_file(&req.staging))
+                .await
+                .unwrap()
+        );
+
+        let machine = Arc::new(FakeMounterHost::default());
+        let mut settings = Settings::new(dir.path().join("state"));
+        settings.poll = std::time::Duration::from_millis(10);
+        let sup = Supervisor::new(machine.clone(), settings);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn({
+            let socket = socket.clone();
+            async move {
+                server::serve(sup, &socket, async {
+                    let _ = stop_rx.await;
+                })
+                .await
+            }
+        });
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        n.stage(&req).await.unwrap();
+        let spawned = machine.spawned();
+        assert_eq!(spawned.len(), 1, "{spawned:?}");
+        assert!(
+            spawned[0].starts_with("s3fs shared:/pvc-1 /var/lib/kubelet/plugins/x/globalmount -o ")
+        );
+        assert!(spawned[0].ends_with(" -f") && !spawned[0].contains("hunter2"));
+        assert!(
+            !host.calls().iter().any(|c| c.starts_with("fuse ")),
+            "the node mounted itself"
+        );
+        assert!(
+            host.exists(&n.credentials_file(&req.staging))
+                .await
+                .unwrap()
+        );
+        n.recover().await.unwrap();
+
+        n.unstage(&req.native_id, &req.staging).await.unwrap();
+        assert!(!machine.is_mounted(req.staging.as_path()));
+        assert!(
+            !host
+                .exists(&n.credentials_file(&req.staging))
+                .await
+                .unwrap()
+        );
+        let _ = stop_tx.send(());
+        served.await.unwrap().unwrap();
+        assert!(!socket.exists());
     }
 }

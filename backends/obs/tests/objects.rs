@@ -24,6 +24,9 @@ use everest_obs::{ObsConfig, ObsController, ObsNode, context};
 use everest_testsupport::{S3Server, skip_unless_s3_server, skip_without};
 use tonic::Code;
 
+mod common;
+use common::{fuse_unavailable, shown_by_any_process};
+
 const AK: &str = "AKIAEVERESTTEST";
 /// Looked for in every process's command line and in every error: it must show nowhere.
 const SK: &str = "sk-never-shown-4f1d2c";
@@ -488,20 +491,6 @@ fn mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
 }
 
-/// Whether any process's command line or environment shows `needle`.
-fn shown_by_any_process(needle: &str) -> Option<String> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        for file in ["cmdline", "environ"] {
-            if let Ok(bytes) = std::fs::read(entry.path().join(file))
-                && String::from_utf8_lossy(&bytes).contains(needle)
-            {
-                return Some(format!("{}/{file}", entry.path().display()));
-            }
-        }
-    }
-    None
-}
-
 /// The s3fs process whose command line names `mount_point` (the test's own mount).
 fn s3fs_serving(mount_point: &Path) -> Option<rustix::process::Pid> {
     let wanted = mount_point.display().to_string();
@@ -517,16 +506,6 @@ fn s3fs_serving(mount_point: &Path) -> Option<rustix::process::Pid> {
                 .then(|| rustix::process::Pid::from_raw(pid))
                 .flatten()
         })
-}
-
-fn fuse_unavailable() -> Option<String> {
-    if rustix::process::geteuid().as_raw() != 0 {
-        return Some("not root: FUSE mounts need root".into());
-    }
-    if !Path::new("/dev/fuse").exists() {
-        return Some("/dev/fuse is missing".into());
-    }
-    None
 }
 
 #[tokio::test]

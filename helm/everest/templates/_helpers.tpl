@@ -70,6 +70,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $found -}}true{{- end -}}
 {{- end -}}
 
+{{/* The mounter supervisor's socket, in the emptyDir everest-node and everest-mounter share. */}}
+{{- define "everest.mounterSocket" -}}/run/everest/mounter/mounter.sock{{- end -}}
+
+{{/* "true" when the mounter supervisor container is rendered: enabled, and an obs backend is. */}}
+{{- define "everest.mounterSupervised" -}}
+{{- if and .Values.node.mounterSupervisor.enabled (include "everest.hasKind" (dict "ctx" . "kind" "obs")) -}}true{{- end -}}
+{{- end -}}
+
 {{/* Whether volumes of this driver are attached by the controller: block kinds need it. */}}
 {{- define "everest.attachRequired" -}}
 {{- if kindIs "bool" .Values.csiDriver.attachRequired -}}

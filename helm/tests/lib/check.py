@@ -79,7 +79,51 @@ def parse_args(args):
     return out
 
 
-def cmd_wiring(rendered, ctrl_help, node_help):
+MOUNTER = "everest-mounter"
+
+
+def mount_under(container, path):
+    """The volume mount holding `path` in `container` (the longest mountPath above it)."""
+    best = None
+    for m in container.get("volumeMounts", []):
+        mp = m["mountPath"].rstrip("/")
+        if (path == mp or path.startswith(mp + "/")) and (best is None or len(mp) > len(best["mountPath"].rstrip("/"))):
+            best = m
+    return best
+
+
+def check_mounter(c, node, config, help_path, kubelet_host):
+    """The FUSE mounter supervisor: its flags exist, its socket is where everest-node looks
+    (everest.toml's supervisor_socket) on a volume both containers mount at the same path,
+    its state is on a volume, and it mounts the kubelet dir like everest-node."""
+    if help_path is None:
+        fail(f"{MOUNTER} is rendered but no `{MOUNTER} --help` output was given")
+    known = set(re.findall(r"^\s+(?:-\w, )?--([a-z][a-z0-9-]*)", open(help_path).read(), re.M))
+    if "socket" not in known:
+        fail(f"{help_path}: no --socket in {MOUNTER} --help")
+    if c["command"] != [f"/usr/local/bin/{MOUNTER}"]:
+        fail(f"{MOUNTER}: command {c['command']} is not the image's binary path")
+    margs = parse_args(c.get("args", []))
+    unknown = set(margs) - known
+    if unknown:
+        fail(f"{MOUNTER}: flags {sorted(unknown)} not in `{MOUNTER} --help`")
+    sock = margs.get("socket", "")
+    wanted = re.findall(r'^supervisor_socket = "([^"]*)"', config["data"]["everest.toml"], re.M)
+    if not wanted or set(wanted) != {sock}:
+        fail(f"{MOUNTER}: --socket {sock!r}, but everest.toml's supervisor_socket is {wanted}")
+    mine, theirs = mount_under(c, sock), mount_under(node, sock)
+    if not mine or not theirs or (mine["name"], mine["mountPath"]) != (theirs["name"], theirs["mountPath"]):
+        fail(f"{MOUNTER}: socket {sock} is not on a volume everest-node mounts at the same path")
+    if not mount_under(c, margs.get("state-dir", "/")) or margs.get("state-dir", "/") == "/":
+        fail(f"{MOUNTER}: --state-dir is not on a volume (the root filesystem is read-only)")
+    bidi = [m for m in c.get("volumeMounts", []) if m.get("mountPropagation") == "Bidirectional"]
+    if [m["mountPath"] for m in bidi] != [kubelet_host]:
+        fail(f"{MOUNTER}: exactly one Bidirectional mount, the kubelet dir at {kubelet_host}, expected")
+    if not mount_under(c, "/dev/fuse"):
+        fail(f"{MOUNTER}: /dev is not mounted (FUSE needs /dev/fuse)")
+
+
+def cmd_wiring(rendered, ctrl_help, node_help, mounter_help=None):
     docs = load_docs(rendered)
     daemons = {"everest-controller": help_flags(ctrl_help), "everest-node": help_flags(node_help)}
     pods = {d["kind"]: d for d in docs if d["kind"] in ("Deployment", "DaemonSet")}
@@ -121,7 +165,7 @@ def cmd_wiring(rendered, ctrl_help, node_help):
         if ports.get("metrics") != metrics_port:
             fail(f"{main}: port 'metrics' {ports.get('metrics')} != --metrics-address {metrics_port}")
         for name, c in containers.items():
-            if name == main:
+            if name in (main, MOUNTER):
                 continue
             cargs = parse_args(c.get("args", []))
             allowed = SIDECAR_FLAGS.get(name)
@@ -163,8 +207,10 @@ def cmd_wiring(rendered, ctrl_help, node_help):
                 fail("everest-node: /dev is not mounted")
             for name, c in containers.items():
                 priv = c.get("securityContext", {}).get("privileged", False)
-                if priv != (name == main):
-                    fail(f"{name}: privileged={priv}; only everest-node may be privileged")
+                if priv != (name in (main, MOUNTER)):
+                    fail(f"{name}: privileged={priv}; only everest-node and {MOUNTER} may be privileged")
+            if MOUNTER in containers:
+                check_mounter(containers[MOUNTER], daemon, config, mounter_help, host)
         else:
             for name, c in containers.items():
                 sc = c.get("securityContext", {})
