@@ -134,6 +134,9 @@ impl NfsServer {
         let logs = server.dir.path().to_path_buf();
         let rpcbind = server.daemon(Command::new("rpcbind").arg("-f"))?;
         server.rpcbind = Some(Proc::spawn("rpcbind", rpcbind, &logs).map_err(spawn_err)?);
+        // ganesha registers with rpcbind as it starts, and gives up ("Cannot register NFS V3 on
+        // UDP") if rpcbind does not answer yet: start it only once rpcbind does.
+        server.wait_rpcbind()?;
         let mut ganesha = Command::new("ganesha.nfsd");
         ganesha
             .args(["-F", "-f"])
@@ -203,6 +206,30 @@ impl NfsServer {
             });
         }
         Ok(out)
+    }
+
+    /// Polls `rpcinfo -p` in the namespace until rpcbind answers.
+    fn wait_rpcbind(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(p) = self.rpcbind.as_mut()
+                && let Some(status) = p.exited()
+            {
+                return Err(format!("rpcbind exited ({status})\n{}", p.log_tail(20)));
+            }
+            let answered = self
+                .command("rpcinfo")
+                .args(["-p", "127.0.0.1"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if answered {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("rpcbind did not answer within {READY_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Polls `rpcinfo -p` in the namespace until NFS v3 and MOUNT v3 are registered over TCP.

@@ -486,6 +486,7 @@ async fn rclone_runs_supervised_and_is_restarted() {
             common: CommonParams::default(),
             parameters: [("everest.io/obs-mounter".to_owned(), "rclone".to_owned())].into(),
             topology: None,
+            source: None,
             secrets: Secrets::default(),
         })
         .await
