@@ -195,6 +195,27 @@ pub async fn mount_at(host: &dyn Host, volume: &str, path: &HostPath) -> Result<
         .ok_or_else(|| Error::NotFound(format!("volume {volume} is not mounted at {path}")))
 }
 
+/// [`mount_at`], refusing a mount whose filesystem type does not start with `fs_type` (`nfs`,
+/// `fuse`): what a path holds must be a volume of this kind (`what`, e.g. `NFS volume`) before
+/// its usage is reported as the volume's.
+pub async fn mount_of_kind(
+    host: &dyn Host,
+    volume: &str,
+    path: &HostPath,
+    fs_type: &str,
+    what: &str,
+) -> Result<MountEntry> {
+    let mount = mount_at(host, volume, path).await?;
+    if mount.fs_type.starts_with(fs_type) {
+        Ok(mount)
+    } else {
+        Err(Error::NotFound(format!(
+            "{path} holds a {} mount of {}, not {what} {volume}",
+            mount.fs_type, mount.source
+        )))
+    }
+}
+
 /// Usage and health of the filesystem `mount` at `path`, which the backend has found to be this
 /// volume's. A kernel that remounted it read-only (after I/O or filesystem errors) or a
 /// filesystem that cannot be read any more makes the volume abnormal, not the call an error:

@@ -16,7 +16,7 @@ use everest_backend::backend::{
 use everest_backend::capability::{AccessType, VolumeCapability};
 use everest_backend::host::{Host, MountEntry, mounts_at};
 use everest_backend::node::{
-    PublishMode, filesystem_usage, mount_at, publish_filesystem, unmount_and_remove,
+    PublishMode, filesystem_usage, mount_of_kind, publish_filesystem, unmount_and_remove,
 };
 use everest_backend::paths::HostPath;
 use everest_backend::{BackendName, Error, Result};
@@ -327,13 +327,14 @@ impl NodeBackend for ObsNode {
     }
 
     async fn stats(&self, native_id: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
-        let mount = mount_at(self.host.as_ref(), native_id, volume_path).await?;
-        if !mount.fs_type.starts_with("fuse") {
-            return Err(Error::NotFound(format!(
-                "{volume_path} holds a {} mount of {}, not object volume {native_id}",
-                mount.fs_type, mount.source
-            )));
-        }
+        let mount = mount_of_kind(
+            self.host.as_ref(),
+            native_id,
+            volume_path,
+            "fuse",
+            "object volume",
+        )
+        .await?;
         // A mounter that died leaves a mount that cannot be read: an abnormal volume.
         let usage = filesystem_usage(self.host.as_ref(), &mount, volume_path).await?;
         let Some(client) = &self.supervisor else {

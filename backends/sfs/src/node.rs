@@ -13,7 +13,8 @@ use everest_backend::capability::{AccessType, VolumeCapability};
 use everest_backend::host::Host;
 use everest_backend::nfs::{self, NfsExport};
 use everest_backend::node::{
-    PublishMode, filesystem_usage, mount_at, publish_filesystem, unmount_all, unmount_and_remove,
+    PublishMode, filesystem_usage, mount_of_kind, publish_filesystem, unmount_all,
+    unmount_and_remove,
 };
 use everest_backend::paths::HostPath;
 use everest_backend::{BackendName, Error, Result};
@@ -113,13 +114,14 @@ impl NodeBackend for SfsNode {
     }
 
     async fn stats(&self, native_id: &str, volume_path: &HostPath) -> Result<VolumeUsage> {
-        let mount = mount_at(self.host.as_ref(), native_id, volume_path).await?;
-        if !mount.fs_type.starts_with("nfs") {
-            return Err(Error::NotFound(format!(
-                "{volume_path} holds a {} mount of {}, not NFS volume {native_id}",
-                mount.fs_type, mount.source
-            )));
-        }
+        let mount = mount_of_kind(
+            self.host.as_ref(),
+            native_id,
+            volume_path,
+            "nfs",
+            "NFS volume",
+        )
+        .await?;
         filesystem_usage(self.host.as_ref(), &mount, volume_path).await
     }
 }
