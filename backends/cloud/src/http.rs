@@ -14,6 +14,7 @@ use super::config::CloudConfig;
 use super::credentials::{AkSk, Auth, AuthSource};
 use super::error::{ApiError, Error, Result, TransportKind};
 use super::sign;
+use everest_backend::daemon::cloud_calls::{self, RETRIES_TOTAL};
 
 /// A cloud API, as named in metric labels and errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -265,21 +266,7 @@ impl Transport {
             Ok((status, _, _)) => status.to_string(),
             Err(_) => "error".to_owned(),
         };
-        metrics::histogram!(
-            REQUEST_DURATION,
-            "backend" => backend.to_owned(),
-            "service" => service,
-            "operation" => call.operation,
-        )
-        .record(started.elapsed().as_secs_f64());
-        metrics::counter!(
-            REQUESTS_TOTAL,
-            "backend" => backend.to_owned(),
-            "service" => service,
-            "operation" => call.operation,
-            "status" => status.clone(),
-        )
-        .increment(1);
+        cloud_calls::record(backend, service, call.operation, &status, started.elapsed());
         tracing::debug!(
             backend,
             service,
@@ -512,28 +499,9 @@ fn retry_reason(e: &Error) -> &'static str {
     }
 }
 
-/// Counter of cloud API attempts by backend instance, service, operation and HTTP status.
-pub const REQUESTS_TOTAL: &str = "everest_cloud_api_requests_total";
-/// Histogram of cloud API attempt latency.
-pub const REQUEST_DURATION: &str = "everest_cloud_api_request_duration_seconds";
-/// Counter of retried cloud API attempts by reason.
-pub const RETRIES_TOTAL: &str = "everest_cloud_api_retries_total";
-
 /// Gives the client's metrics their help text; call once after the metrics recorder is installed.
 pub fn describe_metrics() {
-    metrics::describe_counter!(
-        REQUESTS_TOTAL,
-        "Cloud API requests sent (every attempt), by backend instance, service, operation and HTTP status"
-    );
-    metrics::describe_histogram!(
-        REQUEST_DURATION,
-        metrics::Unit::Seconds,
-        "Cloud API request latency per attempt, by backend instance, service and operation"
-    );
-    metrics::describe_counter!(
-        RETRIES_TOTAL,
-        "Cloud API attempts retried, by backend instance, service, operation and reason (throttled, server_error, timeout, connection)"
-    );
+    cloud_calls::describe();
 }
 
 #[cfg(test)]

@@ -507,7 +507,8 @@ impl ControllerBackend for ObsController {
         let Ok(c) = self.s3.client(None) else {
             return Ok(());
         };
-        match c.list_buckets().max_buckets(1).send().await {
+        let call = c.list_buckets().max_buckets(1).send();
+        match self.s3.observed("ListBuckets", call).await {
             Ok(_) => Ok(()),
             Err(e) => match crate::s3::s3_error("ListBuckets (probe)", e) {
                 // The endpoint answered; these keys may just not list buckets.

@@ -15,6 +15,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier, Tag, Tagging,
 };
+use everest_backend::daemon::cloud_calls;
 use everest_backend::{Error, Result};
 
 use crate::config::ObsConfig;
@@ -23,6 +24,8 @@ use crate::credentials::S3Keys;
 /// Builds clients for one backend instance: with its own keys, or a volume's.
 #[derive(Debug, Clone)]
 pub struct S3 {
+    /// The backend instance, as the `backend` label of the call metrics.
+    name: String,
     base: aws_sdk_s3::config::Builder,
     region: String,
     keys: Option<S3Keys>,
@@ -68,6 +71,7 @@ impl S3 {
             base = base.http_client(client);
         }
         Ok(Self {
+            name: name.to_owned(),
             base,
             region: cfg.region.clone(),
             keys,
@@ -97,7 +101,10 @@ impl S3 {
 
     /// Whether `bucket` exists (and these keys may see it).
     pub async fn bucket_exists(&self, c: &Client, bucket: &str) -> Result<bool> {
-        match c.head_bucket().bucket(bucket).send().await {
+        match self
+            .observed("HeadBucket", c.head_bucket().bucket(bucket).send())
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(s3_error(format_args!("HeadBucket {bucket}"), e)),
@@ -115,7 +122,7 @@ impl S3 {
                     .build(),
             );
         }
-        match req.send().await {
+        match self.observed("CreateBucket", req.send()).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
             Err(e) => Err(s3_error(format_args!("CreateBucket {bucket}"), e)),
@@ -124,7 +131,13 @@ impl S3 {
 
     /// The bucket's tags (none is an empty map).
     pub async fn bucket_tags(&self, c: &Client, bucket: &str) -> Result<BTreeMap<String, String>> {
-        match c.get_bucket_tagging().bucket(bucket).send().await {
+        match self
+            .observed(
+                "GetBucketTagging",
+                c.get_bucket_tagging().bucket(bucket).send(),
+            )
+            .await
+        {
             Ok(out) => Ok(out
                 .tag_set()
                 .iter()
@@ -151,10 +164,12 @@ impl S3 {
             .set_tag_set(Some(tag_set))
             .build()
             .map_err(|e| Error::Internal(format!("bucket tags for {bucket}: {e}")))?;
-        c.put_bucket_tagging()
+        let call = c
+            .put_bucket_tagging()
             .bucket(bucket)
             .tagging(tagging)
-            .send()
+            .send();
+        self.observed("PutBucketTagging", call)
             .await
             .map(drop)
             .map_err(|e| s3_error(format_args!("PutBucketTagging {bucket}"), e))
@@ -162,7 +177,10 @@ impl S3 {
 
     /// Removes the (empty) bucket; one already gone is success.
     pub async fn delete_bucket(&self, c: &Client, bucket: &str) -> Result<()> {
-        match c.delete_bucket().bucket(bucket).send().await {
+        match self
+            .observed("DeleteBucket", c.delete_bucket().bucket(bucket).send())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("NoSuchBucket") || status(&e) == Some(404) => Ok(()),
             Err(e) => Err(s3_error(format_args!("DeleteBucket {bucket}"), e)),
@@ -171,12 +189,14 @@ impl S3 {
 
     /// Whether any object's key starts with `prefix`.
     pub async fn has_objects(&self, c: &Client, bucket: &str, prefix: &str) -> Result<bool> {
-        let out = c
+        let call = c
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
             .max_keys(1)
-            .send()
+            .send();
+        let out = self
+            .observed("ListObjectsV2", call)
             .await
             .map_err(|e| s3_error(format_args!("ListObjectsV2 {bucket}/{prefix}"), e))?;
         Ok(!out.contents().is_empty())
@@ -194,12 +214,14 @@ impl S3 {
         let mut deleted = 0;
         let mut token: Option<String> = None;
         loop {
-            let page = c
+            let call = c
                 .list_objects_v2()
                 .bucket(bucket)
                 .prefix(prefix)
                 .set_continuation_token(token.take())
-                .send()
+                .send();
+            let page = self
+                .observed("ListObjectsV2", call)
                 .await
                 .map_err(|e| s3_error(format_args!("ListObjectsV2 {bucket}/{prefix}"), e))?;
             let keys = page
@@ -233,11 +255,9 @@ impl S3 {
             .quiet(true)
             .build()
             .map_err(|e| Error::Internal(format!("deleting from {bucket}: {e}")))?;
-        let out = c
-            .delete_objects()
-            .bucket(bucket)
-            .delete(delete)
-            .send()
+        let call = c.delete_objects().bucket(bucket).delete(delete).send();
+        let out = self
+            .observed("DeleteObjects", call)
             .await
             .map_err(|e| s3_error(format_args!("DeleteObjects {bucket}"), e))?;
         if let Some(failed) = out.errors().first() {
@@ -259,7 +279,10 @@ impl S3 {
         bucket: &str,
         key: &str,
     ) -> Result<Option<BTreeMap<String, String>>> {
-        match c.head_object().bucket(bucket).key(key).send().await {
+        match self
+            .observed("HeadObject", c.head_object().bucket(bucket).key(key).send())
+            .await
+        {
             Ok(out) => Ok(Some(
                 out.metadata()
                     .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
@@ -278,15 +301,36 @@ impl S3 {
         key: &str,
         metadata: &BTreeMap<String, String>,
     ) -> Result<()> {
-        c.put_object()
+        let call = c
+            .put_object()
             .bucket(bucket)
             .key(key)
             .set_metadata(Some(metadata.clone().into_iter().collect()))
             .body(Vec::new().into())
-            .send()
+            .send();
+        self.observed("PutObject", call)
             .await
             .map(drop)
             .map_err(|e| s3_error(format_args!("PutObject {bucket}/{key}"), e))
+    }
+}
+
+impl S3 {
+    /// Runs one S3 call and counts it in the cloud call metrics (`service="s3"`), with the
+    /// HTTP status of a failure, `2xx` for a success, `error` when no answer came.
+    pub async fn observed<T, E>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
+    ) -> std::result::Result<T, SdkError<E, HttpResponse>> {
+        let started = std::time::Instant::now();
+        let out = call.await;
+        let status = match &out {
+            Ok(_) => "2xx".to_owned(),
+            Err(e) => status(e).map_or_else(|| "error".to_owned(), |s| s.to_string()),
+        };
+        cloud_calls::record(&self.name, "s3", operation, &status, started.elapsed());
+        out
     }
 }
 

@@ -101,6 +101,22 @@ async fn an_object_volume_goes_through_both_daemons() {
         .volume
         .unwrap();
     assert_eq!(again.volume_id, vol.volume_id);
+    // The S3 calls are counted with the cloud calls, by operation and status.
+    let metrics = world
+        .metrics(Daemon::Controller)
+        .await
+        .expect("controller metrics");
+    for operation in ["CreateBucket", "HeadBucket", "PutBucketTagging"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("everest_cloud_api_requests_total{")
+                    && l.contains("service=\"s3\"")
+                    && l.contains(&format!("operation=\"{operation}\""))
+                    && l.contains("backend=\"objects\"")),
+            "no S3 {operation} counted:\n{metrics}"
+        );
+    }
     let bucket = vol.volume_context["everest.io/obs-bucket"].clone();
     assert_eq!(vol.capacity_bytes, GIB);
 

@@ -13,6 +13,7 @@
 //! - [`reachability`]: each backend's service watched in the background (a gauge, never Probe).
 
 pub mod authority;
+pub mod cloud_calls;
 pub mod config;
 pub mod fields;
 pub mod identity;
