@@ -24,11 +24,13 @@ const PSEUDO: &str = "/exports";
 const BACKEND: &str = "files";
 const EXPORT_KEY: &str = "everest.io/nfs-export";
 
-fn kernel_has_nfs() -> bool {
-    std::fs::read_to_string("/proc/filesystems")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some("nfs"))
+/// What the node itself asks before an NFS mount.
+async fn kernel_has_nfs() -> bool {
+    use everest_backend::host::{Host, LinuxHost};
+    LinuxHost::default()
+        .kernel_supports("nfs")
+        .await
+        .expect("read /proc/filesystems")
 }
 
 /// The `sfs` instance with both modes: directories under `k8s/` of the export, shares made by
@@ -104,7 +106,7 @@ async fn one_volume(
 
     let payload = world.root().join(format!("{name}.txt"));
     std::fs::write(&payload, format!("{name} written over NFS\n")).unwrap();
-    if kernel_has_nfs() {
+    if kernel_has_nfs().await {
         v.stage().await.expect("NodeStageVolume");
         v.publish(false).await.expect("NodePublishVolume");
         std::fs::copy(&payload, Path::new(&v.target).join("hello.txt")).expect("write in the pod");

@@ -127,6 +127,35 @@ pub struct CreateVolume {
     pub secrets: Secrets,
 }
 
+#[cfg(any(test, feature = "test-util"))]
+impl CreateVolume {
+    /// A request for tests: `name`, at least `required_bytes`, the one capability `capability`
+    /// and the StorageClass `params`; no topology, source or secrets.
+    pub fn for_test(
+        name: &str,
+        required_bytes: u64,
+        capability: VolumeCapability,
+        params: &[(&str, &str)],
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            capacity: CapacityRange {
+                required_bytes,
+                limit_bytes: 0,
+            },
+            capabilities: vec![capability],
+            common: CommonParams::default(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            topology: None,
+            source: None,
+            secrets: Secrets::default(),
+        }
+    }
+}
+
 /// A volume as the controller reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {

@@ -80,6 +80,17 @@ impl VolumeCapability {
     pub fn is_block(&self) -> bool {
         self.access_type == AccessType::Block
     }
+
+    /// A filesystem capability with `mode`, mount flags `flags`, and no filesystem type.
+    pub fn mount(mode: AccessMode, flags: &[&str]) -> Self {
+        Self {
+            access_type: AccessType::Mount {
+                fs_type: String::new(),
+                mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+            },
+            access_mode: mode,
+        }
+    }
 }
 
 impl TryFrom<&csi::VolumeCapability> for VolumeCapability {

@@ -16,7 +16,6 @@ use everest_backend::backend::{
 use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
 use everest_backend::capacity::CapacityRange;
 use everest_backend::host::LinuxHost;
-use everest_backend::params::CommonParams;
 use everest_backend::paths::{AllowedRoot, HostPath};
 use everest_backend::secrets::Secrets;
 use everest_obs::volume::bucket_for_request;
@@ -39,29 +38,12 @@ fn secrets() -> Secrets {
 }
 
 fn cap(mode: AccessMode, flags: &[&str]) -> VolumeCapability {
-    VolumeCapability {
-        access_type: AccessType::Mount {
-            fs_type: String::new(),
-            mount_flags: flags.iter().map(|f| f.to_string()).collect(),
-        },
-        access_mode: mode,
-    }
+    VolumeCapability::mount(mode, flags)
 }
 
 fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
-    CreateVolume {
-        name: name.into(),
-        capacity: CapacityRange::new(1 << 30, 0).unwrap(),
-        capabilities: vec![cap(AccessMode::MultiNodeMultiWriter, &[])],
-        common: CommonParams::default(),
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        topology: None,
-        source: None,
-        secrets: Secrets::default(),
-    }
+    let cap = cap(AccessMode::MultiNodeMultiWriter, &[]);
+    CreateVolume::for_test(name, 1 << 30, cap, params)
 }
 
 /// A moto server, a controller with a credentials file, and a client to look with.

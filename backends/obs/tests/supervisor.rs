@@ -434,10 +434,8 @@ async fn rclone_runs_supervised_and_is_restarted() {
 
     use everest_backend::BackendName;
     use everest_backend::backend::{ControllerBackend, CreateVolume, NodeBackend, NodeStage};
-    use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
-    use everest_backend::capacity::CapacityRange;
+    use everest_backend::capability::{AccessMode, VolumeCapability};
     use everest_backend::host::LinuxHost;
-    use everest_backend::params::CommonParams;
     use everest_backend::paths::AllowedRoot;
     use everest_backend::secrets::Secrets;
     use everest_obs::{ObsConfig, ObsController, ObsNode};
@@ -471,24 +469,14 @@ async fn rclone_runs_supervised_and_is_restarted() {
     };
     let name = BackendName::new("objects").unwrap();
     let controller = ObsController::new(name.clone(), table(true)).unwrap();
-    let cap = VolumeCapability {
-        access_type: AccessType::Mount {
-            fs_type: String::new(),
-            mount_flags: vec!["dir-cache-time=1s".into()],
-        },
-        access_mode: AccessMode::MultiNodeMultiWriter,
-    };
+    let cap = VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &["dir-cache-time=1s"]);
     let v = controller
-        .create_volume(&CreateVolume {
-            name: "pvc-rc-sup".into(),
-            capacity: CapacityRange::new(1 << 30, 0).unwrap(),
-            capabilities: vec![cap.clone()],
-            common: CommonParams::default(),
-            parameters: [("everest.io/obs-mounter".to_owned(), "rclone".to_owned())].into(),
-            topology: None,
-            source: None,
-            secrets: Secrets::default(),
-        })
+        .create_volume(&CreateVolume::for_test(
+            "pvc-rc-sup",
+            1 << 30,
+            cap.clone(),
+            &[("everest.io/obs-mounter", "rclone")],
+        ))
         .await
         .unwrap();
     let node = ObsNode::new(name, table(false), Arc::new(LinuxHost::default()));

@@ -218,8 +218,7 @@ impl ControllerBackend for SfsController {
 mod tests {
     use std::sync::Mutex;
 
-    use everest_backend::capability::{AccessMode, AccessType};
-    use everest_backend::params::CommonParams;
+    use everest_backend::capability::AccessMode;
 
     use super::*;
 
@@ -276,25 +275,8 @@ mod tests {
     }
 
     fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
-        CreateVolume {
-            name: name.into(),
-            capacity: CapacityRange::new(1 << 30, 0).unwrap(),
-            capabilities: vec![VolumeCapability {
-                access_type: AccessType::Mount {
-                    fs_type: String::new(),
-                    mount_flags: vec![],
-                },
-                access_mode: AccessMode::MultiNodeMultiWriter,
-            }],
-            common: CommonParams::default(),
-            parameters: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            topology: None,
-            source: None,
-            secrets: Secrets::default(),
-        }
+        let cap = VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &[]);
+        CreateVolume::for_test(name, 1 << 30, cap, params)
     }
 
     #[tokio::test]

@@ -11,40 +11,22 @@ use std::sync::Arc;
 
 use everest_backend::BackendName;
 use everest_backend::backend::{ControllerBackend, ControllerPublish, CreateVolume};
-use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
+use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::capacity::{CapacityRange, GIB};
-use everest_backend::params::CommonParams;
 use everest_backend::secrets::Secrets;
 use everest_testsupport::nfs::{NfsServer, ShareCloud, skip_unless_nfs_server};
 
 const PSEUDO: &str = "/sfs-turbo";
 
 fn cap() -> VolumeCapability {
-    VolumeCapability {
-        access_type: AccessType::Mount {
-            fs_type: String::new(),
-            mount_flags: vec![],
-        },
-        access_mode: AccessMode::MultiNodeMultiWriter,
-    }
+    VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &[])
 }
 
+/// A CreateVolume of mode share for `gib` GiB.
 fn create(name: &str, gib: u64, params: &[(&str, &str)]) -> CreateVolume {
-    let mut parameters: BTreeMap<String, String> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    parameters.insert("everest.io/sfs-mode".into(), "share".into());
-    CreateVolume {
-        name: name.into(),
-        capacity: CapacityRange::new((gib * GIB) as i64, 0).unwrap(),
-        capabilities: vec![cap()],
-        common: CommonParams::default(),
-        parameters,
-        topology: None,
-        source: None,
-        secrets: Secrets::default(),
-    }
+    let mut all = vec![("everest.io/sfs-mode", "share")];
+    all.extend_from_slice(params);
+    CreateVolume::for_test(name, gib * GIB, cap(), &all)
 }
 
 fn controller(cloud: &ShareCloud, extra: serde_json::Value) -> Arc<dyn ControllerBackend> {

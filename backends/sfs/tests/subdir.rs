@@ -8,34 +8,15 @@ use std::path::Path;
 
 use everest_backend::BackendName;
 use everest_backend::backend::CreateVolume;
-use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
-use everest_backend::capacity::CapacityRange;
-use everest_backend::params::CommonParams;
+use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::secrets::Secrets;
 use everest_testsupport::nfs::{NfsServer, skip_unless_nfs_server};
 
 const PSEUDO: &str = "/exports";
 
 fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
-    CreateVolume {
-        name: name.into(),
-        capacity: CapacityRange::new(1 << 30, 0).unwrap(),
-        capabilities: vec![VolumeCapability {
-            access_type: AccessType::Mount {
-                fs_type: String::new(),
-                mount_flags: vec![],
-            },
-            access_mode: AccessMode::MultiNodeMultiWriter,
-        }],
-        common: CommonParams::default(),
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        topology: None,
-        source: None,
-        secrets: Secrets::default(),
-    }
+    let cap = VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &[]);
+    CreateVolume::for_test(name, 1 << 30, cap, params)
 }
 
 #[test]
@@ -186,10 +167,10 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
     assert_eq!(nfs_mounts(), mounts_before, "the controller mounted NFS");
     // Where the kernel has no NFS client at all (these machines), working is itself the proof
     // that no kernel mount was involved.
-    let kernel_nfs = std::fs::read_to_string("/proc/filesystems")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some("nfs"));
+    let kernel_nfs = server.block_on_inside(async {
+        use everest_backend::host::{Host, LinuxHost};
+        LinuxHost::default().kernel_supports("nfs").await.unwrap()
+    });
     eprintln!("kernel NFS client present: {kernel_nfs}");
     assert!(Path::new(server.export_root()).exists());
 }
