@@ -14,7 +14,7 @@ use everest_backend::backend::{
     unsupported,
 };
 use everest_backend::capability::{AccessType, VolumeCapability};
-use everest_backend::host::{Host, MountEntry, mounts_at};
+use everest_backend::host::{Host, MountEntry, bind_again, binds_of, mounts_at};
 use everest_backend::node::{
     PublishMode, filesystem_usage, mount_of_kind, publish_filesystem, unmount_and_remove,
 };
@@ -180,6 +180,8 @@ impl NodeBackend for ObsNode {
         let options = self.options(t.mounter, &req.capability)?;
         let readonly = req.capability.access_mode.is_read_only();
         let staging = &req.staging;
+        // Pods' binds of a dead staged mount, bound again once it is mounted anew.
+        let mut dead_binds = Vec::new();
         if let Some(m) = mounts_at(self.host.as_ref(), staging.as_path())
             .await?
             .last()
@@ -202,6 +204,7 @@ impl NodeBackend for ObsNode {
                 // The mounter died ("transport endpoint is not connected"): mount it again.
                 Err(e) => {
                     tracing::warn!(volume = %req.native_id, %staging, error = %e, "staged FUSE mount is dead; mounting it again");
+                    dead_binds = binds_of(self.host.as_ref(), staging.as_path()).await?;
                     self.host.unmount_fuse(staging.as_path()).await?;
                 }
             }
@@ -263,6 +266,17 @@ impl NodeBackend for ObsNode {
                 "volume {}: mounting bucket {} with {}",
                 req.native_id, t.volume.bucket, t.mounter
             )));
+        }
+        for bind in &dead_binds {
+            let point = bind.mount_point.display();
+            match bind_again(self.host.as_ref(), staging.as_path(), bind).await {
+                Ok(()) => {
+                    tracing::info!(volume = %req.native_id, bind = %point, "bound the repaired mount over a pod's dead bind of it")
+                }
+                Err(e) => {
+                    tracing::warn!(volume = %req.native_id, bind = %point, error = %e, "cannot bind the repaired mount again; that pod keeps the dead mount until it is published again")
+                }
+            }
         }
         tracing::info!(volume = %req.native_id, %staging, mounter = %t.mounter, "object volume staged");
         Ok(())
@@ -337,16 +351,28 @@ impl NodeBackend for ObsNode {
         .await?;
         // A mounter that died leaves a mount that cannot be read: an abnormal volume.
         let usage = filesystem_usage(self.host.as_ref(), &mount, volume_path).await?;
-        let Some(client) = &self.supervisor else {
-            return Ok(usage);
-        };
+        let mut notes = Vec::new();
+        // A live bind stacked over a dead one: the mounter was restarted and this path bound
+        // again, which a container sees only through mount propagation.
+        let under = mounts_at(self.host.as_ref(), volume_path.as_path()).await?;
+        if under[..under.len().saturating_sub(1)]
+            .iter()
+            .any(|m| m.fs_type.starts_with("fuse") && m.device_number != mount.device_number)
+        {
+            notes.push(format!(
+                "its FUSE mounter was restarted and {volume_path} bound again; a container started before then still sees the dead mount unless its volumeMount has mountPropagation HostToContainer: restart that pod"
+            ));
+        }
         // The supervisor knows more: a mounter being restarted, or given up.
-        let said = match self.supervised_status(client, &mount).await {
-            Ok(status) => status.and_then(|s| s.abnormal()),
-            Err(e) => Some(format!(
-                "{e}: a mounter that dies will not be restarted until it is back"
-            )),
-        };
+        if let Some(client) = &self.supervisor {
+            match self.supervised_status(client, &mount).await {
+                Ok(status) => notes.extend(status.and_then(|s| s.abnormal())),
+                Err(e) => notes.push(format!(
+                    "{e}: a mounter that dies will not be restarted until it is back"
+                )),
+            }
+        }
+        let said = (!notes.is_empty()).then(|| notes.join("; "));
         Ok(match (usage, said) {
             (VolumeUsage::Filesystem { stats, abnormal }, Some(said)) => VolumeUsage::Filesystem {
                 stats,
@@ -506,6 +532,75 @@ mod tests {
         assert!(host.mount_table().is_empty());
         assert!(!host.exists(&passwd).await.unwrap());
         assert!(host.calls().iter().any(|c| c.starts_with("fusermount -u")));
+    }
+
+    fn publish_req(stage: &NodeStage) -> NodePublish {
+        let (staging, target) = paths();
+        NodePublish {
+            native_id: stage.native_id.clone(),
+            staging: Some(staging),
+            target,
+            capability: stage.capability.clone(),
+            readonly: false,
+            publish_context: BTreeMap::new(),
+            volume_context: stage.volume_context.clone(),
+            secrets: Secrets::default(),
+        }
+    }
+
+    fn abnormal(usage: VolumeUsage) -> Option<String> {
+        match usage {
+            VolumeUsage::Filesystem { abnormal, .. } => abnormal,
+            VolumeUsage::Lost { abnormal } => Some(abnormal),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_mounter_is_reported_and_the_next_stage_repairs_the_pods_bind_too() {
+        let host = Arc::new(FakeHost::default());
+        let n = node(host.clone());
+        let req = stage_req(cap(AccessMode::MultiNodeMultiWriter, &[]));
+        let publish = publish_req(&req);
+        let (staging, target) = paths();
+        n.stage(&req).await.unwrap();
+        n.publish(&publish).await.unwrap();
+        host.add_path(target.as_path());
+        assert_eq!(
+            abnormal(n.stats(&req.native_id, &target).await.unwrap()),
+            None
+        );
+
+        host.kill_fuse_mounter(staging.as_path());
+        let said = abnormal(n.stats(&req.native_id, &target).await.unwrap()).unwrap();
+        assert!(said.contains("not connected"), "{said}");
+
+        // The next stage mounts anew and binds the new mount over the pod's dead bind, without
+        // a publish; the pod's path is stacked (old under new) and says what a container needs.
+        n.stage(&req).await.unwrap();
+        let at_target = mounts_at(host.as_ref(), target.as_path()).await.unwrap();
+        assert_eq!(at_target.len(), 2, "{at_target:?}");
+        assert!(host.fs_stats(target.as_path()).await.is_ok());
+        let said = abnormal(n.stats(&req.native_id, &target).await.unwrap()).unwrap();
+        assert!(said.contains("mountPropagation HostToContainer"), "{said}");
+        // The staging path itself serves, with nothing stacked: no note there.
+        host.add_path(staging.as_path());
+        assert_eq!(
+            abnormal(n.stats(&req.native_id, &staging).await.unwrap()),
+            None
+        );
+
+        // A publish finds the live bind in place; unpublish takes both binds away.
+        n.publish(&publish).await.unwrap();
+        n.unpublish(&req.native_id, &target).await.unwrap();
+        assert!(
+            mounts_at(host.as_ref(), target.as_path())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        n.unstage(&req.native_id, &staging).await.unwrap();
+        assert!(host.mount_table().is_empty(), "{:?}", host.mount_table());
     }
 
     #[tokio::test]

@@ -187,6 +187,35 @@ impl Fixture {
     }
 }
 
+/// Runs a host tool that must succeed.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Unmounts, when dropped, everything stacked at its path (lazily: a dead FUSE mount may be
+/// among them), so a failed test leaves no mount behind.
+struct Unmounter(PathBuf);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        for _ in 0..8 {
+            let done = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .output()
+                .map_or(true, |o| !o.status.success());
+            if done {
+                break;
+            }
+        }
+    }
+}
+
 fn kill(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a real pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
@@ -286,6 +315,20 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         "{st:?}"
     );
 
+    // A container's view of the pod's path as the runtime makes it for a volumeMount with
+    // mountPropagation HostToContainer: a slave of the path's mount, which is shared as the
+    // kubelet's own directory is (made so here by hand).
+    let view = dir.join("container-view");
+    std::fs::create_dir(&view).unwrap();
+    let container = Unmounter(view.clone());
+    run("mount", &["--make-shared", &target]);
+    run("mount", &["--bind", &target, view.to_str().unwrap()]);
+    run("mount", &["--make-slave", view.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(view.join("one.txt")).unwrap(),
+        "first"
+    );
+
     // SIGKILL the mounter: the supervisor starts it again and the staged mount serves.
     kill(pid);
     let again = wait_for("the mounter's restart", async || {
@@ -315,12 +358,34 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         "first"
     );
     std::fs::write(in_staging("two.txt"), "second").unwrap();
-    // The pod's bind still holds the dead mount; a publish binds it again.
-    node.node_publish_volume(publish.clone()).await.unwrap();
+    // The supervisor bound the new mount over the pod's dead bind, with no publish: the pod's
+    // path serves, and so does the container's view through propagation.
     assert_eq!(
         std::fs::read_to_string(in_target("two.txt")).unwrap(),
         "second"
     );
+    assert_eq!(
+        std::fs::read_to_string(view.join("two.txt")).unwrap(),
+        "second"
+    );
+    std::fs::write(view.join("from-the-pod.txt"), "pod").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(in_staging("from-the-pod.txt")).unwrap(),
+        "pod"
+    );
+    // Stats tell the operator that containers without that propagation need a restart.
+    let st = node
+        .node_get_volume_stats(stats.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let cond = st.volume_condition.expect("a condition");
+    assert!(
+        cond.abnormal && cond.message.contains("mountPropagation HostToContainer"),
+        "{cond:?}"
+    );
+    // A publish finds the live bind in place.
+    node.node_publish_volume(publish.clone()).await.unwrap();
 
     // SIGKILL everest-node and start it again: the mount goes on serving; the node re-adopts
     // it (no second mounter) and a repeated stage finds it in place.
@@ -377,7 +442,9 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         "fourth"
     );
 
-    // Unstage through the restarted node: the supervisor unmounts and forgets it.
+    // The container ends (its view goes with its mount namespace); unstage through the
+    // restarted node: the supervisor unmounts and forgets it.
+    drop(container);
     node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
         volume_id: vol.volume_id.clone(),
         target_path: target.clone(),

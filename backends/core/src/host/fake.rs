@@ -59,6 +59,9 @@ struct State {
     /// SCSI devices, and the size each takes at its next rescan (a SCSI guest sees a new size
     /// only after a rescan).
     scsi: BTreeMap<PathBuf, Option<u64>>,
+    /// FUSE mounts (by device number) whose mounter is gone: every path showing one answers
+    /// "transport endpoint is not connected", its binds included.
+    dead_fuse: BTreeSet<String>,
 }
 
 /// A recording fake of the machine.
@@ -203,6 +206,19 @@ impl FakeHost {
         let mut s = self.state();
         s.fail.clear();
         s.timeouts.clear();
+    }
+
+    /// Ends the mounter of the FUSE mount at `target`, as SIGKILL would: the mount and its
+    /// binds stay, and reading any of them fails.
+    pub fn kill_fuse_mounter(&self, target: &Path) {
+        let mut s = self.state();
+        let number = s
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == target && m.fs_type.starts_with("fuse"))
+            .map(|m| m.device_number.clone());
+        s.dead_fuse.extend(number);
     }
 
     /// Every call so far, as `"op arg…"` strings.
@@ -603,6 +619,12 @@ impl Host for FakeHost {
             .rev()
             .find(|m| m.mount_point == path)
             .ok_or_else(|| HostError::new("statvfs", "not mounted"))?;
+        if s.dead_fuse.contains(&m.device_number) {
+            return Err(HostError::new(
+                format!("statvfs {}", path.display()),
+                "Transport endpoint is not connected (os error 107)",
+            ));
+        }
         let size = s
             .devices
             .get(Path::new(&m.source))

@@ -201,6 +201,42 @@ pub async fn mounts_at(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, 
         .collect())
 }
 
+/// The binds of the newest mount at `path`: every other mount point whose newest mount shows the
+/// same filesystem (a pod's publish target of a staged volume, a kubelet subPath of it). Taken
+/// before a dead FUSE mount at `path` is replaced, they are what [`bind_again`] repairs.
+pub async fn binds_of(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, HostError> {
+    let all = host.mounts().await?;
+    let Some(top) = all.iter().rev().find(|m| m.mount_point == path) else {
+        return Ok(Vec::new());
+    };
+    // Only the newest mount at each point is what a process opening it reaches.
+    let mut newest: Vec<&MountEntry> = Vec::new();
+    for m in &all {
+        newest.retain(|n| n.mount_point != m.mount_point);
+        newest.push(m);
+    }
+    Ok(newest
+        .into_iter()
+        .filter(|m| {
+            m.mount_point != path
+                && m.device_number == top.device_number
+                && m.fs_type == top.fs_type
+        })
+        .cloned()
+        .collect())
+}
+
+/// Binds the (new) mount at `path` over `bind`, one of the [`binds_of`] its old mount had: the
+/// same subtree, read-only when the old bind was. Stacked, not swapped: a container that sees
+/// the old bind through mount propagation (HostToContainer) sees the new one on top of it,
+/// and unmounting the old first would take the container's view away.
+pub async fn bind_again(host: &dyn Host, path: &Path, bind: &MountEntry) -> Result<(), HostError> {
+    let subtree = bind.root.strip_prefix("/").unwrap_or(&bind.root);
+    let source = path.join(subtree);
+    host.bind_mount(&source, &bind.mount_point, bind.is_read_only())
+        .await
+}
+
 /// Whether `mount` is a filesystem on the block device numbered `device_number`.
 ///
 /// mountinfo names a mount's device by number, which stays right when device names move
@@ -223,4 +259,53 @@ pub async fn is_mount_of(
         return Ok(false);
     }
     Ok(host.device_number(source).await? == device_number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fuse(target: &str) -> FuseMount {
+        FuseMount {
+            program: "s3fs".into(),
+            args: vec!["bucket".into(), target.into()],
+            fs_type: "fuse.s3fs".into(),
+            env_remove: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_binds_of_a_mount_are_the_points_whose_newest_mount_shows_it() {
+        let host = FakeHost::default();
+        let (stage, other) = (Path::new("/stage/a"), Path::new("/stage/b"));
+        host.mount_fuse(&fuse("/stage/a"), stage).await.unwrap();
+        host.mount_fuse(&fuse("/stage/b"), other).await.unwrap();
+        for (t, ro) in [("/pods/1", false), ("/pods/2", true), ("/pods/3", false)] {
+            host.bind_mount(stage, Path::new(t), ro).await.unwrap();
+        }
+        host.bind_mount(other, Path::new("/pods/4"), false)
+            .await
+            .unwrap();
+        // /pods/3 is covered by another volume's bind: what it serves is not this mount.
+        host.bind_mount(other, Path::new("/pods/3"), false)
+            .await
+            .unwrap();
+
+        let binds = binds_of(&host, stage).await.unwrap();
+        let points: Vec<_> = binds.iter().map(|b| b.mount_point.clone()).collect();
+        assert_eq!(points, [PathBuf::from("/pods/1"), PathBuf::from("/pods/2")]);
+        assert!(binds[1].is_read_only() && !binds[0].is_read_only());
+        assert!(
+            binds_of(&host, Path::new("/nothing"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Bound again, a bind is stacked over the old one, read-only as it was.
+        bind_again(&host, stage, &binds[1]).await.unwrap();
+        let at = mounts_at(&host, Path::new("/pods/2")).await.unwrap();
+        assert_eq!(at.len(), 2);
+        assert!(at[1].is_read_only());
+    }
 }

@@ -8,7 +8,9 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use everest_backend::host::{FuseMount, Host, HostError, LinuxHost, mounts_at};
+use everest_backend::host::{
+    FuseMount, Host, HostError, LinuxHost, MountEntry, bind_again, binds_of, mounts_at,
+};
 
 /// What the kernel shows at a mount point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,10 @@ pub trait MounterHost: Send + Sync + std::fmt::Debug {
     async fn mounted(&self, target: &Path, fs_type: &str) -> Result<Mounted, HostError>;
     /// `fusermount -u`, lazily when that fails (a dead or busy mount).
     async fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// The binds of the mount at `target` (pods' publish targets): see [`binds_of`].
+    async fn binds(&self, target: &Path) -> Result<Vec<MountEntry>, HostError>;
+    /// Binds the mount at `target` over `bind` again: see [`bind_again`].
+    async fn bind_again(&self, target: &Path, bind: &MountEntry) -> Result<(), HostError>;
     /// Whether `pid` is a live process whose command line names `target`: a mounter an earlier
     /// supervisor started, found again.
     fn runs(&self, pid: u32, target: &Path) -> bool;
@@ -153,6 +159,14 @@ impl MounterHost for LinuxMounterHost {
         self.host.unmount_fuse(target).await
     }
 
+    async fn binds(&self, target: &Path) -> Result<Vec<MountEntry>, HostError> {
+        binds_of(&self.host, target).await
+    }
+
+    async fn bind_again(&self, target: &Path, bind: &MountEntry) -> Result<(), HostError> {
+        bind_again(&self.host, target, bind).await
+    }
+
     fn runs(&self, pid: u32, target: &Path) -> bool {
         let proc_dir = PathBuf::from(format!("/proc/{pid}"));
         let zombie = std::fs::read_to_string(proc_dir.join("stat"))
@@ -201,6 +215,10 @@ pub(crate) mod fake {
         alive: BTreeMap<u32, watch::Sender<bool>>,
         spawned: Vec<String>,
         fail_next: usize,
+        /// Bind points by the mount they bind (as long as that mount is there).
+        binds: BTreeMap<PathBuf, Vec<PathBuf>>,
+        /// Every bind made again: (mount, bind point).
+        rebound: Vec<(PathBuf, PathBuf)>,
     }
 
     /// The fake: a started mounter mounts at once (unless told to fail) and lives until killed.
@@ -265,6 +283,18 @@ pub(crate) mod fake {
                 .insert(target.to_owned(), (fs_type.to_owned(), pid));
             pid
         }
+        /// Binds the mount at `target` onto `point`, as a publish does.
+        pub fn add_bind(&self, target: &Path, point: &Path) {
+            let mut s = self.state.lock().unwrap();
+            s.binds
+                .entry(target.to_owned())
+                .or_default()
+                .push(point.to_owned());
+        }
+        /// Every bind made again, as (mount, bind point).
+        pub fn rebound(&self) -> Vec<(PathBuf, PathBuf)> {
+            self.state.lock().unwrap().rebound.clone()
+        }
         /// Whether anything is mounted at `target`.
         pub fn is_mounted(&self, target: &Path) -> bool {
             self.state.lock().unwrap().mounts.contains_key(target)
@@ -321,6 +351,33 @@ pub(crate) mod fake {
             {
                 let _ = tx.send(true);
             }
+            Ok(())
+        }
+
+        async fn binds(&self, target: &Path) -> Result<Vec<MountEntry>, HostError> {
+            let s = self.state.lock().unwrap();
+            let Some((fs_type, _)) = s.mounts.get(target) else {
+                return Ok(Vec::new());
+            };
+            let points = s.binds.get(target).cloned().unwrap_or_default();
+            Ok(points
+                .into_iter()
+                .map(|p| MountEntry {
+                    device_number: "0:99".into(),
+                    root: "/".into(),
+                    mount_point: p,
+                    mount_options: vec!["rw".into()],
+                    fs_type: fs_type.clone(),
+                    source: "fake".into(),
+                    super_options: vec!["rw".into()],
+                })
+                .collect())
+        }
+
+        async fn bind_again(&self, target: &Path, bind: &MountEntry) -> Result<(), HostError> {
+            let mut s = self.state.lock().unwrap();
+            s.rebound
+                .push((target.to_owned(), bind.mount_point.clone()));
             Ok(())
         }
 

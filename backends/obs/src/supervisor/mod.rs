@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, oneshot, watch};
 
+use everest_backend::host::MountEntry;
+
 use self::host::{Mounted, MounterHost, MounterProcess};
 use self::protocol::{Fault, MountSpec, MountState, MountStatus, Request, Response, state_file};
 use crate::mounter::Run;
@@ -476,14 +478,22 @@ impl Supervisor {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Box<dyn MounterProcess>>, String> {
         let fs_type = spec.mounter.fs_type();
-        // A dead mount left by the mounter that died is in the way of the new one.
-        if self
+        let shown = self
             .host
             .mounted(&spec.target, fs_type)
             .await
-            .map_err(|e| e.to_string())?
-            != Mounted::Absent
-        {
+            .map_err(|e| e.to_string())?;
+        // Pods' binds of a dead mount stay dead when the mount is replaced: found now, while
+        // the dead mount still tells which they are, and bound again once the new one serves.
+        let binds = match shown {
+            Mounted::Dead => self.host.binds(&spec.target).await.unwrap_or_else(|e| {
+                tracing::warn!(target = %spec.target.display(), error = %e, "cannot find the binds of the dead mount; pods keep it until they are published again");
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
+        // A dead mount left by the mounter that died is in the way of the new one.
+        if shown != Mounted::Absent {
             self.host
                 .unmount(&spec.target)
                 .await
@@ -520,12 +530,30 @@ impl Supervisor {
                 self.stop_one(spec, Running::Child(child)).await;
                 Ok(None)
             }
-            Some(Ok(())) => Ok(Some(child)),
+            Some(Ok(())) => {
+                self.bind_again(spec, &binds).await;
+                Ok(Some(child))
+            }
             Some(Err(why)) => {
                 child.kill();
                 let _ = child.wait().await;
                 let _ = self.host.unmount(&spec.target).await;
                 Err(why)
+            }
+        }
+    }
+
+    /// Binds the new mount over each bind the dead one had.
+    async fn bind_again(&self, spec: &MountSpec, binds: &[MountEntry]) {
+        for bind in binds {
+            let point = bind.mount_point.display();
+            match self.host.bind_again(&spec.target, bind).await {
+                Ok(()) => {
+                    tracing::info!(target = %spec.target.display(), bind = %point, "bound the restarted mount over a pod's dead bind of it");
+                }
+                Err(e) => {
+                    tracing::warn!(target = %spec.target.display(), bind = %point, error = %e, "cannot bind the restarted mount again; that pod keeps the dead mount until it is published again");
+                }
             }
         }
     }

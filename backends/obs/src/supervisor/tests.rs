@@ -94,6 +94,9 @@ async fn starts_once_restarts_a_dead_mounter_and_stops() {
     let state = state_file(&sup.settings.state_dir, Path::new("/t/a"));
     assert!(state.exists());
 
+    // A pod's bind of the mount: bound again over the dead one once the mounter is back.
+    host.add_bind(Path::new("/t/a"), Path::new("/pods/1/vol"));
+    assert!(host.rebound().is_empty(), "a first start binds nothing");
     host.kill_mounter_of(Path::new("/t/a"));
     let s = wait_until(&sup, "/t/a", |s| {
         s.restarts == 1 && s.state == MountState::Serving
@@ -102,6 +105,11 @@ async fn starts_once_restarts_a_dead_mounter_and_stops() {
     assert!(s.abnormal().is_none());
     assert_eq!(host.spawned().len(), 2);
     assert!(host.is_mounted(Path::new("/t/a")));
+    assert_eq!(
+        host.rebound(),
+        [("/t/a".into(), "/pods/1/vol".into())],
+        "the pod's bind was not repaired"
+    );
 
     assert_eq!(
         sup.handle(Request::Stop {
