@@ -89,7 +89,7 @@ CHART=$CHART_SAVED
 must_fail "notes: classes" "NOTES lists StorageClasses ['csi-nas', 'csi-sfs-turbo'], expected" "${POLICY[@]}" notes "$WORK/notes-file-only.txt" csi-disk csi-disk-topology
 c=$(chart_copy notes); sed -i 's/{{ if and .enabled (hasKey $kinds .backend) }}/{{ if .enabled }}/' "$c/templates/NOTES.txt"
 helm install everest "$c" --namespace kube-system --dry-run=client "${IMAGE[@]}" --set-json 'backends=[{"name":"evs-default","kind":"evs","enabled":false}]' | sed -n '/^NOTES:/,$p' > "$NEG/notes.txt"
-must_fail "notes: disabled backend" "NOTES lists StorageClasses ['csi-disk', 'csi-disk-topology'], expected []" "${POLICY[@]}" notes "$NEG/notes.txt"
+must_fail "notes: disabled backend" "NOTES lists StorageClasses ['csi-disk', 'csi-disk-topology', 'csi-obs'], expected []" "${POLICY[@]}" notes "$NEG/notes.txt"
 
 # wiring: a daemon flag the binary does not know; a privileged controller sidecar.
 sed 's/--log-format=json/--log-fromat=json/' "$R" > "$NEG/wiring1.yaml"
@@ -101,6 +101,12 @@ render "$CHART" -f "$HERE/values/object-only.yaml" --set-json 'node.mounterSuper
 must_fail "wiring: mounter flag" "everest-mounter: flags ['max-restart'] not in" "${CHECK[@]}" wiring "$NEG/wiring3.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 sed 's|--socket=/run/everest/mounter/mounter.sock|--socket=/run/everest/other.sock|' "$WORK/object-only/rendered.yaml" > "$NEG/wiring4.yaml"
 must_fail "wiring: mounter socket" "everest.toml's supervisor_socket is" "${CHECK[@]}" wiring "$NEG/wiring4.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
+# Its state on the pod's own emptyDir (a re-created pod would forget every mount); a metrics
+# port it does not serve.
+sed 's|--state-dir=/var/lib/everest-mounter|--state-dir=/tmp/state|' "$WORK/object-only/rendered.yaml" > "$NEG/wiring5.yaml"
+must_fail "wiring: mounter state" "--state-dir is not on a host dir" "${CHECK[@]}" wiring "$NEG/wiring5.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
+render "$CHART" -f "$HERE/values/object-only.yaml" --set-json 'node.mounterSupervisor.extraArgs=["--metrics-address=0.0.0.0:9999"]' > "$NEG/wiring6.yaml"
+must_fail "wiring: mounter metrics port" "everest-mounter: port 'metrics' 9812" "${CHECK[@]}" wiring "$NEG/wiring6.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 
 # --check-config: the rendered config without the EVS project.
 sed '/^project_id = /d' "$WORK/everest.toml" > "$NEG/everest.toml"

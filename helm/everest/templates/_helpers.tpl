@@ -70,8 +70,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $found -}}true{{- end -}}
 {{- end -}}
 
-{{/* The mounter supervisor's socket, in the emptyDir everest-node and everest-mounter share. */}}
+{{/* The mounter supervisor's socket, in the host dir everest-node and everest-mounter share. */}}
 {{- define "everest.mounterSocket" -}}/run/everest/mounter/mounter.sock{{- end -}}
+
+{{/* The host dir at /run/everest in everest-node and everest-mounter, when supervised. */}}
+{{- define "everest.hostRunDir" -}}
+{{- .Values.node.mounterSupervisor.hostRunDir | default (printf "/run/%s" (include "everest.fullname" .)) -}}
+{{- end -}}
+
+{{/* The host dir of everest-mounter's state. */}}
+{{- define "everest.hostStateDir" -}}
+{{- .Values.node.mounterSupervisor.hostStateDir | default (printf "/var/lib/%s-mounter" (include "everest.fullname" .)) -}}
+{{- end -}}
 
 {{/* "true" when the mounter supervisor container is rendered: enabled, and an obs backend is. */}}
 {{- define "everest.mounterSupervised" -}}

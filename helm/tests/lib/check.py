@@ -92,10 +92,31 @@ def mount_under(container, path):
     return best
 
 
-def check_mounter(c, node, config, help_path, kubelet_host):
-    """The FUSE mounter supervisor: its flags exist, its socket is where everest-node looks
-    (everest.toml's supervisor_socket) on a volume both containers mount at the same path,
-    its state is on a volume, and it mounts the kubelet dir like everest-node."""
+def host_dir(container, volumes, path):
+    """(mountPath, host path) of the hostPath volume holding `path` in `container`, or None."""
+    m = mount_under(container, path)
+    if not m:
+        return None
+    hp = volumes.get(m["name"], {}).get("hostPath", {}).get("path")
+    return (m["mountPath"], hp) if hp else None
+
+
+def check_mounter(pod, node, node_volumes, config, help_path, kubelet_host):
+    """The FUSE mounter supervisor, a DaemonSet of its own: its flags exist, its socket is
+    where everest-node looks (everest.toml's supervisor_socket) in a host dir both pods mount
+    at the same path (as are the credential files of object volumes), its state is on a host
+    dir (a re-created pod finds it), its metrics port is declared, and it mounts the kubelet
+    dir like everest-node."""
+    spec = pod["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    if set(containers) != {MOUNTER}:
+        fail(f"{MOUNTER} DaemonSet: containers {sorted(containers)}, expected only {MOUNTER}")
+    c = containers[MOUNTER]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    if not c.get("securityContext", {}).get("privileged"):
+        fail(f"{MOUNTER}: not privileged (FUSE mounts need it)")
+    if pod["spec"].get("updateStrategy", {}).get("type") is None:
+        fail(f"{MOUNTER} DaemonSet: no updateStrategy")
     if help_path is None:
         fail(f"{MOUNTER} is rendered but no `{MOUNTER} --help` output was given")
     known = set(re.findall(r"^\s+(?:-\w, )?--([a-z][a-z0-9-]*)", open(help_path).read(), re.M))
@@ -111,11 +132,20 @@ def check_mounter(c, node, config, help_path, kubelet_host):
     wanted = re.findall(r'^supervisor_socket = "([^"]*)"', config["data"]["everest.toml"], re.M)
     if not wanted or set(wanted) != {sock}:
         fail(f"{MOUNTER}: --socket {sock!r}, but everest.toml's supervisor_socket is {wanted}")
-    mine, theirs = mount_under(c, sock), mount_under(node, sock)
-    if not mine or not theirs or (mine["name"], mine["mountPath"]) != (theirs["name"], theirs["mountPath"]):
-        fail(f"{MOUNTER}: socket {sock} is not on a volume everest-node mounts at the same path")
-    if not mount_under(c, margs.get("state-dir", "/")) or margs.get("state-dir", "/") == "/":
-        fail(f"{MOUNTER}: --state-dir is not on a volume (the root filesystem is read-only)")
+    mine, theirs = host_dir(c, volumes, sock), host_dir(node, node_volumes, sock)
+    if not mine or mine != theirs:
+        fail(f"{MOUNTER}: socket {sock} is not in a host dir everest-node mounts at the same path ({mine} vs {theirs})")
+    creds = re.findall(r'^runtime_dir = "([^"]*)"', config["data"]["everest.toml"], re.M) or ["/run/everest/obs"]
+    for d in creds:
+        if host_dir(c, volumes, d) != host_dir(node, node_volumes, d) or not host_dir(c, volumes, d):
+            fail(f"{MOUNTER}: credential dir {d} is not in a host dir shared with everest-node")
+    state = margs.get("state-dir", "/")
+    if state == "/" or not host_dir(c, volumes, state):
+        fail(f"{MOUNTER}: --state-dir is not on a host dir (a re-created pod would lose its mounts)")
+    ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+    addr = margs.get("metrics-address", "")
+    if not addr or ports.get("metrics") != int(addr.rsplit(":", 1)[1]):
+        fail(f"{MOUNTER}: port 'metrics' {ports.get('metrics')} != --metrics-address {addr!r}")
     bidi = [m for m in c.get("volumeMounts", []) if m.get("mountPropagation") == "Bidirectional"]
     if [m["mountPath"] for m in bidi] != [kubelet_host]:
         fail(f"{MOUNTER}: exactly one Bidirectional mount, the kubelet dir at {kubelet_host}, expected")
@@ -126,10 +156,15 @@ def check_mounter(c, node, config, help_path, kubelet_host):
 def cmd_wiring(rendered, ctrl_help, node_help, mounter_help=None):
     docs = load_docs(rendered)
     daemons = {"everest-controller": help_flags(ctrl_help), "everest-node": help_flags(node_help)}
-    pods = {d["kind"]: d for d in docs if d["kind"] in ("Deployment", "DaemonSet")}
+    def runs(d, container):
+        return any(c["name"] == container for c in d["spec"]["template"]["spec"]["containers"])
+
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet")]
+    mounters = [d for d in workloads if runs(d, MOUNTER)]
+    pods = {d["kind"]: d for d in workloads if d not in mounters}
     driver = next(d for d in docs if d["kind"] == "CSIDriver")["metadata"]["name"]
-    if set(pods) != {"Deployment", "DaemonSet"}:
-        fail("expected one Deployment and one DaemonSet")
+    if len(workloads) - len(mounters) != 2 or set(pods) != {"Deployment", "DaemonSet"} or len(mounters) > 1:
+        fail(f"expected one Deployment, one node DaemonSet and at most one {MOUNTER} DaemonSet")
     config = next(d for d in docs if d["kind"] == "ConfigMap" and "everest.toml" in d.get("data", {}))
     if f'driver_name = "{driver}"' not in config["data"]["everest.toml"]:
         fail("everest.toml driver_name differs from the CSIDriver name")
@@ -210,7 +245,12 @@ def cmd_wiring(rendered, ctrl_help, node_help, mounter_help=None):
                 if priv != (name in (main, MOUNTER)):
                     fail(f"{name}: privileged={priv}; only everest-node and {MOUNTER} may be privileged")
             if MOUNTER in containers:
-                check_mounter(containers[MOUNTER], daemon, config, mounter_help, host)
+                fail(f"{MOUNTER} runs in the node pod: re-creating that pod (an upgrade) would end every FUSE mount")
+            supervised = re.search(r'^supervisor_socket = ', config["data"]["everest.toml"], re.M)
+            if bool(mounters) != bool(supervised):
+                fail(f"everest.toml {'names' if supervised else 'names no'} supervisor_socket, but {len(mounters)} {MOUNTER} DaemonSet(s) render")
+            if mounters:
+                check_mounter(mounters[0], daemon, mounts_by_volume, config, mounter_help, host)
         else:
             for name, c in containers.items():
                 sc = c.get("securityContext", {})

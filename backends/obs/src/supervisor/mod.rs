@@ -1,5 +1,5 @@
 //! The mounter supervisor (`everest-mounter`): a small long-lived process, in its own session
-//! and (in the chart) its own container, that starts the FUSE mounters of object volumes as its
+//! and (in the chart) its own DaemonSet, that starts the FUSE mounters of object volumes as its
 //! children, restarts one that dies, and stops one on request. `everest-node` asks it over a
 //! private unix socket, so the node plugin can crash, restart or be upgraded while the mounts
 //! go on serving.
@@ -371,6 +371,10 @@ impl Supervisor {
         let target = spec.target.display().to_string();
         let mut in_a_row = 0u32;
         let mut serving = ServingGauge::new(&labels);
+        // The counters exist from the first mount on, at 0: a series that first shows up at 1
+        // would hide that first restart from increase() (and so from the alerts).
+        metrics::counter!(RESTARTS, &labels).increment(0);
+        metrics::counter!(GIVEN_UP, &labels).increment(0);
         loop {
             let life = match adopted.take() {
                 Some(pid) => {
