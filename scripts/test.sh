@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everest's test command, what CI runs (.ci/run). Installs what the tests need, then:
 # fmt check, clippy -D warnings, build, the official-spec CSI client, Huawei Cloud's official
-# Python SDK, moto's S3 server, cargo test (unit, integration and lifecycle suites against the real emulator and
+# Python SDK, moto's S3 server, Garage, cargo test (unit, integration and lifecycle suites against the real emulator and
 # daemons, the official client's wire check against both daemons, and the SDK's fidelity suite
 # against the emulator), the Helm chart's checks (helm/tests), and a leak check.
 #
@@ -126,6 +126,17 @@ s3_dir=$CARGO_TARGET_DIR/s3-server
 bash backends/obs/tests/s3_server/setup.sh "$s3_dir"
 # testsupport::S3Server starts one per test; without it those tests skip.
 export EVEREST_MOTO_SERVER=$s3_dir/venv/bin/moto_server
+
+section "Garage (a full S3 service, for the object-volume tests that need one)"
+# Built once per target dir (about 8 minutes on 2 cores) and kept there.
+garage_root=$CARGO_TARGET_DIR/garage-2.5.0
+if [[ ! -x $garage_root/bin/garage ]]; then
+    CARGO_TARGET_DIR=$garage_root/build cargo install garage@2.5.0 --locked --quiet --root "$garage_root"
+    rm -rf "$garage_root/build"
+fi
+# testsupport::GarageServer starts one per test; without it those tests skip.
+export EVEREST_GARAGE=$garage_root/bin/garage
+"$EVEREST_GARAGE" --version
 
 section "cargo test --workspace"
 # Two test binaries at a time at most share the 2 cores with their worlds' processes.

@@ -14,6 +14,7 @@
 //! - [`skip`]: skipping a case the machine cannot run: counted, and a failure under `CI=true`.
 
 pub mod csi;
+pub mod garage;
 pub mod host;
 pub mod lifecycle;
 pub mod nfs;
@@ -23,6 +24,7 @@ pub mod skip;
 pub mod world;
 
 pub use everest_proto::csi::v1 as proto;
+pub use garage::{GarageServer, skip_unless_garage};
 pub use host::{skip_unless_root_and_loop, skip_without};
 pub use lifecycle::Lifecycle;
 pub use nfs::{NfsServer, skip_unless_nfs_server};

@@ -20,7 +20,7 @@ use crate::config::ObsConfig;
 use crate::credentials::S3Keys;
 use crate::mounter::Mounter;
 use crate::params::{Mode, ObsParams};
-use crate::s3::S3;
+use crate::s3::{BUCKET_MARKER, S3};
 use crate::volume::{ObsVolume, OnDelete, bucket_for_request, prefix_for_request, short_hash};
 use crate::{CAPABILITIES, check_capability, context};
 
@@ -201,7 +201,7 @@ impl ObsController {
         if self.bucket_visible(c, bucket).await? {
             let tags = self
                 .s3
-                .bucket_tags(c, bucket)
+                .bucket_mark(c, bucket)
                 .await
                 .map_err(|e| foreign(e, &what))?;
             return self.check_mark(
@@ -237,8 +237,8 @@ impl ObsController {
                 tags.insert(key.to_owned(), v.clone());
             }
         }
-        if let Err(e) = self.s3.put_bucket_tags(c, bucket, &tags).await {
-            // Untagged, the bucket would look foreign to the retry: remove it (it is empty).
+        if let Err(e) = self.s3.put_bucket_mark(c, bucket, &tags).await {
+            // Unmarked, the bucket would look foreign to the retry: remove it (it is empty).
             if let Err(undo) = self.s3.delete_bucket(c, bucket).await {
                 tracing::warn!(%bucket, error = %undo, "could not remove the bucket whose tagging failed");
             }
@@ -314,11 +314,16 @@ impl ObsController {
         if !self.s3.bucket_exists(c, bucket).await? {
             return Ok(());
         }
-        let tags = self.s3.bucket_tags(c, bucket).await?;
+        let tags = self.s3.bucket_mark(c, bucket).await?;
         if tags.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
             return Err(not_made_by_us(vol, &format!("bucket {bucket}")));
         }
-        let n = self.s3.delete_all(c, bucket, "", None).await?;
+        // A marker object goes last, so an interrupted delete is still recognised as ours.
+        let n = self
+            .s3
+            .delete_all(c, bucket, "", Some(BUCKET_MARKER))
+            .await?;
+        self.s3.delete_all(c, bucket, BUCKET_MARKER, None).await?;
         self.s3.delete_bucket(c, bucket).await?;
         tracing::info!(volume = %vol, objects = n, "bucket emptied and removed");
         Ok(())
@@ -359,7 +364,7 @@ impl ObsController {
                 "volume {vol}: bucket {bucket} does not exist"
             )));
         }
-        let mut tags = self.s3.bucket_tags(c, bucket).await?;
+        let mut tags = self.s3.bucket_mark(c, bucket).await?;
         // A bucket Everest did not make (a static volume) carries no record to change.
         if tags.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
             return Ok(bytes);
@@ -370,7 +375,7 @@ impl ObsController {
             .unwrap_or(0);
         if bytes > before {
             tags.insert(CAPACITY_TAG.to_owned(), bytes.to_string());
-            self.s3.put_bucket_tags(c, bucket, &tags).await?;
+            self.s3.put_bucket_mark(c, bucket, &tags).await?;
         }
         Ok(before)
     }

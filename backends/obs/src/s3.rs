@@ -129,8 +129,45 @@ impl S3 {
         }
     }
 
-    /// The bucket's tags (none is an empty map).
-    pub async fn bucket_tags(&self, c: &Client, bucket: &str) -> Result<BTreeMap<String, String>> {
+    /// The mark Everest keeps on a bucket volume (tag keys such as `everest.io/created-by`;
+    /// none is an empty map): the bucket's tags, or on a service without bucket tagging (Garage
+    /// answers NotImplemented) the metadata of the marker object [`BUCKET_MARKER`] in it.
+    pub async fn bucket_mark(&self, c: &Client, bucket: &str) -> Result<BTreeMap<String, String>> {
+        match self.bucket_tags(c, bucket).await? {
+            Some(tags) => Ok(tags),
+            None => Ok(self
+                .object_metadata(c, bucket, BUCKET_MARKER)
+                .await?
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(k, v)| Some((tag_key(&k)?, v)))
+                .collect()),
+        }
+    }
+
+    /// Writes the mark [`S3::bucket_mark`] reads, replacing the one there.
+    pub async fn put_bucket_mark(
+        &self,
+        c: &Client,
+        bucket: &str,
+        mark: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if self.put_bucket_tags(c, bucket, mark).await? {
+            return Ok(());
+        }
+        let metadata = mark
+            .iter()
+            .filter_map(|(k, v)| Some((metadata_key(k)?, v.clone())))
+            .collect();
+        self.put_marker(c, bucket, BUCKET_MARKER, &metadata).await
+    }
+
+    /// The bucket's tags (none is an empty map); `None` when the service has no bucket tagging.
+    async fn bucket_tags(
+        &self,
+        c: &Client,
+        bucket: &str,
+    ) -> Result<Option<BTreeMap<String, String>>> {
         match self
             .observed(
                 "GetBucketTagging",
@@ -138,23 +175,25 @@ impl S3 {
             )
             .await
         {
-            Ok(out) => Ok(out
-                .tag_set()
-                .iter()
-                .map(|t| (t.key().to_owned(), t.value().to_owned()))
-                .collect()),
-            Err(e) if e.code() == Some("NoSuchTagSet") => Ok(BTreeMap::new()),
+            Ok(out) => Ok(Some(
+                out.tag_set()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                    .collect(),
+            )),
+            Err(e) if e.code() == Some("NoSuchTagSet") => Ok(Some(BTreeMap::new())),
+            Err(e) if not_implemented(&e) => Ok(None),
             Err(e) => Err(s3_error(format_args!("GetBucketTagging {bucket}"), e)),
         }
     }
 
-    /// Replaces the bucket's tags.
-    pub async fn put_bucket_tags(
+    /// Replaces the bucket's tags; `false` when the service has no bucket tagging.
+    async fn put_bucket_tags(
         &self,
         c: &Client,
         bucket: &str,
         tags: &BTreeMap<String, String>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let tag_set = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -169,10 +208,11 @@ impl S3 {
             .bucket(bucket)
             .tagging(tagging)
             .send();
-        self.observed("PutBucketTagging", call)
-            .await
-            .map(drop)
-            .map_err(|e| s3_error(format_args!("PutBucketTagging {bucket}"), e))
+        match self.observed("PutBucketTagging", call).await {
+            Ok(_) => Ok(true),
+            Err(e) if not_implemented(&e) => Ok(false),
+            Err(e) => Err(s3_error(format_args!("PutBucketTagging {bucket}"), e)),
+        }
     }
 
     /// Removes the (empty) bucket; one already gone is success.
@@ -332,6 +372,29 @@ impl S3 {
         cloud_calls::record(&self.name, "s3", operation, &status, started.elapsed());
         out
     }
+}
+
+/// The marker object of a bucket volume on a service without bucket tagging: it holds the
+/// volume's mark in its metadata (and shows through the mount as this hidden file).
+pub const BUCKET_MARKER: &str = ".everest-volume";
+
+/// A call the service does not implement (Garage has no bucket tagging).
+fn not_implemented<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    e.code() == Some("NotImplemented") || status(e) == Some(501)
+}
+
+/// Object metadata cannot hold a tag key's `.` and `/`: `everest.io/created-by` is stored as
+/// `everest-created-by`. Keys of another shape are not ours to store.
+fn metadata_key(tag_key: &str) -> Option<String> {
+    tag_key
+        .strip_prefix("everest.io/")
+        .map(|k| format!("everest-{k}"))
+}
+
+/// The tag key [`metadata_key`] stored as `key` (S3 lowercases metadata keys).
+fn tag_key(key: &str) -> Option<String> {
+    key.strip_prefix("everest-")
+        .map(|k| format!("everest.io/{k}"))
 }
 
 fn status<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {

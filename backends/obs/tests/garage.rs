@@ -1,0 +1,343 @@
+//! Object volumes against Garage (`everest_testsupport::garage`), a full S3 service on
+//! loopback that checks signatures for its own region and has no bucket tagging: the
+//! controller marks its buckets with a marker object instead, tells ours from a stranger's by
+//! it, and removes it last; s3fs makes nested directories through the mount that the S3 API
+//! sees as Garage keeps them, and objects written through the API show through the mount.
+//! Guards unmount and stop everything, also on a panic.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aws_sdk_s3::Client;
+use everest_backend::BackendName;
+use everest_backend::backend::{
+    ControllerBackend, CreateVolume, NodeBackend, NodePublish, NodeStage,
+};
+use everest_backend::capability::{AccessMode, VolumeCapability};
+use everest_backend::host::LinuxHost;
+use everest_backend::paths::{AllowedRoot, HostPath};
+use everest_backend::secrets::Secrets;
+use everest_obs::s3::BUCKET_MARKER;
+use everest_obs::volume::bucket_for_request;
+use everest_obs::{ObsConfig, ObsController, ObsNode};
+use everest_testsupport::garage::{GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY};
+use everest_testsupport::{GarageServer, skip_unless_garage, skip_without};
+use tonic::Code;
+
+mod common;
+use common::fuse_unavailable;
+
+fn secrets() -> Secrets {
+    Secrets::new(BTreeMap::from([
+        ("access.key".to_owned(), GARAGE_ACCESS_KEY.to_owned()),
+        ("secret.key".to_owned(), GARAGE_SECRET_KEY.to_owned()),
+    ]))
+}
+
+fn create(name: &str) -> CreateVolume {
+    let cap = VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &[]);
+    CreateVolume::for_test(name, 1 << 30, cap, &[])
+}
+
+/// Garage, a controller with a credentials file, and a client to look with.
+struct Env {
+    dir: tempfile::TempDir,
+    controller: ObsController,
+    admin: Client,
+    config: ObsConfig,
+    // Last: stopped after everything that talks to it.
+    _server: GarageServer,
+}
+
+impl Env {
+    fn start() -> Option<Self> {
+        if skip_unless_garage() {
+            return None;
+        }
+        let server = GarageServer::start().expect("start garage");
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("s3.json");
+        std::fs::write(
+            &creds,
+            format!(r#"{{"access_key":"{GARAGE_ACCESS_KEY}","secret_key":"{GARAGE_SECRET_KEY}"}}"#),
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let table = serde_json::json!({
+            "endpoint": server.endpoint(),
+            "region": GARAGE_REGION,
+            "runtime_dir": dir.path().join("run").display().to_string(),
+            "credentials_file": creds.display().to_string(),
+        });
+        let config = ObsConfig::parse("objects", table.as_object().unwrap()).unwrap();
+        let controller =
+            ObsController::new(BackendName::new("objects").unwrap(), config.clone()).unwrap();
+        let admin = everest_obs::s3::S3::new("objects", &config)
+            .unwrap()
+            .client(None)
+            .unwrap();
+        Some(Env {
+            dir,
+            controller,
+            admin,
+            config,
+            _server: server,
+        })
+    }
+
+    async fn bucket_exists(&self, bucket: &str) -> bool {
+        self.admin.head_bucket().bucket(bucket).send().await.is_ok()
+    }
+
+    async fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .admin
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: &str) {
+        self.admin
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn get(&self, bucket: &str, key: &str) -> String {
+        let out = self
+            .admin
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        String::from_utf8(out.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
+    }
+
+    fn kubelet_path(&self, rel: &str) -> HostPath {
+        let kubelet = self.dir.path().join("kubelet");
+        AllowedRoot::new(&kubelet)
+            .unwrap()
+            .check(&kubelet.join(rel).display().to_string(), "path")
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() {
+    let Some(env) = Env::start() else { return };
+    let c = &env.controller;
+    let v = c.create_volume(&create("pvc-g1")).await.unwrap();
+    let bucket = bucket_for_request("everest", "pvc-g1");
+    assert_eq!(v.native_id, format!("d~{bucket}"));
+    // Garage answers NotImplemented to bucket tagging: the mark is the marker's metadata.
+    let marker = env
+        .admin
+        .head_object()
+        .bucket(&bucket)
+        .key(BUCKET_MARKER)
+        .send()
+        .await
+        .expect("the marker object");
+    let meta = marker.metadata().cloned().unwrap_or_default();
+    assert_eq!(
+        meta.get("everest-created-by").map(String::as_str),
+        Some("everest"),
+        "{meta:?}"
+    );
+    assert_eq!(
+        meta.get("everest-capacity").map(String::as_str),
+        Some("1073741824")
+    );
+    // The same request again is the same volume; expansion rewrites the recorded size.
+    assert_eq!(c.create_volume(&create("pvc-g1")).await.unwrap(), v);
+    let grown = c
+        .expand(
+            &v.native_id,
+            everest_backend::capacity::CapacityRange::new(2 << 30, 0).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(grown.capacity_bytes, 2 << 30);
+    let meta = env
+        .admin
+        .head_object()
+        .bucket(&bucket)
+        .key(BUCKET_MARKER)
+        .send()
+        .await
+        .unwrap()
+        .metadata()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        meta.get("everest-capacity").map(String::as_str),
+        Some("2147483648")
+    );
+
+    // A stranger's bucket under the name Everest would pick: no marker, not ours.
+    let foreign = bucket_for_request("everest", "pvc-g-foreign");
+    env.admin
+        .create_bucket()
+        .bucket(&foreign)
+        .send()
+        .await
+        .unwrap();
+    env.put(&foreign, "theirs.txt", "keep me").await;
+    let err = c.create_volume(&create("pvc-g-foreign")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err}");
+    let err = c
+        .delete_volume(&format!("d~{foreign}"), &Secrets::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(env.get(&foreign, "theirs.txt").await, "keep me");
+
+    // Delete empties ours, the marker last, and removes it.
+    env.put(&bucket, "dir/f", "x").await;
+    c.delete_volume(&v.native_id, &Secrets::default())
+        .await
+        .unwrap();
+    assert!(!env.bucket_exists(&bucket).await);
+    c.delete_volume(&v.native_id, &Secrets::default())
+        .await
+        .unwrap();
+}
+
+/// Unmounts, when dropped, whatever is still mounted at these paths (lazily).
+struct MountGuard(Vec<PathBuf>);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            for _ in 0..4 {
+                let done = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(p)
+                    .output()
+                    .map_or(true, |o| !o.status.success());
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn mounted(p: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let p = p.display().to_string();
+    text.lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+#[tokio::test]
+async fn s3fs_directories_and_api_objects_meet_on_garage() {
+    if skip_without("s3fs", "s3fs") {
+        return;
+    }
+    if let Some(why) = fuse_unavailable() {
+        everest_testsupport::skip(why);
+        return;
+    }
+    let Some(env) = Env::start() else { return };
+    let v = env
+        .controller
+        .create_volume(&create("pvc-g2"))
+        .await
+        .unwrap();
+    let bucket = v.context[everest_obs::context::BUCKET].clone();
+    let node = ObsNode::new(
+        BackendName::new("objects").unwrap(),
+        env.config.clone(),
+        Arc::new(LinuxHost::default()),
+    );
+    let staging = env.kubelet_path("plugins/obs/g2/globalmount");
+    let target = env.kubelet_path("pods/p/volumes/obs/mount");
+    let _guard = MountGuard(vec![
+        target.as_path().to_owned(),
+        staging.as_path().to_owned(),
+    ]);
+    let cap = VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &[]);
+    node.stage(&NodeStage {
+        native_id: v.native_id.clone(),
+        publish_context: BTreeMap::new(),
+        staging: staging.clone(),
+        capability: cap.clone(),
+        volume_context: v.context.clone(),
+        secrets: secrets(),
+    })
+    .await
+    .unwrap();
+    node.publish(&NodePublish {
+        native_id: v.native_id.clone(),
+        staging: Some(staging.clone()),
+        target: target.clone(),
+        capability: cap,
+        readonly: false,
+        publish_context: BTreeMap::new(),
+        volume_context: v.context.clone(),
+        secrets: Secrets::default(),
+    })
+    .await
+    .unwrap();
+
+    // Nested directories and a file through the mount; S3 sees the file and the directory
+    // objects s3fs makes.
+    let root = target.as_path();
+    std::fs::create_dir_all(root.join("a/b/c")).unwrap();
+    std::fs::write(root.join("a/b/c/file.txt"), "through the mount").unwrap();
+    assert_eq!(
+        env.get(&bucket, "a/b/c/file.txt").await,
+        "through the mount"
+    );
+    let keys = env.keys(&bucket).await;
+    for dir in ["a/", "a/b/", "a/b/c/"] {
+        assert!(
+            keys.iter().any(|k| k == dir),
+            "no directory object {dir}: {keys:?}"
+        );
+    }
+    let listed: Vec<String> = std::fs::read_dir(root.join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, ["b"]);
+
+    // An object written through the API, in a directory s3fs never made: seen through the mount.
+    env.put(&bucket, "from-api/x.txt", "through the API").await;
+    assert_eq!(
+        std::fs::read_to_string(root.join("from-api/x.txt")).unwrap(),
+        "through the API"
+    );
+    // Renames and removals go through to the bucket.
+    std::fs::rename(root.join("a/b/c/file.txt"), root.join("a/moved.txt")).unwrap();
+    std::fs::remove_dir(root.join("a/b/c")).unwrap();
+    let keys = env.keys(&bucket).await;
+    assert!(keys.iter().any(|k| k == "a/moved.txt"), "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("a/b/c")), "{keys:?}");
+
+    node.unpublish(&v.native_id, &target).await.unwrap();
+    node.unstage(&v.native_id, &staging).await.unwrap();
+    assert!(!mounted(staging.as_path()) && !mounted(target.as_path()));
+    env.controller
+        .delete_volume(&v.native_id, &Secrets::default())
+        .await
+        .unwrap();
+    assert!(!env.bucket_exists(&bucket).await);
+}
