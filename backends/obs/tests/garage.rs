@@ -27,7 +27,7 @@ use everest_testsupport::{GarageServer, skip_unless_garage, skip_without};
 use tonic::Code;
 
 mod common;
-use common::fuse_unavailable;
+use common::{fuse_unavailable, shown_by_any_process};
 
 fn secrets() -> Secrets {
     Secrets::new(BTreeMap::from([
@@ -296,6 +296,10 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
     })
     .await
     .unwrap();
+
+    if let Some(place) = shown_by_any_process(GARAGE_SECRET_KEY) {
+        panic!("the secret key shows in {place}");
+    }
 
     // Nested directories and a file through the mount; S3 sees the file and the directory
     // objects s3fs makes.
