@@ -442,6 +442,32 @@ async fn supervised_mounts_outlive_their_mounter_the_node_and_the_supervisor() {
         "fourth"
     );
 
+    // The supervisor's pod is re-created: the supervisor and its mounter die together, as the
+    // runtime ends a container's processes. A new supervisor finds the mount in its state
+    // files, dead, mounts it again and binds the pod's path again.
+    kill(third.pid.unwrap());
+    kill(fx.supervisor.pid());
+    wait_for("the mount to die", async || {
+        std::fs::read_dir(&staging).is_err().then_some(())
+    })
+    .await;
+    fx.supervisor = start_supervisor(dir, None);
+    let fourth = wait_for("the mount of the new supervisor", async || {
+        the_mount(client)
+            .await
+            .filter(|m| m.state == MountState::Serving && !m.adopted)
+    })
+    .await;
+    assert_eq!(parent_of(fourth.pid.unwrap()), Some(fx.supervisor.pid()));
+    assert_eq!(
+        std::fs::read_to_string(in_target("four.txt")).unwrap(),
+        "fourth"
+    );
+    assert_eq!(
+        std::fs::read_to_string(view.join("four.txt")).unwrap(),
+        "fourth"
+    );
+
     // The container ends (its view goes with its mount namespace); unstage through the
     // restarted node: the supervisor unmounts and forgets it.
     drop(container);
