@@ -194,6 +194,16 @@ impl GarageServer {
     }
 }
 
+impl Drop for GarageServer {
+    fn drop(&mut self) {
+        // Its data is thrown away with the dir: no need to wait for a graceful shutdown, which
+        // can take it more than 10 s.
+        if let Some(mut p) = self.proc.take() {
+            p.stop(Duration::from_secs(1));
+        }
+    }
+}
+
 fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

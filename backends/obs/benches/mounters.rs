@@ -2,25 +2,23 @@
 //! options, against direct `aws-sdk-s3` calls to the same S3 server in the same run.
 //!
 //! ```sh
-//! cargo install s3s-fs@0.14.1 --features binary --locked     # a fast local S3 server
-//! sudo cargo bench -p everest-obs --bench mounters               # 1 GiB, 10 000 keys
-//! sudo cargo bench -p everest-obs --bench mounters -- --quick    # 256 MiB, 1 000 keys
-//! sudo cargo bench -p everest-obs --bench mounters -- --flags s3fs=parallel_count=10,multipart_size=64
+//! cargo install garage@2.5.0 --locked     # the S3 server (scripts/test.sh keeps one in the target dir)
+//! sudo EVEREST_GARAGE=… cargo bench -p everest-obs --bench mounters               # 1 GiB, 10 000 keys
+//! sudo EVEREST_GARAGE=… cargo bench -p everest-obs --bench mounters -- --quick    # 256 MiB, 1 000 keys
+//! sudo EVEREST_GARAGE=… cargo bench -p everest-obs --bench mounters -- --flags s3fs=parallel_count=10,multipart_size=64
 //! ```
 //!
 //! `--flags MOUNTER=OPT,OPT` passes StorageClass-style mount options to one mounter, to try a
 //! tuning before making it a default.
 //!
-//! Needs root, `/dev/fuse`, `s3fs` (and `rclone` for its rows) and `s3s-fs` on the PATH (or
-//! `S3S_FS=/path/to/s3s-fs`). s3s-fs serves a directory over S3 and is fast for plain GET and
-//! PUT, so the server is not the bottleneck (moto is); it mishandles keys ending in `/`, which
-//! none of these figures needs. The figures go to docs/performance.md.
+//! Needs root, `/dev/fuse`, `s3fs` (and `rclone` for its rows) and Garage
+//! (`everest_testsupport::GarageServer`: `EVEREST_GARAGE` or `garage` on the PATH), a full S3
+//! service that answers s3fs's directory probes as a real one does. The figures go to
+//! docs/performance.md.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,26 +32,13 @@ use everest_backend::paths::AllowedRoot;
 use everest_backend::secrets::Secrets;
 use everest_obs::credentials::S3Keys;
 use everest_obs::{ObsConfig, ObsNode, context};
+use everest_testsupport::GarageServer;
+use everest_testsupport::garage::{GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const AK: &str = "BENCHACCESSKEY01";
-const SK: &str = "bench-secret-key-not-real";
 const BUCKET: &str = "everest-bench";
 const MIB: usize = 1 << 20;
-
-/// The S3 server, stopped when dropped.
-struct Server {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
@@ -61,36 +46,6 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
-}
-
-fn start_server(dir: &Path) -> Result<Server, Error> {
-    let bin = std::env::var_os("S3S_FS")
-        .map(PathBuf::from)
-        .or_else(|| which("s3s-fs"))
-        .ok_or("s3s-fs not found: cargo install s3s-fs@0.14.1 --features binary --locked, or set S3S_FS")?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let data = dir.join("s3-data");
-    std::fs::create_dir_all(&data)?;
-    let child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", AK, "--secret-key", SK])
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = Server {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("s3s-fs did not start listening".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
 }
 
 struct Sizes {
@@ -142,15 +97,16 @@ async fn run(sizes: &Sizes) -> Result<String, Error> {
         return Err("needs root and /dev/fuse (FUSE mounts)".into());
     }
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path())?;
+    let server = GarageServer::start()?;
     let table = serde_json::json!({
-        "endpoint": server.endpoint,
+        "endpoint": server.endpoint(),
+        "region": GARAGE_REGION,
         "runtime_dir": dir.path().join("run").display().to_string(),
     });
     let config = ObsConfig::parse("bench", table.as_object().ok_or("table")?)?;
     let keys = S3Keys {
-        access_key: AK.into(),
-        secret_key: SK.into(),
+        access_key: GARAGE_ACCESS_KEY.into(),
+        secret_key: GARAGE_SECRET_KEY.into(),
     };
     let s3 = everest_obs::s3::S3::new("bench", &config)?.client(Some(&keys))?;
     s3.create_bucket().bucket(BUCKET).send().await?;
@@ -228,22 +184,17 @@ async fn run(sizes: &Sizes) -> Result<String, Error> {
             rate(sizes.object, direct_get),
             secs(direct_get) / secs(m.read)
         ));
-        match m.list {
-            Some(list) => rows.push(format!(
-                "| {mounter}: listing {} entries | {:.0} ms | ListObjectsV2 {:.0} ms | {:.2} | — |",
-                sizes.keys,
-                secs(list) * 1e3,
-                secs(direct_list) * 1e3,
-                secs(direct_list) / secs(list)
-            )),
-            None => rows.push(format!(
-                "| {mounter}: listing | not measured: it probes `<key>/` for every entry, which s3s-fs mishandles | | | |"
-            )),
-        }
+        rows.push(format!(
+            "| {mounter}: listing {} entries | {:.0} ms | ListObjectsV2 {:.0} ms | {:.2} | — |",
+            sizes.keys,
+            secs(m.list) * 1e3,
+            secs(direct_list) * 1e3,
+            secs(direct_list) / secs(m.list)
+        ));
     }
     drop(server);
     Ok(format!(
-        "Object data path (s3s-fs on loopback; ratio = Everest's mount speed / direct speed; extra mount options: {:?})\n\n| figure | Everest | baseline | ratio | goal |\n|---|---|---|---|---|\n{}\n",
+        "Object data path (Garage on loopback; ratio = Everest's mount speed / direct speed; extra mount options: {:?})\n\n| figure | Everest | baseline | ratio | goal |\n|---|---|---|---|---|\n{}\n",
         sizes.flags,
         rows.join("\n")
     ))
@@ -295,8 +246,7 @@ async fn list_all(s3: &Client, prefix: &str) -> Result<usize, Error> {
 struct MountTimes {
     write: Duration,
     read: Duration,
-    /// `None` for a mounter whose listing this server cannot serve fairly.
-    list: Option<Duration>,
+    list: Duration,
 }
 
 /// Mounts the bucket through the node side with `mounter`, times a write, a read of the
@@ -336,8 +286,8 @@ async fn through_mount(
         },
         volume_context: BTreeMap::from([(context::MOUNTER.to_owned(), mounter.to_owned())]),
         secrets: Secrets::new(BTreeMap::from([
-            ("access.key".to_owned(), AK.to_owned()),
-            ("secret.key".to_owned(), SK.to_owned()),
+            ("access.key".to_owned(), GARAGE_ACCESS_KEY.to_owned()),
+            ("secret.key".to_owned(), GARAGE_SECRET_KEY.to_owned()),
         ])),
     })
     .await?;
@@ -369,19 +319,12 @@ async fn through_mount(
                 format!("read {total} bytes through {mounter}, not {}", sizes.object).into(),
             );
         }
-        // s3fs stats every entry of a listing, asking for `<key>/` too, and s3s-fs answers
-        // such keys badly and slowly (docs/facts: components): that would measure the server.
-        let list = if mounter == "s3fs" {
-            None
-        } else {
-            let t = Instant::now();
-            let entries = std::fs::read_dir(mnt.join("many"))?.count();
-            let list = t.elapsed();
-            if entries != sizes.keys {
-                return Err(format!("{mounter} listed {entries} of {} keys", sizes.keys).into());
-            }
-            Some(list)
-        };
+        let t = Instant::now();
+        let entries = std::fs::read_dir(mnt.join("many"))?.count();
+        let list = t.elapsed();
+        if entries != sizes.keys {
+            return Err(format!("{mounter} listed {entries} of {} keys", sizes.keys).into());
+        }
         Ok(MountTimes { write, read, list })
     })();
     node.unstage(&native_id, &staging).await?;

@@ -59,6 +59,14 @@ impl Mounter {
         }
     }
 
+    /// The names of the options a user may give this mounter (without values).
+    pub fn allowed_option_names(self) -> Vec<&'static str> {
+        let rules = self.rules();
+        let mut names = rules.flags.to_vec();
+        names.extend(rules.valued.iter().map(|(k, _)| *k));
+        names
+    }
+
     /// Checks user options (a StorageClass's `mountOptions`, the backend's `mount_options`)
     /// against this mounter's allowlist; the error names the first refused one and why.
     pub fn check_options(self, user: &[String]) -> Result<(), String> {
@@ -353,7 +361,6 @@ const S3FS: Rules = Rules {
         ("singlepart_copy_limit", Value::Number),
         ("parallel_count", Value::Number),
         ("multireq_max", Value::Number),
-        ("max_thread_count", Value::Number),
         ("max_stat_cache_size", Value::Number),
         ("stat_cache_expire", Value::Number),
         ("stat_cache_interval_expire", Value::Number),

@@ -807,3 +807,61 @@ async fn rclone_mounts_a_volume_and_leaves_nothing_behind() {
         .await
         .unwrap();
 }
+
+/// Every option the allowlists let through is one the installed mounter knows: an option it
+/// does not would pass the check and then fail the mount with the mounter's own message.
+/// (`uid`, `gid`, `ro` and `allow_other` are FUSE's own, which s3fs's help does not list.)
+#[test]
+fn the_allowlists_name_only_options_the_installed_mounters_know() {
+    use everest_obs::mounter::Mounter;
+    // rclone lists the mount's own flags under `mount --help`, the S3 ones under `help flags`.
+    for (mounter, program, helps) in [
+        (Mounter::S3fs, "s3fs", &[&["--help"][..]][..]),
+        (
+            Mounter::Rclone,
+            "rclone",
+            &[&["mount", "--help"][..], &["help", "flags"]],
+        ),
+    ] {
+        if skip_without(program, program) {
+            continue;
+        }
+        let mut help = String::new();
+        for args in helps {
+            let out = std::process::Command::new(program)
+                .args(*args)
+                .output()
+                .unwrap();
+            help += &String::from_utf8_lossy(&out.stdout);
+            help += &String::from_utf8_lossy(&out.stderr);
+        }
+        let unknown: Vec<&str> = mounter
+            .allowed_option_names()
+            .into_iter()
+            .filter(|o| !["uid", "gid", "ro", "allow_other"].contains(o))
+            .filter(|o| !names_option(&help, mounter, o))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "{program} does not know the allowed options {unknown:?}"
+        );
+    }
+}
+
+/// Whether help text lists option `o`: s3fs indents `name` (or `name=…`, `name (…)`) at the
+/// start of a line, rclone writes `--name` in a flag list.
+fn names_option(help: &str, mounter: everest_obs::mounter::Mounter, o: &str) -> bool {
+    let ends_name = |rest: &str| {
+        rest.chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    };
+    help.lines().any(|line| match mounter {
+        everest_obs::mounter::Mounter::S3fs => {
+            line.trim_start().strip_prefix(o).is_some_and(ends_name)
+        }
+        everest_obs::mounter::Mounter::Rclone => line
+            .match_indices(&format!("--{o}"))
+            .any(|(i, m)| ends_name(&line[i + m.len()..])),
+    })
+}
