@@ -51,6 +51,33 @@ impl AllowedRoot {
     }
 }
 
+impl AllowedRoot {
+    /// Refuses a checked path that leads outside the root once the symlinks along it are
+    /// followed: a link planted under the kubelet dir must not make the plugin create, mount
+    /// or remove anything elsewhere. `field` names the request field in the error.
+    pub async fn confine(
+        &self,
+        host: &dyn crate::host::Host,
+        path: &HostPath,
+        field: &str,
+    ) -> Result<(), Error> {
+        let root = host.resolve_existing(&self.0).await?;
+        let real = host
+            .resolve_existing(path.as_path())
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {}", e.detail)))?;
+        if real.starts_with(&root) && real != root {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{field} {path} leads to {} through a symbolic link, outside the directory this plugin may use ({})",
+                real.display(),
+                self.0.display()
+            )))
+        }
+    }
+}
+
 fn is_normal_absolute(p: &Path) -> bool {
     p.is_absolute()
         && p.components()
@@ -113,5 +140,37 @@ mod tests {
             assert!(err.to_string().contains("staging_target_path"));
         }
         assert!(AllowedRoot::new("relative").is_err());
+    }
+}
+
+#[cfg(test)]
+mod confine_tests {
+    use super::*;
+    use crate::host::FakeHost;
+
+    #[tokio::test]
+    async fn a_path_through_a_link_out_of_the_root_is_refused() {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        let host = FakeHost::default();
+        host.add_link(Path::new("/var/lib/kubelet/pods/evil"), Path::new("/etc"));
+        host.add_link(
+            Path::new("/var/lib/kubelet/pods/fine"),
+            Path::new("/var/lib/kubelet/pods/real"),
+        );
+        let inside = root
+            .check("/var/lib/kubelet/pods/fine/volumes/v/mount", "target_path")
+            .unwrap();
+        root.confine(&host, &inside, "target_path").await.unwrap();
+        let plain = root
+            .check("/var/lib/kubelet/pods/p/volumes/v/mount", "target_path")
+            .unwrap();
+        root.confine(&host, &plain, "target_path").await.unwrap();
+        let evil = root
+            .check("/var/lib/kubelet/pods/evil/volumes/v/mount", "target_path")
+            .unwrap();
+        let err = root.confine(&host, &evil, "target_path").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("target_path"), "{err}");
+        assert!(err.to_string().contains("/etc/volumes/v/mount"), "{err}");
     }
 }

@@ -421,3 +421,71 @@ async fn full_lifecycle_as_csi_sanity_runs_it() {
     v.delete().await.expect("DeleteVolume");
     shut_down_clean(world).await;
 }
+
+/// A symlink planted under the kubelet dir that leads elsewhere: every node call that would
+/// create, mount on or remove a path through it is refused, naming the field, and nothing
+/// appears at the other end. A dangling link is refused too (what it names could be created
+/// anywhere). Teardown calls included: the plugin never unmounts or removes outside its root.
+#[tokio::test]
+async fn paths_that_leave_the_kubelet_dir_through_a_symlink_are_refused() {
+    let Some(world) = start().await else {
+        return;
+    };
+    let outside = tempfile::tempdir().unwrap();
+    let pods = world.kubelet_root().join("pods");
+    std::fs::create_dir_all(&pods).unwrap();
+    std::os::unix::fs::symlink(outside.path(), pods.join("evil")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("gone"), pods.join("dangling")).unwrap();
+    let vol = create_volume(&world, "pvc-symlink").await;
+    let mut node = world.node().await;
+    for via in ["evil", "dangling"] {
+        let target = pods.join(via).join("volumes/kubernetes.io~csi/pvc/mount");
+        let target = target.display().to_string();
+        let publish = node
+            .node_publish_volume(csi::NodePublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                staging_target_path: world.staging_path(&vol.volume_id),
+                target_path: target.clone(),
+                volume_capability: Some(ext4()),
+                ..Default::default()
+            })
+            .await;
+        expect_error(publish, Code::InvalidArgument, &["target_path"]);
+        let unpublish = node
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                target_path: target.clone(),
+            })
+            .await;
+        expect_error(unpublish, Code::InvalidArgument, &["target_path"]);
+        let stats = node
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: vol.volume_id.clone(),
+                volume_path: target,
+                ..Default::default()
+            })
+            .await;
+        expect_error(stats, Code::InvalidArgument, &["volume_path"]);
+    }
+    let staging = pods.join("evil/globalmount").display().to_string();
+    let stage = node
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.clone(),
+            volume_capability: Some(ext4()),
+            ..Default::default()
+        })
+        .await;
+    expect_error(stage, Code::InvalidArgument, &["staging_target_path"]);
+    let unstage = node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging,
+        })
+        .await;
+    expect_error(unstage, Code::InvalidArgument, &["staging_target_path"]);
+    let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
+    assert!(made.is_empty(), "the plugin created {made:?} outside its root");
+    delete_volume(&world, &vol.volume_id).await;
+    shut_down_clean(world).await;
+}

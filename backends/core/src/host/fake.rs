@@ -647,6 +647,20 @@ impl Host for FakeHost {
         Ok(s.devices.contains_key(path) || bound)
     }
 
+    async fn resolve_existing(&self, path: &Path) -> Result<PathBuf, HostError> {
+        // The fake's links (added with `add_link`) are followed wherever they sit on the path.
+        let s = self.state();
+        let mut real = path.to_owned();
+        for _ in 0..8 {
+            let Some((link, target)) = s.links.iter().find(|(l, _)| real.starts_with(l)) else {
+                break;
+            };
+            let rest = real.strip_prefix(link).unwrap_or(Path::new("")).to_owned();
+            real = target.join(rest);
+        }
+        Ok(real)
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
         Ok(self.state().paths.contains(path))
     }

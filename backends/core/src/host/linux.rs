@@ -570,6 +570,38 @@ impl Host for LinuxHost {
         .await
     }
 
+    async fn resolve_existing(&self, path: &Path) -> Result<PathBuf, HostError> {
+        let path = path.to_owned();
+        let what = format!("resolve {}", path.display());
+        let limit = self.settings.timeout(CommandKind::Query);
+        blocking(what, limit, move || {
+            let mut base = path.clone();
+            let mut rest = Vec::new();
+            loop {
+                match std::fs::canonicalize(&base) {
+                    Ok(real) => return Ok(rest.iter().rev().fold(real, |p, c| p.join(c))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        if std::fs::symlink_metadata(&base).is_ok() {
+                            return Err(HostError::new(
+                                format!("resolve {}", path.display()),
+                                format!("{} is a dangling symbolic link", base.display()),
+                            ));
+                        }
+                        match (base.file_name(), base.parent()) {
+                            (Some(name), Some(parent)) => {
+                                rest.push(name.to_owned());
+                                base = parent.to_owned();
+                            }
+                            _ => return Err(io_err("resolve", &path, e)),
+                        }
+                    }
+                    Err(e) => return Err(io_err("resolve", &path, e)),
+                }
+            }
+        })
+        .await
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
         self.limited(format!("stat {}", path.display()), async {
             match tokio::fs::symlink_metadata(path).await {

@@ -183,6 +183,10 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     async fn is_block_device(&self, path: &Path) -> Result<bool, HostError>;
     /// Whether a path exists (without following a final symlink's target).
     async fn exists(&self, path: &Path) -> Result<bool, HostError>;
+    /// Where `path` really leads: its longest existing ancestor with every symlink followed,
+    /// and the rest as written. A dangling symlink along it is an error (what it names could be
+    /// created anywhere).
+    async fn resolve_existing(&self, path: &Path) -> Result<PathBuf, HostError>;
     /// Creates a directory and its parents.
     async fn make_dir(&self, path: &Path) -> Result<(), HostError>;
     /// Creates an empty file (the bind target for a raw block volume), parents included.
