@@ -203,3 +203,4 @@ mod controller;
 mod identity;
 mod ids;
 mod node;
+mod wire;

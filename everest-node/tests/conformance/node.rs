@@ -485,7 +485,10 @@ async fn paths_that_leave_the_kubelet_dir_through_a_symlink_are_refused() {
         .await;
     expect_error(unstage, Code::InvalidArgument, &["staging_target_path"]);
     let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
-    assert!(made.is_empty(), "the plugin created {made:?} outside its root");
+    assert!(
+        made.is_empty(),
+        "the plugin created {made:?} outside its root"
+    );
     delete_volume(&world, &vol.volume_id).await;
     shut_down_clean(world).await;
 }
