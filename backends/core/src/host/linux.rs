@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::command::{CommandKind, HostSettings, blocking, failed};
-use super::{FsStats, FuseMount, Host, HostError, MountEntry, mounts_at, parse_mountinfo, sysfs};
+use super::{
+    FsStats, FuseMount, Host, HostError, MountEntry, mounts_at, parse_mountinfo_bytes, sysfs,
+};
 
 /// The Linux implementation of [`Host`].
 #[derive(Debug, Clone, Default)]
@@ -108,10 +110,10 @@ fn xfs_info_data_bytes(text: &str) -> Option<u64> {
 impl Host for LinuxHost {
     async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
         self.limited("read /proc/self/mountinfo".to_owned(), async {
-            let text = tokio::fs::read_to_string("/proc/self/mountinfo")
+            let bytes = tokio::fs::read("/proc/self/mountinfo")
                 .await
                 .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
-            Ok(parse_mountinfo(&text))
+            Ok(parse_mountinfo_bytes(&bytes))
         })
         .await
     }

@@ -25,7 +25,7 @@ pub use command::{CommandKind, HostSettings};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeDevice, FakeHost};
 pub use linux::LinuxHost;
-pub use mountinfo::{MountEntry, parse_mountinfo};
+pub use mountinfo::{MountEntry, parse_mountinfo, parse_mountinfo_bytes};
 
 /// A host operation that failed: which command or call, and what it said.
 #[derive(Debug, Clone, thiserror::Error)]

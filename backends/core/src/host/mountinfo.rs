@@ -30,30 +30,46 @@ impl MountEntry {
 
 /// Parses mountinfo text; malformed lines are skipped rather than failing the whole read.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines().filter_map(parse_line).collect()
+    parse_mountinfo_bytes(text.as_bytes())
 }
 
-fn parse_line(line: &str) -> Option<MountEntry> {
-    let (left, right) = line.split_once(" - ")?;
-    let l: Vec<&str> = left.split(' ').collect();
-    let r: Vec<&str> = right.split(' ').collect();
+/// Parses mountinfo as the kernel writes it: bytes, not necessarily UTF-8 (a mount point may be
+/// named in any encoding), so one odd mount elsewhere on the host cannot hide all the others.
+pub fn parse_mountinfo_bytes(bytes: &[u8]) -> Vec<MountEntry> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(parse_line)
+        .collect()
+}
+
+fn parse_line(line: &[u8]) -> Option<MountEntry> {
+    let at = line.windows(3).position(|w| w == b" - ")?;
+    let (left, right) = (&line[..at], &line[at + 3..]);
+    let l: Vec<&[u8]> = left.split(|b| *b == b' ').collect();
+    let r: Vec<&[u8]> = right.split(|b| *b == b' ').collect();
     if l.len() < 6 || r.len() < 3 {
         return None;
     }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let list = |b: &[u8]| text(b).split(',').map(str::to_owned).collect();
     Some(MountEntry {
-        device_number: l[2].to_owned(),
-        root: PathBuf::from(unescape(l[3])),
-        mount_point: PathBuf::from(unescape(l[4])),
-        mount_options: l[5].split(',').map(str::to_owned).collect(),
-        fs_type: r[0].to_owned(),
-        source: unescape(r[1]),
-        super_options: r[2].split(',').map(str::to_owned).collect(),
+        device_number: text(l[2]),
+        root: path(unescape(l[3])),
+        mount_point: path(unescape(l[4])),
+        mount_options: list(l[5]),
+        fs_type: text(r[0]),
+        source: text(&unescape(r[1])),
+        super_options: list(r[2]),
     })
 }
 
+fn path(bytes: Vec<u8>) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(bytes))
+}
+
 /// The kernel writes space, tab, newline and backslash in paths as `\ooo` octal escapes.
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
+fn unescape(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -73,7 +89,7 @@ fn unescape(s: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 #[cfg(test)]
@@ -99,5 +115,58 @@ bogus line
         );
         assert!(m[2].is_read_only());
         assert!(!m[1].is_read_only());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use std::os::unix::ffi::OsStrExt;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A path as the kernel writes it into mountinfo.
+    fn escape(path: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in path {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\\' => out.extend(format!("\\{b:03o}").bytes()),
+                _ => out.push(*b),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse_mountinfo_bytes(&bytes);
+        }
+
+        #[test]
+        fn any_mount_point_comes_back_as_the_kernel_named_it(
+            name in proptest::collection::vec(1u8..=255, 1..40),
+            ro in any::<bool>(),
+        ) {
+            let mut point = b"/var/lib/kubelet/pods/".to_vec();
+            point.extend(name.iter().filter(|b| **b != b'/'));
+            let mut line = b"36 25 0:42 / ".to_vec();
+            line.extend(escape(&point));
+            line.extend(format!(" {},relatime shared:1 - fuse.s3fs s3fs rw\n", if ro { "ro" } else { "rw" }).bytes());
+            // Another mount, whose name is not UTF-8, must not hide this one.
+            let mut text = b"37 25 7:1 / /mnt/caf\xe9 rw - ext4 /dev/loop1 rw\n".to_vec();
+            text.extend(line);
+            let parsed = parse_mountinfo_bytes(&text);
+            prop_assert_eq!(parsed.len(), 2);
+            prop_assert_eq!(parsed[1].mount_point.as_os_str().as_bytes(), &point[..]);
+            prop_assert_eq!(parsed[1].is_read_only(), ro);
+            prop_assert_eq!(parsed[0].mount_point.as_os_str().as_bytes(), b"/mnt/caf\xe9");
+        }
     }
 }
