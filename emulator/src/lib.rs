@@ -22,6 +22,8 @@ pub mod sfs;
 pub mod state;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod sfs_tests;
 #[cfg(test)]
 mod snapshot_tests;
