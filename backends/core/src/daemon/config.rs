@@ -518,3 +518,43 @@ device_wait_seconds = 30
         assert!(ControllerConfig::load(&args, env(&[])).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(128)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// Any file text and any EVEREST_* variables load or fail with a message: the layering
+        /// and the merge of backend names from variables never panic.
+        #[test]
+        fn any_file_and_variables_load_or_fail_cleanly(
+            text in "(\\PC|\n|\\[|\\]|=|\"){0,200}",
+            vars in proptest::collection::vec(
+                ("EVEREST_(BACKENDS__[A-Za-z0-9_]{0,12}__[A-Z_]{0,10}|NODE__[A-Z_]{0,16}|[A-Z_]{0,16})", "\\PC{0,16}"),
+                0..6,
+            ),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("everest.toml");
+            std::fs::write(&path, &text).unwrap();
+            let args = CommonArgs { config: Some(path), ..Default::default() };
+            if let Err(e) = NodeConfig::load(&args, vars.clone()) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+            if let Err(e) = ControllerConfig::load(&CommonArgs::default(), vars) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}
