@@ -10,7 +10,10 @@ use prost::Message;
 /// Each proto with the file its compiled schema is kept in.
 const PROTOS: [(&str, &str); 2] = [
     ("csi.proto", "csi_descriptor.bin"),
-    ("pluginregistration.proto", "pluginregistration_descriptor.bin"),
+    (
+        "pluginregistration.proto",
+        "pluginregistration_descriptor.bin",
+    ),
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -31,8 +31,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/csi_descriptor.bin"));
 
 /// The compiled schema (encoded `FileDescriptorSet`) of `pluginregistration.proto`.
-pub const REGISTRATION_FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/pluginregistration_descriptor.bin"));
+pub const REGISTRATION_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/pluginregistration_descriptor.bin"
+));
 
 #[cfg(test)]
 mod tests {
