@@ -8,26 +8,32 @@ mod backends;
 mod fake;
 mod node;
 mod node_info;
+mod registration;
 mod requests;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use everest_backend::daemon::config::{CommonArgs, NodeConfig};
+use everest_backend::daemon::config::{CommonArgs, NodeConfig, RegistrationMode};
 use everest_backend::daemon::identity::IdentityService;
+use everest_backend::daemon::server::{SHUTDOWN_GRACE, serve_bound};
+use everest_backend::daemon::shutdown::Shutdown;
+use everest_backend::daemon::socket::{bind, parse_endpoint};
 use everest_backend::daemon::startup::launch;
-use everest_backend::daemon::{server, telemetry};
+use everest_backend::daemon::telemetry;
 use everest_backend::host::{Host, LinuxHost};
 use everest_backend::paths::AllowedRoot;
 use everest_backend::registry::Registry;
 use everest_backend::{Error, NodeBackend};
 use everest_proto::csi::v1::identity_server::IdentityServer;
 use everest_proto::csi::v1::node_server::NodeServer;
+use everest_proto::pluginregistration::registration_server::RegistrationServer;
 use tonic::transport::Server;
 
 use crate::backends::NodeReady;
 use crate::node::NodeService;
+use crate::registration::{RegistrationPlan, RegistrationService};
 
 /// Command line of the node plugin.
 #[derive(Debug, Parser)]
@@ -42,6 +48,10 @@ use crate::node::NodeService;
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,
+    /// Who registers the plugin with the kubelet: the node-driver-registrar sidecar, or
+    /// everest-node itself on <registry dir>/<driver>-reg.sock [config: node.registration.mode].
+    #[arg(long, value_enum, value_name = "MODE")]
+    registration: Option<RegistrationMode>,
 }
 
 #[tokio::main]
@@ -51,14 +61,21 @@ async fn main() -> ExitCode {
         "everest-node",
         cli.common.check_config,
         || {
-            let cfg = NodeConfig::load(&cli.common, std::env::vars())?;
+            let mut cfg = NodeConfig::load(&cli.common, std::env::vars())?;
+            // The flag is the last configuration layer.
+            if let Some(mode) = cli.registration {
+                cfg.node.registration.mode = mode;
+            }
             let host: Arc<dyn Host> = Arc::new(LinuxHost::new(cfg.node.host.clone()));
             let root = AllowedRoot::new(&cfg.node.kubelet_root)
                 .map_err(|e| e.context("configuration key node.kubelet_root"))?;
+            let registration = RegistrationPlan::from_config(&cfg, &root)?;
             let registry = Arc::new(backends::build(&cfg, &host)?);
-            Ok((cfg.log_format, (cfg, root, host, registry)))
+            Ok((cfg.log_format, (cfg, root, host, registry, registration)))
         },
-        |(cfg, root, host, registry)| async move { run(&cfg, root, host, registry).await },
+        |(cfg, root, host, registry, registration)| async move {
+            run(&cfg, root, host, registry, registration).await
+        },
     )
     .await
 }
@@ -68,6 +85,7 @@ async fn run(
     root: AllowedRoot,
     host: Arc<dyn Host>,
     registry: Arc<Registry<dyn NodeBackend>>,
+    registration: Option<RegistrationPlan>,
 ) -> Result<(), Error> {
     if let Some(addr) = cfg.metrics_address {
         telemetry::install_exporter(addr)?;
@@ -98,6 +116,7 @@ async fn run(
         zone = info.zone.as_deref().unwrap_or("none"),
         max_volumes = info.max_volumes,
         kubelet_root = %root.path().display(),
+        registration = ?cfg.node.registration.mode,
         metrics = %cfg.metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         "everest-node starting"
     );
@@ -113,5 +132,25 @@ async fn run(
     let router = Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_service(NodeServer::new(node));
-    server::serve(&cfg.endpoint, router).await
+    let shutdown = Shutdown::on_signal();
+    // The CSI socket first: the kubelet calls NodeGetInfo on it as soon as it has read the
+    // registration socket's GetInfo.
+    let csi = bind(&parse_endpoint(&cfg.endpoint)?).await?;
+    let serve_csi = serve_bound(csi, "CSI", router, shutdown.clone().wait(), SHUTDOWN_GRACE);
+    let Some(plan) = registration else {
+        return serve_csi.await;
+    };
+    let socket = bind(plan.socket())
+        .await
+        .map_err(|e| e.context("kubelet plugin registration socket"))?;
+    let router =
+        Server::builder().add_service(RegistrationServer::new(RegistrationService::new(plan)));
+    let serve_registration = serve_bound(
+        socket,
+        "kubelet plugin registration",
+        router,
+        shutdown.wait(),
+        SHUTDOWN_GRACE,
+    );
+    tokio::try_join!(serve_csi, serve_registration).map(|_| ())
 }

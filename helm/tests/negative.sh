@@ -108,6 +108,37 @@ must_fail "wiring: mounter state" "--state-dir is not on a host dir" "${CHECK[@]
 render "$CHART" -f "$HERE/values/object-only.yaml" --set-json 'node.mounterSupervisor.extraArgs=["--metrics-address=0.0.0.0:9999"]' > "$NEG/wiring6.yaml"
 must_fail "wiring: mounter metrics port" "everest-mounter: port 'metrics' 9812" "${CHECK[@]}" wiring "$NEG/wiring6.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 
+# wiring, registration: nothing registers (native turned off, no registrar); both register;
+# the kubelet told a container path as the endpoint; a registry dir that is not the kubelet's;
+# the registry mounted a second time inside the Bidirectional kubelet dir mount.
+NR="$WORK/native-registration/rendered.yaml"
+sed 's/^    mode = "native"$/    mode = "registrar"/' "$NR" > "$NEG/reg1.yaml"
+must_fail "wiring: no registration" "nothing registers the plugin with the kubelet" "${CHECK[@]}" wiring "$NEG/reg1.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+sed 's/^    mode = "registrar"$/    mode = "native"/' "$R" > "$NEG/reg2.yaml"
+must_fail "wiring: registered twice" "both node-driver-registrar and everest-node" "${CHECK[@]}" wiring "$NEG/reg2.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+sed 's|^    kubelet_endpoint = .*|    kubelet_endpoint = "/csi/csi.sock"|' "$NR" > "$NEG/reg3.yaml"
+must_fail "wiring: registration endpoint" "kubelet_endpoint /csi/csi.sock is not the host path" "${CHECK[@]}" wiring "$NEG/reg3.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+sed 's|^    registry_dir = .*|    registry_dir = "/var/lib/kubelet/plugins/registry"|' "$NR" > "$NEG/reg4.yaml"
+must_fail "wiring: registry dir" "not the kubelet's /var/lib/kubelet/plugins_registry" "${CHECK[@]}" wiring "$NEG/reg4.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+render "$CHART" -f "$HERE/values/block-only.yaml" --set node.registration=native \
+  --set-json 'node.extraVolumes=[{"name":"reg","hostPath":{"path":"/var/lib/kubelet/plugins_registry"}}]' \
+  --set-json 'node.extraVolumeMounts=[{"name":"reg","mountPath":"/var/lib/kubelet/plugins_registry"}]' > "$NEG/reg5.yaml"
+must_fail "wiring: nested registry mount" "nested in the Bidirectional kubelet dir mount" "${CHECK[@]}" wiring "$NEG/reg5.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help"
+# refusals: a schema that lets any registration mode through.
+c=$(chart_copy registration)
+"$EVEREST_PYTHON" - "$c/values.schema.json" <<'PY'
+import json, sys; p = sys.argv[1]; s = json.load(open(p))
+del s["properties"]["node"]["properties"]["registration"]["enum"]
+json.dump(s, open(p, "w"), indent=2)
+PY
+CHART_SAVED=$CHART; CHART=$c
+must_fail "refusal: registration mode" "rendered; expected a refusal" expect_refusal "registration" "${IMAGE[@]}" --set node.registration=sidecar
+CHART=$CHART_SAVED
+
+# --check-config: native registration with the registry outside the kubelet root.
+sed 's|^mode = "registrar"$|mode = "native"\nregistry_dir = "/var/lib/kubelet/plugins_registry"|' "$WORK/everest.toml" > "$NEG/registration.toml"
+must_fail "check-config: registry dir" "is not under the kubelet root" bash -c "cd '$WORK' && EVEREST_NODE__NODE_ID=check EVEREST_NODE__ZONE=check '$BIN_DIR/everest-node' --check-config --config '$NEG/registration.toml' --endpoint 'unix://$WORK/n.sock'"
+
 # --check-config: the rendered config without the EVS project.
 sed '/^project_id = /d' "$WORK/everest.toml" > "$NEG/everest.toml"
 must_fail "check-config" "project_id" bash -c "cd '$WORK' && env -u EVEREST_NODE__NODE_ID '$BIN_DIR/everest-controller' --check-config --config '$NEG/everest.toml' --endpoint 'unix://$WORK/c.sock'"

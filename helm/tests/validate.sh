@@ -52,6 +52,7 @@ declare -A COMBOS=(
   [monitoring]="-f $HERE/values/monitoring.yaml"
   [monitoring-pod]="-f $HERE/values/monitoring.yaml --set monitoring.serviceMonitor.enabled=false --set monitoring.podMonitor.enabled=true"
   [single-replica]="--set controller.replicas=1 --set controller.podDisruptionBudget.enabled=false"
+  [native-registration]="-f $HERE/values/block-only.yaml --set node.registration=native"
 )
 
 for name in $(printf '%s\n' "${!COMBOS[@]}" | sort); do
@@ -93,6 +94,7 @@ refusals() {
   expect_refusal "node.healthPort and node.metricsPort are both 9809" "${IMAGE[@]}" --set node.healthPort=9809
   expect_refusal "controller.metricsPort and sidecars.provisioner.httpPort are both 9808" "${IMAGE[@]}" --set sidecars.provisioner.httpPort=9808
   expect_refusal "serviceMonitor and monitoring.podMonitor are mutually exclusive" "${IMAGE[@]}" --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true
+  expect_refusal "registration" "${IMAGE[@]}" --set node.registration=sidecar
 }
 refusals
 
@@ -120,7 +122,7 @@ for d in everest-controller everest-node everest-mounter; do
   fi
   "$BIN_DIR/$d" --help > "$WORK/$d.help"
 done
-for name in default all snapshots object-only; do
+for name in default all snapshots object-only native-registration; do
   "${CHECK[@]}" wiring "$WORK/$name/rendered.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 done
 
@@ -129,9 +131,11 @@ printf '{"access_key":"AK","secret_key":"SK"}' > "$WORK/credentials.json"
 chmod 600 "$WORK/credentials.json"
 # Every rendering whose backends' settings are complete (all.yaml's are not); block-only last,
 # as negative.sh edits it.
-for name in block-file file-only object-only block-object block-only; do
+for name in block-file file-only object-only block-object native-registration block-only; do
   "${CHECK[@]}" toml "$WORK/$name/rendered.yaml" "$WORK/everest.toml"
   sed -i "s#/etc/everest/credentials/[a-z0-9-]*/credentials.json#$WORK/credentials.json#" "$WORK/everest.toml"
+  # The kubelet dir (and the registration paths under it) moved into the scratch dir.
+  sed -i "s#\"/var/lib/kubelet#\"$WORK#" "$WORK/everest.toml"
   sed -i "s#^kubelet_root = .*#kubelet_root = \"$WORK\"#" "$WORK/everest.toml"
   sed -i "s#^by_id_dir = .*#by_id_dir = \"$WORK\"#" "$WORK/everest.toml"
   echo "$name:"

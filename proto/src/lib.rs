@@ -1,6 +1,8 @@
-//! The CSI v1 protocol as Rust types, with tonic clients and servers.
+//! The CSI v1 protocol as Rust types, with tonic clients and servers, and the
+//! kubelet's plugin registration API.
 //!
-//! Generated at build time from `csi.proto` (CSI spec v1.12.0). Other crates
+//! Generated at build time from `csi.proto` (CSI spec v1.12.0) and
+//! `pluginregistration.proto` (kubelet `pluginregistration/v1`). Other crates
 //! use e.g. `everest_proto::csi::v1::identity_server::Identity` to implement a
 //! service and `everest_proto::csi::v1::node_client::NodeClient` to call one.
 
@@ -12,6 +14,13 @@ pub mod csi {
     }
 }
 
+/// The kubelet's plugin registration API v1, under its proto package
+/// `pluginregistration` (the package upstream gave it, so the kubelet's method
+/// paths are `/pluginregistration.Registration/…`).
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
+}
+
 /// The CSI spec release `csi.proto` follows; report it as the vendor-neutral
 /// protocol version (e.g. in logs), not as the plugin's own version.
 pub const CSI_SPEC_VERSION: &str = "1.12.0";
@@ -20,6 +29,12 @@ pub const CSI_SPEC_VERSION: &str = "1.12.0";
 /// `csi.proto` and its imports, e.g. for a gRPC reflection service.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/csi_descriptor.bin"));
+
+/// The compiled schema (encoded `FileDescriptorSet`) of `pluginregistration.proto`.
+pub const REGISTRATION_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/pluginregistration_descriptor.bin"
+));
 
 #[cfg(test)]
 mod tests {
@@ -414,6 +429,80 @@ mod tests {
         assert_eq!(
             fields(&delta),
             [(1, LEN), (2, LEN), (3, VARINT), (4, VARINT), (5, LEN)]
+        );
+    }
+
+    #[test]
+    fn plugin_registration_numbers() {
+        use super::pluginregistration::{PluginInfo, RegistrationStatus};
+        let info = PluginInfo {
+            r#type: "CSIPlugin".into(),
+            name: "everest.csi.io".into(),
+            endpoint: "/var/lib/kubelet/plugins/everest.csi.io/csi.sock".into(),
+            supported_versions: vec!["1.0.0".into(), "1.1.0".into()],
+        };
+        assert_eq!(
+            fields(&info),
+            [(1, LEN), (2, LEN), (3, LEN), (4, LEN), (4, LEN)]
+        );
+        let status = RegistrationStatus {
+            plugin_registered: true,
+            error: "e".into(),
+        };
+        assert_eq!(fields(&status), [(1, VARINT), (2, LEN)]);
+        // Only the error set: the first byte is the key of field 2, LEN.
+        let error_only = RegistrationStatus {
+            plugin_registered: false,
+            error: "x".into(),
+        };
+        assert_eq!(error_only.encode_to_vec(), [0x12, 1, b'x']);
+    }
+
+    #[test]
+    fn plugin_registration_package_and_methods() {
+        let fds = prost_types::FileDescriptorSet::decode(super::REGISTRATION_FILE_DESCRIPTOR_SET)
+            .expect("embedded descriptor decodes");
+        let [file] = fds.file.as_slice() else {
+            panic!("one file, no imports: {:?}", fds.file);
+        };
+        assert_eq!(file.package(), "pluginregistration");
+        let [service] = file.service.as_slice() else {
+            panic!("one service: {:?}", file.service);
+        };
+        assert_eq!(service.name(), "Registration");
+        let methods: Vec<(&str, &str, &str)> = service
+            .method
+            .iter()
+            .map(|m| (m.name(), m.input_type(), m.output_type()))
+            .collect();
+        assert_eq!(
+            methods,
+            [
+                (
+                    "GetInfo",
+                    ".pluginregistration.InfoRequest",
+                    ".pluginregistration.PluginInfo"
+                ),
+                (
+                    "NotifyRegistrationStatus",
+                    ".pluginregistration.RegistrationStatus",
+                    ".pluginregistration.RegistrationStatusResponse"
+                ),
+            ]
+        );
+        let messages: BTreeMap<&str, usize> = file
+            .message_type
+            .iter()
+            .map(|m| (m.name(), m.field.len()))
+            .collect();
+        assert_eq!(
+            messages,
+            BTreeMap::from([
+                ("InfoRequest", 0),
+                ("PluginInfo", 4),
+                ("RegistrationStatus", 2),
+                ("RegistrationStatusResponse", 0),
+            ])
         );
     }
 }

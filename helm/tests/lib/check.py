@@ -3,7 +3,8 @@
 
 Subcommands (each exits non-zero with a message naming the problem):
   split RENDERED CORE_OUT CRD_OUT      split rendered YAML into built-in kinds and CRD-based kinds
-  wiring RENDERED CTRL_HELP NODE_HELP  daemon flags vs `--help`, sockets, registration paths,
+  wiring RENDERED CTRL_HELP NODE_HELP  daemon flags vs `--help`, sockets, registration paths
+                                       (node-driver-registrar or native registration),
                                        sidecar flags vs the flags each pinned sidecar accepts
   rules RENDERED OUT                   the PrometheusRule's spec as a plain Prometheus rules file
   toml RENDERED OUT                    the daemon config (everest.toml) from the ConfigMap
@@ -15,6 +16,7 @@ Subcommands (each exits non-zero with a message naming the problem):
 import json
 import re
 import sys
+import tomllib
 
 import yaml
 
@@ -153,6 +155,39 @@ def check_mounter(pod, node, node_volumes, config, help_path, kubelet_host):
         fail(f"{MOUNTER}: /dev is not mounted (FUSE needs /dev/fuse)")
 
 
+REGISTRAR = "node-driver-registrar"
+
+
+def check_registration(containers, daemon, volumes, config, sock, driver, kubelet_host):
+    """Exactly one of node-driver-registrar and everest-node's native registration registers
+    the plugin. Native: the registry dir is the host's <kubelet>/plugins_registry through
+    everest-node's mounts, the endpoint it reports is the host path of its CSI socket, and no
+    mount is nested in the Bidirectional kubelet dir mount (it would propagate to the host)."""
+    reg = tomllib.loads(config["data"]["everest.toml"]).get("node", {}).get("registration", {})
+    mode = reg.get("mode", "registrar")
+    if mode == "native" and REGISTRAR in containers:
+        fail(f"both {REGISTRAR} and everest-node (node.registration.mode = native) register the plugin")
+    if mode != "native":
+        if REGISTRAR not in containers:
+            fail(f"nothing registers the plugin with the kubelet: no {REGISTRAR}, and everest.toml node.registration.mode = {mode!r}")
+        return
+    registry = reg.get("registry_dir", f"{kubelet_host}/plugins_registry")
+    where = host_dir(daemon, volumes, registry)
+    host_registry = where and where[1].rstrip("/") + registry[len(where[0].rstrip("/")):]
+    if host_registry != f"{kubelet_host}/plugins_registry":
+        fail(f"everest-node: registry_dir {registry} is {host_registry} on the host, not the kubelet's {kubelet_host}/plugins_registry")
+    endpoint = reg.get("kubelet_endpoint", sock)
+    sock_host = host_dir(daemon, volumes, sock)
+    want = sock_host and sock_host[1].rstrip("/") + sock[len(sock_host[0].rstrip("/")):]
+    if endpoint != want or not want.endswith(f"/plugins/{driver}/{sock.rsplit('/', 1)[1]}"):
+        fail(f"everest-node: kubelet_endpoint {endpoint} is not the host path of its socket {sock} ({want}) under <kubelet>/plugins/{driver}")
+    nested = [m["mountPath"] for m in daemon.get("volumeMounts", [])
+              if m["mountPath"].startswith(kubelet_host.rstrip("/") + "/")]
+    if nested:
+        fail(f"everest-node: {nested} nested in the Bidirectional kubelet dir mount would propagate to the host")
+    print(f"ok  native registration: {registry} (host {host_registry}), endpoint {endpoint}")
+
+
 def cmd_wiring(rendered, ctrl_help, node_help, mounter_help=None):
     docs = load_docs(rendered)
     daemons = {"everest-controller": help_flags(ctrl_help), "everest-node": help_flags(node_help)}
@@ -238,6 +273,7 @@ def cmd_wiring(rendered, ctrl_help, node_help, mounter_help=None):
                 fail("everest-node: the kubelet dir must be mounted at its host path")
             if f'kubelet_root = "{host}"' not in config["data"]["everest.toml"]:
                 fail("everest.toml kubelet_root differs from the mounted kubelet dir")
+            check_registration(containers, daemon, mounts_by_volume, config, sock, driver, host)
             if not mount_of(daemon, "/dev"):
                 fail("everest-node: /dev is not mounted")
             for name, c in containers.items():

@@ -258,6 +258,7 @@ COMBOS = {
     "monitoring": (BLOCK, True, "File", False, {"ServiceMonitor", "PrometheusRule"}),
     "monitoring-pod": (BLOCK, True, "File", False, {"PodMonitor", "PrometheusRule"}),
     "single-replica": (BLOCK, True, "File", False, set()),
+    "native-registration": (BLOCK, True, "File", False, set()),
 }
 
 

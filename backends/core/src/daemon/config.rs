@@ -148,6 +148,38 @@ pub struct NodeSection {
     /// Time limits of host commands, and where sysfs and /dev are (`[node.host]`).
     #[serde(default)]
     pub host: HostSettings,
+    /// Who registers the plugin with the kubelet (`[node.registration]`).
+    #[serde(default)]
+    pub registration: RegistrationSettings,
+}
+
+/// Who tells the kubelet that this node plugin exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// The node-driver-registrar sidecar does (the chart's default); the node serves no
+    /// registration socket.
+    #[default]
+    Registrar,
+    /// `everest-node` serves the kubelet's plugin registration API itself.
+    Native,
+}
+
+/// The `[node.registration]` section; only read in `native` mode.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSettings {
+    /// `registrar` (default) or `native`.
+    #[serde(default)]
+    pub mode: RegistrationMode,
+    /// The directory the kubelet's plugin watcher watches; `<kubelet_root>/plugins_registry`
+    /// when unset. It must lie under `kubelet_root`.
+    #[serde(default)]
+    pub registry_dir: Option<PathBuf>,
+    /// The CSI socket as the kubelet reaches it on the host (in a container it differs from
+    /// `endpoint`); the endpoint's path when unset.
+    #[serde(default)]
+    pub kubelet_endpoint: Option<String>,
 }
 
 impl Default for NodeSection {
@@ -158,6 +190,7 @@ impl Default for NodeSection {
             max_volumes_per_node: default_max_volumes(),
             kubelet_root: default_kubelet_root(),
             host: HostSettings::default(),
+            registration: RegistrationSettings::default(),
         }
     }
 }
@@ -477,6 +510,38 @@ device_wait_seconds = 30
         assert_eq!(cfg.endpoint, "/tmp/other.sock");
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.metrics_address, Some("127.0.0.1:9808".parse().unwrap()));
+    }
+
+    #[test]
+    fn registration_defaults_to_the_registrar_and_reads_native_from_file_and_env() {
+        let cfg = NodeConfig::load(&CommonArgs::default(), env(&[])).unwrap();
+        assert_eq!(cfg.node.registration.mode, RegistrationMode::Registrar);
+        let (_dir, args) = file(
+            "[node.registration]\nmode = \"native\"\nregistry_dir = \"/var/lib/kubelet/plugins_registry\"",
+        );
+        let cfg = NodeConfig::load(&args, env(&[])).unwrap();
+        assert_eq!(cfg.node.registration.mode, RegistrationMode::Native);
+        assert_eq!(
+            cfg.node.registration.registry_dir.as_deref(),
+            Some(std::path::Path::new("/var/lib/kubelet/plugins_registry"))
+        );
+        let vars = env(&[
+            ("EVEREST_NODE__REGISTRATION__MODE", "native"),
+            (
+                "EVEREST_NODE__REGISTRATION__KUBELET_ENDPOINT",
+                "/var/lib/kubelet/plugins/everest.csi.io/csi.sock",
+            ),
+        ]);
+        let cfg = NodeConfig::load(&CommonArgs::default(), vars).unwrap();
+        assert_eq!(cfg.node.registration.mode, RegistrationMode::Native);
+        assert!(cfg.node.registration.kubelet_endpoint.is_some());
+        for bad in [
+            "[node.registration]\nmode = \"sidecar\"",
+            "[node.registration]\nregistry = \"/x\"",
+        ] {
+            let (_dir, args) = file(bad);
+            assert!(NodeConfig::load(&args, env(&[])).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 
 use super::authority::LenientAuthority;
 use super::shutdown::signal_received;
-use super::socket::{bind, parse_endpoint};
+use super::socket::{BoundSocket, bind, parse_endpoint};
 use crate::error::Error;
 
 /// How long in-flight RPCs may run after the signal. The kubelet and the sidecars keep their
@@ -29,9 +29,23 @@ pub async fn serve_until(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Result<(), Error> {
-    let path = parse_endpoint(endpoint)?;
-    let bound = bind(&path).await?;
-    tracing::info!(endpoint, "serving CSI");
+    let bound = bind(&parse_endpoint(endpoint)?).await?;
+    serve_bound(bound, "CSI", router, shutdown, grace).await
+}
+
+/// Serves `router` on a socket bound beforehand until `shutdown`, then as [`serve_until`].
+/// Binding apart from serving lets a daemon create its sockets in a chosen order (the node's
+/// registration socket only once its CSI socket exists) and serve them side by side.
+/// `what` names the service in the logs.
+pub async fn serve_bound(
+    bound: BoundSocket,
+    what: &'static str,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), Error> {
+    let socket = bound.file.path().display().to_string();
+    tracing::info!(socket, "serving {what}");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     // Every connection goes through LenientAuthority, so non-Go gRPC clients can call us too.
     let incoming = bound.incoming.map(|conn| conn.map(LenientAuthority::new));
@@ -46,14 +60,14 @@ pub async fn serve_until(
     };
     let served = tokio::select! {
         result = server => result
-            .map_err(|e| Error::Internal(format!("gRPC server on {endpoint} failed: {e}"))),
+            .map_err(|e| Error::Internal(format!("{what} gRPC server on {socket} failed: {e}"))),
         () = deadline => {
-            tracing::warn!(endpoint, grace_seconds = grace.as_secs(), "connections still open after the grace period; stopping anyway");
+            tracing::warn!(socket, grace_seconds = grace.as_secs(), "connections still open after the grace period; stopping anyway");
             Ok(())
         }
     };
     drop(bound.file);
-    tracing::info!(endpoint, "stopped");
+    tracing::info!(socket, "stopped serving {what}");
     served
 }
 

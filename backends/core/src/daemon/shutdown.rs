@@ -1,6 +1,29 @@
 //! The signal that starts a graceful shutdown.
 
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+/// One shutdown signal that several servers of a daemon wait on, so they stop together.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Starts listening for SIGTERM/SIGINT ([`signal_received`]) in the background.
+    pub fn on_signal() -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            signal_received().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once the signal came.
+    pub async fn wait(mut self) {
+        // An error means the listener is gone, which only happens when the runtime stops.
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
 
 /// Resolves on the first SIGTERM (what the kubelet sends) or SIGINT (Ctrl-C).
 ///
