@@ -125,3 +125,58 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KEYS: &[&str] = &[
+        "everest.io/disk-volume-type",
+        "everest.io/crypt-key-id",
+        "everest.io/disk-iops",
+        "everest.io/disk-throughput",
+        "everest.io/availability-zone",
+        "everest.io/disk-tags",
+        "type",
+        "kmsId",
+        "availability",
+    ];
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(512)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        /// Any StorageClass parameters parse or are INVALID_ARGUMENT; a refused value names
+        /// its parameter, an unknown key is named.
+        #[test]
+        fn any_parameters_parse_or_are_refused_by_name(
+            known in proptest::collection::btree_map(proptest::sample::select(KEYS), "\\PC{0,12}", 0..5),
+            unknown in proptest::option::of("[a-z./-]{1,16}"),
+        ) {
+            let mut map: BTreeMap<String, String> =
+                known.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            if let Some(k) = &unknown {
+                map.insert(format!("x-{k}"), "v".into());
+            }
+            match EvsParams::parse(&map, "evs-default") {
+                Ok(_) => prop_assert!(unknown.is_none()),
+                Err(e) => {
+                    prop_assert_eq!(e.code(), tonic::Code::InvalidArgument);
+                    let text = e.to_string();
+                    let named = map.keys().any(|k| text.contains(k.as_str()))
+                        || text.contains("disk type")
+                        || text.contains("duplicate field");
+                    prop_assert!(named, "{} names no parameter", text);
+                }
+            }
+        }
+    }
+}
