@@ -28,7 +28,7 @@ pub struct NodeReady {
 impl Readiness for NodeReady {
     async fn check(&self) -> Result<(), String> {
         self.host
-            .mounts()
+            .mount_table_readable()
             .await
             .map_err(|e| format!("cannot read the mount table: {e}"))?;
         if self.registry.iter().next().is_none() {
@@ -50,5 +50,19 @@ mod tests {
             registry: Arc::new(Registry::new(None)),
         };
         assert!(ready.check().await.unwrap_err().contains("no backends"));
+    }
+
+    #[tokio::test]
+    async fn not_ready_when_the_mount_table_cannot_be_read() {
+        let host = Arc::new(FakeHost::default());
+        host.fail("read mountinfo", "Input/output error");
+        let ready = NodeReady {
+            host: host.clone(),
+            registry: Arc::new(Registry::new(None)),
+        };
+        let err = ready.check().await.unwrap_err();
+        assert!(err.contains("cannot read the mount table"), "{err}");
+        // It looks at the table without reading every mount.
+        assert_eq!(host.calls(), ["read mountinfo"]);
     }
 }

@@ -290,6 +290,10 @@ impl Host for FakeHost {
         Ok(self.state().mounts.clone())
     }
 
+    async fn mount_table_readable(&self) -> Result<(), HostError> {
+        self.record("read mountinfo".to_owned())
+    }
+
     async fn mount(
         &self,
         source: &Path,

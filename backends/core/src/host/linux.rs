@@ -118,6 +118,26 @@ impl Host for LinuxHost {
         .await
     }
 
+    async fn mount_table_readable(&self) -> Result<(), HostError> {
+        use tokio::io::AsyncReadExt;
+        let path = Path::new("/proc/self/mountinfo");
+        self.limited("read /proc/self/mountinfo".to_owned(), async {
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| io_err("open", path, e))?;
+            let mut head = [0u8; 512];
+            let n = file
+                .read(&mut head)
+                .await
+                .map_err(|e| io_err("read", path, e))?;
+            if n == 0 {
+                return Err(HostError::new("read /proc/self/mountinfo", "it is empty"));
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn mount(
         &self,
         source: &Path,

@@ -101,6 +101,9 @@ pub struct FuseMount {
 pub trait Host: Send + Sync + std::fmt::Debug {
     /// The parsed `/proc/self/mountinfo`.
     async fn mounts(&self) -> Result<Vec<MountEntry>, HostError>;
+    /// Whether the mount table can be read at all: its first line, without reading and parsing
+    /// every mount (what a Probe asks, many times a minute, on a node with hundreds of mounts).
+    async fn mount_table_readable(&self) -> Result<(), HostError>;
     /// Mounts `source` of type `fs_type` on `target` with `options`.
     async fn mount(
         &self,
