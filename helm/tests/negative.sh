@@ -106,7 +106,7 @@ must_fail "wiring: mounter socket" "everest.toml's supervisor_socket is" "${CHEC
 sed 's|--state-dir=/var/lib/everest-mounter|--state-dir=/tmp/state|' "$WORK/object-only/rendered.yaml" > "$NEG/wiring5.yaml"
 must_fail "wiring: mounter state" "--state-dir is not on a host dir" "${CHECK[@]}" wiring "$NEG/wiring5.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 render "$CHART" -f "$HERE/values/object-only.yaml" --set-json 'node.mounterSupervisor.extraArgs=["--metrics-address=0.0.0.0:9999"]' > "$NEG/wiring6.yaml"
-must_fail "wiring: mounter metrics port" "everest-mounter: port 'metrics' 9812" "${CHECK[@]}" wiring "$NEG/wiring6.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
+must_fail "wiring: mounter metrics port" "everest-mounter: port 'metrics' 9813" "${CHECK[@]}" wiring "$NEG/wiring6.yaml" "$WORK/everest-controller.help" "$WORK/everest-node.help" "$WORK/everest-mounter.help"
 
 # wiring, registration: nothing registers (native turned off, no registrar); both register;
 # the kubelet told a container path as the endpoint; a registry dir that is not the kubelet's;

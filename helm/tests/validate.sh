@@ -94,6 +94,8 @@ refusals() {
   expect_refusal "node.healthPort and node.metricsPort are both 9809" "${IMAGE[@]}" --set node.healthPort=9809
   expect_refusal "controller.metricsPort and sidecars.provisioner.httpPort are both 9808" "${IMAGE[@]}" --set sidecars.provisioner.httpPort=9808
   expect_refusal "serviceMonitor and monitoring.podMonitor are mutually exclusive" "${IMAGE[@]}" --set monitoring.serviceMonitor.enabled=true --set monitoring.podMonitor.enabled=true
+  # The mounter's pod binds the same host ports as the node pod under hostNetwork.
+  expect_refusal "node.mounterSupervisor.metricsPort and sidecars.nodeDriverRegistrar.healthPort are both 9812" "${IMAGE[@]}" -f "$HERE/values/object-only.yaml" --set node.mounterSupervisor.metricsPort=9812
   expect_refusal "registration" "${IMAGE[@]}" --set node.registration=sidecar
 }
 refusals

@@ -14,7 +14,7 @@ use everest_backend::backend::{
     unsupported,
 };
 use everest_backend::capability::{AccessType, VolumeCapability};
-use everest_backend::host::{Host, MountEntry, bind_again, binds_of, mounts_at};
+use everest_backend::host::{Host, LostMount, MountEntry, bind_again, mounts_at};
 use everest_backend::node::{
     PublishMode, filesystem_usage, mount_of_kind, publish_filesystem, unmount_and_remove,
 };
@@ -180,8 +180,9 @@ impl NodeBackend for ObsNode {
         let options = self.options(t.mounter, &req.capability)?;
         let readonly = req.capability.access_mode.is_read_only();
         let staging = &req.staging;
-        // Pods' binds of a dead staged mount, bound again once it is mounted anew.
-        let mut dead_binds = Vec::new();
+        // A dead staged mount this call replaces: the pods' binds of it are bound again once
+        // it is mounted anew.
+        let mut lost = None;
         if let Some(m) = mounts_at(self.host.as_ref(), staging.as_path())
             .await?
             .last()
@@ -202,9 +203,14 @@ impl NodeBackend for ObsNode {
             match self.host.fs_stats(staging.as_path()).await {
                 Ok(_) => return Ok(()),
                 // The mounter died ("transport endpoint is not connected"): mount it again.
+                // With a supervisor, it replaces the mount (it may be doing so right now) and
+                // binds the pods' paths again: asked below, never unmounted under it.
+                Err(e) if self.supervisor.is_some() => {
+                    tracing::warn!(volume = %req.native_id, %staging, error = %e, "staged FUSE mount is dead; asking the mounter supervisor for it");
+                }
                 Err(e) => {
                     tracing::warn!(volume = %req.native_id, %staging, error = %e, "staged FUSE mount is dead; mounting it again");
-                    dead_binds = binds_of(self.host.as_ref(), staging.as_path()).await?;
+                    lost = LostMount::at(self.host.as_ref(), staging.as_path()).await?;
                     self.host.unmount_fuse(staging.as_path()).await?;
                 }
             }
@@ -267,16 +273,9 @@ impl NodeBackend for ObsNode {
                 req.native_id, t.volume.bucket, t.mounter
             )));
         }
-        for bind in &dead_binds {
-            let point = bind.mount_point.display();
-            match bind_again(self.host.as_ref(), staging.as_path(), bind).await {
-                Ok(()) => {
-                    tracing::info!(volume = %req.native_id, bind = %point, "bound the repaired mount over a pod's dead bind of it")
-                }
-                Err(e) => {
-                    tracing::warn!(volume = %req.native_id, bind = %point, error = %e, "cannot bind the repaired mount again; that pod keeps the dead mount until it is published again")
-                }
-            }
+        if let Some(lost) = lost {
+            let binds = lost.binds(self.host.as_ref(), staging.as_path()).await?;
+            bind_again(self.host.as_ref(), staging.as_path(), &binds).await;
         }
         tracing::info!(volume = %req.native_id, %staging, mounter = %t.mounter, "object volume staged");
         Ok(())

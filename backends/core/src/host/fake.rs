@@ -208,6 +208,26 @@ impl FakeHost {
         s.timeouts.clear();
     }
 
+    /// Binds the subtree `root` of the mount at `source` onto `target`, as a kubelet subPath
+    /// is bound.
+    pub fn add_subtree_bind(&self, source: &Path, target: &Path, root: &Path) {
+        let mut s = self.state();
+        let Some(m) = s
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == source)
+            .cloned()
+        else {
+            return;
+        };
+        s.mounts.push(MountEntry {
+            root: root.to_owned(),
+            mount_point: target.to_owned(),
+            ..m
+        });
+    }
+
     /// Ends the mounter of the FUSE mount at `target`, as SIGKILL would: the mount and its
     /// binds stay, and reading any of them fails.
     pub fn kill_fuse_mounter(&self, target: &Path) {

@@ -208,40 +208,73 @@ pub async fn mounts_at(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, 
         .collect())
 }
 
-/// The binds of the newest mount at `path`: every other mount point whose newest mount shows the
-/// same filesystem (a pod's publish target of a staged volume, a kubelet subPath of it). Taken
-/// before a dead FUSE mount at `path` is replaced, they are what [`bind_again`] repairs.
-pub async fn binds_of(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, HostError> {
-    let all = host.mounts().await?;
-    let Some(top) = all.iter().rev().find(|m| m.mount_point == path) else {
-        return Ok(Vec::new());
-    };
-    // Only the newest mount at each point is what a process opening it reaches.
-    let mut newest: Vec<&MountEntry> = Vec::new();
-    for m in &all {
-        newest.retain(|n| n.mount_point != m.mount_point);
-        newest.push(m);
-    }
-    Ok(newest
-        .into_iter()
-        .filter(|m| {
-            m.mount_point != path
-                && m.device_number == top.device_number
-                && m.fs_type == top.fs_type
-        })
-        .cloned()
-        .collect())
+/// A mount being replaced (a FUSE mount whose mounter died): what its binds show in mountinfo,
+/// so they can be found again after the mount itself is gone from its own path.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LostMount {
+    /// Its `major:minor` (anonymous for FUSE, never reused while a bind still holds it).
+    pub device_number: String,
+    /// Its filesystem type.
+    pub fs_type: String,
 }
 
-/// Binds the (new) mount at `path` over `bind`, one of the [`binds_of`] its old mount had: the
-/// same subtree, read-only when the old bind was. Stacked, not swapped: a container that sees
-/// the old bind through mount propagation (HostToContainer) sees the new one on top of it,
-/// and unmounting the old first would take the container's view away.
-pub async fn bind_again(host: &dyn Host, path: &Path, bind: &MountEntry) -> Result<(), HostError> {
-    let subtree = bind.root.strip_prefix("/").unwrap_or(&bind.root);
-    let source = path.join(subtree);
-    host.bind_mount(&source, &bind.mount_point, bind.is_read_only())
-        .await
+impl LostMount {
+    /// The newest mount at `path`, as one about to be replaced.
+    pub async fn at(host: &dyn Host, path: &Path) -> Result<Option<Self>, HostError> {
+        Ok(mounts_at(host, path).await?.pop().map(|m| Self {
+            device_number: m.device_number,
+            fs_type: m.fs_type,
+        }))
+    }
+
+    /// Its binds still in place: every mount point other than `path` whose newest mount is it,
+    /// bound whole (a pod's publish target). Binds of a subtree (a kubelet subPath) are left
+    /// out: the subtree is a path inside the volume, which its users can make a symlink, and a
+    /// privileged bind through it could reach anything on the host.
+    pub async fn binds(&self, host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, HostError> {
+        let all = host.mounts().await?;
+        // Only the newest mount at each point is what a process opening it reaches.
+        let mut newest: Vec<&MountEntry> = Vec::new();
+        for m in &all {
+            newest.retain(|n| n.mount_point != m.mount_point);
+            newest.push(m);
+        }
+        Ok(newest
+            .into_iter()
+            .filter(|m| {
+                m.mount_point != path
+                    && m.device_number == self.device_number
+                    && m.fs_type == self.fs_type
+                    && m.root == Path::new("/")
+            })
+            .cloned()
+            .collect())
+    }
+}
+
+/// Binds the (new) mount at `path` over each of `binds`, the whole-volume binds a
+/// [`LostMount`] had, read-only where the old bind was; logs each, and answers how many were
+/// bound. Stacked, not swapped: a container that sees the old bind through mount propagation
+/// (HostToContainer) sees the new one on top of it, and unmounting the old first would take
+/// the container's view away.
+pub async fn bind_again(host: &dyn Host, path: &Path, binds: &[MountEntry]) -> usize {
+    let mut bound = 0;
+    for bind in binds {
+        let point = bind.mount_point.display();
+        match host
+            .bind_mount(path, &bind.mount_point, bind.is_read_only())
+            .await
+        {
+            Ok(()) => {
+                bound += 1;
+                tracing::info!(mount = %path.display(), bind = %point, "bound the new mount over a pod's dead bind of the old one");
+            }
+            Err(e) => {
+                tracing::warn!(mount = %path.display(), bind = %point, error = %e, "cannot bind the new mount again; that pod keeps the dead mount until it is published again");
+            }
+        }
+    }
+    bound
 }
 
 /// Whether `mount` is a filesystem on the block device numbered `device_number`.
@@ -282,7 +315,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_binds_of_a_mount_are_the_points_whose_newest_mount_shows_it() {
+    async fn a_lost_mount_finds_its_whole_binds_even_after_it_is_gone() {
         let host = FakeHost::default();
         let (stage, other) = (Path::new("/stage/a"), Path::new("/stage/b"));
         host.mount_fuse(&fuse("/stage/a"), stage).await.unwrap();
@@ -297,22 +330,47 @@ mod tests {
         host.bind_mount(other, Path::new("/pods/3"), false)
             .await
             .unwrap();
+        let lost = LostMount::at(&host, stage).await.unwrap().unwrap();
+        assert!(
+            LostMount::at(&host, Path::new("/nothing"))
+                .await
+                .unwrap()
+                .is_none()
+        );
 
-        let binds = binds_of(&host, stage).await.unwrap();
+        // Found by its number, also once the mount at its own path is gone.
+        host.unmount_fuse(stage).await.unwrap();
+        let binds = lost.binds(&host, stage).await.unwrap();
         let points: Vec<_> = binds.iter().map(|b| b.mount_point.clone()).collect();
         assert_eq!(points, [PathBuf::from("/pods/1"), PathBuf::from("/pods/2")]);
         assert!(binds[1].is_read_only() && !binds[0].is_read_only());
-        assert!(
-            binds_of(&host, Path::new("/nothing"))
-                .await
-                .unwrap()
-                .is_empty()
-        );
 
         // Bound again, a bind is stacked over the old one, read-only as it was.
-        bind_again(&host, stage, &binds[1]).await.unwrap();
+        host.mount_fuse(&fuse("/stage/a"), stage).await.unwrap();
+        assert_eq!(bind_again(&host, stage, &binds).await, 2);
         let at = mounts_at(&host, Path::new("/pods/2")).await.unwrap();
         assert_eq!(at.len(), 2);
         assert!(at[1].is_read_only());
+    }
+
+    #[tokio::test]
+    async fn a_subtree_bind_is_never_bound_again() {
+        let host = FakeHost::default();
+        let stage = Path::new("/stage/a");
+        host.mount_fuse(&fuse("/stage/a"), stage).await.unwrap();
+        host.bind_mount(stage, Path::new("/pods/1"), false)
+            .await
+            .unwrap();
+        let lost = LostMount::at(&host, stage).await.unwrap().unwrap();
+        // A kubelet subPath: the same filesystem, another root.
+        host.add_subtree_bind(stage, Path::new("/pods/sub"), Path::new("/data/link"));
+        let points: Vec<_> = lost
+            .binds(&host, stage)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| b.mount_point)
+            .collect();
+        assert_eq!(points, [PathBuf::from("/pods/1")]);
     }
 }

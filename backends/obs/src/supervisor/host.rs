@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use everest_backend::host::{
-    FuseMount, Host, HostError, LinuxHost, MountEntry, bind_again, binds_of, mounts_at,
+    FuseMount, Host, HostError, LinuxHost, LostMount, MountEntry, bind_again, mounts_at,
 };
 
 /// What the kernel shows at a mount point.
@@ -43,10 +43,13 @@ pub trait MounterHost: Send + Sync + std::fmt::Debug {
     async fn mounted(&self, target: &Path, fs_type: &str) -> Result<Mounted, HostError>;
     /// `fusermount -u`, lazily when that fails (a dead or busy mount).
     async fn unmount(&self, target: &Path) -> Result<(), HostError>;
-    /// The binds of the mount at `target` (pods' publish targets): see [`binds_of`].
-    async fn binds(&self, target: &Path) -> Result<Vec<MountEntry>, HostError>;
-    /// Binds the mount at `target` over `bind` again: see [`bind_again`].
-    async fn bind_again(&self, target: &Path, bind: &MountEntry) -> Result<(), HostError>;
+    /// The (dead) mount at `target`, noted before it is replaced: see [`LostMount`].
+    async fn lost_mount(&self, target: &Path) -> Result<Option<LostMount>, HostError>;
+    /// The pods' whole binds `lost` still has: see [`LostMount::binds`].
+    async fn binds_of(&self, lost: &LostMount, target: &Path)
+    -> Result<Vec<MountEntry>, HostError>;
+    /// Binds the mount at `target` over each of `binds`; how many: see [`bind_again`].
+    async fn bind_again(&self, target: &Path, binds: &[MountEntry]) -> usize;
     /// Whether `pid` is a live process whose command line names `target`: a mounter an earlier
     /// supervisor started, found again.
     fn runs(&self, pid: u32, target: &Path) -> bool;
@@ -159,12 +162,20 @@ impl MounterHost for LinuxMounterHost {
         self.host.unmount_fuse(target).await
     }
 
-    async fn binds(&self, target: &Path) -> Result<Vec<MountEntry>, HostError> {
-        binds_of(&self.host, target).await
+    async fn lost_mount(&self, target: &Path) -> Result<Option<LostMount>, HostError> {
+        LostMount::at(&self.host, target).await
     }
 
-    async fn bind_again(&self, target: &Path, bind: &MountEntry) -> Result<(), HostError> {
-        bind_again(&self.host, target, bind).await
+    async fn binds_of(
+        &self,
+        lost: &LostMount,
+        target: &Path,
+    ) -> Result<Vec<MountEntry>, HostError> {
+        lost.binds(&self.host, target).await
+    }
+
+    async fn bind_again(&self, target: &Path, binds: &[MountEntry]) -> usize {
+        bind_again(&self.host, target, binds).await
     }
 
     fn runs(&self, pid: u32, target: &Path) -> bool {
@@ -215,8 +226,8 @@ pub(crate) mod fake {
         alive: BTreeMap<u32, watch::Sender<bool>>,
         spawned: Vec<String>,
         fail_next: usize,
-        /// Bind points by the mount they bind (as long as that mount is there).
-        binds: BTreeMap<PathBuf, Vec<PathBuf>>,
+        /// Bind points and the mount (its mounter's PID, as its device number) each shows.
+        binds: BTreeMap<PathBuf, u32>,
         /// Every bind made again: (mount, bind point).
         rebound: Vec<(PathBuf, PathBuf)>,
     }
@@ -286,10 +297,9 @@ pub(crate) mod fake {
         /// Binds the mount at `target` onto `point`, as a publish does.
         pub fn add_bind(&self, target: &Path, point: &Path) {
             let mut s = self.state.lock().unwrap();
-            s.binds
-                .entry(target.to_owned())
-                .or_default()
-                .push(point.to_owned());
+            if let Some((_, pid)) = s.mounts.get(target).cloned() {
+                s.binds.insert(point.to_owned(), pid);
+            }
         }
         /// Every bind made again, as (mount, bind point).
         pub fn rebound(&self) -> Vec<(PathBuf, PathBuf)> {
@@ -354,31 +364,45 @@ pub(crate) mod fake {
             Ok(())
         }
 
-        async fn binds(&self, target: &Path) -> Result<Vec<MountEntry>, HostError> {
+        async fn lost_mount(&self, target: &Path) -> Result<Option<LostMount>, HostError> {
             let s = self.state.lock().unwrap();
-            let Some((fs_type, _)) = s.mounts.get(target) else {
-                return Ok(Vec::new());
-            };
-            let points = s.binds.get(target).cloned().unwrap_or_default();
-            Ok(points
-                .into_iter()
-                .map(|p| MountEntry {
-                    device_number: "0:99".into(),
+            Ok(s.mounts.get(target).map(|(fs_type, pid)| LostMount {
+                device_number: format!("0:{pid}"),
+                fs_type: fs_type.clone(),
+            }))
+        }
+
+        async fn binds_of(
+            &self,
+            lost: &LostMount,
+            _target: &Path,
+        ) -> Result<Vec<MountEntry>, HostError> {
+            let s = self.state.lock().unwrap();
+            Ok(s.binds
+                .iter()
+                .filter(|(_, pid)| format!("0:{pid}") == lost.device_number)
+                .map(|(point, pid)| MountEntry {
+                    device_number: format!("0:{pid}"),
                     root: "/".into(),
-                    mount_point: p,
+                    mount_point: point.clone(),
                     mount_options: vec!["rw".into()],
-                    fs_type: fs_type.clone(),
+                    fs_type: lost.fs_type.clone(),
                     source: "fake".into(),
                     super_options: vec!["rw".into()],
                 })
                 .collect())
         }
 
-        async fn bind_again(&self, target: &Path, bind: &MountEntry) -> Result<(), HostError> {
+        async fn bind_again(&self, target: &Path, binds: &[MountEntry]) -> usize {
             let mut s = self.state.lock().unwrap();
-            s.rebound
-                .push((target.to_owned(), bind.mount_point.clone()));
-            Ok(())
+            let Some((_, pid)) = s.mounts.get(target).cloned() else {
+                return 0;
+            };
+            for b in binds {
+                s.binds.insert(b.mount_point.clone(), pid);
+                s.rebound.push((target.to_owned(), b.mount_point.clone()));
+            }
+            binds.len()
         }
 
         fn runs(&self, pid: u32, _target: &Path) -> bool {

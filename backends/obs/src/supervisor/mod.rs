@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, oneshot, watch};
 
-use everest_backend::host::MountEntry;
+use everest_backend::host::LostMount;
 
 use self::host::{Mounted, MounterHost, MounterProcess};
 use self::protocol::{Fault, MountSpec, MountState, MountStatus, Request, Response, state_file};
@@ -98,6 +98,10 @@ impl Settings {
 struct StateRecord {
     spec: MountSpec,
     pid: Option<u32>,
+    /// A dead mount replaced but whose pods' binds are not bound again yet: kept across
+    /// failed restarts and across a restart of the supervisor itself.
+    #[serde(default)]
+    lost: Option<LostMount>,
 }
 
 struct Entry {
@@ -215,7 +219,7 @@ impl Supervisor {
             }
         }
         let (first_tx, first_rx) = oneshot::channel();
-        let entry = self.launch(spec.clone(), None, Some(first_tx));
+        let entry = self.launch(spec.clone(), None, None, Some(first_tx));
         mounts.insert(spec.target.clone(), entry);
         drop(mounts);
         let outcome = first_rx
@@ -290,7 +294,7 @@ impl Supervisor {
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
-            let spec = record.spec;
+            let spec = record.spec.clone();
             let fs_type = spec.mounter.fs_type();
             let serving =
                 self.host.mounted(&spec.target, fs_type).await.ok() == Some(Mounted::Serving);
@@ -309,7 +313,7 @@ impl Supervisor {
                 "re-adopting a mount of an earlier supervisor{}",
                 if adopted.is_some() { "" } else { " (its mounter died: starting it again)" }
             );
-            let entry = self.launch(spec.clone(), adopted, None);
+            let entry = self.launch(spec.clone(), adopted, record.lost, None);
             self.mounts.lock().await.insert(spec.target.clone(), entry);
             found += 1;
         }
@@ -321,6 +325,7 @@ impl Supervisor {
         self: &Arc<Self>,
         spec: MountSpec,
         adopted: Option<u32>,
+        lost: Option<LostMount>,
         first: Option<oneshot::Sender<Result<MountStatus, String>>>,
     ) -> Entry {
         let status = MountStatus {
@@ -342,6 +347,7 @@ impl Supervisor {
         let task = tokio::spawn(Arc::clone(self).supervise(
             spec.clone(),
             adopted,
+            lost,
             status_tx,
             stop_rx,
             first,
@@ -360,6 +366,7 @@ impl Supervisor {
         self: Arc<Self>,
         spec: MountSpec,
         mut adopted: Option<u32>,
+        mut lost: Option<LostMount>,
         status: watch::Sender<MountStatus>,
         mut stop: watch::Receiver<bool>,
         mut first: Option<oneshot::Sender<Result<MountStatus, String>>>,
@@ -379,10 +386,10 @@ impl Supervisor {
             let life = match adopted.take() {
                 Some(pid) => {
                     serving.set(true);
-                    self.record(&spec, Some(pid));
+                    self.record(&spec, Some(pid), None);
                     self.watch_adopted(&spec, pid, &mut stop).await
                 }
-                None => match self.start_one(&spec, &mut stop).await {
+                None => match self.start_one(&spec, &mut stop, &mut lost).await {
                     Err(why) if first.is_some() => {
                         // The first start answers the node, which retries: no restarts.
                         self.forget(&spec);
@@ -403,7 +410,7 @@ impl Supervisor {
                             s.pid = pid;
                         });
                         serving.set(true);
-                        self.record(&spec, pid);
+                        self.record(&spec, pid, None);
                         tracing::info!(%target, mounter = %spec.mounter, pid, "mount serving");
                         if let Some(f) = first.take() {
                             let _ = f.send(Ok(status.borrow().clone()));
@@ -475,11 +482,14 @@ impl Supervisor {
     }
 
     /// Starts the mounter and waits until its mount answers: the child, or why not; `None`
-    /// when a stop came first.
+    /// when a stop came first. A dead mount in the way is noted in `lost` before it goes, and
+    /// the pods' binds of it are bound to the new mount once it serves (even when that takes
+    /// several attempts).
     async fn start_one(
         &self,
         spec: &MountSpec,
         stop: &mut watch::Receiver<bool>,
+        lost: &mut Option<LostMount>,
     ) -> Result<Option<Box<dyn MounterProcess>>, String> {
         let fs_type = spec.mounter.fs_type();
         let shown = self
@@ -487,15 +497,15 @@ impl Supervisor {
             .mounted(&spec.target, fs_type)
             .await
             .map_err(|e| e.to_string())?;
-        // Pods' binds of a dead mount stay dead when the mount is replaced: found now, while
-        // the dead mount still tells which they are, and bound again once the new one serves.
-        let binds = match shown {
-            Mounted::Dead => self.host.binds(&spec.target).await.unwrap_or_else(|e| {
-                tracing::warn!(target = %spec.target.display(), error = %e, "cannot find the binds of the dead mount; pods keep it until they are published again");
-                Vec::new()
-            }),
-            _ => Vec::new(),
-        };
+        if shown == Mounted::Dead {
+            match self.host.lost_mount(&spec.target).await {
+                Ok(found) => *lost = found.or(lost.take()),
+                Err(e) => {
+                    tracing::warn!(target = %spec.target.display(), error = %e, "cannot note the dead mount; pods keep it until they are published again");
+                }
+            }
+            self.record(spec, None, lost.clone());
+        }
         // A dead mount left by the mounter that died is in the way of the new one.
         if shown != Mounted::Absent {
             self.host
@@ -535,7 +545,16 @@ impl Supervisor {
                 Ok(None)
             }
             Some(Ok(())) => {
-                self.bind_again(spec, &binds).await;
+                if let Some(old) = lost.take() {
+                    match self.host.binds_of(&old, &spec.target).await {
+                        Ok(binds) => {
+                            self.host.bind_again(&spec.target, &binds).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(target = %spec.target.display(), error = %e, "cannot find the pods' binds of the dead mount");
+                        }
+                    }
+                }
                 Ok(Some(child))
             }
             Some(Err(why)) => {
@@ -543,21 +562,6 @@ impl Supervisor {
                 let _ = child.wait().await;
                 let _ = self.host.unmount(&spec.target).await;
                 Err(why)
-            }
-        }
-    }
-
-    /// Binds the new mount over each bind the dead one had.
-    async fn bind_again(&self, spec: &MountSpec, binds: &[MountEntry]) {
-        for bind in binds {
-            let point = bind.mount_point.display();
-            match self.host.bind_again(&spec.target, bind).await {
-                Ok(()) => {
-                    tracing::info!(target = %spec.target.display(), bind = %point, "bound the restarted mount over a pod's dead bind of it");
-                }
-                Err(e) => {
-                    tracing::warn!(target = %spec.target.display(), bind = %point, error = %e, "cannot bind the restarted mount again; that pod keeps the dead mount until it is published again");
-                }
             }
         }
     }
@@ -626,11 +630,12 @@ impl Supervisor {
     }
 
     /// Writes the state file of a serving mount.
-    fn record(&self, spec: &MountSpec, pid: Option<u32>) {
+    fn record(&self, spec: &MountSpec, pid: Option<u32>, lost: Option<LostMount>) {
         let path = state_file(&self.settings.state_dir, &spec.target);
         let record = StateRecord {
             spec: spec.clone(),
             pid,
+            lost,
         };
         let text = protocol::to_line(&record);
         let tmp = path.with_extension("tmp");

@@ -131,6 +131,29 @@ async fn starts_once_restarts_a_dead_mounter_and_stops() {
 }
 
 #[tokio::test]
+async fn the_pods_binds_are_repaired_even_when_the_first_restart_fails() {
+    let (_dir, host, sup) = world();
+    assert!(matches!(
+        sup.handle(Request::Start(spec("/t/r"))).await,
+        Response::Started(_)
+    ));
+    host.add_bind(Path::new("/t/r"), Path::new("/pods/2/vol"));
+    // The mounter dies, and the first attempt to start it again fails before mounting (the
+    // dead mount is gone by then): the binds are still found by the lost mount's number.
+    host.fail_next(1);
+    host.kill_mounter_of(Path::new("/t/r"));
+    wait_until(&sup, "/t/r", |s| {
+        s.restarts == 2 && s.state == MountState::Serving
+    })
+    .await;
+    assert_eq!(
+        host.rebound(),
+        [("/t/r".into(), "/pods/2/vol".into())],
+        "the pod's bind was not repaired after a failed attempt"
+    );
+}
+
+#[tokio::test]
 async fn a_mounter_that_keeps_dying_is_given_up_and_reported() {
     let (_dir, host, sup) = world();
     assert!(matches!(
@@ -225,7 +248,7 @@ async fn a_new_supervisor_adopts_what_an_earlier_one_started() {
     // A state file whose mounter is gone: started again while its credentials are there.
     let third = Supervisor::new(host.clone(), settings(&dir.path().join("state")));
     let pid = host.add_running(Path::new("/t/e"), "fuse.s3fs");
-    third.record(&spec("/t/e"), Some(pid));
+    third.record(&spec("/t/e"), Some(pid), None);
     host.kill(pid);
     assert_eq!(third.recover().await.unwrap(), 1);
     let s = wait_until(&third, "/t/e", |s| s.state == MountState::Serving).await;
