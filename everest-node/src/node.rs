@@ -9,7 +9,7 @@ use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
 use everest_backend::host::Host;
 use everest_backend::inflight::InFlight;
 use everest_backend::node::{unmount_all, unmount_and_remove};
-use everest_backend::paths::{AllowedRoot, HostPath};
+use everest_backend::paths::{AllowedRoot, HostPath, PathUse};
 use everest_backend::registry::Registry;
 use everest_backend::{NodeBackend, VolumeId};
 use everest_proto::csi::v1 as csi;
@@ -50,11 +50,18 @@ impl NodeService {
         }
     }
 
-    /// Refuses the request when a symlink leads one of its paths out of the kubelet root.
-    async fn confine(&self, paths: &[(Option<&HostPath>, &str)]) -> everest_backend::Result<()> {
+    /// Refuses the request when a symlink leads one of its paths out of the kubelet root (or,
+    /// for `usage` set-up, is the path itself).
+    async fn confine(
+        &self,
+        usage: PathUse,
+        paths: &[(Option<&HostPath>, &str)],
+    ) -> everest_backend::Result<()> {
         for (path, field) in paths {
             if let Some(path) = path {
-                self.root.confine(self.host.as_ref(), path, field).await?;
+                self.root
+                    .confine(self.host.as_ref(), path, field, usage)
+                    .await?;
             }
         }
         Ok(())
@@ -145,8 +152,11 @@ impl Node for NodeService {
         let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "NodeStageVolume", &raw_id, &label, async {
             let (id, stage) = parsed?;
-            self.confine(&[(Some(&stage.staging), "staging_target_path")])
-                .await?;
+            self.confine(
+                PathUse::SetUp,
+                &[(Some(&stage.staging), "staging_target_path")],
+            )
+            .await?;
             let backend = self.registry.for_volume(&id)?;
             backend.check_capability(&stage.capability)?;
             let _claim = self.busy.claim(&id)?;
@@ -170,8 +180,11 @@ impl Node for NodeService {
             &label,
             async {
                 let (id, staging) = parsed?;
-                self.confine(&[(Some(&staging), "staging_target_path")])
-                    .await?;
+                self.confine(
+                    PathUse::TearDown,
+                    &[(Some(&staging), "staging_target_path")],
+                )
+                .await?;
                 let owner = self.teardown_owner(id.as_ref());
                 match (id, owner) {
                     (Some(id), Some(backend)) => {
@@ -196,10 +209,13 @@ impl Node for NodeService {
         let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "NodePublishVolume", &raw_id, &label, async {
             let (id, publish) = parsed?;
-            self.confine(&[
-                (Some(&publish.target), "target_path"),
-                (publish.staging.as_ref(), "staging_target_path"),
-            ])
+            self.confine(
+                PathUse::SetUp,
+                &[
+                    (Some(&publish.target), "target_path"),
+                    (publish.staging.as_ref(), "staging_target_path"),
+                ],
+            )
             .await?;
             let backend = self.registry.for_volume(&id)?;
             backend.check_capability(&publish.capability)?;
@@ -224,7 +240,8 @@ impl Node for NodeService {
             &label,
             async {
                 let (id, target) = parsed?;
-                self.confine(&[(Some(&target), "target_path")]).await?;
+                self.confine(PathUse::TearDown, &[(Some(&target), "target_path")])
+                    .await?;
                 let owner = self.teardown_owner(id.as_ref());
                 match (id, owner) {
                     (Some(id), Some(backend)) => {
@@ -253,7 +270,8 @@ impl Node for NodeService {
             &label,
             async {
                 let (id, path) = parsed?;
-                self.confine(&[(Some(&path), "volume_path")]).await?;
+                self.confine(PathUse::SetUp, &[(Some(&path), "volume_path")])
+                    .await?;
                 let backend = self.registry.for_volume(&id)?;
                 // No claim: stats only read, and the kubelet polls them; claiming would turn a
                 // concurrent stage or publish into a spurious ABORTED.
@@ -273,10 +291,13 @@ impl Node for NodeService {
         let label = self.label(parsed.as_ref().ok().map(|(id, _)| id));
         observe(SERVICE, "NodeExpandVolume", &req.volume_id, &label, async {
             let (id, expand) = parsed?;
-            self.confine(&[
-                (Some(&expand.volume_path), "volume_path"),
-                (expand.staging.as_ref(), "staging_target_path"),
-            ])
+            self.confine(
+                PathUse::SetUp,
+                &[
+                    (Some(&expand.volume_path), "volume_path"),
+                    (expand.staging.as_ref(), "staging_target_path"),
+                ],
+            )
             .await?;
             let backend = self.registry.for_volume(&id)?;
             if !backend.capabilities().node_expand {

@@ -51,30 +51,53 @@ impl AllowedRoot {
     }
 }
 
+/// What the plugin is about to do at a path: set something up there (create, mount), or only
+/// take it down (unmount, remove), which never follows a link at the path itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathUse {
+    /// NodeStage, NodePublish, NodeExpand, NodeGetVolumeStats.
+    SetUp,
+    /// NodeUnpublish, NodeUnstage.
+    TearDown,
+}
+
 impl AllowedRoot {
     /// Refuses a checked path that leads outside the root once the symlinks along it are
     /// followed: a link planted under the kubelet dir must not make the plugin create, mount
-    /// or remove anything elsewhere. `field` names the request field in the error.
+    /// or remove anything elsewhere. Only the parent is resolved (resolving the path itself
+    /// would ask the filesystem mounted there, which may not answer); the last component must
+    /// not be a link when something is set up there. `field` names the request field.
     pub async fn confine(
         &self,
         host: &dyn crate::host::Host,
         path: &HostPath,
         field: &str,
+        usage: PathUse,
     ) -> Result<(), Error> {
         let root = host.resolve_existing(&self.0).await?;
-        let real = host
-            .resolve_existing(path.as_path())
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("{field} {path}: {}", e.detail)))?;
-        if real.starts_with(&root) && real != root {
-            Ok(())
-        } else {
-            Err(Error::InvalidArgument(format!(
+        // Under the root (checked), so there is a parent.
+        let parent = path.as_path().parent().unwrap_or(&self.0);
+        let real = host.resolve_existing(parent).await.map_err(|e| {
+            if e.detail.contains("dangling symbolic link") {
+                Error::InvalidArgument(format!("{field} {path}: {}", e.detail))
+            } else {
+                Error::from(e)
+            }
+        })?;
+        if !real.starts_with(&root) {
+            return Err(Error::InvalidArgument(format!(
                 "{field} {path} leads to {} through a symbolic link, outside the directory this plugin may use ({})",
-                real.display(),
+                real.join(path.as_path().file_name().unwrap_or_default())
+                    .display(),
                 self.0.display()
-            )))
+            )));
         }
+        if usage == PathUse::SetUp && host.is_symlink(path.as_path()).await? {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {path} is a symbolic link; the plugin mounts only on a real directory or file"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -160,17 +183,44 @@ mod confine_tests {
         let inside = root
             .check("/var/lib/kubelet/pods/fine/volumes/v/mount", "target_path")
             .unwrap();
-        root.confine(&host, &inside, "target_path").await.unwrap();
+        root.confine(&host, &inside, "target_path", PathUse::SetUp)
+            .await
+            .unwrap();
         let plain = root
             .check("/var/lib/kubelet/pods/p/volumes/v/mount", "target_path")
             .unwrap();
-        root.confine(&host, &plain, "target_path").await.unwrap();
+        root.confine(&host, &plain, "target_path", PathUse::SetUp)
+            .await
+            .unwrap();
         let evil = root
             .check("/var/lib/kubelet/pods/evil/volumes/v/mount", "target_path")
             .unwrap();
-        let err = root.confine(&host, &evil, "target_path").await.unwrap_err();
+        let err = root
+            .confine(&host, &evil, "target_path", PathUse::TearDown)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.to_string().contains("target_path"), "{err}");
         assert!(err.to_string().contains("/etc/volumes/v/mount"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_link_at_the_path_itself_is_refused_for_set_up_only() {
+        let root = AllowedRoot::new("/var/lib/kubelet").unwrap();
+        let host = FakeHost::default();
+        let target = root
+            .check("/var/lib/kubelet/pods/p/volumes/v/mount", "target_path")
+            .unwrap();
+        host.add_link(target.as_path(), Path::new("/var/lib/kubelet/pods/q/mount"));
+        let err = root
+            .confine(&host, &target, "target_path", PathUse::SetUp)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // Taking down never follows it (the link is only unlinked), so it may go ahead.
+        root.confine(&host, &target, "target_path", PathUse::TearDown)
+            .await
+            .unwrap();
     }
 }

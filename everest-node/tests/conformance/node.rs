@@ -484,6 +484,37 @@ async fn paths_that_leave_the_kubelet_dir_through_a_symlink_are_refused() {
         })
         .await;
     expect_error(unstage, Code::InvalidArgument, &["staging_target_path"]);
+    // The target itself a link to outside: nothing is mounted through it; taking it down
+    // unlinks the link and leaves its target alone.
+    let pod_dir = pods.join("p1/volumes/kubernetes.io~csi/pvc");
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    let link = pod_dir.join("mount");
+    std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+    let publish = node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: world.staging_path(&vol.volume_id),
+            target_path: link.display().to_string(),
+            volume_capability: Some(ext4()),
+            ..Default::default()
+        })
+        .await;
+    expect_error(
+        publish,
+        Code::InvalidArgument,
+        &["target_path", "symbolic link"],
+    );
+    node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+        volume_id: vol.volume_id.clone(),
+        target_path: link.display().to_string(),
+    })
+    .await
+    .expect("NodeUnpublishVolume of a target that is a link");
+    assert!(
+        std::fs::symlink_metadata(&link).is_err(),
+        "the link was left"
+    );
+    assert!(outside.path().is_dir(), "the link's target was removed");
     let made: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
     assert!(
         made.is_empty(),

@@ -685,6 +685,10 @@ impl Host for FakeHost {
         Ok(real)
     }
 
+    async fn is_symlink(&self, path: &Path) -> Result<bool, HostError> {
+        Ok(self.state().links.contains_key(path))
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
         Ok(self.state().paths.contains(path))
     }

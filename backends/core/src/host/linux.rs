@@ -624,6 +624,18 @@ impl Host for LinuxHost {
         .await
     }
 
+    async fn is_symlink(&self, path: &Path) -> Result<bool, HostError> {
+        self.limited(format!("stat {}", path.display()), async {
+            // A symlink's own inode lives in its parent's filesystem: lstat of one never asks
+            // a mounted filesystem, so an error here (a dead FUSE or NFS mount at the path)
+            // means a mount point, not a link.
+            Ok(tokio::fs::symlink_metadata(path)
+                .await
+                .is_ok_and(|m| m.file_type().is_symlink()))
+        })
+        .await
+    }
+
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
         self.limited(format!("stat {}", path.display()), async {
             match tokio::fs::symlink_metadata(path).await {

@@ -190,6 +190,9 @@ pub trait Host: Send + Sync + std::fmt::Debug {
     /// and the rest as written. A dangling symlink along it is an error (what it names could be
     /// created anywhere).
     async fn resolve_existing(&self, path: &Path) -> Result<PathBuf, HostError>;
+    /// Whether `path` itself is a symbolic link (not followed; a missing path is not, and
+    /// neither is a mount point whose filesystem no longer answers).
+    async fn is_symlink(&self, path: &Path) -> Result<bool, HostError>;
     /// Creates a directory and its parents.
     async fn make_dir(&self, path: &Path) -> Result<(), HostError>;
     /// Creates an empty file (the bind target for a raw block volume), parents included.
