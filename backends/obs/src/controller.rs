@@ -20,7 +20,7 @@ use crate::config::ObsConfig;
 use crate::credentials::S3Keys;
 use crate::mounter::Mounter;
 use crate::params::{Mode, ObsParams};
-use crate::s3::{BUCKET_MARKER, S3};
+use crate::s3::S3;
 use crate::volume::{ObsVolume, OnDelete, bucket_for_request, prefix_for_request, short_hash};
 use crate::{CAPABILITIES, check_capability, context};
 
@@ -312,19 +312,19 @@ impl ObsController {
     async fn delete_bucket_volume(&self, c: &Client, vol: &ObsVolume) -> Result<()> {
         let bucket = &vol.bucket;
         if !self.s3.bucket_exists(c, bucket).await? {
+            // Gone; a mark an interrupted delete left in the mark bucket (where only Everest
+            // writes) goes too.
+            self.s3.forget_bucket_mark(c, bucket).await?;
             return Ok(());
         }
-        let tags = self.s3.bucket_mark(c, bucket).await?;
-        if tags.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
+        let mark = self.s3.bucket_mark(c, bucket).await?;
+        if mark.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
             return Err(not_made_by_us(vol, &format!("bucket {bucket}")));
         }
-        // A marker object goes last, so an interrupted delete is still recognised as ours.
-        let n = self
-            .s3
-            .delete_all(c, bucket, "", Some(BUCKET_MARKER))
-            .await?;
-        self.s3.delete_all(c, bucket, BUCKET_MARKER, None).await?;
+        let n = self.s3.delete_all(c, bucket, "", None).await?;
         self.s3.delete_bucket(c, bucket).await?;
+        // The mark goes last, so an interrupted delete is still recognised as ours.
+        self.s3.forget_bucket_mark(c, bucket).await?;
         tracing::info!(volume = %vol, objects = n, "bucket emptied and removed");
         Ok(())
     }

@@ -28,6 +28,9 @@ pub struct S3 {
     name: String,
     base: aws_sdk_s3::config::Builder,
     region: String,
+    /// Where bucket volumes' marks go on a service without bucket tagging: one object per
+    /// volume bucket, outside every bucket a pod mounts.
+    mark_bucket: String,
     keys: Option<S3Keys>,
 }
 
@@ -74,6 +77,7 @@ impl S3 {
             name: name.to_owned(),
             base,
             region: cfg.region.clone(),
+            mark_bucket: mark_bucket(&cfg.bucket_prefix),
             keys,
         })
     }
@@ -131,18 +135,22 @@ impl S3 {
 
     /// The mark Everest keeps on a bucket volume (tag keys such as `everest.io/created-by`;
     /// none is an empty map): the bucket's tags, or on a service without bucket tagging (Garage
-    /// answers NotImplemented) the metadata of the marker object [`BUCKET_MARKER`] in it.
+    /// answers NotImplemented) the metadata of the object named after the bucket in the mark
+    /// bucket ([`mark_bucket`]), which no pod mounts, so no workload can delete it.
     pub async fn bucket_mark(&self, c: &Client, bucket: &str) -> Result<BTreeMap<String, String>> {
-        match self.bucket_tags(c, bucket).await? {
-            Some(tags) => Ok(tags),
-            None => Ok(self
-                .object_metadata(c, bucket, BUCKET_MARKER)
-                .await?
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(k, v)| Some((tag_key(&k)?, v)))
-                .collect()),
+        if let Some(tags) = self.bucket_tags(c, bucket).await? {
+            return Ok(tags);
         }
+        if !self.bucket_exists(c, &self.mark_bucket).await? {
+            return Ok(BTreeMap::new());
+        }
+        Ok(self
+            .object_metadata(c, &self.mark_bucket, bucket)
+            .await?
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| Some((tag_key(&k)?, v)))
+            .collect())
     }
 
     /// Writes the mark [`S3::bucket_mark`] reads, replacing the one there.
@@ -155,11 +163,34 @@ impl S3 {
         if self.put_bucket_tags(c, bucket, mark).await? {
             return Ok(());
         }
+        self.create_bucket(c, &self.mark_bucket).await?;
         let metadata = mark
             .iter()
             .filter_map(|(k, v)| Some((metadata_key(k)?, v.clone())))
             .collect();
-        self.put_marker(c, bucket, BUCKET_MARKER, &metadata).await
+        self.put_marker(c, &self.mark_bucket, bucket, &metadata)
+            .await
+    }
+
+    /// Removes a bucket volume's mark kept in the mark bucket (tags go with their bucket); one
+    /// that is not there is fine.
+    pub async fn forget_bucket_mark(&self, c: &Client, bucket: &str) -> Result<()> {
+        if !self.bucket_exists(c, &self.mark_bucket).await? {
+            return Ok(());
+        }
+        let call = c
+            .delete_object()
+            .bucket(&self.mark_bucket)
+            .key(bucket)
+            .send();
+        match self.observed("DeleteObject", call).await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(s3_error(
+                format_args!("DeleteObject {}/{bucket}", self.mark_bucket),
+                e,
+            )),
+        }
     }
 
     /// The bucket's tags (none is an empty map); `None` when the service has no bucket tagging.
@@ -374,9 +405,11 @@ impl S3 {
     }
 }
 
-/// The marker object of a bucket volume on a service without bucket tagging: it holds the
-/// volume's mark in its metadata (and shows through the mount as this hidden file).
-pub const BUCKET_MARKER: &str = ".everest-volume";
+/// The bucket that holds bucket volumes' marks on a service without bucket tagging:
+/// `<bucket_prefix>-volumes` (volume buckets always end in a hash, so never collide with it).
+pub fn mark_bucket(bucket_prefix: &str) -> String {
+    format!("{bucket_prefix}-volumes")
+}
 
 /// A call the service does not implement (Garage has no bucket tagging).
 fn not_implemented<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {

@@ -1,7 +1,7 @@
 //! Object volumes against Garage (`everest_testsupport::garage`), a full S3 service on
 //! loopback that checks signatures for its own region and has no bucket tagging: the
-//! controller marks its buckets with a marker object instead, tells ours from a stranger's by
-//! it, and removes it last; s3fs makes nested directories through the mount that the S3 API
+//! controller keeps each bucket's mark in an object of a mark bucket no pod mounts, tells ours
+//! from a stranger's by it, and removes it last (also after an interrupted delete); s3fs makes nested directories through the mount that the S3 API
 //! sees as Garage keeps them, and objects written through the API show through the mount.
 //! Guards unmount and stop everything, also on a panic.
 
@@ -19,7 +19,7 @@ use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::host::LinuxHost;
 use everest_backend::paths::{AllowedRoot, HostPath};
 use everest_backend::secrets::Secrets;
-use everest_obs::s3::BUCKET_MARKER;
+use everest_obs::s3::mark_bucket;
 use everest_obs::volume::bucket_for_request;
 use everest_obs::{ObsConfig, ObsController, ObsNode};
 use everest_testsupport::garage::{GARAGE_ACCESS_KEY, GARAGE_REGION, GARAGE_SECRET_KEY};
@@ -129,6 +129,19 @@ impl Env {
         String::from_utf8(out.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
     }
 
+    /// The mark of `bucket` in the mark bucket: its metadata, or `None` when there is none.
+    async fn mark(&self, bucket: &str) -> Option<std::collections::HashMap<String, String>> {
+        let out = self
+            .admin
+            .head_object()
+            .bucket(mark_bucket("everest"))
+            .key(bucket)
+            .send()
+            .await
+            .ok()?;
+        Some(out.metadata().cloned().unwrap_or_default())
+    }
+
     fn kubelet_path(&self, rel: &str) -> HostPath {
         let kubelet = self.dir.path().join("kubelet");
         AllowedRoot::new(&kubelet)
@@ -145,16 +158,9 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
     let v = c.create_volume(&create("pvc-g1")).await.unwrap();
     let bucket = bucket_for_request("everest", "pvc-g1");
     assert_eq!(v.native_id, format!("d~{bucket}"));
-    // Garage answers NotImplemented to bucket tagging: the mark is the marker's metadata.
-    let marker = env
-        .admin
-        .head_object()
-        .bucket(&bucket)
-        .key(BUCKET_MARKER)
-        .send()
-        .await
-        .expect("the marker object");
-    let meta = marker.metadata().cloned().unwrap_or_default();
+    // Garage answers NotImplemented to bucket tagging: the mark is the metadata of an object
+    // named after the bucket in the mark bucket, and nothing is added to the volume's bucket.
+    let meta = env.mark(&bucket).await.expect("the mark");
     assert_eq!(
         meta.get("everest-created-by").map(String::as_str),
         Some("everest"),
@@ -163,6 +169,10 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
     assert_eq!(
         meta.get("everest-capacity").map(String::as_str),
         Some("1073741824")
+    );
+    assert!(
+        env.keys(&bucket).await.is_empty(),
+        "the volume's bucket is not empty"
     );
     // The same request again is the same volume; expansion rewrites the recorded size.
     assert_eq!(c.create_volume(&create("pvc-g1")).await.unwrap(), v);
@@ -174,17 +184,7 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
         .await
         .unwrap();
     assert_eq!(grown.capacity_bytes, 2 << 30);
-    let meta = env
-        .admin
-        .head_object()
-        .bucket(&bucket)
-        .key(BUCKET_MARKER)
-        .send()
-        .await
-        .unwrap()
-        .metadata()
-        .cloned()
-        .unwrap_or_default();
+    let meta = env.mark(&bucket).await.unwrap();
     assert_eq!(
         meta.get("everest-capacity").map(String::as_str),
         Some("2147483648")
@@ -208,15 +208,33 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert_eq!(env.get(&foreign, "theirs.txt").await, "keep me");
 
-    // Delete empties ours, the marker last, and removes it.
+    // Delete empties and removes ours, then its mark.
     env.put(&bucket, "dir/f", "x").await;
     c.delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
     assert!(!env.bucket_exists(&bucket).await);
+    assert!(
+        env.mark(&bucket).await.is_none(),
+        "the mark outlived its bucket"
+    );
     c.delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
+
+    // A delete interrupted after the bucket went (its mark left behind): the retry is OK and
+    // takes the mark too.
+    let v3 = c.create_volume(&create("pvc-g3")).await.unwrap();
+    let b3 = bucket_for_request("everest", "pvc-g3");
+    env.admin.delete_bucket().bucket(&b3).send().await.unwrap();
+    assert!(env.mark(&b3).await.is_some());
+    c.delete_volume(&v3.native_id, &Secrets::default())
+        .await
+        .unwrap();
+    assert!(
+        env.mark(&b3).await.is_none(),
+        "the retried delete left the mark"
+    );
 }
 
 /// Unmounts, when dropped, whatever is still mounted at these paths (lazily).
@@ -300,6 +318,10 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
     if let Some(place) = shown_by_any_process(GARAGE_SECRET_KEY) {
         panic!("the secret key shows in {place}");
     }
+
+    // The volume starts empty: Everest's mark is not in it.
+    let root_entries: Vec<_> = std::fs::read_dir(target.as_path()).unwrap().collect();
+    assert!(root_entries.is_empty(), "{root_entries:?}");
 
     // Nested directories and a file through the mount; S3 sees the file and the directory
     // objects s3fs makes.
