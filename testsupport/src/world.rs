@@ -52,7 +52,7 @@ impl Daemon {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Daemon::Controller => "everest-controller",
             Daemon::Node => "everest-node",
