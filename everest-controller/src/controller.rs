@@ -18,6 +18,7 @@ use everest_proto::csi::v1::controller_service_capability::{Rpc, Type, rpc};
 use tonic::{Request, Response, Status};
 
 use crate::listing::{self, ListToken};
+use crate::pvc_annotations::{Allowlist, ClaimReader};
 use crate::requests;
 use crate::responses;
 use crate::snapshots;
@@ -36,6 +37,8 @@ pub struct ControllerService {
     snapshot_names: InFlight<String>,
     /// DeleteSnapshot calls by snapshot ID.
     busy_snapshots: InFlight<SnapshotId>,
+    /// Reads the PVC of a CreateVolume whose StorageClass allows PVC annotations.
+    claims: ClaimReader,
 }
 
 impl ControllerService {
@@ -47,7 +50,13 @@ impl ControllerService {
             busy: InFlight::default(),
             snapshot_names: InFlight::default(),
             busy_snapshots: InFlight::default(),
+            claims: ClaimReader::none("the controller was built without a Kubernetes API"),
         }
+    }
+
+    /// The same service, reading PVCs through `claims`.
+    pub fn with_claims(self, claims: ClaimReader) -> Self {
+        Self { claims, ..self }
     }
 
     /// The backends this service routes to.
@@ -143,7 +152,7 @@ impl Controller for ControllerService {
         let req = request.into_inner();
         let name = req.name.clone();
         // Parsed and routed once, before the span opens, so the backend label comes for free.
-        let routed = requests::create_volume(req).and_then(|new| {
+        let routed = requests::create_volume(req).and_then(|mut new| {
             let (backend_name, backend) = self.registry.for_params(&new.create.common)?;
             if let Some(key) = new.mutable_keys.first()
                 && !backend.capabilities().modify
@@ -152,14 +161,20 @@ impl Controller for ControllerService {
                     "mutable_parameters ({key}) are not supported: backend {backend_name} does not change volumes in place"
                 )));
             }
-            Ok((new.create, new.source, backend_name, backend))
+            let allowed = Allowlist::take(&mut new.create.parameters, &new.mutable_keys)?;
+            Ok((new, allowed, backend_name, backend))
         });
         let label = routed.as_ref().map_or_else(
             |_| NO_BACKEND.to_owned(),
             |(_, _, name, _)| name.to_string(),
         );
         observe(SERVICE, "CreateVolume", &name, &label, async {
-            let (create, source, backend_name, mut backend) = routed?;
+            let (new, allowed, backend_name, mut backend) = routed?;
+            let requests::NewVolume {
+                mut create,
+                source,
+                mutable_keys,
+            } = new;
             backend.check_capabilities(&create.capabilities)?;
             if let Some(source) = &source {
                 if source.backend != backend_name {
@@ -172,7 +187,14 @@ impl Controller for ControllerService {
                 backend = snapshots::can_restore(&backend_name, backend, &create)?;
             }
             let _claim = self.creating.claim(&create.name)?;
-            let volume = backend.create_volume(&create).await?;
+            let applied = self
+                .claims
+                .apply(allowed.as_ref(), &mut create, &mutable_keys)
+                .await?;
+            let volume = backend.create_volume(&create).await.map_err(|e| match &applied {
+                Some(applied) => applied.explain(e),
+                None => e,
+            })?;
             let mut volume = responses::volume(&backend_name, volume)?;
             volume.content_source = source.map(|s| s.echo);
             Ok(Response::new(csi::CreateVolumeResponse {

@@ -8,6 +8,7 @@ mod controller;
 #[cfg(test)]
 mod fake;
 mod listing;
+mod pvc_annotations;
 mod requests;
 mod responses;
 mod snapshots;
@@ -26,6 +27,7 @@ use tonic::transport::Server;
 
 use crate::backends::ControllerReady;
 use crate::controller::ControllerService;
+use crate::pvc_annotations::ClaimReader;
 
 /// Command line of the controller plugin.
 #[derive(Debug, Parser)]
@@ -50,6 +52,7 @@ async fn main() -> ExitCode {
         cli.common.check_config,
         || {
             let cfg = ControllerConfig::load(&cli.common, std::env::vars())?;
+            ClaimReader::check(&cfg.controller)?;
             let registry = Arc::new(backends::build(&cfg)?);
             Ok((cfg.log_format, (cfg, registry)))
         },
@@ -88,8 +91,11 @@ async fn run(
         env!("CARGO_PKG_VERSION"),
         Arc::new(ControllerReady),
     );
+    let claims = ClaimReader::from_config(&cfg.controller).await?;
+    tracing::info!(kubernetes = ?claims, "Kubernetes API for PVC annotations");
+    let controller = ControllerService::new(registry).with_claims(claims);
     let router = Server::builder()
         .add_service(IdentityServer::new(identity))
-        .add_service(ControllerServer::new(ControllerService::new(registry)));
+        .add_service(ControllerServer::new(controller));
     server::serve(&cfg.endpoint, router).await
 }

@@ -74,7 +74,12 @@ must_fail "rbac: missing rule" "storage.k8s.io/volumeattributesclasses lacks ['g
 c=$(chart_copy rbac-extra)
 sed -i 's/    resources: \[nodes\]/    resources: [nodes, pods]/' "$c/templates/controller-rbac.yaml"
 render "$c" > "$NEG/rbac2.yaml"
-must_fail "rbac: least privilege" "core/pods grants ['get', 'list', 'watch'] that no running sidecar needs" "${POLICY[@]}" rbac "$NEG/rbac2.yaml"
+must_fail "rbac: least privilege" "core/pods grants ['get', 'list', 'watch'] that no running container needs" "${POLICY[@]}" rbac "$NEG/rbac2.yaml"
+# rbac: everest-controller's own need (get on claims, for PVC annotations) is counted.
+c=$(chart_copy rbac-controller)
+sed -i 's/    verbs: \[get, list, watch, update\]/    verbs: [list, watch, update]/' "$c/templates/controller-rbac.yaml"
+render "$c" > "$NEG/rbac4.yaml"
+must_fail "rbac: the controller's own need" "core/persistentvolumeclaims lacks ['get'] (needed by csi-provisioner, csi-resizer, everest-controller)" "${POLICY[@]}" rbac "$NEG/rbac4.yaml"
 render "$CHART" --set sidecars.resizer.image.tag=v3.0.0 > "$NEG/rbac3.yaml"
 must_fail "rbac: unknown sidecar version" "no RBAC requirements known" "${POLICY[@]}" rbac "$NEG/rbac3.yaml"
 

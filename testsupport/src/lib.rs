@@ -9,6 +9,8 @@
 //! - [`host`]: mounts, loop devices, filesystem sizes and the skip check for tests that need root;
 //! - [`nfs`]: a real NFS server (nfs-ganesha and rpcbind) in a private network namespace, and
 //!   an emulator beside it whose SFS Turbo shares are exports of that server;
+//! - [`kube_api`]: a fake Kubernetes API server at the HTTP edge, serving objects in the API's
+//!   own JSON, for the daemons' real `kube` client;
 //! - [`s3`]: a real S3 server (moto) on a free loopback port;
 //! - [`process`]: child processes with captured logs, and where the workspace binaries are;
 //! - [`skip`]: skipping a case the machine cannot run: counted, and a failure under `CI=true`.
@@ -16,6 +18,7 @@
 pub mod csi;
 pub mod garage;
 pub mod host;
+pub mod kube_api;
 pub mod lifecycle;
 pub mod nfs;
 pub mod process;
@@ -26,6 +29,7 @@ pub mod world;
 pub use everest_proto::csi::v1 as proto;
 pub use garage::{GarageServer, skip_unless_garage};
 pub use host::{skip_unless_root_and_loop, skip_without};
+pub use kube_api::KubeApi;
 pub use lifecycle::Lifecycle;
 pub use nfs::{NfsServer, skip_unless_nfs_server};
 pub use s3::{S3Server, skip_unless_s3_server};

@@ -73,6 +73,8 @@ pub struct WorldOptions {
     pub log_format: String,
     /// Extra `key = value` lines for the backend's table (e.g. `max_retries = 1`).
     pub backend_extra: Vec<String>,
+    /// Extra `key = value` lines for the `[controller]` table (e.g. `kubernetes = "off"`).
+    pub controller_extra: Vec<String>,
     /// TOML appended to the daemon configuration, e.g. another `[backends.<name>]` table;
     /// `{emulator_url}` and `{credentials_file}` (AK/SK the emulator accepts) are filled in.
     pub extra_config: String,
@@ -93,6 +95,7 @@ impl Default for WorldOptions {
             default_fs_type: "ext4".into(),
             log_format: "text".into(),
             backend_extra: Vec::new(),
+            controller_extra: Vec::new(),
             extra_config: String::new(),
             emulator_extra: Vec::new(),
             netns: None,
@@ -623,6 +626,9 @@ impl World {
         writeln!(toml, "[controller]")?;
         // Quick enough for a test to see the reachability gauge change.
         writeln!(toml, "backend_check_seconds = 1")?;
+        for line in &self.opts.controller_extra {
+            writeln!(toml, "{line}")?;
+        }
         writeln!(toml)?;
         writeln!(toml, "[node]")?;
         writeln!(toml, "max_volumes_per_node = 24")?;

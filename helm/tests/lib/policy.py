@@ -4,7 +4,8 @@
   crds FILE                       CRD-based objects (ServiceMonitor, PodMonitor, PrometheusRule,
                                   VolumeSnapshotClass): every field known, required ones present
   rbac RENDERED                   the controller's ClusterRole/Role grant exactly what the
-                                  sidecars that run need, for their pinned versions
+                                  sidecars that run need, for their pinned versions, and
+                                  everest-controller's own reads
   expect COMBO RENDERED           the objects and containers a values combination must (not) have
   secrets RENDERED                no ConfigMap holds a credential
   scope DASHBOARD RULES RELEASE   every dashboard and alert selector names the release
@@ -167,6 +168,13 @@ SIDECAR_RBAC = {
         **EVENTS,
     },
 }
+# What the controller pod's own containers need. everest-controller reads the claim of a
+# CreateVolume whose StorageClass allows PVC annotations (docs/annotations.md): get only, never
+# list or watch. The liveness probe calls no API.
+OWN_RBAC = {
+    "everest-controller": {(CORE, "persistentvolumeclaims"): {"get"}},
+    "liveness-probe": {},
+}
 LEASES = {("coordination.k8s.io", "leases"): {"get", "watch", "list", "create", "update", "delete"}}
 
 
@@ -181,42 +189,49 @@ def grants(role):
     return out
 
 
-def compare(what, have, need):
+def compare(what, have, need, who=None):
+    """`who` maps (group, resource, verb) to the containers that need it, for the messages."""
     problems = []
     for key in sorted(set(have) | set(need)):
         h, n = have.get(key, set()), need.get(key, set())
         res = f"{key[0] or 'core'}/{key[1]}"
         if n - h:
-            problems.append(f"{what}: {res} lacks {sorted(n - h)}")
+            by = sorted({c for v in n - h for c in (who or {}).get((*key, v), ())})
+            suffix = f" (needed by {', '.join(by)})" if by else ""
+            problems.append(f"{what}: {res} lacks {sorted(n - h)}{suffix}")
         if h - n:
-            problems.append(f"{what}: {res} grants {sorted(h - n)} that no running sidecar needs")
+            problems.append(f"{what}: {res} grants {sorted(h - n)} that no running container needs")
     return problems
 
 
 def cmd_rbac(rendered):
     docs = load(rendered)
     dep = next(d for d in docs if d["kind"] == "Deployment")
-    need, running = {}, []
+    need, who, running = {}, {}, []
     for c in dep["spec"]["template"]["spec"]["containers"]:
         name = c["name"]
-        if name in ("everest-controller", "liveness-probe"):
-            continue  # neither calls the Kubernetes API
         tag = c["image"].rsplit(":", 1)[-1]
-        major = tag.lstrip("v").split(".")[0]
-        rules = SIDECAR_RBAC.get((name, major))
-        if rules is None:
-            fail(f"{name} {tag}: no RBAC requirements known for this major version; read its deploy/kubernetes/rbac.yaml and add them to SIDECAR_RBAC")
-        running.append(f"{name} {tag}")
+        if name in OWN_RBAC:
+            rules = OWN_RBAC[name]
+        else:
+            major = tag.lstrip("v").split(".")[0]
+            rules = SIDECAR_RBAC.get((name, major))
+            if rules is None:
+                fail(f"{name} {tag}: no RBAC requirements known for this major version; read its deploy/kubernetes/rbac.yaml and add them to SIDECAR_RBAC")
+        if rules:
+            running.append(f"{name} {tag}")
         for k, v in rules.items():
             need.setdefault(k, set()).update(v)
+            for verb in v:
+                who.setdefault((*k, verb), set()).add(name)
     croles = [d for d in docs if d["kind"] == "ClusterRole"]
     roles = [d for d in docs if d["kind"] == "Role"]
     if len(croles) != 1 or len(roles) != 1:
         fail(f"expected one ClusterRole and one Role, found {len(croles)} and {len(roles)}")
-    problems = compare("ClusterRole", grants(croles[0]), need)
+    problems = compare("ClusterRole", grants(croles[0]), need, who)
     problems += compare("Role (leader election)", grants(roles[0]), LEASES)
     if problems:
-        fail("\n  ".join(["RBAC does not match the sidecars:"] + problems))
+        fail("\n  ".join(["RBAC does not match the containers' needs:"] + problems))
     print(f"ok  RBAC grants exactly what {', '.join(running)} need")
 
 

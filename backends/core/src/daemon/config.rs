@@ -108,12 +108,34 @@ pub struct ControllerSection {
     /// How often each backend's service is checked for the `everest_backend_reachable` gauge.
     #[serde(default = "default_backend_check_seconds")]
     pub backend_check_seconds: u64,
+    /// How the controller reaches the Kubernetes API (to read PVC annotations).
+    #[serde(default)]
+    pub kubernetes: KubernetesAccess,
+    /// The kubeconfig file read when `kubernetes = "kubeconfig"`; only allowed then.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// How the controller reaches the Kubernetes API; it asks it only for the PVC of a CreateVolume
+/// whose StorageClass allows PVC annotations (see `docs/annotations.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KubernetesAccess {
+    /// The pod's service account and the `KUBERNETES_SERVICE_*` variables (the chart's case).
+    #[default]
+    InCluster,
+    /// The file named by `kubeconfig` (out of a cluster, and tests).
+    Kubeconfig,
+    /// No Kubernetes API: a StorageClass that allows PVC annotations fails CreateVolume.
+    Off,
 }
 
 impl Default for ControllerSection {
     fn default() -> Self {
         Self {
             backend_check_seconds: default_backend_check_seconds(),
+            kubernetes: KubernetesAccess::default(),
+            kubeconfig: None,
         }
     }
 }
@@ -122,6 +144,21 @@ impl ControllerSection {
     /// The check interval; at least one second.
     pub fn backend_check_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.backend_check_seconds.max(1))
+    }
+
+    /// Checks that `kubeconfig` is given exactly when `kubernetes = "kubeconfig"`.
+    pub fn validate(&self) -> Result<(), Error> {
+        match (self.kubernetes, &self.kubeconfig) {
+            (KubernetesAccess::Kubeconfig, None) => Err(Error::InvalidArgument(
+                "configuration: controller.kubernetes = \"kubeconfig\" needs controller.kubeconfig, the file to read".into(),
+            )),
+            (KubernetesAccess::InCluster | KubernetesAccess::Off, Some(path)) => {
+                Err(Error::InvalidArgument(format!(
+                    "configuration: controller.kubeconfig = {path:?} is only read with controller.kubernetes = \"kubeconfig\""
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -510,6 +547,38 @@ device_wait_seconds = 30
         assert_eq!(cfg.endpoint, "/tmp/other.sock");
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.metrics_address, Some("127.0.0.1:9808".parse().unwrap()));
+    }
+
+    #[test]
+    fn kubernetes_access_defaults_to_in_cluster_and_a_kubeconfig_needs_its_file() {
+        let cfg = ControllerConfig::load(&CommonArgs::default(), env(&[])).unwrap();
+        assert_eq!(cfg.controller.kubernetes, KubernetesAccess::InCluster);
+        cfg.controller.validate().unwrap();
+        let (_dir, args) =
+            file("[controller]\nkubernetes = \"kubeconfig\"\nkubeconfig = \"/k.yaml\"");
+        let cfg = ControllerConfig::load(&args, env(&[])).unwrap();
+        assert_eq!(cfg.controller.kubernetes, KubernetesAccess::Kubeconfig);
+        cfg.controller.validate().unwrap();
+        let cfg = ControllerConfig::load(
+            &CommonArgs::default(),
+            env(&[("EVEREST_CONTROLLER__KUBERNETES", "off")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.controller.kubernetes, KubernetesAccess::Off);
+        for (text, says) in [
+            ("kubernetes = \"kubeconfig\"", "needs controller.kubeconfig"),
+            ("kubeconfig = \"/k.yaml\"", "only read with"),
+        ] {
+            let (_dir, args) = file(&format!("[controller]\n{text}"));
+            let err = ControllerConfig::load(&args, env(&[]))
+                .unwrap()
+                .controller
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
+        let (_dir, args) = file("[controller]\nkubernetes = \"incluster\"");
+        assert!(ControllerConfig::load(&args, env(&[])).is_err());
     }
 
     #[test]
