@@ -79,8 +79,20 @@ fn free_port() -> Result<u16, String> {
 
 impl GarageServer {
     /// Starts a server, gives it a one-node layout and imports the test key with the right to
-    /// create buckets.
+    /// create buckets. Its ports are picked free and released before Garage binds them, so
+    /// a test running beside it may take one first: a start that fails is tried again.
     pub fn start() -> Result<Self, String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::start_once() {
+                Ok(server) => return Ok(server),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once() -> Result<Self, String> {
         let program = garage()?;
         let dir = tempfile::Builder::new()
             .prefix("everest-garage-")
