@@ -13,6 +13,7 @@ pub mod error;
 mod http;
 mod into_backend;
 pub mod lenient;
+mod rate_limit;
 pub mod sign;
 
 use std::collections::HashMap;
