@@ -114,6 +114,14 @@ impl WaitPace {
         }
     }
 
+    /// The gap between polls near the expected end (zero when nothing is expected yet): a
+    /// shared poller may look this much early, to put waits that end together in one call.
+    pub fn close_gap(&self) -> Duration {
+        self.expected.map_or(Duration::ZERO, |expected| {
+            (expected / POLLS_PER_EXPECTED).max(MIN_POLL_GAP)
+        })
+    }
+
     /// Counts a poll sent on this wait's behalf by someone else (a shared poller), as
     /// [`WaitPace::poll`] counts its own.
     pub fn count_poll(&self) {
@@ -317,5 +325,7 @@ mod tests {
         let fresh = WaitPace::expecting(&config(), Duration::from_secs(60), None);
         fresh.before_first_poll().await;
         assert_eq!(fresh.waited(), Duration::ZERO);
+        assert_eq!(fresh.close_gap(), Duration::ZERO);
+        assert_eq!(pace.close_gap(), Duration::from_millis(50));
     }
 }

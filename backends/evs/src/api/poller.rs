@@ -4,8 +4,9 @@
 //!
 //! Each wait keeps its own pace ([`WaitPace`]: the first look at 0.9 × the length such waits
 //! took lately, then every 1/20 of it), so one operation alone ends as soon as it would on its
-//! own. A round that is sent anyway also carries the other disks being waited on, up to 60
-//! ids: for them the look is free and only an end it sees counts, their schedule is kept.
+//! own. A round also counts as the look of every wait due within a short slack (a close gap),
+//! so waits that end together keep sharing rounds; and a round carries the other disks being
+//! waited on, up to 60 ids: for them the look is free and only an end it sees counts.
 //!
 //! A background task runs the rounds while anyone waits and ends when nobody does. Dropping a
 //! wait (its RPC was cancelled) removes it at once: it is not polled again.
@@ -84,6 +85,9 @@ struct Wait {
     pace: WaitPace,
     /// When this wait wants its next look.
     due: Instant,
+    /// How much earlier than `due` a round may count as its look: waits whose looks fall
+    /// close together then share rounds instead of each starting its own.
+    slack: Duration,
     /// For a job that times out: the status seen last, or why it is unknown.
     last_status: String,
     reply: oneshot::Sender<Result<Seen>>,
@@ -159,6 +163,7 @@ impl Poller {
     ) -> Result<Seen> {
         let pace = lookup.pace(&kind, deadline);
         let due = Instant::now() + pace.first_poll_delay();
+        let slack = pace.close_gap();
         let (reply, answer) = oneshot::channel();
         let registered = {
             let mut state = lock(&self.shared.state);
@@ -171,6 +176,7 @@ impl Poller {
                     kind,
                     pace,
                     due,
+                    slack,
                     last_status: "not read yet".into(),
                     reply,
                 },
@@ -317,7 +323,7 @@ impl State {
         let mut others: Vec<(Instant, String)> = Vec::new();
         let mut jobs: Vec<(Service, JobId)> = Vec::new();
         for w in self.waits.values_mut() {
-            let is_due = w.due <= now;
+            let is_due = w.due <= now + w.slack;
             if is_due {
                 w.pace.count_poll();
             }
@@ -490,6 +496,13 @@ impl Wait {
         match self.pace.next_delay(last_poll_failed) {
             Some(delay) => {
                 self.due = Instant::now() + delay;
+                // Up to half a gap early, so the schedule never loses more than half its gaps;
+                // none after a failure, whose backoff is meant to be kept.
+                self.slack = if last_poll_failed {
+                    Duration::ZERO
+                } else {
+                    delay / 2
+                };
                 Step::Wait
             }
             None => Step::TimedOut,

@@ -305,3 +305,28 @@ async fn a_wait_keeps_its_learned_pace_in_the_shared_rounds() {
         Asked::Disks(vec!["late".to_owned(), "early".to_owned()])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn waits_due_close_together_share_their_rounds() {
+    let mut scripted = Scripted::new(Box::new(|_, n| {
+        Some(if n >= 3 { "available" } else { "creating" })
+    }));
+    scripted.expected = Some(Duration::from_secs(1));
+    let cloud = Arc::new(scripted);
+    let poller = Poller::default();
+    let first = wait_on(&poller, &cloud, &["a".to_owned()], LONG);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = wait_on(&poller, &cloud, &["b".to_owned()], LONG);
+    for w in first.into_iter().chain(second) {
+        assert!(w.await.unwrap().unwrap().is_some());
+    }
+    // "b" is due 20 ms after "a", within a close gap (50 ms): the round at 900 ms is the look
+    // of both, and from then on they share every round instead of alternating.
+    let asked = cloud.asked();
+    let at: Vec<u128> = asked.iter().map(|(t, _)| t.as_millis()).collect();
+    assert_eq!(at, [900, 950, 1000], "{asked:?}");
+    assert!(
+        cloud.list_calls().iter().all(|c| c.len() == 2),
+        "{asked:?}"
+    );
+}
