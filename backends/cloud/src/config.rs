@@ -84,7 +84,10 @@ pub struct CloudConfig {
     pub rate_limit_per_second: u32,
     /// How many calls may go at once after a quiet spell (the bucket's size); at least 1
     /// when the rate is limited.
-    #[serde(default = "default_rate_limit_burst", deserialize_with = "scalar::number")]
+    #[serde(
+        default = "default_rate_limit_burst",
+        deserialize_with = "scalar::number"
+    )]
     pub rate_limit_burst: u32,
     /// Allows `http://` endpoints (the emulator, a test cloud on loopback). Off: plain HTTP
     /// would carry signatures, tokens and the IAM password in clear, so it is refused.
@@ -306,7 +309,9 @@ impl CloudConfig {
             return bad("job_poll_initial_ms must be positive and at most job_poll_max_ms".into());
         }
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
-            return bad("rate_limit_burst must be at least 1 when rate_limit_per_second is set".into());
+            return bad(
+                "rate_limit_burst must be at least 1 when rate_limit_per_second is set".into(),
+            );
         }
         self.ca_certificates()?;
         Ok(())

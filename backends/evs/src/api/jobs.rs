@@ -254,7 +254,10 @@ impl EvsClient {
                 Ok(v) => {
                     done.insert(id, v);
                 }
-                Err(Error::WaitTimeout { pending: p, waited: w }) => {
+                Err(Error::WaitTimeout {
+                    pending: p,
+                    waited: w,
+                }) => {
                     pending.extend(p);
                     waited = waited.max(w);
                 }

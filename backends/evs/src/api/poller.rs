@@ -247,6 +247,18 @@ async fn drive(shared: Arc<Shared>, lookup: Arc<dyn Lookup>) {
             }
             Next::Run(asks) => asks,
         };
+        tracing::debug!(
+            backend = lookup.backend(),
+            calls = asks.len(),
+            disks = asks
+                .iter()
+                .map(|a| match a {
+                    Ask::Disks { ids, .. } => ids.len(),
+                    Ask::Job { .. } => 0,
+                })
+                .sum::<usize>(),
+            "poll round"
+        );
         let mut running = tokio::task::JoinSet::new();
         for ask in asks {
             let lookup = lookup.clone();
@@ -496,12 +508,14 @@ impl Wait {
         match self.pace.next_delay(last_poll_failed) {
             Some(delay) => {
                 self.due = Instant::now() + delay;
-                // Up to half a gap early, so the schedule never loses more than half its gaps;
-                // none after a failure, whose backoff is meant to be kept.
+                // A round up to a whole gap early may count as the next look: looks then still
+                // come at most a gap apart, so an end is seen as soon as on the wait's own
+                // schedule, and waits that end together fall into the same rounds. None after
+                // a failure, whose backoff is meant to be kept.
                 self.slack = if last_poll_failed {
                     Duration::ZERO
                 } else {
-                    delay / 2
+                    delay
                 };
                 Step::Wait
             }

@@ -669,12 +669,9 @@ impl ControllerBackend for EvsController {
             }
             // As for a delete, the disk's status says how the extend ends (the new size, or
             // `error_extending`), so only the disk is watched.
-            self.client
-                .extend_volume(disk_id, gib)
-                .await
-                .map_err(|e| {
-                    Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
-                })?;
+            self.client.extend_volume(disk_id, gib).await.map_err(|e| {
+                Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
+            })?;
         }
         // A disk that falls into an error state ends the wait as seen, to be reported as stuck.
         let disk = self

@@ -145,7 +145,13 @@ fn wait_on(
             let lookup: Arc<dyn Lookup> = lookup.clone();
             tokio::spawn(async move {
                 poller
-                    .disk(&lookup, "available", &id, Box::new(until_available), deadline)
+                    .disk(
+                        &lookup,
+                        "available",
+                        &id,
+                        Box::new(until_available),
+                        deadline,
+                    )
                     .await
             })
         })
@@ -177,7 +183,10 @@ async fn waits_in_flight_together_share_list_calls_of_sixty() {
     let learned = cloud.learned.lock().unwrap().clone();
     assert_eq!(learned.len(), 130);
     assert!(learned.iter().all(|(kind, _)| kind == "disks:available"));
-    assert!(!lock(&poller.shared.state).driving, "the task ends when nobody waits");
+    assert!(
+        !lock(&poller.shared.state).driving,
+        "the task ends when nobody waits"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -209,7 +218,10 @@ async fn a_disk_in_error_fails_only_its_own_wait() {
     assert!(results[2].as_ref().unwrap().is_some());
     // The failed disk left the rounds; the others went on without it.
     let calls = cloud.list_calls();
-    assert_eq!(calls.last().unwrap(), &vec!["good1".to_owned(), "good2".to_owned()]);
+    assert_eq!(
+        calls.last().unwrap(),
+        &vec!["good1".to_owned(), "good2".to_owned()]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -257,11 +269,18 @@ async fn a_throttled_round_slows_every_wait_of_the_instance() {
         let (poller, lookup) = (poller.clone(), cloud.clone() as Arc<dyn Lookup>);
         tokio::spawn(async move {
             poller
-                .job(&lookup, Service::Ecs, &JobId("j1".into()), Duration::from_secs(5))
+                .job(
+                    &lookup,
+                    Service::Ecs,
+                    &JobId("j1".into()),
+                    Duration::from_secs(5),
+                )
                 .await
         })
     };
-    let disk = wait_on(&poller, &cloud, &["d1".to_owned()], LONG).pop().unwrap();
+    let disk = wait_on(&poller, &cloud, &["d1".to_owned()], LONG)
+        .pop()
+        .unwrap();
     assert!(disk.await.unwrap().unwrap().is_some());
     let job_polls: Vec<Duration> = cloud
         .asked()
@@ -325,8 +344,5 @@ async fn waits_due_close_together_share_their_rounds() {
     let asked = cloud.asked();
     let at: Vec<u128> = asked.iter().map(|(t, _)| t.as_millis()).collect();
     assert_eq!(at, [900, 950, 1000], "{asked:?}");
-    assert!(
-        cloud.list_calls().iter().all(|c| c.len() == 2),
-        "{asked:?}"
-    );
+    assert!(cloud.list_calls().iter().all(|c| c.len() == 2), "{asked:?}");
 }
