@@ -270,9 +270,11 @@ async fn handle(
         ("GET", ["evs" | "ecs", "v1", PROJECT, "jobs", id]) => {
             let volume = id.rsplit_once("disk-").map(|(_, v)| format!("disk-{v}"));
             if c.fail_creates && id.starts_with("job-create-") {
-                return ok(json!({"job_id": id, "job_type": "createVolume", "status": "FAIL",
+                return ok(
+                    json!({"job_id": id, "job_type": "createVolume", "status": "FAIL",
                                  "error_code": "EVS.5500", "fail_reason": "no capacity left",
-                                 "entities": {"volume_id": volume}}));
+                                 "entities": {"volume_id": volume}}),
+                );
             }
             ok(job(id, volume.as_deref().unwrap_or_default()))
         }
@@ -861,10 +863,18 @@ fn job_polls(mock: &Mock) -> Vec<String> {
 async fn create_delete_and_extend_wait_on_the_disk_not_the_job() {
     let mock = Mock::start(vec![], &[]).await;
     let c = mock.controller();
-    let v = c.create_volume(&create_request("pvc-20", 10)).await.unwrap();
+    let v = c
+        .create_volume(&create_request("pvc-20", 10))
+        .await
+        .unwrap();
     let want = CapacityRange::new((20 * GIB) as i64, 0).unwrap();
-    assert_eq!(c.expand(&v.native_id, want).await.unwrap().capacity_bytes, 20 * GIB);
-    c.delete_volume(&v.native_id, &Default::default()).await.unwrap();
+    assert_eq!(
+        c.expand(&v.native_id, want).await.unwrap().capacity_bytes,
+        20 * GIB
+    );
+    c.delete_volume(&v.native_id, &Default::default())
+        .await
+        .unwrap();
     assert!(mock.disk(&v.native_id).is_none());
     assert_eq!(job_polls(&mock), Vec::<String>::new());
     // Each wait looked at its disk through the list call, by id.
@@ -891,7 +901,10 @@ async fn a_failed_create_reports_the_reason_its_job_gives() {
         text.contains("EVS.5500") && text.contains("no capacity left"),
         "{text}"
     );
-    assert_eq!(job_polls(&mock), vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]);
+    assert_eq!(
+        job_polls(&mock),
+        vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]
+    );
 }
 
 /// A cloud whose create answer names no disk: the job names it.
@@ -905,5 +918,8 @@ async fn a_create_answer_without_disk_ids_waits_on_the_job() {
         .await
         .unwrap();
     assert_eq!(v.native_id, "disk-new-1");
-    assert_eq!(job_polls(&mock), vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]);
+    assert_eq!(
+        job_polls(&mock),
+        vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]
+    );
 }

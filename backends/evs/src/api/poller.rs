@@ -405,7 +405,9 @@ impl State {
                         });
                     }
                     // The cloud refused the call for good; it named no disk, so it concerns all.
-                    Err(e) => self.each_disk(&ids, lookup, |_, _| Step::End(Err(e.clone()))),
+                    Err(e) => {
+                        self.each_disk(&ids, lookup, |_, _| Step::End(Box::new(Err(e.clone()))))
+                    }
                 },
                 Answer::Job {
                     service,
@@ -475,6 +477,7 @@ impl State {
             match step(w) {
                 Step::Wait => {}
                 Step::End(result) => {
+                    let result = *result;
                     if let Some(w) = self.waits.remove(&key) {
                         if result.is_ok() {
                             lookup.learned(&w.kind, w.pace.learned_length());
@@ -497,7 +500,8 @@ impl State {
 enum Step {
     /// Not over; its next look is scheduled.
     Wait,
-    End(Result<Seen>),
+    /// Over, with what to answer (boxed: a disk is large, and most steps are `Wait`).
+    End(Box<Result<Seen>>),
     /// Not over, and its deadline has passed.
     TimedOut,
 }
@@ -528,11 +532,11 @@ impl Wait {
             return Step::Wait;
         };
         match verdict(volume) {
-            VolumeWait::Done => Step::End(Ok(Seen::Disk(volume.cloned()))),
-            VolumeWait::Failed(reason) => Step::End(Err(Error::ResourceFailed {
+            VolumeWait::Done => Step::End(Box::new(Ok(Seen::Disk(volume.cloned())))),
+            VolumeWait::Failed(reason) => Step::End(Box::new(Err(Error::ResourceFailed {
                 resource: format!("disk {id}"),
                 reason,
-            })),
+            }))),
             // A free look (not due) leaves the schedule alone.
             VolumeWait::Pending if was_due => self.again(false),
             VolumeWait::Pending => Step::Wait,
@@ -542,8 +546,8 @@ impl Wait {
     fn seen_job(&mut self, lookup: &dyn Lookup, id: &JobId, result: &Result<Job>) -> Step {
         match result {
             Ok(job) => match job.status {
-                JobStatus::Success => Step::End(Ok(Seen::Job(job.clone()))),
-                JobStatus::Fail => Step::End(Err(job.clone().into_error())),
+                JobStatus::Success => Step::End(Box::new(Ok(Seen::Job(job.clone())))),
+                JobStatus::Fail => Step::End(Box::new(Err(job.clone().into_error()))),
                 _ => {
                     self.last_status = job.status.to_string();
                     self.again(false)
@@ -553,7 +557,7 @@ impl Wait {
                 self.last_status = format!("unknown, the last poll failed: {e}");
                 self.poll_failed(lookup, "job", &id.0, e)
             }
-            Err(e) => Step::End(Err(e.clone())),
+            Err(e) => Step::End(Box::new(Err(e.clone()))),
         }
     }
 
