@@ -122,6 +122,11 @@ impl WaitPace {
         })
     }
 
+    /// How long such waits took lately, when known.
+    pub fn expected(&self) -> Option<Duration> {
+        self.expected
+    }
+
     /// Counts a poll sent on this wait's behalf by someone else (a shared poller), as
     /// [`WaitPace::poll`] counts its own.
     pub fn count_poll(&self) {

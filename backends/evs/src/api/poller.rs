@@ -62,6 +62,8 @@ struct State {
     next_key: u64,
     /// Whether the background task runs.
     driving: bool,
+    /// When a wait of each kind last ended.
+    last_end: BTreeMap<String, Instant>,
     /// No round before this: a round failed transiently, so the cloud is struggling and every
     /// wait of the instance backs off, not only the one whose poll failed.
     slowed_until: Option<Instant>,
@@ -425,6 +427,25 @@ impl State {
                 }
             }
         }
+        // Waits of a kind whose peers ended within the usual length of such a wait are near
+        // their end too, even when they run longer than usual (a burst queues in the cloud):
+        // they stay on close gaps instead of the slow schedule of an unusually long wait.
+        for w in self.waits.values_mut() {
+            let (Some(expected), Some(ended)) = (w.pace.expected(), self.last_end.get(&w.kind))
+            else {
+                continue;
+            };
+            let gap = w.pace.close_gap();
+            let overdue = w.pace.waited() > expected;
+            if overdue
+                && now.saturating_duration_since(*ended) <= expected
+                && w.pace.failed_in_a_row == 0
+                && w.due > now + gap
+            {
+                w.due = now + gap;
+                w.slack = gap;
+            }
+        }
         self.slowed_until = if failed_round {
             // The pause the failed waits took on holds back every wait.
             self.waits
@@ -481,6 +502,7 @@ impl State {
                     if let Some(w) = self.waits.remove(&key) {
                         if result.is_ok() {
                             lookup.learned(&w.kind, w.pace.learned_length());
+                            self.last_end.insert(w.kind.clone(), Instant::now());
                         }
                         // The waiter may be gone already (cancelled); nothing to tell then.
                         let _ = w.reply.send(result);

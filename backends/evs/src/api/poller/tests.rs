@@ -346,3 +346,37 @@ async fn waits_due_close_together_share_their_rounds() {
     assert_eq!(at, [900, 950, 1000], "{asked:?}");
     assert!(cloud.list_calls().iter().all(|c| c.len() == 2), "{asked:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overdue_wait_stays_on_close_gaps_while_its_peers_end() {
+    // Expected 100 ms (close gaps of 5 ms); past 200 ms the slow schedule (10 ms, ×1.5, up to
+    // 100 ms). A burst queued in the cloud: ten peers end one by one from 300 ms, 20 ms apart,
+    // and "slow" at 490 ms.
+    let t0 = Instant::now();
+    let mut scripted = Scripted::new(Box::new(move |id, _| {
+        let end = match id.strip_prefix('p') {
+            Some(i) => 300 + 20 * i.parse::<u64>().unwrap(),
+            None => 490,
+        };
+        Some(if t0.elapsed() >= Duration::from_millis(end) {
+            "available"
+        } else {
+            "creating"
+        })
+    }));
+    scripted.expected = Some(Duration::from_millis(100));
+    let cloud = Arc::new(scripted);
+    let poller = Poller::default();
+    let mut ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    ids.push("slow".to_owned());
+    let waits = wait_on(&poller, &cloud, &ids, LONG);
+    let mut ended = Vec::new();
+    for w in waits {
+        assert!(w.await.unwrap().unwrap().is_some());
+        ended.push(t0.elapsed());
+    }
+    // While its peers keep ending, "slow" is looked at every close gap: its end is seen within
+    // a gap or two, not up to 100 ms late.
+    let slow = ended[10];
+    assert!(slow <= Duration::from_millis(500), "{slow:?}");
+}
