@@ -102,9 +102,40 @@ impl WaitPace {
     /// Sleeps before the first poll: most of the expected length, when it is known (polling
     /// earlier would only cost calls); not at all otherwise.
     pub async fn before_first_poll(&self) {
-        if let Some(expected) = self.expected {
-            tokio::time::sleep(expected.mul_f64(FIRST_POLL_SHARE).min(self.left())).await;
+        tokio::time::sleep(self.first_poll_delay()).await;
+    }
+
+    /// How long after its start the first poll of the wait should come (see
+    /// [`WaitPace::before_first_poll`]), for a poller that sleeps on many waits at once.
+    pub fn first_poll_delay(&self) -> Duration {
+        match self.expected {
+            Some(expected) => expected.mul_f64(FIRST_POLL_SHARE).min(self.left()),
+            None => Duration::ZERO,
         }
+    }
+
+    /// The gap between polls near the expected end (zero when nothing is expected yet): a
+    /// shared poller may look this much early, to put waits that end together in one call.
+    pub fn close_gap(&self) -> Duration {
+        self.expected.map_or(Duration::ZERO, |expected| {
+            (expected / POLLS_PER_EXPECTED).max(MIN_POLL_GAP)
+        })
+    }
+
+    /// How long such waits took lately, when known.
+    pub fn expected(&self) -> Option<Duration> {
+        self.expected
+    }
+
+    /// Counts a poll sent on this wait's behalf by someone else (a shared poller), as
+    /// [`WaitPace::poll`] counts its own.
+    pub fn count_poll(&self) {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the deadline has passed.
+    pub fn expired(&self) -> bool {
+        self.left().is_zero()
     }
 
     /// How long the wait has lasted.
@@ -130,6 +161,18 @@ impl WaitPace {
     /// Sleeps until the next poll: the poll interval after an answer, the growing request
     /// backoff after a transient failure. `false` when the deadline has passed.
     pub async fn pause(&mut self, last_poll_failed: bool) -> bool {
+        match self.next_delay(last_poll_failed) {
+            Some(delay) => {
+                tokio::time::sleep(delay).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The pause [`WaitPace::pause`] would sleep, without sleeping it, for a poller that
+    /// sleeps on many waits at once; `None` when the deadline has passed.
+    pub fn next_delay(&mut self, last_poll_failed: bool) -> Option<Duration> {
         let delay = if last_poll_failed {
             self.failed_in_a_row += 1;
             self.failures.next()
@@ -147,11 +190,10 @@ impl WaitPace {
         };
         let left = self.left();
         if left.is_zero() {
-            return false;
+            return None;
         }
         // Both schedules are endless; the fallback only guards against a change in backon.
-        tokio::time::sleep(delay.unwrap_or(left).min(left)).await;
-        true
+        Some(delay.unwrap_or(left).min(left))
     }
 }
 
@@ -288,5 +330,7 @@ mod tests {
         let fresh = WaitPace::expecting(&config(), Duration::from_secs(60), None);
         fresh.before_first_poll().await;
         assert_eq!(fresh.waited(), Duration::ZERO);
+        assert_eq!(fresh.close_gap(), Duration::ZERO);
+        assert_eq!(pace.close_gap(), Duration::from_millis(50));
     }
 }

@@ -164,7 +164,7 @@ impl fmt::Display for TransportKind {
 }
 
 /// Errors of the cloud API client (EVS, ECS, IAM, SFS Turbo).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The cloud answered with an error status.
     #[error("{service} {operation} failed: {api}")]

@@ -13,6 +13,7 @@ use super::backoff;
 use super::config::CloudConfig;
 use super::credentials::{AkSk, Auth, AuthSource};
 use super::error::{ApiError, Error, Result, TransportKind};
+use super::rate_limit::RateLimit;
 use super::sign;
 use everest_backend::daemon::cloud_calls::{self, RETRIES_TOTAL};
 
@@ -128,6 +129,8 @@ pub(crate) struct Transport {
     /// The base URL of each service this client was built for.
     endpoints: Vec<(Service, Url)>,
     auth: AuthSource,
+    /// Every attempt of every call of the instance draws from it.
+    limit: RateLimit,
 }
 
 impl Transport {
@@ -153,6 +156,7 @@ impl Transport {
         Ok(Transport {
             endpoints,
             http,
+            limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
             config,
             auth,
         })
@@ -260,6 +264,7 @@ impl Transport {
         attempt: u32,
     ) -> std::result::Result<Reply, Failure> {
         let service = call.service.as_str();
+        self.limit.acquire().await;
         let started = Instant::now();
         let outcome = self.once(call, url, auth).await;
         let status = match &outcome {
@@ -285,13 +290,19 @@ impl Transport {
             return Ok(Reply { headers, body });
         }
         let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+        let retry_after = retry_after(&headers);
+        if status == 429 {
+            // The cloud counts the whole account's calls, not this one's: slow them all.
+            self.limit
+                .throttled(retry_after.map(|d| d.min(self.config.retry_cap)));
+        }
         Err(Failure {
             error: Error::Api {
                 service,
                 operation: call.operation,
                 api: ApiError::from_body(status, &body, request_id),
             },
-            retry_after: retry_after(&headers),
+            retry_after,
         })
     }
 

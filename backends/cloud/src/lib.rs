@@ -13,6 +13,7 @@ pub mod error;
 mod http;
 mod into_backend;
 pub mod lenient;
+mod rate_limit;
 pub mod sign;
 
 use std::collections::HashMap;
@@ -44,8 +45,12 @@ pub struct CloudClient {
     waits: Arc<Mutex<HashMap<String, Duration>>>,
 }
 
-/// The weight of the newest wait in the moving average of its kind.
+/// The weight of the newest wait in the moving average of its kind, when it was longer.
 const NEWEST_WAIT_WEIGHT: f64 = 0.3;
+/// The weight of the newest wait when it was shorter: a wait's length is known only as the
+/// poll that saw its end, an upper bound, so a shorter one is the better news and an expectation
+/// learned too long (from a first wait polled on the slow schedule) comes down in a few waits.
+const SHORTER_WAIT_WEIGHT: f64 = 0.7;
 
 impl CloudClient {
     /// Validates the settings for `services` (IAM is always included, for tokens) and builds
@@ -115,7 +120,14 @@ impl CloudClient {
     pub fn record_wait(&self, key: &str, took: Duration) {
         let mut waits = self.waits.lock().unwrap_or_else(PoisonError::into_inner);
         let average = match waits.get(key) {
-            Some(old) => old.mul_f64(1.0 - NEWEST_WAIT_WEIGHT) + took.mul_f64(NEWEST_WAIT_WEIGHT),
+            Some(old) => {
+                let weight = if took < *old {
+                    SHORTER_WAIT_WEIGHT
+                } else {
+                    NEWEST_WAIT_WEIGHT
+                };
+                old.mul_f64(1.0 - weight) + took.mul_f64(weight)
+            }
             None => took,
         };
         waits.insert(key.to_owned(), average);
@@ -134,5 +146,39 @@ impl fmt::Debug for CloudClient {
             .field("backend", &self.backend)
             .field("config", self.config())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> CloudClient {
+        let creds = Credentials::AkSk {
+            access_key: "a".into(),
+            secret_key: "s".into(),
+            security_token: None,
+        };
+        CloudClient::new(CloudConfig::new("p", "r"), creds, &[Service::Evs]).unwrap()
+    }
+
+    fn expected(c: &CloudClient, key: &str) -> Duration {
+        c.waits.lock().unwrap()[key]
+    }
+
+    #[test]
+    fn learned_waits_come_down_faster_than_they_go_up() {
+        let c = client();
+        c.record_wait("k", Duration::from_millis(800));
+        assert_eq!(expected(&c, "k"), Duration::from_millis(800));
+        // Shorter: mostly the new length.
+        c.record_wait("k", Duration::from_millis(500));
+        assert_eq!(expected(&c, "k"), Duration::from_millis(590));
+        // Longer: mostly the old one, so one slow wait does not stretch the next ones much.
+        c.record_wait("k", Duration::from_millis(1590));
+        assert_eq!(expected(&c, "k"), Duration::from_millis(890));
+        // Kinds learn apart.
+        c.record_wait("other", Duration::from_millis(10));
+        assert_eq!(expected(&c, "k"), Duration::from_millis(890));
     }
 }

@@ -1275,3 +1275,61 @@ async fn retype_and_qos_have_the_documented_paths_and_bodies() {
     );
     assert_eq!(seen[1].json(), json!({"qos_modify": {"iops": 6000}}));
 }
+
+/// A 429 holds back every call of the instance, not only the one that got it; and calls draw
+/// from the instance's token bucket.
+#[tokio::test]
+async fn a_429_slows_every_call_of_the_instance() {
+    let cloud = Cloud::start(AuthMode::AkSk, |_, n| match n {
+        0 => Answer {
+            headers: vec![("retry-after", "1".into())],
+            ..answer(
+                429,
+                json!({"error_code": "APIGW.0308", "error_msg": "throttled", "request_id": "r"}),
+            )
+        },
+        _ => answer(200, json!({"volumes": [], "count": 0})),
+    })
+    .await;
+    let mut config = cloud.config();
+    config.retry_cap = Duration::from_secs(2);
+    let client = cloud.aksk_client_with(config);
+    let started = Instant::now();
+    let all = VolumeFilter::default();
+    let throttled = client.list_volumes(&all);
+    let other = async {
+        // Sent well after the 429 came back, by another RPC of the same instance.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client
+            .list_volumes(&VolumeFilter {
+                name: Some("other".into()),
+                ..VolumeFilter::default()
+            })
+            .await
+            .unwrap();
+        started.elapsed()
+    };
+    let (first, other_done) = tokio::join!(throttled, other);
+    first.unwrap();
+    assert!(
+        other_done >= Duration::from_millis(900),
+        "the other call went during the pause: {other_done:?}"
+    );
+
+    // 5 calls a second, 2 at once: the fifth of five goes after about 600 ms.
+    let cloud = Cloud::start(AuthMode::AkSk, |_, _| {
+        answer(200, json!({"volumes": [], "count": 0}))
+    })
+    .await;
+    let mut config = cloud.config();
+    config.rate_limit_per_second = 5;
+    config.rate_limit_burst = 2;
+    let client = cloud.aksk_client_with(config);
+    let started = Instant::now();
+    for _ in 0..5 {
+        client.list_volumes(&VolumeFilter::default()).await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(550), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}

@@ -34,6 +34,7 @@ const SECRET_KEY: &str = "mock-secret-key-value";
 struct Seen {
     method: Method,
     path: String,
+    query: String,
     headers: HeaderMap,
     body: Value,
 }
@@ -53,6 +54,10 @@ struct Cloud {
     /// `error_extending` (and stays there).
     fail_deletes: bool,
     fail_extends: bool,
+    /// Accepted creates fail in the cloud: the disk shows `error`, its job `FAIL`.
+    fail_creates: bool,
+    /// Create answers carry only the job, as older clouds answer (no `volume_ids`).
+    creates_name_no_disk: bool,
     /// A snapshot of this disk appears right after the driver's first look for snapshots
     /// (taken in between by someone else): the cloud then refuses the delete.
     snapshot_races: Option<String>,
@@ -148,6 +153,7 @@ async fn handle(
     c.seen.push(Seen {
         method: method.clone(),
         path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
         headers,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });
@@ -228,15 +234,20 @@ async fn handle(
             c.next += 1;
             let id = format!("disk-new-{}", c.next);
             let v = &c.seen.last().unwrap().body["volume"];
+            let status = if c.fail_creates { "error" } else { "available" };
             let mut d = disk(
                 &id,
                 v["name"].as_str().unwrap(),
-                "available",
+                status,
                 v["size"].as_u64().unwrap(),
             );
             d["metadata"] = v["metadata"].clone();
             c.disks.insert(id.clone(), d);
-            ok(json!({"job_id": format!("job-create-{id}"), "volume_ids": [id]}))
+            if c.creates_name_no_disk {
+                ok(json!({"job_id": format!("job-create-{id}")}))
+            } else {
+                ok(json!({"job_id": format!("job-create-{id}"), "volume_ids": [id]}))
+            }
         }
         ("POST", ["evs", "v2.1", PROJECT, "cloudvolumes", id, "action"]) => {
             let new_size = c.seen.last().unwrap().body["os-extend"]["new_size"].clone();
@@ -258,6 +269,13 @@ async fn handle(
         }
         ("GET", ["evs" | "ecs", "v1", PROJECT, "jobs", id]) => {
             let volume = id.rsplit_once("disk-").map(|(_, v)| format!("disk-{v}"));
+            if c.fail_creates && id.starts_with("job-create-") {
+                return ok(
+                    json!({"job_id": id, "job_type": "createVolume", "status": "FAIL",
+                                 "error_code": "EVS.5500", "fail_reason": "no capacity left",
+                                 "entities": {"volume_id": volume}}),
+                );
+            }
             ok(job(id, volume.as_deref().unwrap_or_default()))
         }
         (
@@ -830,4 +848,78 @@ async fn existing_disk_with_other_encryption_is_already_exists() {
     let again = c.create_volume(&kms("pvc-16", "key-3")).await.unwrap();
     assert_eq!(first.native_id, again.native_id);
     assert_eq!(mock.writes().len(), 1, "{:?}", mock.writes());
+}
+
+fn job_polls(mock: &Mock) -> Vec<String> {
+    mock.seen()
+        .into_iter()
+        .filter(|s| s.path.contains("/jobs/"))
+        .map(|s| s.path)
+        .collect()
+}
+
+/// Creates, deletes and extends watch the disk (through the shared poller), not their job.
+#[tokio::test]
+async fn create_delete_and_extend_wait_on_the_disk_not_the_job() {
+    let mock = Mock::start(vec![], &[]).await;
+    let c = mock.controller();
+    let v = c
+        .create_volume(&create_request("pvc-20", 10))
+        .await
+        .unwrap();
+    let want = CapacityRange::new((20 * GIB) as i64, 0).unwrap();
+    assert_eq!(
+        c.expand(&v.native_id, want).await.unwrap().capacity_bytes,
+        20 * GIB
+    );
+    c.delete_volume(&v.native_id, &Default::default())
+        .await
+        .unwrap();
+    assert!(mock.disk(&v.native_id).is_none());
+    assert_eq!(job_polls(&mock), Vec::<String>::new());
+    // Each wait looked at its disk through the list call, by id.
+    let listed_by_id = mock
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/cloudvolumes/detail") && s.query.contains("ids="))
+        .count();
+    assert!(listed_by_id >= 3, "{listed_by_id}");
+}
+
+/// A create whose disk ends in `error` reports the job's own reason, read once.
+#[tokio::test]
+async fn a_failed_create_reports_the_reason_its_job_gives() {
+    let mock = Mock::start(vec![], &[]).await;
+    mock.cloud.lock().unwrap().fail_creates = true;
+    let err = mock
+        .controller()
+        .create_volume(&create_request("pvc-21", 10))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("EVS.5500") && text.contains("no capacity left"),
+        "{text}"
+    );
+    assert_eq!(
+        job_polls(&mock),
+        vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]
+    );
+}
+
+/// A cloud whose create answer names no disk: the job names it.
+#[tokio::test]
+async fn a_create_answer_without_disk_ids_waits_on_the_job() {
+    let mock = Mock::start(vec![], &[]).await;
+    mock.cloud.lock().unwrap().creates_name_no_disk = true;
+    let v = mock
+        .controller()
+        .create_volume(&create_request("pvc-22", 10))
+        .await
+        .unwrap();
+    assert_eq!(v.native_id, "disk-new-1");
+    assert_eq!(
+        job_polls(&mock),
+        vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]
+    );
 }

@@ -354,7 +354,7 @@ struct Hints<'a> {
 }
 
 /// Checks an id that goes into a list filter's quoted id list.
-fn check_listed_id(id: &str) -> Result<()> {
+pub(crate) fn check_listed_id(id: &str) -> Result<()> {
     if id.is_empty() || id.contains(['\'', ',', '[', ']']) {
         return Err(Error::InvalidInput(format!(
             "{id:?} is not a valid disk id"

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -9,8 +10,7 @@ use serde::Deserialize;
 
 use super::EvsClient;
 use super::error::{Error, Result};
-use super::evs::{JobId, MAX_IDS_PER_LIST, Volume, VolumeFilter};
-use everest_cloud::backoff::WaitPace;
+use super::evs::{JobId, Volume, check_listed_id};
 use everest_cloud::lenient;
 use everest_cloud::{Call, Service};
 
@@ -118,7 +118,7 @@ impl Job {
         })
     }
 
-    fn into_error(self) -> Error {
+    pub(crate) fn into_error(self) -> Error {
         // Some clouds report the reason only on the failed sub-job.
         let failed_sub = self
             .entities
@@ -176,7 +176,8 @@ impl EvsClient {
         self.transport().execute(&call).await?.json(&call)
     }
 
-    /// Polls a job until `SUCCESS` (→ the job), `FAIL` (→ `JobFailed`) or `deadline` (→ `JobTimeout`).
+    /// Waits for a job through the instance's shared poller until `SUCCESS` (→ the job),
+    /// `FAIL` (→ `JobFailed`) or `deadline` (→ `JobTimeout`).
     ///
     /// The job was accepted, so only its end or the deadline ends the wait: a poll that fails
     /// transiently (429, 5xx, timeout, connection) after its own retries slows the polling and
@@ -188,44 +189,37 @@ impl EvsClient {
         job_id: &JobId,
         deadline: Duration,
     ) -> Result<Job> {
-        let key = format!("job:{}", service.as_str());
-        let mut pace = self.transport().wait_pace(&key, deadline);
-        pace.before_first_poll().await;
-        let mut last_status = "not read yet".to_owned();
-        loop {
-            let failed = match pace.poll(self.get_job(service, job_id)).await {
-                None => false,
-                Some(Ok(job)) => match job.status {
-                    JobStatus::Success => {
-                        self.transport().record_wait(&key, pace.learned_length());
-                        return Ok(job);
-                    }
-                    JobStatus::Fail => return Err(job.into_error()),
-                    _ => {
-                        last_status = job.status.to_string();
-                        false
-                    }
-                },
-                Some(Err(e)) if WaitPace::is_transient(&e) => {
-                    self.poll_failed("job", &job_id.0, &pace, &e);
-                    last_status = format!("unknown, the last poll failed: {e}");
-                    true
-                }
-                Some(Err(e)) => return Err(e),
-            };
-            if !pace.pause(failed).await {
-                return Err(Error::JobTimeout {
-                    job_id: job_id.0.clone(),
-                    waited: pace.waited(),
-                    last_status,
-                });
-            }
+        if service == Service::Iam {
+            return Err(Error::InvalidInput("IAM has no jobs".into()));
         }
+        self.poller()
+            .job(&self.lookup(), service, job_id, deadline)
+            .await
     }
 
-    /// Polls many disks with one `list_volumes` call per 60 disks per round until `predicate`
-    /// says `Done` for each (`kind` names the wait, e.g. `attached`, for the pace it learns) (→ the last seen state, `None` if absent) or `deadline` passes.
-    /// Transient failures of a round slow the polling, as in [`EvsClient::wait_for_job`].
+    /// Waits through the instance's shared poller until `verdict` says `Done` for the disk
+    /// `id` (→ the last seen state, `None` if it does not exist) or `Failed`, or `deadline`
+    /// passes. `kind` names the wait (e.g. `attached`) for the pace it learns. The disk's looks
+    /// share `list_volumes` calls (60 ids each) with every other wait of the instance.
+    pub async fn wait_for_volume<F>(
+        &self,
+        kind: &str,
+        id: &str,
+        verdict: F,
+        deadline: Duration,
+    ) -> Result<Option<Volume>>
+    where
+        F: Fn(Option<&Volume>) -> VolumeWait + Send + 'static,
+    {
+        check_listed_id(id)?;
+        self.poller()
+            .disk(&self.lookup(), kind, id, Box::new(verdict), deadline)
+            .await
+    }
+
+    /// Like [`EvsClient::wait_for_volume`] for many disks at once (→ each one's last seen
+    /// state); the first disk that fails ends the wait, and a timeout names every disk still
+    /// pending.
     pub async fn wait_for_volumes<F>(
         &self,
         kind: &str,
@@ -234,79 +228,49 @@ impl EvsClient {
         deadline: Duration,
     ) -> Result<BTreeMap<String, Option<Volume>>>
     where
-        F: Fn(&str, Option<&Volume>) -> VolumeWait,
+        F: Fn(&str, Option<&Volume>) -> VolumeWait + Send + Sync + 'static,
     {
-        // Waits for different states take different times: each kind learns its own pace.
-        let key = format!("disks:{kind}");
-        let mut pace = self.transport().wait_pace(&key, deadline);
-        pace.before_first_poll().await;
-        let mut pending: BTreeSet<String> = ids.iter().cloned().collect();
+        let predicate = Arc::new(predicate);
+        let ids: BTreeSet<&String> = ids.iter().collect();
+        let mut waits = tokio::task::JoinSet::new();
+        for id in ids {
+            let (client, predicate, kind, id) =
+                (self.clone(), predicate.clone(), kind.to_owned(), id.clone());
+            waits.spawn(async move {
+                let verdict = {
+                    let id = id.clone();
+                    move |v: Option<&Volume>| predicate(&id, v)
+                };
+                let seen = client.wait_for_volume(&kind, &id, verdict, deadline).await;
+                (id, seen)
+            });
+        }
         let mut done = BTreeMap::new();
-        loop {
-            let mut failed = false;
-            let round: Vec<String> = pending.iter().cloned().collect();
-            for chunk in round.chunks(MAX_IDS_PER_LIST) {
-                let filter = VolumeFilter {
-                    ids: chunk.to_vec(),
-                    ..VolumeFilter::default()
-                };
-                let page = match pace.poll(self.list_volumes(&filter)).await {
-                    None => break,
-                    Some(Ok(page)) => page,
-                    Some(Err(e)) if WaitPace::is_transient(&e) => {
-                        self.poll_failed("disks", &chunk.join(","), &pace, &e);
-                        failed = true;
-                        break;
-                    }
-                    Some(Err(e)) => return Err(e),
-                };
-                let mut seen: BTreeMap<String, Volume> = page
-                    .volumes
-                    .into_iter()
-                    .map(|v| (v.id.clone(), v))
-                    .collect();
-                for id in chunk {
-                    let volume = seen.remove(id);
-                    match predicate(id, volume.as_ref()) {
-                        VolumeWait::Done => {
-                            pending.remove(id);
-                            done.insert(id.clone(), volume);
-                        }
-                        VolumeWait::Pending => {}
-                        VolumeWait::Failed(reason) => {
-                            return Err(Error::ResourceFailed {
-                                resource: format!("disk {id}"),
-                                reason,
-                            });
-                        }
-                    }
+        let mut pending = Vec::new();
+        let mut waited = Duration::ZERO;
+        while let Some(joined) = waits.join_next().await {
+            let (id, seen) = joined.map_err(|e| Error::InvalidInput(format!("disk wait: {e}")))?;
+            match seen {
+                Ok(v) => {
+                    done.insert(id, v);
                 }
-            }
-            if pending.is_empty() {
-                self.transport().record_wait(&key, pace.learned_length());
-                return Ok(done);
-            }
-            if !pace.pause(failed).await {
-                return Err(Error::WaitTimeout {
-                    pending: pending.into_iter().collect(),
-                    waited: pace.waited(),
-                });
+                Err(Error::WaitTimeout {
+                    pending: p,
+                    waited: w,
+                }) => {
+                    pending.extend(p);
+                    waited = waited.max(w);
+                }
+                // Dropping the other waits takes them off the poller.
+                Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Says that a poll failed and the wait goes on: the cloud may be struggling, but what was
-    /// accepted is still being done and someone must see it finish.
-    fn poll_failed(&self, what: &str, id: &str, pace: &WaitPace, e: &Error) {
-        tracing::warn!(
-            backend = self.backend(),
-            what,
-            id,
-            failed_in_a_row = pace.failed_in_a_row + 1,
-            waited_ms = u64::try_from(pace.waited().as_millis()).unwrap_or(u64::MAX),
-            error = %e,
-            "polling failed; still waiting"
-        );
+        if pending.is_empty() {
+            Ok(done)
+        } else {
+            pending.sort();
+            Err(Error::WaitTimeout { pending, waited })
+        }
     }
 }
 

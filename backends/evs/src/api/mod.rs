@@ -8,10 +8,15 @@ pub mod ecs;
 pub mod evs;
 pub mod jobs;
 pub mod metadata;
+mod poller;
 pub mod snapshots;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
 
 pub use ecs::{AttachableQuantity, AttachedVolume, BlockDevice, BlockDevices, Server};
 pub use everest_cloud::{
@@ -29,10 +34,12 @@ pub use snapshots::{CreateSnapshot, Snapshot, SnapshotFilter, SnapshotPage, Snap
 /// The services the block client calls.
 pub(crate) const SERVICES: &[Service] = &[Service::Evs, Service::Ecs, Service::Iam];
 
-/// A handle on the cloud's disk, server and job APIs; clones share one connection pool and token.
+/// A handle on the cloud's disk, server and job APIs; clones share one connection pool, token,
+/// rate limit and poller (one per backend instance: every wait of the instance shares its polls).
 #[derive(Clone)]
 pub struct EvsClient {
     cloud: CloudClient,
+    poller: poller::Poller,
 }
 
 impl EvsClient {
@@ -40,6 +47,7 @@ impl EvsClient {
     pub fn new(config: CloudConfig, credentials: Credentials) -> Result<Self> {
         Ok(EvsClient {
             cloud: CloudClient::new(config, credentials, SERVICES)?,
+            poller: poller::Poller::default(),
         })
     }
 
@@ -49,6 +57,7 @@ impl EvsClient {
     pub fn from_credentials_file(config: CloudConfig, path: &Path) -> Result<Self> {
         Ok(EvsClient {
             cloud: CloudClient::from_credentials_file(config, path, SERVICES)?,
+            poller: poller::Poller::default(),
         })
     }
 
@@ -75,6 +84,42 @@ impl EvsClient {
 
     fn transport(&self) -> &CloudClient {
         &self.cloud
+    }
+
+    fn poller(&self) -> &poller::Poller {
+        &self.poller
+    }
+
+    /// This client as the poller's way to the cloud.
+    fn lookup(&self) -> Arc<dyn poller::Lookup> {
+        Arc::new(self.clone())
+    }
+}
+
+#[async_trait]
+impl poller::Lookup for EvsClient {
+    async fn disks(&self, ids: Vec<String>) -> Result<Vec<Volume>> {
+        let filter = VolumeFilter {
+            ids,
+            ..VolumeFilter::default()
+        };
+        Ok(self.list_volumes(&filter).await?.volumes)
+    }
+
+    async fn job(&self, service: Service, id: JobId) -> Result<Job> {
+        self.get_job(service, &id).await
+    }
+
+    fn pace(&self, key: &str, deadline: Duration) -> everest_cloud::backoff::WaitPace {
+        self.cloud.wait_pace(key, deadline)
+    }
+
+    fn learned(&self, key: &str, took: Duration) {
+        self.cloud.record_wait(key, took);
+    }
+
+    fn backend(&self) -> &str {
+        self.cloud.backend()
     }
 }
 

@@ -112,22 +112,12 @@ impl EvsController {
         &self,
         disk_id: &str,
         what: &str,
-        done: impl Fn(Option<&Volume>) -> VolumeWait,
+        done: impl Fn(Option<&Volume>) -> VolumeWait + Send + 'static,
     ) -> Result<Option<Volume>> {
-        let ids = [disk_id.to_owned()];
-        let mut seen = self
-            .client
-            .wait_for_volumes(
-                what,
-                &ids,
-                |_, v| done(v),
-                self.config.backend.job_timeout(),
-            )
+        self.client
+            .wait_for_volume(what, disk_id, done, self.config.backend.job_timeout())
             .await
-            .map_err(|e| {
-                Error::from(e).context(format!("waiting for disk {disk_id} to be {what}"))
-            })?;
-        Ok(seen.remove(disk_id).flatten())
+            .map_err(|e| Error::from(e).context(format!("waiting for disk {disk_id} to be {what}")))
     }
 
     /// Every disk this driver manages, following the cloud's pages (1000 disks a call).
@@ -155,9 +145,9 @@ impl EvsController {
         &self,
         disk_id: &str,
         what: &str,
-        ready: impl Fn(&Volume) -> bool,
+        ready: impl Fn(&Volume) -> bool + Send + 'static,
     ) -> Result<Volume> {
-        self.wait_until(disk_id, what, |v| match v {
+        self.wait_until(disk_id, what, move |v| match v {
             Some(v) if ready(v) => VolumeWait::Done,
             Some(v) if v.status.is_error() => {
                 VolumeWait::Failed(format!("status {}", v.status.as_str()))
@@ -188,27 +178,87 @@ impl EvsController {
             .map_err(attempted)
     }
 
-    /// Sends one create with `token` and waits for its job; `None` when the disk the job names
-    /// no longer exists.
+    /// Sends one create with `token` and waits until the disk is usable; `None` when the disk
+    /// the create names no longer exists.
+    ///
+    /// The wait watches the disk, not the job: disks share their polls with every other wait
+    /// of the instance (60 to a call), jobs cannot.
     async fn create_disk(
         &self,
         create: &ApiCreate,
         token: &str,
         what: &str,
     ) -> Result<Option<Volume>> {
-        let mut volume_ids = Vec::new();
+        let attempted = |e: api::Error| Error::from(e).context(what);
+        let accepted = self
+            .client
+            .create_volume(create, Some(token))
+            .await
+            .map_err(attempted)?;
+        let Some(disk_id) = accepted.volume_ids.first().cloned() else {
+            // An older cloud names the new disk only in its job.
+            return self.create_disk_by_job(&accepted.job_id, None, what).await;
+        };
+        let seen = self
+            .client
+            .wait_for_volume(
+                "created",
+                &disk_id,
+                |v| match v {
+                    // A replayed create's disk may be attached by now.
+                    Some(v) if is_usable(v) => VolumeWait::Done,
+                    Some(v) if v.status.is_error() => {
+                        VolumeWait::Failed(format!("status {}", v.status.as_str()))
+                    }
+                    Some(_) => VolumeWait::Pending,
+                    None => VolumeWait::Done,
+                },
+                self.config.backend.job_timeout(),
+            )
+            .await;
+        match seen {
+            Ok(Some(disk)) => Ok(Some(disk)),
+            // Not listed: deleted since (a replayed token), or not listed yet by a cloud that
+            // lists late. Creating anew on a guess could leak a disk: the job says which.
+            Ok(None) => {
+                self.create_disk_by_job(&accepted.job_id, Some(disk_id), what)
+                    .await
+            }
+            // The job carries the cloud's reason; it has ended, so this is one call.
+            Err(failed @ api::Error::ResourceFailed { .. }) => {
+                match self
+                    .client
+                    .wait_for_job(
+                        Service::Evs,
+                        &accepted.job_id,
+                        self.config.backend.job_timeout(),
+                    )
+                    .await
+                {
+                    Err(job_failed) => Err(attempted(job_failed)),
+                    Ok(_) => Err(attempted(failed)),
+                }
+            }
+            Err(e) => Err(attempted(e)),
+        }
+    }
+
+    /// Waits for a create's job, then reads the disk it made (`known` when the create's answer
+    /// named it); `None` when that disk no longer exists.
+    async fn create_disk_by_job(
+        &self,
+        job: &JobId,
+        known: Option<String>,
+        what: &str,
+    ) -> Result<Option<Volume>> {
         let job = self
-            .run_job(Service::Evs, what, async {
-                let accepted = self.client.create_volume(create, Some(token)).await?;
-                volume_ids = accepted.volume_ids;
-                Ok(Some(accepted.job_id))
-            })
+            .run_job(Service::Evs, what, async { Ok(Some(job.clone())) })
             .await?
             .ok_or_else(|| Error::Internal(format!("{what}: the cloud returned no job")))?;
         let disk_id = job
             .volume_id()
             .map(str::to_owned)
-            .or_else(|| volume_ids.first().cloned())
+            .or(known)
             .ok_or_else(|| {
                 Error::Internal(format!(
                     "{what}: job {} succeeded without naming the disk",
@@ -258,12 +308,12 @@ impl EvsController {
     /// Deletes a disk (unless its delete is already `in_progress`) and waits until it is gone.
     async fn remove_disk(&self, disk_id: &str, in_progress: bool) -> Result<()> {
         if !in_progress {
-            self.run_job(
-                Service::Evs,
-                &format!("deleting disk {disk_id}"),
-                self.client.delete_volume(disk_id),
-            )
-            .await?;
+            // The disk's own status says how the delete ends (gone, or `error_deleting`): its
+            // job need not be polled, and the disk's looks are shared with other waits.
+            self.client
+                .delete_volume(disk_id)
+                .await
+                .map_err(|e| Error::from(e).context(format!("deleting disk {disk_id}")))?;
         }
         // A disk that falls into `error_deleting` ends the wait as seen, to be reported as stuck.
         match self
@@ -535,10 +585,10 @@ impl ControllerBackend for EvsController {
             )
             .await?;
         }
+        let node = req.node_id.clone();
         let attached = self
-            .settle(&disk.id, "attached", |v| {
-                v.status == VolumeStatus::InUse
-                    && v.attachments.iter().any(|a| a.server_id == req.node_id)
+            .settle(&disk.id, "attached", move |v| {
+                v.status == VolumeStatus::InUse && v.attachments.iter().any(|a| a.server_id == node)
             })
             .await?;
         let attachment = attached
@@ -617,16 +667,15 @@ impl ControllerBackend for EvsController {
                     disk.status.as_str()
                 )));
             }
-            self.run_job(
-                Service::Evs,
-                &format!("extending disk {disk_id} to {gib} GiB"),
-                async { self.client.extend_volume(disk_id, gib).await.map(Some) },
-            )
-            .await?;
+            // As for a delete, the disk's status says how the extend ends (the new size, or
+            // `error_extending`), so only the disk is watched.
+            self.client.extend_volume(disk_id, gib).await.map_err(|e| {
+                Error::from(e).context(format!("extending disk {disk_id} to {gib} GiB"))
+            })?;
         }
         // A disk that falls into an error state ends the wait as seen, to be reported as stuck.
         let disk = self
-            .wait_until(disk_id, "extended", |v| match v {
+            .wait_until(disk_id, "extended", move |v| match v {
                 Some(v) if (v.size >= gib && is_usable(v)) || v.status.is_error() => {
                     VolumeWait::Done
                 }

@@ -136,8 +136,12 @@ impl EvsController {
             }
             Change::Nothing => return Ok(()),
         };
-        self.settle(disk_id, &attempt, |v| is_usable(v) && shows(&change, v))
-            .await?;
+        // A fixed kind of wait: the attempt names the disk, and each kind learns its own pace.
+        self.settle(disk_id, "modified", move |v| {
+            is_usable(v) && shows(&change, v)
+        })
+        .await
+        .map_err(|e| e.context(attempt))?;
         tracing::debug!(disk = %disk_id, "modified disk");
         Ok(())
     }
