@@ -30,21 +30,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `garage` to run, or why there is none.
 pub fn garage() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os(GARAGE_ENV) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("{GARAGE_ENV}={} does not exist", p.display()))
-        };
-    }
-    if crate::host::have_program("garage") {
-        return Ok(PathBuf::from("garage"));
-    }
-    Err(format!(
-        "garage not found: `cargo install garage@2.5.0 --locked` and set {GARAGE_ENV} to the \
-         binary (scripts/test.sh does both)"
-    ))
+    crate::host::program_from_env(
+        GARAGE_ENV,
+        "garage",
+        &format!(
+            "`cargo install garage@2.5.0 --locked` and set {GARAGE_ENV} to the binary \
+             (scripts/test.sh does both)"
+        ),
+    )
 }
 
 /// Skips the calling test (see [`crate::skip`]) when Garage cannot run here; `true` means the

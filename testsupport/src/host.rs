@@ -256,6 +256,23 @@ fn quiet(cmd: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
+/// The program a test server runs: the path in the variable `var` (which must exist), else
+/// `name` when it is on `PATH`; otherwise why there is none, with `how` to get it.
+pub fn program_from_env(var: &str, name: &str, how: &str) -> Result<std::path::PathBuf, String> {
+    if let Some(p) = std::env::var_os(var) {
+        let p = std::path::PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{var}={} does not exist", p.display()))
+        };
+    }
+    if have_program(name) {
+        return Ok(std::path::PathBuf::from(name));
+    }
+    Err(format!("{name} not found: {how}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

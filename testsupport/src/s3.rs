@@ -21,21 +21,14 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `moto_server` to run, or why there is none.
 pub fn moto_server() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os(MOTO_ENV) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("{MOTO_ENV}={} does not exist", p.display()))
-        };
-    }
-    if crate::host::have_program("moto_server") {
-        return Ok(PathBuf::from("moto_server"));
-    }
-    Err(format!(
-        "moto_server not found: run `bash backends/obs/tests/s3_server/setup.sh DIR` and set \
-         {MOTO_ENV}=DIR/venv/bin/moto_server (scripts/test.sh does both)"
-    ))
+    crate::host::program_from_env(
+        MOTO_ENV,
+        "moto_server",
+        &format!(
+            "run `bash backends/obs/tests/s3_server/setup.sh DIR` and set \
+             {MOTO_ENV}=DIR/venv/bin/moto_server (scripts/test.sh does both)"
+        ),
+    )
 }
 
 /// Skips the calling test (see [`crate::skip`]) when no S3 server can run here; `true` means

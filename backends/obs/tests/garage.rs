@@ -10,14 +10,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aws_sdk_s3::Client;
 use everest_backend::BackendName;
 use everest_backend::backend::{
     ControllerBackend, CreateVolume, NodeBackend, NodePublish, NodeStage,
 };
 use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::host::LinuxHost;
-use everest_backend::paths::{AllowedRoot, HostPath};
 use everest_backend::secrets::Secrets;
 use everest_obs::s3::mark_bucket;
 use everest_obs::volume::bucket_for_request;
@@ -27,7 +25,7 @@ use everest_testsupport::{GarageServer, skip_unless_garage, skip_without};
 use tonic::Code;
 
 mod common;
-use common::{fuse_unavailable, shown_by_any_process};
+use common::{Admin, fuse_unavailable, kubelet_path, shown_by_any_process};
 
 fn secrets() -> Secrets {
     Secrets::new(BTreeMap::from([
@@ -45,7 +43,7 @@ fn create(name: &str) -> CreateVolume {
 struct Env {
     dir: tempfile::TempDir,
     controller: ObsController,
-    admin: Client,
+    admin: Admin,
     config: ObsConfig,
     // Last: stopped after everything that talks to it.
     _server: GarageServer,
@@ -74,10 +72,12 @@ impl Env {
         let config = ObsConfig::parse("objects", table.as_object().unwrap()).unwrap();
         let controller =
             ObsController::new(BackendName::new("objects").unwrap(), config.clone()).unwrap();
-        let admin = everest_obs::s3::S3::new("objects", &config)
-            .unwrap()
-            .client(None)
-            .unwrap();
+        let admin = Admin(
+            everest_obs::s3::S3::new("objects", &config)
+                .unwrap()
+                .client(None)
+                .unwrap(),
+        );
         Some(Env {
             dir,
             controller,
@@ -85,48 +85,6 @@ impl Env {
             config,
             _server: server,
         })
-    }
-
-    async fn bucket_exists(&self, bucket: &str) -> bool {
-        self.admin.head_bucket().bucket(bucket).send().await.is_ok()
-    }
-
-    async fn keys(&self, bucket: &str) -> Vec<String> {
-        let out = self
-            .admin
-            .list_objects_v2()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap();
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: &str) {
-        self.admin
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body.as_bytes().to_vec().into())
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn get(&self, bucket: &str, key: &str) -> String {
-        let out = self
-            .admin
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        String::from_utf8(out.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
     }
 
     /// The mark of `bucket` in the mark bucket: its metadata, or `None` when there is none.
@@ -140,14 +98,6 @@ impl Env {
             .await
             .ok()?;
         Some(out.metadata().cloned().unwrap_or_default())
-    }
-
-    fn kubelet_path(&self, rel: &str) -> HostPath {
-        let kubelet = self.dir.path().join("kubelet");
-        AllowedRoot::new(&kubelet)
-            .unwrap()
-            .check(&kubelet.join(rel).display().to_string(), "path")
-            .unwrap()
     }
 }
 
@@ -171,7 +121,7 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
         Some("1073741824")
     );
     assert!(
-        env.keys(&bucket).await.is_empty(),
+        env.admin.keys(&bucket, "").await.is_empty(),
         "the volume's bucket is not empty"
     );
     // The same request again is the same volume; expansion rewrites the recorded size.
@@ -198,7 +148,7 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
         .send()
         .await
         .unwrap();
-    env.put(&foreign, "theirs.txt", "keep me").await;
+    env.admin.put(&foreign, "theirs.txt", "keep me").await;
     let err = c.create_volume(&create("pvc-g-foreign")).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err}");
     let err = c
@@ -206,14 +156,14 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
-    assert_eq!(env.get(&foreign, "theirs.txt").await, "keep me");
+    assert_eq!(env.admin.get(&foreign, "theirs.txt").await, "keep me");
 
     // Delete empties and removes ours, then its mark.
-    env.put(&bucket, "dir/f", "x").await;
+    env.admin.put(&bucket, "dir/f", "x").await;
     c.delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
-    assert!(!env.bucket_exists(&bucket).await);
+    assert!(!env.admin.bucket_exists(&bucket).await);
     assert!(
         env.mark(&bucket).await.is_none(),
         "the mark outlived its bucket"
@@ -285,8 +235,8 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
         env.config.clone(),
         Arc::new(LinuxHost::default()),
     );
-    let staging = env.kubelet_path("plugins/obs/g2/globalmount");
-    let target = env.kubelet_path("pods/p/volumes/obs/mount");
+    let staging = kubelet_path(env.dir.path(), "plugins/obs/g2/globalmount");
+    let target = kubelet_path(env.dir.path(), "pods/p/volumes/obs/mount");
     let _guard = MountGuard(vec![
         target.as_path().to_owned(),
         staging.as_path().to_owned(),
@@ -329,10 +279,10 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
     std::fs::create_dir_all(root.join("a/b/c")).unwrap();
     std::fs::write(root.join("a/b/c/file.txt"), "through the mount").unwrap();
     assert_eq!(
-        env.get(&bucket, "a/b/c/file.txt").await,
+        env.admin.get(&bucket, "a/b/c/file.txt").await,
         "through the mount"
     );
-    let keys = env.keys(&bucket).await;
+    let keys = env.admin.keys(&bucket, "").await;
     for dir in ["a/", "a/b/", "a/b/c/"] {
         assert!(
             keys.iter().any(|k| k == dir),
@@ -346,7 +296,9 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
     assert_eq!(listed, ["b"]);
 
     // An object written through the API, in a directory s3fs never made: seen through the mount.
-    env.put(&bucket, "from-api/x.txt", "through the API").await;
+    env.admin
+        .put(&bucket, "from-api/x.txt", "through the API")
+        .await;
     assert_eq!(
         std::fs::read_to_string(root.join("from-api/x.txt")).unwrap(),
         "through the API"
@@ -354,7 +306,7 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
     // Renames and removals go through to the bucket.
     std::fs::rename(root.join("a/b/c/file.txt"), root.join("a/moved.txt")).unwrap();
     std::fs::remove_dir(root.join("a/b/c")).unwrap();
-    let keys = env.keys(&bucket).await;
+    let keys = env.admin.keys(&bucket, "").await;
     assert!(keys.iter().any(|k| k == "a/moved.txt"), "{keys:?}");
     assert!(!keys.iter().any(|k| k.starts_with("a/b/c")), "{keys:?}");
 
@@ -365,5 +317,5 @@ async fn s3fs_directories_and_api_objects_meet_on_garage() {
         .delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
-    assert!(!env.bucket_exists(&bucket).await);
+    assert!(!env.admin.bucket_exists(&bucket).await);
 }

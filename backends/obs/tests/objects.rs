@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aws_sdk_s3::Client;
 use everest_backend::BackendName;
 use everest_backend::backend::{
     ControllerBackend, CreateVolume, NodeBackend, NodePublish, NodeStage, Volume, VolumeUsage,
@@ -16,7 +15,6 @@ use everest_backend::backend::{
 use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
 use everest_backend::capacity::CapacityRange;
 use everest_backend::host::LinuxHost;
-use everest_backend::paths::{AllowedRoot, HostPath};
 use everest_backend::secrets::Secrets;
 use everest_obs::volume::bucket_for_request;
 use everest_obs::{ObsConfig, ObsController, ObsNode, context};
@@ -24,7 +22,7 @@ use everest_testsupport::{S3Server, skip_unless_s3_server, skip_without};
 use tonic::Code;
 
 mod common;
-use common::{fuse_unavailable, shown_by_any_process};
+use common::{Admin, fuse_unavailable, kubelet_path, shown_by_any_process};
 
 const AK: &str = "AKIAEVERESTTEST";
 /// Looked for in every process's command line and in every error: it must show nowhere.
@@ -50,7 +48,7 @@ fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
 struct Env {
     dir: tempfile::TempDir,
     controller: ObsController,
-    admin: Client,
+    admin: Admin,
     // Last: stopped after everything that talks to it.
     server: S3Server,
 }
@@ -72,10 +70,12 @@ impl Env {
         let config = config(&server, &dir, Some(&creds));
         let controller =
             ObsController::new(BackendName::new("objects").unwrap(), config.clone()).unwrap();
-        let admin = everest_obs::s3::S3::new("objects", &config)
-            .unwrap()
-            .client(None)
-            .unwrap();
+        let admin = Admin(
+            everest_obs::s3::S3::new("objects", &config)
+                .unwrap()
+                .client(None)
+                .unwrap(),
+        );
         Some(Env {
             dir,
             controller,
@@ -96,64 +96,12 @@ impl Env {
         Self::start()
     }
 
-    /// A path under this test's kubelet root, as the kubelet hands it over.
-    fn kubelet_path(&self, rel: &str) -> HostPath {
-        let kubelet = self.dir.path().join("kubelet");
-        AllowedRoot::new(&kubelet)
-            .unwrap()
-            .check(&kubelet.join(rel).display().to_string(), "path")
-            .unwrap()
-    }
-
     fn node(&self) -> ObsNode {
         ObsNode::new(
             BackendName::new("objects").unwrap(),
             config(&self.server, &self.dir, None),
             Arc::new(LinuxHost::default()),
         )
-    }
-
-    async fn bucket_exists(&self, bucket: &str) -> bool {
-        self.admin.head_bucket().bucket(bucket).send().await.is_ok()
-    }
-
-    async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let out = self
-            .admin
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .send()
-            .await
-            .unwrap();
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key())
-            .map(str::to_owned)
-            .collect()
-    }
-
-    async fn put(&self, bucket: &str, key: &str, body: &str) {
-        self.admin
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body.as_bytes().to_vec().into())
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn get(&self, bucket: &str, key: &str) -> String {
-        let out = self
-            .admin
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-        String::from_utf8(out.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
     }
 }
 
@@ -188,7 +136,7 @@ async fn bucket_volumes_are_made_once_and_only_ours_are_deleted() {
     assert_eq!(v.context[context::ENDPOINT], env.server.endpoint());
     assert_eq!(v.context[context::MOUNTER], "s3fs");
     assert!(!v.context.contains_key(context::PREFIX));
-    assert!(env.bucket_exists(&bucket).await);
+    assert!(env.admin.bucket_exists(&bucket).await);
     // The same request again: the same volume.
     assert_eq!(c.create_volume(&create("pvc-1", &[])).await.unwrap(), v);
     // The same name with other parameters, or a size the recorded one does not satisfy.
@@ -238,7 +186,7 @@ async fn bucket_volumes_are_made_once_and_only_ours_are_deleted() {
         .send()
         .await
         .unwrap();
-    env.put(&foreign, "theirs.txt", "keep me").await;
+    env.admin.put(&foreign, "theirs.txt", "keep me").await;
     assert_code(
         c.create_volume(&create("pvc-foreign", &[])).await,
         Code::AlreadyExists,
@@ -251,16 +199,16 @@ async fn bucket_volumes_are_made_once_and_only_ours_are_deleted() {
         Code::FailedPrecondition,
         "not deleted",
     );
-    assert_eq!(env.get(&foreign, "theirs.txt").await, "keep me");
+    assert_eq!(env.admin.get(&foreign, "theirs.txt").await, "keep me");
 
     // Delete empties and removes ours; again, or an ID that is not ours, is success.
     for i in 0..3 {
-        env.put(&bucket, &format!("dir/f{i}"), "x").await;
+        env.admin.put(&bucket, &format!("dir/f{i}"), "x").await;
     }
     c.delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
-    assert!(!env.bucket_exists(&bucket).await);
+    assert!(!env.admin.bucket_exists(&bucket).await);
     c.delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
@@ -275,11 +223,11 @@ async fn bucket_volumes_are_made_once_and_only_ours_are_deleted() {
         .unwrap();
     assert!(kept.native_id.starts_with("r~"), "{}", kept.native_id);
     let kept_bucket = &kept.context[context::BUCKET];
-    env.put(kept_bucket, "data", "x").await;
+    env.admin.put(kept_bucket, "data", "x").await;
     c.delete_volume(&kept.native_id, &Secrets::default())
         .await
         .unwrap();
-    assert_eq!(env.keys(kept_bucket, "").await, ["data"]);
+    assert_eq!(env.admin.keys(kept_bucket, "").await, ["data"]);
 
     // Per-volume secrets work in place of the backend's file.
     let mut with_secrets = create("pvc-3", &[]);
@@ -320,12 +268,12 @@ async fn prefix_volumes_share_a_bucket_without_touching_each_other() {
         Code::AlreadyExists,
         "other parameters",
     );
-    env.put("shared-data", "pvc-a/one", "1").await;
-    env.put("shared-data", "pvc-b/two", "2").await;
-    env.put("shared-data", "outside", "3").await;
+    env.admin.put("shared-data", "pvc-a/one", "1").await;
+    env.admin.put("shared-data", "pvc-b/two", "2").await;
+    env.admin.put("shared-data", "outside", "3").await;
 
     // A prefix someone else filled: not ours, never deleted.
-    env.put("shared-data", "pvc-c/theirs", "4").await;
+    env.admin.put("shared-data", "pvc-c/theirs", "4").await;
     assert_code(
         c.create_volume(&create("pvc-c", &shared)).await,
         Code::AlreadyExists,
@@ -344,13 +292,16 @@ async fn prefix_volumes_share_a_bucket_without_touching_each_other() {
     c.delete_volume(&a.native_id, &Secrets::default())
         .await
         .unwrap();
-    assert!(env.keys("shared-data", "pvc-a/").await.is_empty());
+    assert!(env.admin.keys("shared-data", "pvc-a/").await.is_empty());
     assert_eq!(
-        env.keys("shared-data", "pvc-b/").await,
+        env.admin.keys("shared-data", "pvc-b/").await,
         ["pvc-b/", "pvc-b/two"]
     );
-    assert_eq!(env.keys("shared-data", "pvc-c/").await, ["pvc-c/theirs"]);
-    assert_eq!(env.get("shared-data", "outside").await, "3");
+    assert_eq!(
+        env.admin.keys("shared-data", "pvc-c/").await,
+        ["pvc-c/theirs"]
+    );
+    assert_eq!(env.admin.get("shared-data", "outside").await, "3");
     let grown = c
         .expand(&b.native_id, CapacityRange::new(5 << 30, 0).unwrap())
         .await
@@ -366,7 +317,7 @@ async fn prefix_volumes_share_a_bucket_without_touching_each_other() {
         .await
         .unwrap();
     assert!(
-        env.bucket_exists("shared-data").await,
+        env.admin.bucket_exists("shared-data").await,
         "the shared bucket is not ours"
     );
 }
@@ -433,7 +384,7 @@ async fn bad_requests_get_the_codes_the_spec_asks_for() {
         .send()
         .await
         .unwrap();
-    env.put("team-data", "k", "v").await;
+    env.admin.put("team-data", "k", "v").await;
     let static_publish = everest_backend::backend::ControllerPublish {
         native_id: "r~team-data".into(),
         ..publish
@@ -442,7 +393,7 @@ async fn bad_requests_get_the_codes_the_spec_asks_for() {
     c.delete_volume("r~team-data", &Secrets::default())
         .await
         .unwrap();
-    assert_eq!(env.get("team-data", "k").await, "v");
+    assert_eq!(env.admin.get("team-data", "k").await, "v");
     c.probe().await.unwrap();
 }
 
@@ -502,9 +453,9 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
         .unwrap();
     let bucket = v.context[context::BUCKET].clone();
     let node = env.node();
-    let staging = env.kubelet_path("plugins/obs/globalmount");
-    let target = env.kubelet_path("pods/p1/volumes/v/mount");
-    let ro_target = env.kubelet_path("pods/p2/volumes/v/mount");
+    let staging = kubelet_path(env.dir.path(), "plugins/obs/globalmount");
+    let target = kubelet_path(env.dir.path(), "pods/p1/volumes/v/mount");
+    let ro_target = kubelet_path(env.dir.path(), "pods/p2/volumes/v/mount");
     let _guard = MountGuard(vec![
         target.as_path().to_owned(),
         ro_target.as_path().to_owned(),
@@ -574,13 +525,18 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
     node.publish(&publish).await.unwrap();
     // Written through the pod's mount, read through the S3 API.
     std::fs::write(target.as_path().join("hello.txt"), "hello from a pod").unwrap();
-    assert_eq!(env.get(&bucket, "hello.txt").await, "hello from a pod");
+    assert_eq!(
+        env.admin.get(&bucket, "hello.txt").await,
+        "hello from a pod"
+    );
     // A directory made through the mount is a key prefix in the bucket.
     std::fs::create_dir(target.as_path().join("sub")).unwrap();
     std::fs::write(target.as_path().join("sub/inner.txt"), "nested").unwrap();
-    assert_eq!(env.get(&bucket, "sub/inner.txt").await, "nested");
+    assert_eq!(env.admin.get(&bucket, "sub/inner.txt").await, "nested");
     // Written through the API, read through the mount.
-    env.put(&bucket, "from-api.txt", "hello from the API").await;
+    env.admin
+        .put(&bucket, "from-api.txt", "hello from the API")
+        .await;
     assert_eq!(
         std::fs::read_to_string(target.as_path().join("from-api.txt")).unwrap(),
         "hello from the API"
@@ -646,7 +602,7 @@ async fn the_node_mounts_through_s3fs_and_leaves_nothing_behind() {
         .delete_volume(&v.native_id, &Secrets::default())
         .await
         .unwrap();
-    assert!(!env.bucket_exists(&bucket).await);
+    assert!(!env.admin.bucket_exists(&bucket).await);
 }
 
 /// EROFS, without a libc dependency for one number.
@@ -679,9 +635,9 @@ async fn prefix_volumes_mount_only_their_own_keys() {
         .create_volume(&create("pvc-b", &shared))
         .await
         .unwrap();
-    env.put("shared-data", "pvc-b/b-only.txt", "b").await;
+    env.admin.put("shared-data", "pvc-b/b-only.txt", "b").await;
     let node = env.node();
-    let staging = env.kubelet_path("plugins/obs/a/globalmount");
+    let staging = kubelet_path(env.dir.path(), "plugins/obs/a/globalmount");
     let _guard = MountGuard(vec![staging.as_path().to_owned()]);
     node.stage(&NodeStage {
         native_id: a.native_id.clone(),
@@ -699,13 +655,13 @@ async fn prefix_volumes_mount_only_their_own_keys() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(seen, ["a.txt"], "volume a sees only its own prefix");
-    assert_eq!(env.get("shared-data", "pvc-a/a.txt").await, "a");
+    assert_eq!(env.admin.get("shared-data", "pvc-a/a.txt").await, "a");
     node.unstage(&a.native_id, &staging).await.unwrap();
     assert!(!mounted(staging.as_path()));
 
     // A hand-written handle for b's prefix, with no volume context at all: the node takes the
     // endpoint from its backend table, and sees what is there.
-    let static_staging = env.kubelet_path("plugins/obs/static/globalmount");
+    let static_staging = kubelet_path(env.dir.path(), "plugins/obs/static/globalmount");
     let _static_guard = MountGuard(vec![static_staging.as_path().to_owned()]);
     node.stage(&NodeStage {
         native_id: "r~shared-data/pvc-b".into(),
@@ -735,7 +691,7 @@ async fn prefix_volumes_mount_only_their_own_keys() {
             .await
             .unwrap();
     }
-    assert!(env.keys("shared-data", "").await.is_empty());
+    assert!(env.admin.keys("shared-data", "").await.is_empty());
 }
 
 #[tokio::test]
@@ -751,7 +707,7 @@ async fn rclone_mounts_a_volume_and_leaves_nothing_behind() {
     assert_eq!(v.context[context::MOUNTER], "rclone");
     let bucket = v.context[context::BUCKET].clone();
     let node = env.node();
-    let staging = env.kubelet_path("plugins/obs/rc/globalmount");
+    let staging = kubelet_path(env.dir.path(), "plugins/obs/rc/globalmount");
     let _guard = MountGuard(vec![staging.as_path().to_owned()]);
     let stage = NodeStage {
         native_id: v.native_id.clone(),
@@ -779,8 +735,8 @@ async fn rclone_mounts_a_volume_and_leaves_nothing_behind() {
         panic!("the secret key shows in {place}");
     }
     std::fs::write(staging.as_path().join("rc.txt"), "written by rclone").unwrap();
-    assert_eq!(env.get(&bucket, "rc.txt").await, "written by rclone");
-    env.put(&bucket, "api.txt", "from the API").await;
+    assert_eq!(env.admin.get(&bucket, "rc.txt").await, "written by rclone");
+    env.admin.put(&bucket, "api.txt", "from the API").await;
     // rclone lists a directory again after dir-cache-time.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let read = loop {

@@ -26,3 +26,71 @@ pub fn fuse_unavailable() -> Option<String> {
     }
     None
 }
+
+/// A plain S3 client, for looking at what the backend made through the S3 API.
+#[derive(Debug, Clone)]
+pub struct Admin(pub aws_sdk_s3::Client);
+
+impl std::ops::Deref for Admin {
+    type Target = aws_sdk_s3::Client;
+    fn deref(&self) -> &aws_sdk_s3::Client {
+        &self.0
+    }
+}
+
+#[allow(dead_code)] // each test binary uses its own share of these
+impl Admin {
+    /// Whether the bucket exists.
+    pub async fn bucket_exists(&self, bucket: &str) -> bool {
+        self.head_bucket().bucket(bucket).send().await.is_ok()
+    }
+
+    /// The keys under `prefix` (one page).
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let out = self
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Writes an object.
+    pub async fn put(&self, bucket: &str, key: &str, body: &str) {
+        self.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.as_bytes().to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Reads an object as text.
+    pub async fn get(&self, bucket: &str, key: &str) -> String {
+        let out = self
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        String::from_utf8(out.body.collect().await.unwrap().into_bytes().to_vec()).unwrap()
+    }
+}
+
+/// A path under `dir`'s kubelet root, as the kubelet hands it over.
+#[allow(dead_code)]
+pub fn kubelet_path(dir: &Path, rel: &str) -> everest_backend::paths::HostPath {
+    let kubelet = dir.join("kubelet");
+    everest_backend::paths::AllowedRoot::new(&kubelet)
+        .unwrap()
+        .check(&kubelet.join(rel).display().to_string(), "path")
+        .unwrap()
+}
