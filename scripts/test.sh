@@ -141,7 +141,8 @@ export EVEREST_GARAGE=$garage_root/bin/garage
 section "cargo test --workspace"
 # Two test binaries at a time at most share the 2 cores with their worlds' processes.
 test_status=0
-cargo test --workspace -- --test-threads="${EVEREST_TEST_THREADS:-2}" || test_status=$?
+# --no-fail-fast: one failing test binary does not hide the others' results.
+cargo test --workspace --no-fail-fast -- --test-threads="${EVEREST_TEST_THREADS:-2}" || test_status=$?
 
 section "Helm chart: live metrics (Prometheus scraping both daemons), then chart validation"
 chart_status=0
