@@ -33,6 +33,12 @@ impl AllowedRoot {
         if raw.is_empty() {
             return Err(Error::InvalidArgument(format!("{field} is required")));
         }
+        // No system call takes a path with a NUL byte: refuse it here, naming the field.
+        if raw.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {raw:?} contains a NUL byte"
+            )));
+        }
         let path = PathBuf::from(raw);
         // Path::components() silently drops "." segments, so check the raw text as well.
         let dotted = raw.split('/').any(|seg| seg == "." || seg == "..");
@@ -157,6 +163,7 @@ mod tests {
             "/var/lib/kubelet/../../etc",
             "/var/lib/kubelet/./x",
             "/var/lib/kubeletX/y",
+            "/var/lib/kubelet/pods/a\0b/mount",
         ] {
             let err = root.check(bad, "staging_target_path").unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
