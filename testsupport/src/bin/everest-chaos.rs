@@ -56,7 +56,8 @@ struct Args {
     /// Controller kill cycles (default 200, short 3).
     #[arg(long)]
     kills: Option<usize>,
-    /// Volumes mounted when the node plugin is killed (default 50, short 3).
+    /// Volumes mounted when the node plugin is killed (default: as many as the node takes,
+    /// its max_volumes_per_node, 24 for a KVM guest; short 3).
     #[arg(long)]
     node_volumes: Option<usize>,
     /// Seed of the random kill points (default: from the clock, printed).
@@ -147,12 +148,14 @@ async fn main() -> ExitCode {
             "concurrency" => concurrency(n(args.racers, 100, 20)).await,
             "faults" => faults(&args, n(args.lifecycles, 1000, 4)).await,
             "controller-kills" => controller_kills(n(args.kills, 200, 3), &mut rng).await,
-            _ => node_restarts(n(args.node_volumes, 50, 3)).await,
+            _ => node_restarts(args.node_volumes.or(args.short.then_some(3))).await,
         };
         match result {
             Ok(mut figs) => {
                 for f in &mut figs {
                     f.took = started.elapsed();
+                    // As each part ends, so a long run that fails later keeps what it measured.
+                    eprintln!("everest-chaos: {}", f.row());
                 }
                 figures.extend(figs);
             }
@@ -605,13 +608,22 @@ async fn controller_kills(cycles: usize, rng: &mut Rng) -> Result<Vec<Figure>, E
     }])
 }
 
-async fn node_restarts(volumes: usize) -> Result<Vec<Figure>, Error> {
+async fn node_restarts(volumes: Option<usize>) -> Result<Vec<Figure>, Error> {
     let world = World::start_with(WorldOptions::default()).await?;
+    // A node holds as many disks as it says (the cloud refuses more): fill it, or as asked.
+    let most = usize::try_from(world.node_info().await.max_volumes_per_node).unwrap_or(0);
+    let volumes = volumes.unwrap_or(most);
+    if volumes > most {
+        return Err(format!("{volumes} volumes asked, but the node takes {most}").into());
+    }
     let mut lives = Vec::new();
     for i in 0..volumes {
         let mut life = Lifecycle::new(&world, &format!("pvc-mounted-{i}"), ext4(), "pod-n").await;
         life.retries = Some(Duration::from_secs(120));
-        life.bring_up(1).await;
+        life.create(1, &[]).await?;
+        life.attach().await?;
+        life.stage().await?;
+        life.publish(false).await?;
         std::fs::write(
             std::path::Path::new(&life.target).join("before"),
             format!("{i}"),
