@@ -4,7 +4,6 @@
 //! seam carries the object kind end to end, and that no daemon log shows the secret key.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use csi::volume_capability::access_mode::Mode;
@@ -14,6 +13,9 @@ use everest_testsupport::{
     Daemon, S3Server, World, WorldOptions, skip_unless_s3_server, skip_without,
 };
 use tonic::Code;
+
+mod common;
+use common::write_credentials;
 
 const AK: &str = "AKIADAEMONTEST";
 const SK: &str = "sk-daemon-never-logged-9b7e";
@@ -37,12 +39,7 @@ async fn an_object_volume_goes_through_both_daemons() {
     let server = S3Server::start().expect("start moto");
     let keys = tempfile::tempdir().unwrap();
     let creds = keys.path().join("obs.json");
-    std::fs::write(
-        &creds,
-        format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_credentials(&creds, AK, SK);
     let opts = WorldOptions {
         extra_config: [
             "[backends.objects]".to_owned(),

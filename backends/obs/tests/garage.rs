@@ -6,7 +6,6 @@
 //! Guards unmount and stop everything, also on a panic.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,7 +24,7 @@ use everest_testsupport::{GarageServer, skip_unless_garage, skip_without};
 use tonic::Code;
 
 mod common;
-use common::{Admin, fuse_unavailable, kubelet_path, shown_by_any_process};
+use common::{Admin, fuse_unavailable, kubelet_path, shown_by_any_process, write_credentials};
 
 fn secrets() -> Secrets {
     Secrets::new(BTreeMap::from([
@@ -57,12 +56,7 @@ impl Env {
         let server = GarageServer::start().expect("start garage");
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("s3.json");
-        std::fs::write(
-            &creds,
-            format!(r#"{{"access_key":"{GARAGE_ACCESS_KEY}","secret_key":"{GARAGE_SECRET_KEY}"}}"#),
-        )
-        .unwrap();
-        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_credentials(&creds, GARAGE_ACCESS_KEY, GARAGE_SECRET_KEY);
         let table = serde_json::json!({
             "endpoint": server.endpoint(),
             "region": GARAGE_REGION,

@@ -22,7 +22,7 @@ use everest_testsupport::{S3Server, skip_unless_s3_server, skip_without};
 use tonic::Code;
 
 mod common;
-use common::{Admin, fuse_unavailable, kubelet_path, shown_by_any_process};
+use common::{Admin, fuse_unavailable, kubelet_path, shown_by_any_process, write_credentials};
 
 const AK: &str = "AKIAEVERESTTEST";
 /// Looked for in every process's command line and in every error: it must show nowhere.
@@ -61,12 +61,7 @@ impl Env {
         let server = S3Server::start().expect("start moto");
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("s3.json");
-        std::fs::write(
-            &creds,
-            format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
-        )
-        .unwrap();
-        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_credentials(&creds, AK, SK);
         let config = config(&server, &dir, Some(&creds));
         let controller =
             ObsController::new(BackendName::new("objects").unwrap(), config.clone()).unwrap();

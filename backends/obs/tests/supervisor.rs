@@ -23,7 +23,7 @@ use everest_testsupport::{
 };
 
 mod common;
-use common::{fuse_unavailable, shown_by_any_process};
+use common::{fuse_unavailable, shown_by_any_process, write_credentials};
 
 const AK: &str = "AKIASUPERVISED";
 const SK: &str = "sk-supervised-never-shown-51c0";
@@ -160,12 +160,7 @@ impl Fixture {
             .unwrap();
         let mounters = MounterGuard(dir.path().to_owned());
         let creds = dir.path().join("obs.json");
-        std::fs::write(
-            &creds,
-            format!(r#"{{"access_key":"{AK}","secret_key":"{SK}"}}"#),
-        )
-        .unwrap();
-        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_credentials(&creds, AK, SK);
         let socket = dir.path().join("mounter.sock");
         let supervisor = start_supervisor(dir.path(), metrics_port);
         let client = SupervisorClient::new(socket.clone(), Duration::from_secs(30));

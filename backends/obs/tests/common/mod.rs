@@ -1,4 +1,7 @@
-//! Helpers the FUSE tests share.
+//! Helpers the object-volume tests share.
+
+// Each test binary uses its own share of these.
+#![allow(dead_code)]
 
 use std::path::Path;
 
@@ -38,7 +41,6 @@ impl std::ops::Deref for Admin {
     }
 }
 
-#[allow(dead_code)] // each test binary uses its own share of these
 impl Admin {
     /// Whether the bucket exists.
     pub async fn bucket_exists(&self, bucket: &str) -> bool {
@@ -86,11 +88,22 @@ impl Admin {
 }
 
 /// A path under `dir`'s kubelet root, as the kubelet hands it over.
-#[allow(dead_code)]
 pub fn kubelet_path(dir: &Path, rel: &str) -> everest_backend::paths::HostPath {
     let kubelet = dir.join("kubelet");
     everest_backend::paths::AllowedRoot::new(&kubelet)
         .unwrap()
         .check(&kubelet.join(rel).display().to_string(), "path")
         .unwrap()
+}
+
+/// Writes a backend credentials file (`{"access_key","secret_key"}`) at `path`, mode 0600 as
+/// the backend requires.
+pub fn write_credentials(path: &Path, access_key: &str, secret_key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        path,
+        format!(r#"{{"access_key":"{access_key}","secret_key":"{secret_key}"}}"#),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
