@@ -56,6 +56,8 @@ pub struct Lifecycle<'w> {
     pub target: String,
     /// Retry each step for up to this long, as the sidecars and kubelet would (`None`: once).
     pub retries: Option<Duration>,
+    /// The NodeStage secrets (what kubelet reads from the StorageClass's node-stage secret).
+    pub stage_secrets: HashMap<String, String>,
 }
 
 impl<'w> Lifecycle<'w> {
@@ -80,6 +82,7 @@ impl<'w> Lifecycle<'w> {
             staging: world.staging_path(name),
             target,
             retries: None,
+            stage_secrets: HashMap::new(),
         }
     }
 
@@ -165,7 +168,7 @@ impl<'w> Lifecycle<'w> {
             staging_target_path: self.staging.clone(),
             volume_capability: Some(self.cap.clone()),
             volume_context: self.volume_context(),
-            ..Default::default()
+            secrets: self.stage_secrets.clone(),
         };
         call!(self, "NodeStageVolume", node, node_stage_volume, req).map(drop)
     }

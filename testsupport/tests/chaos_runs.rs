@@ -1,11 +1,11 @@
 //! The short form of the failure campaign, on every CI run: `everest-chaos --short` completes
 //! every part with nothing failed or leaked. And the campaign can fail: a run told to leave a
-//! disk behind reports that leak and exits non-zero. (The long run's figures are in
-//! docs/reliability.md.)
+//! disk, or an object volume staged, behind reports those leaks and exits non-zero. (The long
+//! run's figures are in docs/reliability.md.)
 
 use std::process::Command;
 
-use everest_testsupport::skip_unless_root_and_loop;
+use everest_testsupport::{skip_unless_root_and_loop, skip_unless_s3_server, skip_without};
 
 fn chaos(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_everest-chaos"))
@@ -72,4 +72,38 @@ fn a_leaked_disk_fails_the_campaign() {
         cells[5], "1",
         "the leak is not counted in the leaks column: {row}"
     );
+}
+
+#[test]
+fn an_object_volume_left_staged_fails_the_campaign() {
+    if skip_unless_root_and_loop() || skip_unless_s3_server() || skip_without("s3fs", "s3fs") {
+        return;
+    }
+    let (ok, report, log) = chaos(&[
+        "--only",
+        "node-restarts",
+        "--node-volumes",
+        "1",
+        "--object-volumes",
+        "2",
+        "--break-teardown",
+    ]);
+    assert!(
+        !ok,
+        "a run that left an object volume staged passed:\n{report}"
+    );
+    // Its bucket, its s3fs process and its two mounts (staging and pod path).
+    for leak in [
+        "left on the S3 server",
+        "still running",
+        "globalmount left behind",
+    ] {
+        assert!(log.contains(leak), "no `{leak}` leak reported:\n{log}");
+    }
+    let row = report
+        .lines()
+        .find(|l| l.starts_with("| node-restarts |"))
+        .unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!((cells[3], cells[5]), ("2 / 3", "4"), "{row}");
 }

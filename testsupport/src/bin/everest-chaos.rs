@@ -15,14 +15,18 @@
 //! mounts. The exit status is non-zero when any part lost, leaked or failed anything.
 //! `--short` is what CI runs (`testsupport/tests/chaos_runs.rs`); the defaults are the long run.
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use everest_testsupport::csi::{GIB, create_request, mount_cap};
+use everest_testsupport::host::have_program;
+use everest_testsupport::process::{Proc, find_binary};
 use everest_testsupport::proto as csi;
 use everest_testsupport::proto::volume_capability::access_mode::Mode;
-use everest_testsupport::{Daemon, Lifecycle, World, WorldOptions};
+use everest_testsupport::s3::moto_server;
+use everest_testsupport::{Daemon, Lifecycle, S3Server, World, WorldOptions};
 use tonic::Code;
 
 /// Runs the failure campaign; prints a Markdown table of figures.
@@ -56,15 +60,19 @@ struct Args {
     /// Controller kill cycles (default 200, short 3).
     #[arg(long)]
     kills: Option<usize>,
-    /// Volumes mounted when the node plugin is killed (default: as many as the node takes,
+    /// Block volumes mounted when the node plugin is killed (default: as many as the node takes,
     /// its max_volumes_per_node, 24 for a KVM guest; short 3).
     #[arg(long)]
     node_volumes: Option<usize>,
+    /// Object volumes (FUSE mounts through `everest-mounter`) mounted beside them (default: as
+    /// many as make 50 volumes in all; short 2; 0 for none).
+    #[arg(long)]
+    object_volumes: Option<usize>,
     /// Seed of the random kill points (default: from the clock, printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Leaves the first storm lifecycle's disk behind: the harness's own test, which must see
-    /// the leak reported.
+    /// Leaves the first storm lifecycle's disk behind, and the first object volume of the
+    /// node-restarts part staged: the harness's own test, which must see the leaks reported.
     #[arg(long, hide = true)]
     break_teardown: bool,
 }
@@ -148,7 +156,14 @@ async fn main() -> ExitCode {
             "concurrency" => concurrency(n(args.racers, 100, 20)).await,
             "faults" => faults(&args, n(args.lifecycles, 1000, 4)).await,
             "controller-kills" => controller_kills(n(args.kills, 200, 3), &mut rng).await,
-            _ => node_restarts(args.node_volumes.or(args.short.then_some(3))).await,
+            _ => {
+                node_restarts(
+                    args.node_volumes.or(args.short.then_some(3)),
+                    args.object_volumes.or(args.short.then_some(2)),
+                    args.break_teardown,
+                )
+                .await
+            }
         };
         match result {
             Ok(mut figs) => {
@@ -608,19 +623,208 @@ async fn controller_kills(cycles: usize, rng: &mut Rng) -> Result<Vec<Figure>, E
     }])
 }
 
-async fn node_restarts(volumes: Option<usize>) -> Result<Vec<Figure>, Error> {
-    let world = World::start_with(WorldOptions::default()).await?;
+/// The object side of the node-restarts part: a real S3 server (moto), and `everest-mounter`,
+/// the supervisor the node hands its FUSE mounts to, as the chart runs it beside the node.
+/// Its dir (under `TMPDIR`, so the test run's leak check sees a process left naming it) holds
+/// the supervisor's socket and state, the node's per-volume credential files and the
+/// controller's credentials file.
+struct ObjectSide {
+    server: S3Server,
+    supervisor: Proc,
+    dir: tempfile::TempDir,
+}
+
+/// The access key of the object volumes (moto takes any).
+const OBJECT_AK: &str = "AKIACHAOS";
+const OBJECT_SK: &str = "sk-chaos-never-shown";
+/// The backend instance of the object volumes.
+const OBJECTS: &str = "objects";
+
+impl ObjectSide {
+    /// Why object volumes cannot be mounted here, if they cannot.
+    fn unavailable() -> Option<String> {
+        if !have_program("s3fs") {
+            return Some("s3fs is not installed (apt-get install s3fs)".into());
+        }
+        if !std::path::Path::new("/dev/fuse").exists() {
+            return Some("/dev/fuse is missing".into());
+        }
+        moto_server().and(find_binary("everest-mounter")).err()
+    }
+
+    fn start() -> Result<Self, Error> {
+        let server = S3Server::start()?;
+        let dir = tempfile::Builder::new()
+            .prefix("everest-test-chaos-mounter-")
+            .tempdir()?;
+        let creds = dir.path().join("obs.json");
+        std::fs::write(
+            &creds,
+            format!(r#"{{"access_key":"{OBJECT_AK}","secret_key":"{OBJECT_SK}"}}"#),
+        )?;
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))?;
+        let mut cmd = std::process::Command::new(find_binary("everest-mounter")?);
+        cmd.arg("--socket")
+            .arg(dir.path().join("mounter.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "info");
+        let supervisor = Proc::spawn("mounter", cmd, dir.path())?;
+        let side = Self {
+            server,
+            supervisor,
+            dir,
+        };
+        // The node refuses a supervisor socket that is not there yet.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !side.socket().exists() {
+            if Instant::now() > deadline {
+                return Err("everest-mounter made no socket in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(side)
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("mounter.sock")
+    }
+
+    /// The `obs` backend table both daemons get.
+    fn backend_table(&self) -> String {
+        let dir = self.dir.path();
+        format!(
+            "[backends.{OBJECTS}]\nkind = \"obs\"\nendpoint = \"{}\"\ncredentials_file = \"{}\"\n\
+             runtime_dir = \"{}\"\nsupervisor_socket = \"{}\"\n",
+            self.server.endpoint(),
+            dir.join("obs.json").display(),
+            dir.join("run").display(),
+            self.socket().display()
+        )
+    }
+
+    /// Buckets left on the server (moto answers an unsigned ListBuckets).
+    async fn leaks(&self) -> Vec<String> {
+        let listing = match reqwest::get(format!("{}/", self.server.endpoint())).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(e) => return vec![format!("cannot list the S3 server's buckets: {e}")],
+        };
+        listing
+            .split("<Name>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Name>").map(|(name, _)| name))
+            .map(|b| format!("bucket {b} left on the S3 server"))
+            .collect()
+    }
+
+    /// The mounters running (each names its credentials file in this dir), as `(pid, command)`.
+    fn mounters(&self) -> Vec<(u32, String)> {
+        let needle = self.dir.path().display().to_string();
+        let supervisor = self.supervisor.pid();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if pid != supervisor && cmdline.contains(&needle) {
+                found.push((pid, cmdline.trim().to_owned()));
+            }
+        }
+        found
+    }
+
+    /// Mounters still running once every object volume was unstaged; they are killed after
+    /// being counted.
+    fn mounter_leaks(&self) -> Vec<String> {
+        self.mounters()
+            .into_iter()
+            .map(|(pid, cmdline)| {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+                format!("mounter {pid} ({cmdline}) still running")
+            })
+            .collect()
+    }
+
+    /// The NodeStage secrets of every object volume.
+    fn stage_secrets() -> std::collections::HashMap<String, String> {
+        [("access.key", OBJECT_AK), ("secret.key", OBJECT_SK)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+}
+
+/// The volumes of the node-restarts part: block ones (as many as the node takes unless told)
+/// and object ones (by default as many more as make 50 in all).
+async fn node_restarts(
+    block: Option<usize>,
+    object: Option<usize>,
+    broken: bool,
+) -> Result<Vec<Figure>, Error> {
+    let mut skipped = None;
+    let objects = match ObjectSide::unavailable() {
+        _ if object == Some(0) => None,
+        // Counted by the test run's summary; a failure under CI=true.
+        Some(why) => {
+            let why = format!("everest-chaos node-restarts: no object volumes: {why}");
+            everest_testsupport::skip(&why);
+            skipped = Some(why);
+            None
+        }
+        None => Some(ObjectSide::start()?),
+    };
+    let opts = WorldOptions {
+        extra_config: objects
+            .as_ref()
+            .map(ObjectSide::backend_table)
+            .unwrap_or_default(),
+        ..WorldOptions::default()
+    };
+    let world = World::start_with(opts).await?;
     // A node holds as many disks as it says (the cloud refuses more): fill it, or as asked.
     let most = usize::try_from(world.node_info().await.max_volumes_per_node).unwrap_or(0);
-    let volumes = volumes.unwrap_or(most);
-    if volumes > most {
-        return Err(format!("{volumes} volumes asked, but the node takes {most}").into());
+    let block = block.unwrap_or(most);
+    if block > most {
+        return Err(format!("{block} block volumes asked, but the node takes {most}").into());
     }
+    let object = match &objects {
+        Some(_) => object.unwrap_or(50usize.saturating_sub(block)),
+        None => 0,
+    };
+    let kind = |i: usize| {
+        if i < block {
+            format!("block volume {i}")
+        } else {
+            format!("object volume {i}")
+        }
+    };
     let mut lives = Vec::new();
-    for i in 0..volumes {
-        let mut life = Lifecycle::new(&world, &format!("pvc-mounted-{i}"), ext4(), "pod-n").await;
+    for i in 0..block + object {
+        let mut life = if i < block {
+            Lifecycle::new(&world, &format!("pvc-mounted-{i}"), ext4(), "pod-n").await
+        } else {
+            let cap = mount_cap("", Mode::MultiNodeMultiWriter);
+            let mut life = Lifecycle::new(&world, &format!("pvc-objects-{i}"), cap, "pod-n").await;
+            life.stage_secrets = ObjectSide::stage_secrets();
+            life
+        };
         life.retries = Some(Duration::from_secs(120));
-        life.create(1, &[]).await?;
+        let params: &[(&str, &str)] = if i < block {
+            &[]
+        } else {
+            &[("everest.io/backend", OBJECTS)]
+        };
+        life.create(1, params).await?;
         life.attach().await?;
         life.stage().await?;
         life.publish(false).await?;
@@ -632,34 +836,71 @@ async fn node_restarts(volumes: Option<usize>) -> Result<Vec<Figure>, Error> {
     }
     world.crash_and_restart(Daemon::Node).await?;
     let mut failures = Vec::new();
-    let mut completed = 0;
+    let mut serving = vec![false; lives.len()];
     for (i, life) in lives.iter().enumerate() {
         let dir = std::path::Path::new(&life.target);
         let serves = std::fs::read_to_string(dir.join("before")).ok() == Some(i.to_string())
-            && std::fs::write(dir.join("after"), b"after").is_ok();
-        // The restarted node finds the volume in place (stage and publish again are no-ops),
-        // and takes it down cleanly.
-        let down = async {
+            && std::fs::write(dir.join("after"), b"after").is_ok()
+            && std::fs::read(dir.join("after")).ok().as_deref() == Some(b"after".as_slice());
+        // The restarted node finds the volume in place: stage and publish again are no-ops.
+        let again = async {
             life.stage().await?;
-            life.publish(false).await?;
+            life.publish(false).await
+        }
+        .await;
+        match (serves, again) {
+            (true, Ok(())) => serving[i] = true,
+            (false, _) => failures.push(format!("{} stopped serving I/O", kind(i))),
+            (_, Err(s)) => failures.push(format!("{}: {:?}: {}", kind(i), s.code(), s.message())),
+        }
+    }
+    // Re-adopted, not mounted a second time: one mounter per object volume.
+    if let Some(side) = &objects {
+        let mounters = side.mounters().len();
+        if mounters != object {
+            failures.push(format!(
+                "{mounters} mounters run for {object} object volumes after the restart"
+            ));
+        }
+    }
+    let mut completed = 0;
+    for (i, life) in lives.iter().enumerate() {
+        // The harness's own test: an object volume left staged must show as leaks.
+        if broken && i == block {
+            continue;
+        }
+        let down = async {
             life.unpublish().await?;
             life.unstage().await?;
             life.detach().await?;
             life.delete().await
         }
         .await;
-        match (serves, down) {
-            (true, Ok(())) => completed += 1,
-            (false, _) => failures.push(format!("volume {i} stopped serving I/O")),
-            (_, Err(s)) => failures.push(format!("volume {i}: {:?}: {}", s.code(), s.message())),
+        match down {
+            Ok(()) if serving[i] => completed += 1,
+            Ok(()) => {}
+            Err(s) => failures.push(format!("{}: {:?}: {}", kind(i), s.code(), s.message())),
         }
     }
     let mut leaks = cloud_leaks(&world).await;
+    if let Some(side) = &objects {
+        leaks.extend(side.leaks().await);
+        leaks.extend(side.mounter_leaks());
+    }
     leaks.extend(host_leaks(world));
+    if let Some(mut side) = objects {
+        side.supervisor.stop(Duration::from_secs(15));
+    }
+    let mut what = format!(
+        "{block} block and {object} object volumes mounted, everest-node SIGKILLed and restarted"
+    );
+    if let Some(why) = skipped {
+        what.push_str(&format!(" ({why})"));
+    }
     Ok(vec![Figure {
         part: "node-restarts",
-        what: format!("{volumes} volumes mounted, everest-node SIGKILLed and restarted"),
-        runs: volumes,
+        what,
+        runs: block + object,
         completed,
         leaks,
         failures,
