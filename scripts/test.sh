@@ -27,6 +27,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v unzip >/dev/null || need+=(unzip)
 command -v npm >/dev/null || need+=(npm)
+# The benchmark harness's I/O figures (testsupport/tests/bench_runs.rs runs a tiny version).
+command -v fio >/dev/null || need+=(fio)
 # File shares (testsupport/src/nfs.rs): nfs-ganesha with its VFS backend and rpcbind, run in a
 # private network namespace per test; libnfs-utils (nfs-cp, nfs-ls) is the user-space client.
 command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha)

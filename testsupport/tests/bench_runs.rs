@@ -1,14 +1,14 @@
 //! The benchmark harness keeps working: a tiny run of `everest-bench` completes and reports
-//! every figure with a finite ratio. Not a timed test: the figures themselves are not judged
+//! every figure with a finite ratio (fio is installed by scripts/test.sh). Not a timed test: the figures themselves are not judged
 //! here (docs/performance.md holds them); only that the harness can still produce them.
 
 use std::process::Command;
 
-use everest_testsupport::skip_unless_root_and_loop;
+use everest_testsupport::{skip_unless_root_and_loop, skip_without};
 
 #[test]
 fn a_tiny_benchmark_run_reports_every_figure() {
-    if skip_unless_root_and_loop() {
+    if skip_unless_root_and_loop() || skip_without("fio", "fio") {
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_everest-bench"))
@@ -22,6 +22,14 @@ fn a_tiny_benchmark_run_reports_every_figure() {
             "20",
             "--job-latency-ms",
             "50",
+            "--mounts",
+            "20",
+            "--scales",
+            "2,4",
+            "--io-seconds",
+            "1",
+            "--io-size-mib",
+            "16",
         ])
         .output()
         .expect("run everest-bench");
@@ -42,6 +50,14 @@ fn a_tiny_benchmark_run_reports_every_figure() {
         "cloud API calls per created volume",
         "NodeStage + NodePublish",
         "NodeGetVolumeStats p50",
+        "everest-controller start to Probe-ready",
+        "everest-node start to Probe-ready",
+        "NodeStage + NodePublish with 20 more mounts",
+        "NodeGetVolumeStats p50 with 20 more mounts",
+        "fio sequential write",
+        "fio sequential read",
+        "fio random write",
+        "fio random read",
     ] {
         let row = rows
             .iter()
@@ -55,4 +71,13 @@ fn a_tiny_benchmark_run_reports_every_figure() {
         assert!(ratio.is_finite() && ratio > 0.0, "{row}");
     }
     assert!(report.contains("Resident memory"), "{report}");
+    // The growth table: one row per scale, each with a finite ratio against the first.
+    for volumes in ["2", "4"] {
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {volumes} | ")))
+            .unwrap_or_else(|| panic!("no growth row for {volumes} volumes in:\n{report}"));
+        let ratio: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{row}");
+    }
 }

@@ -35,6 +35,19 @@ struct Args {
     /// Calls per latency sample (default: 2000, or 300 with --quick).
     #[arg(long)]
     samples: Option<usize>,
+    /// Extra mounts on the node for the many-mounts figures (default: 500, or 50 with --quick).
+    #[arg(long)]
+    mounts: Option<usize>,
+    /// Volume counts of the growth figures, each through the whole lifecycle (default:
+    /// 10,100,1000, or 10,40 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    scales: Vec<usize>,
+    /// Seconds each fio job runs (default: 10, or 2 with --quick).
+    #[arg(long)]
+    io_seconds: Option<u64>,
+    /// Size of each fio job's file in MiB (default: 1024, or 128 with --quick).
+    #[arg(long)]
+    io_size_mib: Option<u64>,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -90,31 +103,63 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 async fn run(args: &Args) -> Result<String, Error> {
     let samples = args.samples.unwrap_or(if args.quick { 300 } else { 2000 });
     let volumes = args.volumes.unwrap_or(if args.quick { 40 } else { 200 });
+    let mounts = args.mounts.unwrap_or(if args.quick { 50 } else { 500 });
+    let scales = match (&args.scales[..], args.quick) {
+        ([], false) => vec![10, 100, 1000],
+        ([], true) => vec![10, 40],
+        (given, _) => given.to_vec(),
+    };
+    let io_seconds = args.io_seconds.unwrap_or(if args.quick { 2 } else { 10 });
+    let io_size = args
+        .io_size_mib
+        .unwrap_or(if args.quick { 128 } else { 1024 });
+    let rounds = if args.quick { 3 } else { 7 };
     let job = Duration::from_millis(args.job_latency_ms);
-    let world = World::start_with(WorldOptions {
-        job_latency_ms: args.job_latency_ms,
-        temp_prefix: "everest-bench-".into(),
-        ..WorldOptions::default()
-    })
-    .await
-    .map_err(|e| format!("cannot start the world: {e}"))?;
+    let world = std::sync::Arc::new(
+        World::start_with(WorldOptions {
+            job_latency_ms: args.job_latency_ms,
+            temp_prefix: "everest-bench-".into(),
+            ..WorldOptions::default()
+        })
+        .await
+        .map_err(|e| format!("cannot start the world: {e}"))?,
+    );
     let mut figures = Vec::new();
+    let mut notes = Vec::new();
     let rss_start = rss_of(&world);
 
     let (rpc, grpc_floor) = rpc_latency(&world, samples).await?;
     figures.extend(rpc);
+    for daemon in [Daemon::Controller, Daemon::Node] {
+        figures.push(start_to_ready(&world, daemon, rounds).await?);
+    }
     figures.extend(single_operations(&world, job).await?);
     figures.extend(burst(&world, volumes, args.in_flight, job).await?);
-    let node = if skip_unless_root_and_loop() || !have_program("mkfs.ext4") {
-        eprintln!("node figures skipped: they need root, loop devices and mkfs.ext4");
-        false
+    let node = !skip_unless_root_and_loop() && have_program("mkfs.ext4");
+    let mut growth = Vec::new();
+    if node {
+        let (stage, figure) = stage_against_mkfs_and_mount(&world, rounds).await?;
+        figures.push(figure);
+        let (stats, figure) = stats_against_statvfs(&world, samples, grpc_floor).await?;
+        figures.push(figure);
+        figures.extend(with_many_mounts(&world, mounts, rounds, samples, stage, stats).await?);
+        if have_program("fio") {
+            figures.extend(io_against_hand_mount(&world, io_size, io_seconds).await?);
+        } else {
+            notes
+                .push("I/O figures skipped: fio is not installed (apt-get install fio)".to_owned());
+        }
+        // As many at once as the node takes, at most the burst's width.
+        let most = usize::try_from(world.node_info().await.max_volumes_per_node).unwrap_or(1);
+        for n in scales {
+            growth.push(lifecycles_at_scale(&world, n, args.in_flight.min(most)).await?);
+        }
     } else {
-        figures.extend(stage_against_mkfs_and_mount(&world, if args.quick { 3 } else { 7 }).await?);
-        figures.push(stats_against_statvfs(&world, samples, grpc_floor).await?);
-        true
-    };
+        notes.push("node figures skipped: they need root, loop devices and mkfs.ext4".to_owned());
+    }
     let rss_end = rss_of(&world);
 
+    let world = std::sync::Arc::into_inner(world).ok_or("a task still holds the world")?;
     let leftovers = world.shutdown();
     if !leftovers.is_clean() {
         return Err(format!("the run left things behind: {leftovers:?}").into());
@@ -122,13 +167,19 @@ async fn run(args: &Args) -> Result<String, Error> {
 
     let mut out = String::new();
     out.push_str(&format!(
-        "Everest benchmark ({}; {} samples per latency, {volumes} volumes at {} in flight, {} ms cloud jobs{})\n\n",
+        "Everest benchmark ({}; {} samples per latency, {volumes} volumes at {} in flight, {} ms cloud jobs)\n\n",
         if args.quick { "quick" } else { "full" },
         samples,
         args.in_flight,
         args.job_latency_ms,
-        if node { "" } else { "; node figures skipped" },
     ));
+    for note in &notes {
+        eprintln!("everest-bench: {note}");
+        out.push_str(&format!("- {note}\n"));
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+    }
     out.push_str("| figure | Everest | baseline | ratio | goal |\n|---|---|---|---|---|\n");
     for f in &figures {
         out.push_str(&f.row());
@@ -138,6 +189,26 @@ async fn run(args: &Args) -> Result<String, Error> {
         "\nResident memory (VmRSS): controller {} KiB at start, {} KiB at the end; node {} KiB at start, {} KiB at the end.\n",
         rss_start.0, rss_end.0, rss_start.1, rss_end.1
     ));
+    if let Some(first) = growth.first() {
+        let per = |s: &Scale| s.wall / s.volumes.max(1) as u32;
+        out.push_str(&format!(
+            "\nGrowth: volumes through the whole lifecycle (create, attach, stage, publish, unpublish, unstage, detach, delete), {} at once; the ratio is the time per volume against the first scale's.\n\n",
+            args.in_flight
+        ));
+        out.push_str("| volumes | wall time | per volume | ratio | cloud calls per volume | controller RSS after | node RSS after |\n|---|---|---|---|---|---|---|\n");
+        for s in &growth {
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.2} | {:.2} | {} KiB | {} KiB |\n",
+                s.volumes,
+                ms(s.wall),
+                ms(per(s)),
+                ratio(per(s), per(first)),
+                s.calls,
+                s.rss.0,
+                s.rss.1
+            ));
+        }
+    }
     Ok(out)
 }
 
@@ -491,15 +562,68 @@ fn mkfs_and_mount_by_hand(dir: &Path) -> Result<Duration, Error> {
     made.map(|_| took)
 }
 
-async fn stage_against_mkfs_and_mount(world: &World, rounds: usize) -> Result<Vec<Figure>, Error> {
+/// NodeStage + NodePublish of fresh disks against a hand-run `mkfs.ext4` + `mount`; also
+/// answers Everest's median, the base of the many-mounts figure.
+async fn stage_against_mkfs_and_mount(
+    world: &World,
+    rounds: usize,
+) -> Result<(Duration, Figure), Error> {
     let scratch = tempfile::tempdir()?;
     let mut hand = Vec::new();
     let mut ours = Vec::new();
     for i in 0..rounds {
         hand.push(mkfs_and_mount_by_hand(scratch.path())?);
+        ours.extend(stage_rounds(world, &format!("bench-stage-{i}"), 1).await?);
+    }
+    let (h, o) = (quantile(&mut hand, 0.5), quantile(&mut ours, 0.5));
+    Ok((
+        o,
+        Figure {
+            name: format!("NodeStage + NodePublish of a fresh 10 GiB disk (median of {rounds})"),
+            ours: ms(o),
+            baseline: format!("{} (mkfs.ext4 + mount by hand)", ms(h)),
+            ratio: ratio(o, h),
+            goal: "≤ 1.1 ×".into(),
+        },
+    ))
+}
+
+/// NodeGetVolumeStats against what it cannot avoid: a bare gRPC round trip plus one statvfs.
+/// Also answers Everest's p50, the base of the many-mounts figure.
+async fn stats_against_statvfs(
+    world: &World,
+    n: usize,
+    grpc: Duration,
+) -> Result<(Duration, Figure), Error> {
+    let mut base = Vec::with_capacity(n);
+    let dir = world.root().display().to_string();
+    for _ in 0..n {
+        let t = Instant::now();
+        rustix::fs::statvfs(dir.as_str())?;
+        base.push(t.elapsed());
+    }
+    let mut ours = stats_samples(world, "bench-stats", n).await?;
+    let (b, o) = (quantile(&mut base, 0.5) + grpc, quantile(&mut ours, 0.5));
+    Ok((
+        o,
+        Figure {
+            name: "NodeGetVolumeStats p50 (client-side)".into(),
+            ours: ms(o),
+            baseline: format!("{} (bare gRPC round trip + statvfs of a path)", ms(b)),
+            ratio: ratio(o, b),
+            goal: "≤ 1 ms".into(),
+        },
+    ))
+}
+
+/// The times of `rounds` NodeStage + NodePublish of fresh 10 GiB disks, each created and
+/// attached before and torn down after its timing.
+async fn stage_rounds(world: &World, prefix: &str, rounds: usize) -> Result<Vec<Duration>, Error> {
+    let mut ours = Vec::new();
+    for i in 0..rounds {
         let mut v = Lifecycle::new(
             world,
-            &format!("bench-stage-{i}"),
+            &format!("{prefix}-{i}"),
             mount_cap("ext4", Mode::SingleNodeWriter),
             "pod-bench",
         )
@@ -518,44 +642,363 @@ async fn stage_against_mkfs_and_mount(world: &World, rounds: usize) -> Result<Ve
         v.detach().await?;
         v.delete().await?;
     }
-    let (h, o) = (quantile(&mut hand, 0.5), quantile(&mut ours, 0.5));
-    Ok(vec![Figure {
-        name: format!("NodeStage + NodePublish of a fresh 10 GiB disk (median of {rounds})"),
-        ours: ms(o),
-        baseline: format!("{} (mkfs.ext4 + mount by hand)", ms(h)),
-        ratio: ratio(o, h),
-        goal: "≤ 1.1 ×".into(),
-    }])
+    Ok(ours)
 }
 
-/// NodeGetVolumeStats against what it cannot avoid: a bare gRPC round trip plus one statvfs.
-async fn stats_against_statvfs(world: &World, n: usize, grpc: Duration) -> Result<Figure, Error> {
+/// `n` NodeGetVolumeStats of a published 1 GiB volume, one after another.
+async fn stats_samples(world: &World, name: &str, n: usize) -> Result<Vec<Duration>, Error> {
     let mut v = Lifecycle::new(
         world,
-        "bench-stats",
+        name,
         mount_cap("ext4", Mode::SingleNodeWriter),
         "pod-bench",
     )
     .await;
     v.bring_up(1).await;
-    let target = v.target.clone();
-    let mut base = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        rustix::fs::statvfs(target.as_str())?;
-        base.push(t.elapsed());
-    }
-    let mut ours = time_calls(n, || async { v.stats().await.map(drop) }).await?;
+    let samples = time_calls(n, || async { v.stats().await.map(drop) }).await;
     v.unpublish().await?;
     v.unstage().await?;
     v.detach().await?;
     v.delete().await?;
-    let (b, o) = (quantile(&mut base, 0.5) + grpc, quantile(&mut ours, 0.5));
+    samples
+}
+
+// ------------------------------------------------------------------ P7: many mounts
+
+/// Bind mounts of one directory, made for a measurement and undone when dropped (also when
+/// the measurement fails), so the run leaves none behind.
+struct Binds {
+    scratch: tempfile::TempDir,
+    made: Vec<std::path::PathBuf>,
+}
+
+impl Binds {
+    fn make(n: usize) -> Result<Self, Error> {
+        let scratch = tempfile::Builder::new()
+            .prefix("everest-bench-binds-")
+            .tempdir()?;
+        let source = scratch.path().join("source");
+        std::fs::create_dir(&source)?;
+        let mut binds = Self {
+            scratch,
+            made: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let at = binds.scratch.path().join(format!("m{i}"));
+            std::fs::create_dir(&at)?;
+            sh(
+                "mount",
+                &[
+                    "--bind",
+                    &source.display().to_string(),
+                    &at.display().to_string(),
+                ],
+            )?;
+            binds.made.push(at);
+        }
+        Ok(binds)
+    }
+}
+
+impl Drop for Binds {
+    fn drop(&mut self) {
+        for at in self.made.drain(..).rev() {
+            if let Err(e) = sh("umount", &[&at.display().to_string()]) {
+                eprintln!("everest-bench: cannot undo a bind mount: {e}");
+            }
+        }
+    }
+}
+
+/// NodeStage + NodePublish and NodeGetVolumeStats with `mounts` more mounts on the node than
+/// when `stage_alone` and `stats_alone` were measured: both should stay flat.
+async fn with_many_mounts(
+    world: &World,
+    mounts: usize,
+    rounds: usize,
+    samples: usize,
+    stage_alone: Duration,
+    stats_alone: Duration,
+) -> Result<Vec<Figure>, Error> {
+    let binds = Binds::make(mounts)?;
+    let total = everest_testsupport::host::mounts().len();
+    let mut stage = stage_rounds(world, "bench-many", rounds).await?;
+    let mut stats = stats_samples(world, "bench-many-stats", samples).await?;
+    drop(binds);
+    let (stage, stats) = (quantile(&mut stage, 0.5), quantile(&mut stats, 0.5));
+    Ok(vec![
+        Figure {
+            name: format!(
+                "NodeStage + NodePublish with {mounts} more mounts on the node ({total} in all; median of {rounds})"
+            ),
+            ours: ms(stage),
+            baseline: format!("{} (the same without them)", ms(stage_alone)),
+            ratio: ratio(stage, stage_alone),
+            goal: "flat: ≤ 1.1 ×".into(),
+        },
+        Figure {
+            name: format!("NodeGetVolumeStats p50 with {mounts} more mounts (client-side)"),
+            ours: ms(stats),
+            baseline: format!("{} (the same without them)", ms(stats_alone)),
+            ratio: ratio(stats, stats_alone),
+            goal: "≤ 1 ms".into(),
+        },
+    ])
+}
+
+// ------------------------------------------------------------------ P4: I/O through the mount
+
+/// A filesystem made and mounted by hand on a fresh loop device of `gib` GiB: the baseline
+/// Everest's mounts are measured against. Undone when dropped.
+struct HandMount {
+    dir: tempfile::TempDir,
+    device: String,
+    mounted: bool,
+}
+
+impl HandMount {
+    fn make(gib: u64) -> Result<Self, Error> {
+        let dir = tempfile::Builder::new()
+            .prefix("everest-bench-hand-")
+            .tempdir()?;
+        let image = dir.path().join("disk.img");
+        std::fs::File::create(&image)?.set_len(gib * GIB as u64)?;
+        let device = sh(
+            "losetup",
+            &["--find", "--show", &image.display().to_string()],
+        )?;
+        let mut hand = Self {
+            dir,
+            device,
+            mounted: false,
+        };
+        sh("mkfs.ext4", &["-q", &hand.device])?;
+        std::fs::create_dir(hand.mount_point())?;
+        sh(
+            "mount",
+            &[
+                "-t",
+                "ext4",
+                &hand.device,
+                &hand.mount_point().display().to_string(),
+            ],
+        )?;
+        hand.mounted = true;
+        Ok(hand)
+    }
+
+    fn mount_point(&self) -> std::path::PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for HandMount {
+    fn drop(&mut self) {
+        if self.mounted
+            && let Err(e) = sh("umount", &[&self.mount_point().display().to_string()])
+        {
+            eprintln!("everest-bench: cannot unmount the baseline filesystem: {e}");
+        }
+        if let Err(e) = sh("losetup", &["-d", &self.device]) {
+            eprintln!("everest-bench: cannot detach the baseline loop device: {e}");
+        }
+    }
+}
+
+/// One fio job in `dir`: its bandwidth (KiB/s) and IOPS.
+fn fio(dir: &Path, rw: &str, bs: &str, size_mib: u64, seconds: u64) -> Result<(f64, f64), Error> {
+    let out = sh(
+        "fio",
+        &[
+            "--name=bench",
+            &format!("--directory={}", dir.display()),
+            &format!("--rw={rw}"),
+            &format!("--bs={bs}"),
+            &format!("--size={size_mib}M"),
+            "--direct=1",
+            "--ioengine=psync",
+            "--time_based",
+            &format!("--runtime={seconds}"),
+            "--output-format=json",
+        ],
+    )?;
+    let report: serde_json::Value = serde_json::from_str(&out)?;
+    let side = if rw.contains("read") { "read" } else { "write" };
+    let job = &report["jobs"][0][side];
+    match (job["bw"].as_f64(), job["iops"].as_f64()) {
+        (Some(bw), Some(iops)) if bw > 0.0 => Ok((bw, iops)),
+        _ => Err(format!("fio {rw} reported no {side} bandwidth: {job}").into()),
+    }
+}
+
+/// Sequential and random I/O through a published Everest mount against the same filesystem
+/// on the same kind of device mounted by hand, each job run on both back to back.
+async fn io_against_hand_mount(
+    world: &World,
+    size_mib: u64,
+    seconds: u64,
+) -> Result<Vec<Figure>, Error> {
+    let hand = HandMount::make(10)?;
+    let mut v = Lifecycle::new(
+        world,
+        "bench-io",
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-bench",
+    )
+    .await;
+    v.bring_up(10).await;
+    let mut figures = Vec::new();
+    let jobs = [
+        ("write", "1M", "sequential write, 1 MiB blocks", true),
+        ("read", "1M", "sequential read, 1 MiB blocks", true),
+        ("randwrite", "4k", "random write, 4 KiB blocks", false),
+        ("randread", "4k", "random read, 4 KiB blocks", false),
+    ];
+    let measured = (|| -> Result<(), Error> {
+        for (rw, bs, what, by_bandwidth) in jobs {
+            let (hand_bw, hand_iops) = fio(&hand.mount_point(), rw, bs, size_mib, seconds)?;
+            let (bw, iops) = fio(Path::new(&v.target), rw, bs, size_mib, seconds)?;
+            let (ours, base, unit) = if by_bandwidth {
+                (bw / 1024.0, hand_bw / 1024.0, "MiB/s")
+            } else {
+                (iops, hand_iops, "IOPS")
+            };
+            figures.push(Figure {
+                name: format!("fio {what}, direct I/O (through the pod's mount)"),
+                ours: format!("{ours:.0} {unit}"),
+                baseline: format!("{base:.0} {unit} (the same filesystem mounted by hand)"),
+                ratio: ours / base.max(1e-9),
+                goal: "≥ 0.95".into(),
+            });
+        }
+        Ok(())
+    })();
+    v.unpublish().await?;
+    v.unstage().await?;
+    v.detach().await?;
+    v.delete().await?;
+    drop(hand);
+    measured.map(|()| figures)
+}
+
+// ------------------------------------------------------------------ P6: start-up
+
+/// Starts another copy of a daemon on the world's configuration (own socket and metrics port)
+/// and times how long it takes from spawn to a Probe that answers ready; the baseline is the
+/// same binary started for `--version`, the floor of exec, loading and argument parsing.
+async fn start_to_ready(world: &World, daemon: Daemon, rounds: usize) -> Result<Figure, Error> {
+    let bin = everest_testsupport::process::find_binary(daemon.name())?;
+    let dir = tempfile::tempdir()?;
+    let mut ready = Vec::new();
+    let mut floor = Vec::new();
+    for round in 0..rounds {
+        let t = Instant::now();
+        let status = std::process::Command::new(&bin)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        floor.push(t.elapsed());
+        if !status.success() {
+            return Err(format!("{} --version failed: {status}", daemon.name()).into());
+        }
+        let socket = dir.path().join(format!("ready-{round}.sock"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg("--config")
+            .arg(world.config_path())
+            .arg("--endpoint")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--metrics-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn");
+        let t = Instant::now();
+        let mut proc =
+            everest_testsupport::process::Proc::spawn(&format!("ready-{round}"), cmd, dir.path())?;
+        let took = loop {
+            if t.elapsed() > Duration::from_secs(10) {
+                proc.stop(Duration::from_secs(5));
+                return Err(format!("{} was not ready within 10 s", daemon.name()).into());
+            }
+            if socket.exists()
+                && let Ok(ch) = connect_uds(&socket).await
+                && let Ok(r) = csi::identity_client::IdentityClient::new(ch)
+                    .probe(csi::ProbeRequest {})
+                    .await
+                && r.get_ref().ready.unwrap_or(true)
+            {
+                break t.elapsed();
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        proc.stop(Duration::from_secs(15));
+        ready.push(took);
+    }
+    let (ours, base) = (quantile(&mut ready, 0.5), quantile(&mut floor, 0.5));
     Ok(Figure {
-        name: "NodeGetVolumeStats p50 (client-side)".into(),
-        ours: ms(o),
-        baseline: format!("{} (bare gRPC round trip + statvfs of the path)", ms(b)),
-        ratio: ratio(o, b),
-        goal: "≤ 1 ms".into(),
+        name: format!(
+            "{} start to Probe-ready (median of {rounds})",
+            daemon.name()
+        ),
+        ours: ms(ours),
+        baseline: format!("{} (the same binary run for --version)", ms(base)),
+        ratio: ratio(ours, base),
+        goal: "≤ 50 ms".into(),
+    })
+}
+
+// ------------------------------------------------------------------ growth
+
+/// What one scale of the growth figures measured.
+struct Scale {
+    volumes: usize,
+    wall: Duration,
+    calls: f64,
+    rss: (u64, u64),
+}
+
+/// `n` volumes each through the whole lifecycle (create, attach, stage, publish, unpublish,
+/// unstage, detach, delete), `in_flight` at once (at most what the node takes).
+async fn lifecycles_at_scale(
+    world: &std::sync::Arc<World>,
+    n: usize,
+    in_flight: usize,
+) -> Result<Scale, Error> {
+    let before: f64 = cloud_calls(world).await?.values().sum();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (sem, world) = (sem.clone(), world.clone());
+        tasks.spawn(async move {
+            let _permit = sem.acquire().await.expect("open semaphore");
+            let mut v = Lifecycle::new(
+                &world,
+                &format!("bench-scale-{n}-{i}"),
+                mount_cap("ext4", Mode::SingleNodeWriter),
+                "pod-bench",
+            )
+            .await;
+            v.create(1, &[]).await?;
+            v.attach().await?;
+            v.stage().await?;
+            v.publish(false).await?;
+            v.unpublish().await?;
+            v.unstage().await?;
+            v.detach().await?;
+            v.delete().await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let wall = t.elapsed();
+    let after: f64 = cloud_calls(world).await?.values().sum();
+    Ok(Scale {
+        volumes: n,
+        wall,
+        calls: (after - before) / n as f64,
+        rss: rss_of(world),
     })
 }
