@@ -130,14 +130,9 @@ bash backends/obs/tests/s3_server/setup.sh "$s3_dir"
 export EVEREST_MOTO_SERVER=$s3_dir/venv/bin/moto_server
 
 section "Garage (a full S3 service, for the object-volume tests that need one)"
-# Built once per target dir (about 8 minutes on 2 cores) and kept there.
-garage_root=$CARGO_TARGET_DIR/garage-2.5.0
-if [[ ! -x $garage_root/bin/garage ]]; then
-    CARGO_TARGET_DIR=$garage_root/build cargo install garage@2.5.0 --locked --quiet --root "$garage_root"
-    rm -rf "$garage_root/build"
-fi
 # testsupport::GarageServer starts one per test; without it those tests skip.
-export EVEREST_GARAGE=$garage_root/bin/garage
+EVEREST_GARAGE=$(bash scripts/install-garage.sh)
+export EVEREST_GARAGE
 "$EVEREST_GARAGE" --version
 
 section "cargo test --workspace"

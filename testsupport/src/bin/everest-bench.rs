@@ -3,7 +3,9 @@
 //!
 //! Against the real emulator and the real daemons (build them with `--release` and point
 //! `EVEREST_BIN_DIR` at them for the published figures). Needs root and loop devices for the
-//! node figures. `--quick` runs a small version of everything in about a minute.
+//! node figures. `--quick` runs a small version of everything in a few minutes.
+//! `scripts/bench.sh` builds what it needs and runs this and the object mounters' bench: every
+//! figure of docs/performance.md in one command.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,18 +22,20 @@ use everest_testsupport::{Daemon, Lifecycle, World, WorldOptions, skip_unless_ro
 #[derive(Parser, Debug)]
 #[command(name = "everest-bench")]
 struct Args {
-    /// A small run of every figure (about a minute).
+    /// A small run of every figure (a few minutes).
     #[arg(long)]
     quick: bool,
-    /// Volumes in the burst (default: 200, or 40 with --quick).
+    /// Volumes in the burst (default: 1000, or 40 with --quick).
     #[arg(long)]
     volumes: Option<usize>,
-    /// Calls in flight during the burst, as csi-provisioner's --worker-threads.
-    #[arg(long, default_value_t = 16)]
-    in_flight: usize,
-    /// How long each emulated cloud job takes, in milliseconds.
-    #[arg(long, default_value_t = 500)]
-    job_latency_ms: u64,
+    /// Calls in flight during the burst, as csi-provisioner's --worker-threads (default: 64,
+    /// or 16 with --quick). The growth figures run at most as many as the node takes.
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// How long each emulated cloud job takes, in milliseconds (default: 2000, or 500 with
+    /// --quick).
+    #[arg(long)]
+    job_latency_ms: Option<u64>,
     /// Calls per latency sample (default: 2000, or 300 with --quick).
     #[arg(long)]
     samples: Option<usize>,
@@ -102,7 +106,11 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 
 async fn run(args: &Args) -> Result<String, Error> {
     let samples = args.samples.unwrap_or(if args.quick { 300 } else { 2000 });
-    let volumes = args.volumes.unwrap_or(if args.quick { 40 } else { 200 });
+    let volumes = args.volumes.unwrap_or(if args.quick { 40 } else { 1000 });
+    let in_flight = args.in_flight.unwrap_or(if args.quick { 16 } else { 64 });
+    let job_latency_ms = args
+        .job_latency_ms
+        .unwrap_or(if args.quick { 500 } else { 2000 });
     let mounts = args.mounts.unwrap_or(if args.quick { 50 } else { 500 });
     let scales = match (&args.scales[..], args.quick) {
         ([], false) => vec![10, 100, 1000],
@@ -114,10 +122,10 @@ async fn run(args: &Args) -> Result<String, Error> {
         .io_size_mib
         .unwrap_or(if args.quick { 128 } else { 1024 });
     let rounds = if args.quick { 3 } else { 7 };
-    let job = Duration::from_millis(args.job_latency_ms);
+    let job = Duration::from_millis(job_latency_ms);
     let world = std::sync::Arc::new(
         World::start_with(WorldOptions {
-            job_latency_ms: args.job_latency_ms,
+            job_latency_ms,
             temp_prefix: "everest-bench-".into(),
             ..WorldOptions::default()
         })
@@ -134,7 +142,7 @@ async fn run(args: &Args) -> Result<String, Error> {
         figures.push(start_to_ready(&world, daemon, rounds).await?);
     }
     figures.extend(single_operations(&world, job).await?);
-    figures.extend(burst(&world, volumes, args.in_flight, job).await?);
+    figures.extend(burst(&world, volumes, in_flight, job).await?);
     let node = !skip_unless_root_and_loop() && have_program("mkfs.ext4");
     let mut growth = Vec::new();
     if node {
@@ -152,7 +160,7 @@ async fn run(args: &Args) -> Result<String, Error> {
         // As many at once as the node takes, at most the burst's width.
         let most = usize::try_from(world.node_info().await.max_volumes_per_node).unwrap_or(1);
         for n in scales {
-            growth.push(lifecycles_at_scale(&world, n, args.in_flight.min(most)).await?);
+            growth.push(lifecycles_at_scale(&world, n, in_flight.min(most)).await?);
         }
     } else {
         notes.push("node figures skipped: they need root, loop devices and mkfs.ext4".to_owned());
@@ -170,8 +178,8 @@ async fn run(args: &Args) -> Result<String, Error> {
         "Everest benchmark ({}; {} samples per latency, {volumes} volumes at {} in flight, {} ms cloud jobs)\n\n",
         if args.quick { "quick" } else { "full" },
         samples,
-        args.in_flight,
-        args.job_latency_ms,
+        in_flight,
+        job_latency_ms,
     ));
     for note in &notes {
         eprintln!("everest-bench: {note}");
@@ -193,7 +201,7 @@ async fn run(args: &Args) -> Result<String, Error> {
         let per = |s: &Scale| s.wall / s.volumes.max(1) as u32;
         out.push_str(&format!(
             "\nGrowth: volumes through the whole lifecycle (create, attach, stage, publish, unpublish, unstage, detach, delete), {} at once; the ratio is the time per volume against the first scale's.\n\n",
-            args.in_flight
+            first.at_once
         ));
         out.push_str("| volumes | wall time | per volume | ratio | cloud calls per volume | controller RSS after | node RSS after |\n|---|---|---|---|---|---|---|\n");
         for s in &growth {
@@ -953,6 +961,7 @@ async fn start_to_ready(world: &World, daemon: Daemon, rounds: usize) -> Result<
 /// What one scale of the growth figures measured.
 struct Scale {
     volumes: usize,
+    at_once: usize,
     wall: Duration,
     calls: f64,
     rss: (u64, u64),
@@ -997,6 +1006,7 @@ async fn lifecycles_at_scale(
     let after: f64 = cloud_calls(world).await?.values().sum();
     Ok(Scale {
         volumes: n,
+        at_once: in_flight,
         wall,
         calls: (after - before) / n as f64,
         rss: rss_of(world),
