@@ -290,7 +290,11 @@ impl ClaimReader {
             ))
         })?;
         let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &claim.namespace);
-        let read = tokio::time::timeout(READ_TIMEOUT, api.get(&claim.name)).await;
+        let read = everest_backend::outside::outside(tokio::time::timeout(
+            READ_TIMEOUT,
+            api.get(&claim.name),
+        ))
+        .await;
         let pvc = match read {
             Ok(Ok(pvc)) => pvc,
             Ok(Err(kube::Error::Api(status))) if status.code == 404 => {

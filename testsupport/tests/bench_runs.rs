@@ -58,6 +58,8 @@ fn a_tiny_benchmark_run_reports_every_figure() {
         "fio sequential read",
         "fio random write",
         "fio random read",
+        "NodeStageVolume: the driver's own time",
+        "CreateVolume: the driver's own time",
     ] {
         let row = rows
             .iter()

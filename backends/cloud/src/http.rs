@@ -225,6 +225,8 @@ impl Transport {
             let n = attempt.fetch_add(1, Ordering::Relaxed);
             self.attempt(call, &url, &auth, backend, n)
         };
+        // The cloud's time, retries and their backoff included: not the driver's own.
+        let _waiting = everest_backend::outside::Waiting::start();
         send.retry(backoff::request_retries(&self.config))
             .sleep(tokio::time::sleep)
             .when(|f: &Failure| f.error.is_retryable())

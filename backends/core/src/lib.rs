@@ -22,6 +22,7 @@ pub mod host;
 pub mod inflight;
 pub mod nfs;
 pub mod node;
+pub mod outside;
 pub mod params;
 pub mod paths;
 pub mod registry;

@@ -116,7 +116,8 @@ impl EvsNode {
                         done => done,
                     }
                 });
-                match format.await {
+                // The format runs in its own task, outside this RPC's: its wait is counted here.
+                match everest_backend::outside::outside(format).await {
                     Ok(done) => done.map(|()| (fs, true)).map_err(Error::from),
                     Err(e) => Err(Error::Internal(format!(
                         "formatting disk {disk} did not finish: {e}"

@@ -395,7 +395,7 @@ impl S3 {
         call: impl std::future::Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
     ) -> std::result::Result<T, SdkError<E, HttpResponse>> {
         let started = std::time::Instant::now();
-        let out = call.await;
+        let out = everest_backend::outside::outside(call).await;
         let status = match &out {
             Ok(_) => "2xx".to_owned(),
             Err(e) => status(e).map_or_else(|| "error".to_owned(), |s| s.to_string()),

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
+use everest_backend::outside::outside;
 use everest_backend::{Error, Result};
 use nfs3_client::nfs3_types::nfs3::{
     self, MKDIR3args, Nfs3Option, Nfs3Result, READDIR3args, REMOVE3args, RENAME3args, RMDIR3args,
@@ -437,29 +438,41 @@ impl Nfs3Directories {
 #[async_trait]
 impl Directories for Nfs3Directories {
     async fn make_dir(&self, path: &[&str], attrs: DirAttrs) -> Result<bool> {
-        let (mut conn, base) = self.connect().await?;
-        let made = self.make_dir_on(&mut conn, base, path, attrs).await;
-        self.release(conn).await;
-        made
+        outside(async {
+            let (mut conn, base) = self.connect().await?;
+            let made = self.make_dir_on(&mut conn, base, path, attrs).await;
+            self.release(conn).await;
+            made
+        })
+        .await
     }
 
     async fn remove_tree(&self, path: &[&str]) -> Result<()> {
-        let (mut conn, base) = self.connect().await?;
-        let removed = self.remove_tree_on(&mut conn, base, path).await;
-        self.release(conn).await;
-        removed
+        outside(async {
+            let (mut conn, base) = self.connect().await?;
+            let removed = self.remove_tree_on(&mut conn, base, path).await;
+            self.release(conn).await;
+            removed
+        })
+        .await
     }
 
     async fn rename(&self, path: &[&str], new_name: &str) -> Result<()> {
-        let (mut conn, base) = self.connect().await?;
-        let renamed = self.rename_on(&mut conn, base, path, new_name).await;
-        self.release(conn).await;
-        renamed
+        outside(async {
+            let (mut conn, base) = self.connect().await?;
+            let renamed = self.rename_on(&mut conn, base, path, new_name).await;
+            self.release(conn).await;
+            renamed
+        })
+        .await
     }
 
     async fn check(&self) -> Result<()> {
-        let (conn, _) = self.connect().await?;
-        self.release(conn).await;
-        Ok(())
+        outside(async {
+            let (conn, _) = self.connect().await?;
+            self.release(conn).await;
+            Ok(())
+        })
+        .await
     }
 }

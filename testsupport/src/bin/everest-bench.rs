@@ -166,6 +166,7 @@ async fn run(args: &Args) -> Result<String, Error> {
         notes.push("node figures skipped: they need root, loop devices and mkfs.ext4".to_owned());
     }
     let rss_end = rss_of(&world);
+    let own = driver_time(&world).await?;
 
     let world = std::sync::Arc::into_inner(world).ok_or("a task still holds the world")?;
     let leftovers = world.shutdown();
@@ -197,6 +198,13 @@ async fn run(args: &Args) -> Result<String, Error> {
         "\nResident memory (VmRSS): controller {} KiB at start, {} KiB at the end; node {} KiB at start, {} KiB at the end.\n",
         rss_start.0, rss_end.0, rss_start.1, rss_end.1
     ));
+    out.push_str(
+        "\nThe driver's own time per RPC, measured in the daemons over the whole run (each call's latency less its waits on the cloud, host tools and the kernel; p50 and p99 as the histogram bucket they fall in); the ratio is the driver's share of the calls' whole time.\n\n| figure | Everest | baseline | ratio | goal |\n|---|---|---|---|---|\n",
+    );
+    for f in &own {
+        out.push_str(&f.row());
+        out.push('\n');
+    }
     if let Some(first) = growth.first() {
         let per = |s: &Scale| s.wall / s.volumes.max(1) as u32;
         out.push_str(&format!(
@@ -1011,4 +1019,78 @@ async fn lifecycles_at_scale(
         calls: (after - before) / n as f64,
         rss: rss_of(world),
     })
+}
+
+// ------------------------------------------------------------------ P1: in the server
+
+/// The value of `label` in a metric line's label set.
+fn label<'a>(line: &'a str, label: &str) -> Option<&'a str> {
+    line.split(&format!("{label}=\"")).nth(1)?.split('"').next()
+}
+
+/// The driver's own time per RPC, from the daemons' `everest_csi_driver_duration_seconds`
+/// (each call's latency less its waits on the cloud, host tools and the kernel) over the whole
+/// run: p50 and p99 as the bucket bounds they fall in, and the driver's share of the calls'
+/// whole time (`_sum` of both histograms).
+async fn driver_time(world: &World) -> Result<Vec<Figure>, Error> {
+    use std::collections::BTreeMap;
+    #[derive(Default)]
+    struct Method {
+        buckets: BTreeMap<u64, f64>, // le in ns → cumulative count
+        count: f64,
+        own: f64,
+        whole: f64,
+    }
+    let mut methods: BTreeMap<String, Method> = BTreeMap::new();
+    for daemon in [Daemon::Controller, Daemon::Node] {
+        for line in world.metrics(daemon).await?.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let Some(method) = label(series, "method") else {
+                continue;
+            };
+            let m = methods.entry(method.to_owned()).or_default();
+            if series.starts_with("everest_csi_driver_duration_seconds_bucket{") {
+                let le = label(series, "le").unwrap_or("+Inf");
+                let ns = le
+                    .parse::<f64>()
+                    .map_or(u64::MAX, |s| (s * 1e9).round() as u64);
+                *m.buckets.entry(ns).or_default() += value;
+            } else if series.starts_with("everest_csi_driver_duration_seconds_count{") {
+                m.count += value;
+            } else if series.starts_with("everest_csi_driver_duration_seconds_sum{") {
+                m.own += value;
+            } else if series.starts_with("everest_csi_operation_duration_seconds_sum{") {
+                m.whole += value;
+            }
+        }
+    }
+    let bound = |m: &Method, q: f64| -> String {
+        let wanted = q * m.count;
+        match m.buckets.iter().find(|(_, n)| **n >= wanted) {
+            Some((ns, _)) if *ns != u64::MAX => format!("≤ {:.2} ms", *ns as f64 / 1e6),
+            _ => "> 100 ms".into(),
+        }
+    };
+    Ok(methods
+        .iter()
+        .filter(|(_, m)| m.count > 0.0)
+        .map(|(method, m)| Figure {
+            name: format!(
+                "{method}: the driver's own time, in the server ({} calls)",
+                m.count
+            ),
+            ours: format!("p50 {}, p99 {}", bound(m, 0.5), bound(m, 0.99)),
+            baseline: format!(
+                "{} per call in all (mean)",
+                ms(Duration::from_secs_f64(m.whole / m.count))
+            ),
+            ratio: m.own / m.whole.max(1e-12),
+            goal: "p50 ≤ 0.3 ms, p99 ≤ 1 ms".into(),
+        })
+        .collect())
 }

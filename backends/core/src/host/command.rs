@@ -106,6 +106,16 @@ impl HostSettings {
         args: &[&str],
         env_remove: &[String],
     ) -> Result<Output, HostError> {
+        crate::outside::outside(self.spawn_and_wait(kind, program, args, env_remove)).await
+    }
+
+    async fn spawn_and_wait(
+        &self,
+        kind: CommandKind,
+        program: &str,
+        args: &[&str],
+        env_remove: &[String],
+    ) -> Result<Output, HostError> {
         let line = || command_line(program, args);
         let limit = self.timeout(kind);
         let mut command = Command::new(self.program(program));
@@ -250,10 +260,21 @@ pub async fn blocking<T: Send + 'static>(
     limit: Duration,
     f: impl FnOnce() -> Result<T, HostError> + Send + 'static,
 ) -> Result<T, HostError> {
-    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
-        Ok(Ok(result)) => result,
+    // The kernel's time, measured where it is spent: the hop to the blocking pool is ours.
+    let timed = move || {
+        let started = std::time::Instant::now();
+        (f(), started.elapsed())
+    };
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(timed)).await {
+        Ok(Ok((result, took))) => {
+            crate::outside::add(took);
+            result
+        }
         Ok(Err(e)) => Err(HostError::new(what, e.to_string())),
-        Err(_) => Err(HostError::timed_out(what, limit)),
+        Err(_) => {
+            crate::outside::add(limit);
+            Err(HostError::timed_out(what, limit))
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use everest_backend::outside::outside;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -127,10 +128,8 @@ impl Poller {
             id: id.to_owned(),
             verdict,
         };
-        match self
-            .wait(lookup, format!("disks:{kind}"), target, deadline)
-            .await?
-        {
+        let seen = outside(self.wait(lookup, format!("disks:{kind}"), target, deadline)).await;
+        match seen? {
             Seen::Disk(v) => Ok(v),
             Seen::Job(_) => Err(Error::InvalidInput("a disk wait saw a job".into())),
         }
@@ -150,7 +149,7 @@ impl Poller {
             id: id.clone(),
         };
         let kind = format!("job:{}", service.as_str());
-        match self.wait(lookup, kind, target, deadline).await? {
+        match outside(self.wait(lookup, kind, target, deadline)).await? {
             Seen::Job(job) => Ok(job),
             Seen::Disk(_) => Err(Error::InvalidInput("a job wait saw a disk".into())),
         }

@@ -54,7 +54,7 @@ impl SupervisorClient {
                 ))
             })
         };
-        tokio::time::timeout(self.timeout, exchange)
+        everest_backend::outside::outside(tokio::time::timeout(self.timeout, exchange))
             .await
             .unwrap_or_else(|_| {
                 Err(Error::DeadlineExceeded(format!(
