@@ -59,6 +59,9 @@ fn a_tiny_benchmark_run_reports_every_figure() {
         "fio random write",
         "fio random read",
         "NodeStageVolume: the driver's own time",
+        "× ControllerPublishVolume at once",
+        "cloud API calls per attach",
+        "the same against every step it runs, by hand",
         "CreateVolume: the driver's own time",
     ] {
         let row = rows
