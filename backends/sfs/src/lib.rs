@@ -108,7 +108,7 @@ pub fn controller_from_config(
             .map_err(|e| {
                 Error::InvalidArgument(format!("backend {name} (kind sfs): mode share: {e}"))
             })?;
-            Some(shares::Shares::new(client, share, name.as_str()))
+            Some(shares::Shares::new(client, share, name.clone()))
         }
         None => None,
     };
