@@ -6,10 +6,12 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use everest_backend::{Error, Result};
 use nfs3_client::nfs3_types::nfs3::{
-    self, MKDIR3args, Nfs3Option, Nfs3Result, READDIR3args, REMOVE3args, RENAME3args, RMDIR3args,
-    diropargs3, filename3, ftype3, nfs_fh3, nfsstat3, sattr3,
+    self, CREATE3args, MKDIR3args, Nfs3Option, Nfs3Result, READ3args, READDIR3args, REMOVE3args,
+    RENAME3args, RMDIR3args, WRITE3args, createhow3, diropargs3, filename3, ftype3, nfs_fh3,
+    nfsstat3, sattr3, stable_how,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
 use nfs3_client::tokio::TokioConnector;
 use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
 
@@ -61,9 +63,22 @@ pub trait Directories: Send + Sync + Debug {
     async fn remove_tree(&self, path: &[&str]) -> Result<()>;
     /// Renames the last component of `path` to `new_name` in the same parent; gone is success.
     async fn rename(&self, path: &[&str], new_name: &str) -> Result<()>;
+    /// Writes `content` as the whole of the regular file `path` (its parent must exist),
+    /// made with mode 0600 when new. With `exclusive`, only a new file is written: `false`
+    /// when it exists already (the server decides, so of racing callers exactly one wins).
+    async fn write_file(&self, path: &[&str], content: &[u8], exclusive: bool) -> Result<bool>;
+    /// Whether anything named `path` exists.
+    async fn exists(&self, path: &[&str]) -> Result<bool>;
+    /// The content of the regular file `path` (at most [`MAX_FILE`] bytes); `None` when it
+    /// does not exist.
+    async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>>;
     /// Whether the server answers (mounts the export and finds the base directory).
     async fn check(&self) -> Result<()>;
 }
+
+/// Most bytes [`Directories::read_file`] reads: the files it serves (volume marks) are a few
+/// hundred bytes, and a bound keeps a replaced file from filling the controller's memory.
+pub const MAX_FILE: u32 = 64 * 1024;
 
 /// Deepest tree [`Directories::remove_tree`] walks: volumes are not that deep, and a bound
 /// keeps a hostile or looping tree from running the controller out of stack.
@@ -432,6 +447,127 @@ impl Nfs3Directories {
     }
 }
 
+impl Nfs3Directories {
+    async fn write_file_on(
+        &self,
+        conn: &mut Conn,
+        base: nfs_fh3,
+        path: &[&str],
+        content: &[u8],
+        exclusive: bool,
+    ) -> Result<bool> {
+        let last = path.last().copied().unwrap_or_default();
+        let Some(parent) = self.parent(conn, base, path).await? else {
+            return Err(Error::NotFound(format!(
+                "the parent of {} does not exist on the NFS server",
+                path.join("/")
+            )));
+        };
+        // UNCHECKED with size 0: made if missing, emptied if there, in one call. GUARDED: made
+        // only if missing.
+        let attrs = sattr3 {
+            mode: Nfs3Option::Some(0o600),
+            size: Nfs3Option::Some(0),
+            ..sattr3::default()
+        };
+        let res = conn
+            .create(&CREATE3args {
+                where_: diropargs3 {
+                    dir: parent.clone(),
+                    name: name(last),
+                },
+                how: if exclusive {
+                    createhow3::GUARDED(attrs)
+                } else {
+                    createhow3::UNCHECKED(attrs)
+                },
+            })
+            .await
+            .map_err(|e| rpc_error("CREATE", e))?;
+        let fh = match res {
+            Nfs3Result::Ok(ok) => match ok.obj {
+                Nfs3Option::Some(fh) => fh,
+                // The server may leave the handle out; ask for it.
+                Nfs3Option::None => match lookup(conn, &parent, last).await? {
+                    Some((fh, _)) => fh,
+                    None => return Err(nfs_error("CREATE", nfsstat3::NFS3ERR_NOENT)),
+                },
+            },
+            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) if exclusive => return Ok(false),
+            Nfs3Result::Err((status, _)) => return Err(nfs_error("CREATE", status)),
+        };
+        // FILE_SYNC: on the server's disk before the call answers, so a mark is never lost
+        // to a server crash after CreateVolume succeeded.
+        let res = conn
+            .write(&WRITE3args {
+                file: fh,
+                offset: 0,
+                count: u32::try_from(content.len()).unwrap_or(u32::MAX),
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::borrowed(content),
+            })
+            .await
+            .map_err(|e| rpc_error("WRITE", e))?;
+        match res {
+            Nfs3Result::Ok(ok) if ok.count as usize == content.len() => Ok(true),
+            Nfs3Result::Ok(ok) => Err(Error::Unavailable(format!(
+                "NFS WRITE of {} wrote {} of {} bytes",
+                path.join("/"),
+                ok.count,
+                content.len()
+            ))),
+            Nfs3Result::Err((status, _)) => Err(nfs_error("WRITE", status)),
+        }
+    }
+
+    async fn read_file_on(
+        &self,
+        conn: &mut Conn,
+        base: nfs_fh3,
+        path: &[&str],
+    ) -> Result<Option<Vec<u8>>> {
+        let last = path.last().copied().unwrap_or_default();
+        let Some(parent) = self.parent(conn, base, path).await? else {
+            return Ok(None);
+        };
+        let fh = match lookup(conn, &parent, last).await? {
+            None => return Ok(None),
+            Some((fh, ftype3::NF3REG)) => fh,
+            Some(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} on the NFS server is not a regular file",
+                    path.join("/")
+                )));
+            }
+        };
+        let mut data = Vec::new();
+        loop {
+            let res = conn
+                .read(&READ3args {
+                    file: fh.clone(),
+                    offset: data.len() as u64,
+                    count: MAX_FILE - data.len() as u32,
+                })
+                .await
+                .map_err(|e| rpc_error("READ", e))?;
+            let ok = match res {
+                Nfs3Result::Ok(ok) => ok,
+                Nfs3Result::Err((status, _)) => return Err(nfs_error("READ", status)),
+            };
+            data.extend_from_slice(&ok.data.0);
+            if ok.eof || ok.count == 0 {
+                return Ok(Some(data));
+            }
+            if data.len() >= MAX_FILE as usize {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} on the NFS server is over {MAX_FILE} bytes",
+                    path.join("/")
+                )));
+            }
+        }
+    }
+}
+
 // Each operation runs on a fresh MOUNT of the export (they are rare) and unmounts again
 // whatever the outcome, so the server keeps no record of a client that is gone.
 #[async_trait]
@@ -455,6 +591,36 @@ impl Directories for Nfs3Directories {
         let renamed = self.rename_on(&mut conn, base, path, new_name).await;
         self.release(conn).await;
         renamed
+    }
+
+    async fn write_file(&self, path: &[&str], content: &[u8], exclusive: bool) -> Result<bool> {
+        let (mut conn, base) = self.connect().await?;
+        let written = self
+            .write_file_on(&mut conn, base, path, content, exclusive)
+            .await;
+        self.release(conn).await;
+        written
+    }
+
+    async fn exists(&self, path: &[&str]) -> Result<bool> {
+        let (mut conn, base) = self.connect().await?;
+        let found = match self.parent(&mut conn, base, path).await {
+            Ok(Some(parent)) => {
+                let last = path.last().copied().unwrap_or_default();
+                lookup(&mut conn, &parent, last).await.map(|f| f.is_some())
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        self.release(conn).await;
+        found
+    }
+
+    async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>> {
+        let (mut conn, base) = self.connect().await?;
+        let read = self.read_file_on(&mut conn, base, path).await;
+        self.release(conn).await;
+        read
     }
 
     async fn check(&self) -> Result<()> {

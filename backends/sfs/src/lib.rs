@@ -10,6 +10,7 @@
 pub mod config;
 pub mod controller;
 pub mod dirs;
+pub mod marks;
 pub mod node;
 pub mod params;
 pub mod shares;
