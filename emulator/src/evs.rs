@@ -143,6 +143,9 @@ fn validate(cloud: &Cloud, v: &CreateVolume) -> Result<(), ApiError> {
             "invalid volume name! at most 255 characters",
         ));
     }
+    if let Some(tags) = &v.tags {
+        check_tags(tags)?;
+    }
     let md = v.metadata.as_ref();
     if md
         .and_then(|m| m.get("__system__encrypted"))
@@ -151,6 +154,35 @@ fn validate(cloud: &Cloud, v: &CreateVolume) -> Result<(), ApiError> {
         && md.and_then(|m| m.get("__system__cmkid")).is_none()
     {
         return Err(invalid("__system__encrypted needs __system__cmkid"));
+    }
+    Ok(())
+}
+
+/// Most tags one disk carries.
+const MAX_TAGS: usize = 10;
+
+/// EVS disk tags as the API reference states them: at most 10; keys 1–36 and values 0–43
+/// characters, each only letters, digits, `-` and `_`. A request breaking any of it is refused
+/// whole, as the real service does, so a client cannot rely on a tag being cut or dropped.
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if tags.len() > MAX_TAGS {
+        return Err(invalid(format!(
+            "invalid tags! at most {MAX_TAGS} tags, got {}",
+            tags.len()
+        )));
+    }
+    for (key, value) in tags {
+        if key.is_empty() || key.chars().count() > 36 || !key.chars().all(ok_char) {
+            return Err(invalid(format!(
+                "invalid tag key {key:?}! 1-36 letters, digits, '-' or '_'"
+            )));
+        }
+        if value.chars().count() > 43 || !value.chars().all(ok_char) {
+            return Err(invalid(format!(
+                "invalid tag value {value:?} of key {key}! at most 43 letters, digits, '-' or '_'"
+            )));
+        }
     }
     Ok(())
 }

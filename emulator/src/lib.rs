@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod metadata;
 pub mod server;
 pub mod sfs;
+pub mod sfs_tags;
 pub mod state;
 
 #[cfg(test)]

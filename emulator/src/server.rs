@@ -21,6 +21,7 @@ use crate::effects::LinuxEffects;
 use crate::errors::ApiError;
 use crate::{
     ecs, errors, evs, evs_list, evs_modify, evs_snapshots, faults, iam, jobs, metadata, sfs,
+    sfs_tags,
 };
 
 /// Largest request body accepted (the APIs take small JSON documents).
@@ -193,6 +194,11 @@ pub fn router(cloud: Arc<Cloud>) -> Router {
         .route(
             "/v1/{p}/sfs-turbo/shares/{id}/action",
             post(sfs::action_handler),
+        )
+        .route("/v1/{p}/sfs-turbo/{id}/tags", get(sfs_tags::show_handler))
+        .route(
+            "/v1/{p}/sfs-turbo/{id}/tags/action",
+            post(sfs_tags::action_handler),
         )
         .route(
             "/v2.1/{p}/servers/{server_id}/os-volume_attachments",

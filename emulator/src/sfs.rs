@@ -44,11 +44,11 @@ pub mod status {
     pub const EXPANDED: &str = "221";
 }
 
-fn param_error(message: impl Into<String>) -> ApiError {
+pub(crate) fn param_error(message: impl Into<String>) -> ApiError {
     ApiError::sfs(StatusCode::BAD_REQUEST, "SFS.TURBO.0001", message)
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(crate) fn not_found(id: &str) -> ApiError {
     ApiError::sfs(
         StatusCode::NOT_FOUND,
         "SFS.TURBO.0002",
@@ -69,7 +69,7 @@ fn invalid_size(message: impl Into<String>) -> ApiError {
 }
 
 /// Rejects a project this cloud does not know.
-fn check_project(cloud: &Cloud, project: &str) -> Result<(), ApiError> {
+pub(crate) fn check_project(cloud: &Cloud, project: &str) -> Result<(), ApiError> {
     if project == cloud.cfg.project_id {
         Ok(())
     } else {
@@ -218,6 +218,7 @@ pub fn create_share(cloud: &Cloud, project: &str, body: &[u8]) -> Result<Share, 
         subnet_id: s.subnet_id.unwrap_or_default(),
         security_group_id: s.security_group_id.unwrap_or_default(),
         metadata: s.metadata.unwrap_or_default(),
+        tags: BTreeMap::new(),
         status: status::CREATING.to_string(),
         sub_status: None,
         pending: Some(ShareOp::Create),

@@ -257,6 +257,9 @@ pub struct Share {
     pub security_group_id: String,
     /// Metadata key/values (`crypt_key_id`, `expand_type`, ...).
     pub metadata: BTreeMap<String, String>,
+    /// Tags, set through the tag API after creation (absent from older state files).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
     /// Status code string: `100` creating, `200` available, `303` create failed, ...
     pub status: String,
     /// Sub-status code string: `121` expanding, `221` expanded, `321` expand failed.

@@ -134,6 +134,39 @@ fn create_validation_rejects_bad_requests() {
 }
 
 #[test]
+fn tags_are_kept_and_their_limits_enforced() {
+    let w = world();
+    let with_tags = |tags: &str| {
+        format!(
+            r#"{{"volume":{{"availability_zone":"emu-az1","volume_type":"SSD","size":10,"tags":{tags}}}}}"#
+        )
+    };
+    let ok = with_tags(r#"{"everest-pvc-name":"data","team":"a_b-1"}"#);
+    let c = evs::create_volume(&w.cloud, P, ok.as_bytes(), None).unwrap();
+    let view = evs::view(&w.cloud.lock().state.disks[&c.volume_ids[0]], "");
+    assert_eq!(view["tags"]["everest-pvc-name"], "data", "{view}");
+    assert_eq!(view["tags"]["team"], "a_b-1");
+    let eleven: Vec<String> = (0..11).map(|i| format!(r#""k{i}":"v""#)).collect();
+    for bad in [
+        // 37-character key, 44-character value, '/' and '.' in a key, '.' in a value, 11 tags.
+        with_tags(&format!(r#"{{"{}":"v"}}"#, "k".repeat(37))),
+        with_tags(&format!(r#"{{"k":"{}"}}"#, "v".repeat(44))),
+        with_tags(r#"{"kubernetes.io/created-for/pv/name":"v"}"#),
+        with_tags(r#"{"k":"web.data"}"#),
+        with_tags(r#"{"":"v"}"#),
+        with_tags(&format!("{{{}}}", eleven.join(","))),
+    ] {
+        assert_eq!(
+            err_code(evs::create_volume(&w.cloud, P, bad.as_bytes(), None)),
+            "EVS.1009",
+            "{bad}"
+        );
+    }
+    let edge = with_tags(&format!(r#"{{"{}":"{}"}}"#, "k".repeat(36), "v".repeat(43)));
+    assert!(evs::create_volume(&w.cloud, P, edge.as_bytes(), None).is_ok());
+}
+
+#[test]
 fn quota_and_client_token() {
     let w = world_with(|c| c.max_disks = Some(1));
     let token = "8d3f0a52-3c1e-4b6a-9f1e-0a1b2c3d4e5f";

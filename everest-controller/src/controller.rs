@@ -9,6 +9,7 @@ use everest_backend::daemon::fields::{
 };
 use everest_backend::daemon::telemetry::{NO_BACKEND, observe};
 use everest_backend::inflight::InFlight;
+use everest_backend::marker::ClusterId;
 use everest_backend::params::split_common;
 use everest_backend::registry::Registry;
 use everest_backend::{ControllerBackend, Error, SnapshotId, VolumeId};
@@ -39,6 +40,8 @@ pub struct ControllerService {
     busy_snapshots: InFlight<SnapshotId>,
     /// Reads the PVC of a CreateVolume whose StorageClass allows PVC annotations.
     claims: ClaimReader,
+    /// The cluster named in the marker of every volume created.
+    cluster: ClusterId,
 }
 
 impl ControllerService {
@@ -51,7 +54,13 @@ impl ControllerService {
             snapshot_names: InFlight::default(),
             busy_snapshots: InFlight::default(),
             claims: ClaimReader::none("the controller was built without a Kubernetes API"),
+            cluster: ClusterId::default(),
         }
+    }
+
+    /// The same service, marking what it creates as `cluster`'s.
+    pub fn with_cluster(self, cluster: ClusterId) -> Self {
+        Self { cluster, ..self }
     }
 
     /// The same service, reading PVCs through `claims`.
@@ -187,6 +196,7 @@ impl Controller for ControllerService {
                 backend = snapshots::can_restore(&backend_name, backend, &create)?;
             }
             let _claim = self.creating.claim(&create.name)?;
+            create.cluster = self.cluster.clone();
             let applied = self
                 .claims
                 .apply(allowed.as_ref(), &mut create, &mutable_keys)

@@ -93,7 +93,10 @@ async fn run(
     );
     let claims = ClaimReader::from_config(&cfg.controller).await?;
     tracing::info!(kubernetes = ?claims, "Kubernetes API for PVC annotations");
-    let controller = ControllerService::new(registry).with_claims(claims);
+    tracing::info!(cluster = %cfg.controller.cluster_id, "cluster ID for volume markers");
+    let controller = ControllerService::new(registry)
+        .with_claims(claims)
+        .with_cluster(cfg.controller.cluster_id.clone());
     let router = Server::builder()
         .add_service(IdentityServer::new(identity))
         .add_service(ControllerServer::new(controller));

@@ -128,6 +128,8 @@ pub fn create_volume(req: csi::CreateVolumeRequest) -> Result<NewVolume, Error> 
         topology: topology(req.accessibility_requirements),
         source: native_source,
         secrets: Secrets::new(ordered(req.secrets)),
+        // The service sets its own once the request is routed.
+        cluster: Default::default(),
     };
     Ok(NewVolume {
         create,

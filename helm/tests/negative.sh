@@ -56,6 +56,11 @@ must_fail "expect: fsGroupPolicy" "fsGroupPolicy File, expected ReadWriteOnceWit
 must_fail "expect: monitors" "PodMonitor should be there" "${POLICY[@]}" expect monitoring-pod "$WORK/monitoring/rendered.yaml"
 render "$CHART" --set-json 'sidecars.provisioner.extraArgs=["--default-fstype=ext4"]' > "$NEG/fstype.yaml"
 must_fail "expect: --default-fstype" "overrides every backend's default_fs_type" "${POLICY[@]}" expect default "$NEG/fstype.yaml"
+# expect: the provisioner without --extra-create-metadata; a config without the cluster ID.
+sed '/- --extra-create-metadata/d' "$R" > "$NEG/no-metadata.yaml"
+must_fail "expect: --extra-create-metadata" "lacks --extra-create-metadata" "${POLICY[@]}" expect default "$NEG/no-metadata.yaml"
+sed '/cluster_id = /d' "$R" > "$NEG/no-cluster.yaml"
+must_fail "expect: cluster_id" "sets no [controller] cluster_id" "${POLICY[@]}" expect default "$NEG/no-cluster.yaml"
 
 # secrets: a credential in a backend's settings lands in the ConfigMap.
 render "$CHART" --set 'backends[0].name=evs-default' --set 'backends[0].kind=evs' --set 'backends[0].enabled=true' \

@@ -125,6 +125,15 @@ pub struct CreateVolume {
     pub source: Option<VolumeSource>,
     /// CSI secrets sent with the request.
     pub secrets: Secrets,
+    /// The cluster this controller serves, for the marker the backend leaves on the volume.
+    pub cluster: crate::marker::ClusterId,
+}
+
+impl CreateVolume {
+    /// The marker `backend` leaves on what it creates for this request.
+    pub fn marker(&self, backend: &crate::volume_id::BackendName) -> crate::marker::Marker {
+        crate::marker::Marker::new(&self.cluster, backend, &self.common.k8s)
+    }
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -152,6 +161,7 @@ impl CreateVolume {
             topology: None,
             source: None,
             secrets: Secrets::default(),
+            cluster: crate::marker::ClusterId::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! - [`registry`]: backend instances by name, chosen by StorageClass parameter or volume ID;
 //! - [`volume_id`]: the versioned `v1:<backend>:<native id>` volume ID;
 //! - [`snapshot`]: snapshot IDs (the same form), snapshots and their requests;
+//! - [`marker`]: the mark every backend leaves on what it creates (cluster, instance, PV/PVC);
 //! - [`params`]: typed StorageClass parameters that reject unknown keys;
 //! - [`capability`], [`capacity`]: access modes and sizes, parsed once from CSI messages;
 //! - [`error`]: the one error type and its one mapping to a gRPC status;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod error;
 pub mod host;
 pub mod inflight;
+pub mod marker;
 pub mod nfs;
 pub mod node;
 pub mod outside;

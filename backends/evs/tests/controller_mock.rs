@@ -415,6 +415,7 @@ fn create_request(name: &str, gib: u64) -> CreateVolume {
         topology: None,
         source: None,
         secrets: Secrets::default(),
+        cluster: Default::default(),
     }
 }
 

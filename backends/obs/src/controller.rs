@@ -13,6 +13,7 @@ use everest_backend::backend::{
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
+use everest_backend::marker::{self, Marker, Owner};
 use everest_backend::secrets::Secrets;
 use everest_backend::{BackendName, Error, Result, VolumeId};
 
@@ -24,20 +25,16 @@ use crate::s3::S3;
 use crate::volume::{ObsVolume, OnDelete, bucket_for_request, prefix_for_request, short_hash};
 use crate::{CAPABILITIES, check_capability, context};
 
-/// The bucket tag (and, as `everest-created-by`, the marker object's metadata) that says
-/// Everest made it: what DeleteVolume requires before it removes anything.
-pub const CREATED_BY_TAG: &str = "everest.io/created-by";
+/// The marker key that says Everest made a bucket or prefix: what DeleteVolume requires before
+/// it removes anything. The rest of the marker (cluster, instance, PV/PVC) is
+/// [`everest_backend::marker`]'s; the same keys serve as bucket tags and as object metadata.
+pub const CREATED_BY_TAG: &str = marker::CREATED_BY_KEY;
 /// Its value.
-pub const CREATED_BY: &str = "everest";
+pub const CREATED_BY: &str = marker::CREATED_BY;
 /// The tag holding a hash of the request name and parameters it was made for.
-pub const PARAMS_TAG: &str = "everest.io/params";
+pub const PARAMS_TAG: &str = "everest-params";
 /// The tag recording the capacity asked for (recorded, not enforced).
-pub const CAPACITY_TAG: &str = "everest.io/capacity";
-
-/// Object metadata keys on a prefix volume's marker object `<prefix>/` (S3 lowercases them).
-const CREATED_BY_META: &str = "everest-created-by";
-const PARAMS_META: &str = "everest-params";
-const CAPACITY_META: &str = "everest-capacity";
+pub const CAPACITY_TAG: &str = "everest-capacity";
 
 /// The controller side of one `obs` instance.
 #[derive(Debug)]
@@ -58,9 +55,20 @@ struct Plan {
 
 /// The owner mark found on a bucket or marker object, in one shape.
 struct Mark<'a> {
-    created_by: Option<&'a str>,
+    owner: Owner,
     params: Option<&'a str>,
     capacity: Option<&'a str>,
+}
+
+impl<'a> Mark<'a> {
+    /// The mark in a bucket's tags or a marker object's metadata, seen from this instance.
+    fn read(tags: &'a BTreeMap<String, String>, req: &CreateVolume, backend: &BackendName) -> Self {
+        Self {
+            owner: Marker::owner(tags, &req.cluster, backend),
+            params: tags.get(PARAMS_TAG).map(String::as_str),
+            capacity: tags.get(CAPACITY_TAG).map(String::as_str),
+        }
+    }
 }
 
 impl ObsController {
@@ -165,11 +173,20 @@ impl ObsController {
                 .split_once('~')
                 .map_or("", |(_, r)| r)
         );
-        if mark.created_by != Some(CREATED_BY) {
-            return Err(Error::AlreadyExists(format!(
-                "volume {}: {what} already exists and was not made by Everest (it has no {CREATED_BY_TAG} mark); {static_hint}",
-                req.name
-            )));
+        match &mark.owner {
+            Owner::Ours(_) => {}
+            Owner::Foreign => {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {}: {what} already exists and was not made by Everest (it has no {CREATED_BY_TAG} mark); {static_hint}",
+                    req.name
+                )));
+            }
+            Owner::Elsewhere(m) => {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {}: {what} already exists and belongs to Everest backend {} of cluster {}, not to {} of cluster {}; {static_hint}",
+                    req.name, m.backend, m.cluster, self.name, req.cluster
+                )));
+            }
         }
         if mark.params != Some(plan.fingerprint.as_str()) {
             return Err(Error::AlreadyExists(format!(
@@ -204,39 +221,13 @@ impl ObsController {
                 .bucket_mark(c, bucket)
                 .await
                 .map_err(|e| foreign(e, &what))?;
-            return self.check_mark(
-                &what,
-                req,
-                plan,
-                Mark {
-                    created_by: tags.get(CREATED_BY_TAG).map(String::as_str),
-                    params: tags.get(PARAMS_TAG).map(String::as_str),
-                    capacity: tags.get(CAPACITY_TAG).map(String::as_str),
-                },
-            );
+            return self.check_mark(&what, req, plan, Mark::read(&tags, req, &self.name));
         }
         self.s3
             .create_bucket(c, bucket)
             .await
             .map_err(|e| foreign(e, &what))?;
-        let mut tags = BTreeMap::from([
-            (CREATED_BY_TAG.to_owned(), CREATED_BY.to_owned()),
-            (PARAMS_TAG.to_owned(), plan.fingerprint.clone()),
-            (
-                CAPACITY_TAG.to_owned(),
-                req.capacity.required_bytes.to_string(),
-            ),
-        ]);
-        let k8s = &req.common.k8s;
-        for (key, value) in [
-            ("everest.io/pv-name", &k8s.pv_name),
-            ("everest.io/pvc-name", &k8s.pvc_name),
-            ("everest.io/pvc-namespace", &k8s.pvc_namespace),
-        ] {
-            if let Some(v) = value {
-                tags.insert(key.to_owned(), v.clone());
-            }
-        }
+        let tags = self.mark(req, plan);
         if let Err(e) = self.s3.put_bucket_mark(c, bucket, &tags).await {
             // Unmarked, the bucket would look foreign to the retry: remove it (it is empty).
             if let Err(undo) = self.s3.delete_bucket(c, bucket).await {
@@ -264,16 +255,7 @@ impl ObsController {
         let marker = plan.volume.key_prefix();
         let what = format!("prefix {marker} in bucket {bucket}");
         if let Some(meta) = self.s3.object_metadata(c, bucket, &marker).await? {
-            return self.check_mark(
-                &what,
-                req,
-                plan,
-                Mark {
-                    created_by: meta.get(CREATED_BY_META).map(String::as_str),
-                    params: meta.get(PARAMS_META).map(String::as_str),
-                    capacity: meta.get(CAPACITY_META).map(String::as_str),
-                },
-            );
+            return self.check_mark(&what, req, plan, Mark::read(&meta, req, &self.name));
         }
         if self.s3.has_objects(c, bucket, &marker).await? {
             return self.check_mark(
@@ -281,24 +263,31 @@ impl ObsController {
                 req,
                 plan,
                 Mark {
-                    created_by: None,
+                    owner: Owner::Foreign,
                     params: None,
                     capacity: None,
                 },
             );
         }
-        let meta = BTreeMap::from([
-            (CREATED_BY_META.to_owned(), CREATED_BY.to_owned()),
-            (PARAMS_META.to_owned(), plan.fingerprint.clone()),
-            (
-                CAPACITY_META.to_owned(),
-                req.capacity.required_bytes.to_string(),
-            ),
-        ]);
+        let meta = self.mark(req, plan);
         // The marker is also the prefix's directory object, which s3fs shows as the mount's root.
         self.s3.put_marker(c, bucket, &marker, &meta).await?;
         tracing::info!(volume = %plan.volume, "prefix made");
         Ok(req.capacity.required_bytes)
+    }
+
+    /// The mark of a new bucket or prefix: Everest's marker (cluster, instance, PV/PVC), the
+    /// fingerprint of the request and the capacity asked for. All of it fits S3's tag limits
+    /// (3 of the 50 tags beyond the marker, values far below 256 characters) and, lowercase
+    /// and ASCII, object metadata as well.
+    fn mark(&self, req: &CreateVolume, plan: &Plan) -> BTreeMap<String, String> {
+        let mut tags = req.marker(&self.name).to_tags();
+        tags.insert(PARAMS_TAG.to_owned(), plan.fingerprint.clone());
+        tags.insert(
+            CAPACITY_TAG.to_owned(),
+            req.capacity.required_bytes.to_string(),
+        );
+        tags
     }
 
     /// Whether the bucket exists; one these keys may not even look at is someone else's.
@@ -318,7 +307,9 @@ impl ObsController {
             return Ok(());
         }
         let mark = self.s3.bucket_mark(c, bucket).await?;
-        if mark.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
+        // Any Everest marker will do: a changed cluster_id must not strand the volumes made
+        // under the old one. Only a bucket without one is refused.
+        if Marker::read(&mark).is_none() {
             return Err(not_made_by_us(vol, &format!("bucket {bucket}")));
         }
         let n = self.s3.delete_all(c, bucket, "", None).await?;
@@ -337,7 +328,7 @@ impl ObsController {
         let marker = vol.key_prefix();
         let what = format!("prefix {marker} in bucket {bucket}");
         match self.s3.object_metadata(c, bucket, &marker).await? {
-            Some(meta) if meta.get(CREATED_BY_META).map(String::as_str) == Some(CREATED_BY) => {}
+            Some(meta) if Marker::read(&meta).is_some() => {}
             Some(_) => return Err(not_made_by_us(vol, &what)),
             None if self.s3.has_objects(c, bucket, &marker).await? => {
                 return Err(not_made_by_us(vol, &what));
@@ -366,7 +357,7 @@ impl ObsController {
         }
         let mut tags = self.s3.bucket_mark(c, bucket).await?;
         // A bucket Everest did not make (a static volume) carries no record to change.
-        if tags.get(CREATED_BY_TAG).map(String::as_str) != Some(CREATED_BY) {
+        if Marker::read(&tags).is_none() {
             return Ok(bytes);
         }
         let before = tags
@@ -392,17 +383,17 @@ impl ObsController {
                 "volume {vol}: no prefix {marker} in bucket {bucket}"
             )));
         };
-        if meta.get(CREATED_BY_META).map(String::as_str) != Some(CREATED_BY) {
+        if Marker::read(&meta).is_none() {
             return Ok(bytes);
         }
         let before = meta
-            .get(CAPACITY_META)
+            .get(CAPACITY_TAG)
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         if bytes > before {
             // The marker is an empty object: rewritten whole, with the metadata s3fs keeps on
             // the directory (mode, owner) carried over.
-            meta.insert(CAPACITY_META.to_owned(), bytes.to_string());
+            meta.insert(CAPACITY_TAG.to_owned(), bytes.to_string());
             self.s3.put_marker(c, bucket, &marker, &meta).await?;
         }
         Ok(before)

@@ -133,7 +133,7 @@ impl S3 {
         }
     }
 
-    /// The mark Everest keeps on a bucket volume (tag keys such as `everest.io/created-by`;
+    /// The mark Everest keeps on a bucket volume (keys such as `everest-created-by`;
     /// none is an empty map): the bucket's tags, or on a service without bucket tagging (Garage
     /// answers NotImplemented) the metadata of the object named after the bucket in the mark
     /// bucket ([`mark_bucket`]), which no pod mounts, so no workload can delete it.
@@ -147,10 +147,7 @@ impl S3 {
         Ok(self
             .object_metadata(c, &self.mark_bucket, bucket)
             .await?
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| Some((tag_key(&k)?, v)))
-            .collect())
+            .unwrap_or_default())
     }
 
     /// Writes the mark [`S3::bucket_mark`] reads, replacing the one there.
@@ -164,12 +161,9 @@ impl S3 {
             return Ok(());
         }
         self.create_bucket(c, &self.mark_bucket).await?;
-        let metadata = mark
-            .iter()
-            .filter_map(|(k, v)| Some((metadata_key(k)?, v.clone())))
-            .collect();
-        self.put_marker(c, &self.mark_bucket, bucket, &metadata)
-            .await
+        // The mark's keys are lowercase ASCII (`everest-…`), so they serve as metadata keys as
+        // they are.
+        self.put_marker(c, &self.mark_bucket, bucket, mark).await
     }
 
     /// Removes a bucket volume's mark kept in the mark bucket (tags go with their bucket); one
@@ -414,20 +408,6 @@ pub fn mark_bucket(bucket_prefix: &str) -> String {
 /// A call the service does not implement (Garage has no bucket tagging).
 fn not_implemented<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
     e.code() == Some("NotImplemented") || status(e) == Some(501)
-}
-
-/// Object metadata cannot hold a tag key's `.` and `/`: `everest.io/created-by` is stored as
-/// `everest-created-by`. Keys of another shape are not ours to store.
-fn metadata_key(tag_key: &str) -> Option<String> {
-    tag_key
-        .strip_prefix("everest.io/")
-        .map(|k| format!("everest-{k}"))
-}
-
-/// The tag key [`metadata_key`] stored as `key` (S3 lowercases metadata keys).
-fn tag_key(key: &str) -> Option<String> {
-    key.strip_prefix("everest-")
-        .map(|k| format!("everest.io/{k}"))
 }
 
 fn status<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {

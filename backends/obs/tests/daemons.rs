@@ -201,10 +201,13 @@ async fn an_object_volume_goes_through_both_daemons() {
             .find(|t| t.key() == k)
             .map(|t| t.value().to_owned())
     };
-    assert_eq!(tag("everest.io/pv-name").as_deref(), Some("pvc-obj"));
-    assert_eq!(tag("everest.io/pvc-name").as_deref(), Some("claim-pvc-obj"));
-    assert_eq!(tag("everest.io/pvc-namespace").as_deref(), Some("default"));
-    assert_eq!(tag("everest.io/created-by").as_deref(), Some("everest"));
+    assert_eq!(tag("everest-pv-name").as_deref(), Some("pvc-obj"));
+    assert_eq!(tag("everest-pvc-name").as_deref(), Some("claim-pvc-obj"));
+    assert_eq!(tag("everest-pvc-namespace").as_deref(), Some("default"));
+    assert_eq!(tag("everest-created-by").as_deref(), Some("everest"));
+    // The controller's cluster (no cluster_id configured: `default`) and its instance.
+    assert_eq!(tag("everest-cluster").as_deref(), Some("default"));
+    assert_eq!(tag("everest-backend").as_deref(), Some("objects"));
     let got = admin
         .get_object()
         .bucket(&bucket)

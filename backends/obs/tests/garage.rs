@@ -114,6 +114,13 @@ async fn without_bucket_tagging_a_marker_object_tells_our_buckets_from_others() 
         meta.get("everest-capacity").map(String::as_str),
         Some("1073741824")
     );
+    // The whole marker is there, under the same keys as bucket tags.
+    assert_eq!(
+        meta.get("everest-backend").map(String::as_str),
+        Some("objects"),
+        "{meta:?}"
+    );
+    assert!(meta.contains_key("everest-cluster"), "{meta:?}");
     assert!(
         env.admin.keys(&bucket, "").await.is_empty(),
         "the volume's bucket is not empty"

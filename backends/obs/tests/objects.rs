@@ -15,6 +15,8 @@ use everest_backend::backend::{
 use everest_backend::capability::{AccessMode, AccessType, VolumeCapability};
 use everest_backend::capacity::CapacityRange;
 use everest_backend::host::LinuxHost;
+use everest_backend::marker::{self, ClusterId, Marker, Owner};
+use everest_backend::params::K8sMeta;
 use everest_backend::secrets::Secrets;
 use everest_obs::volume::bucket_for_request;
 use everest_obs::{ObsConfig, ObsController, ObsNode, context};
@@ -815,4 +817,91 @@ fn names_option(help: &str, mounter: everest_obs::mounter::Mounter, o: &str) -> 
             .match_indices(&format!("--{o}"))
             .any(|(i, m)| ends_name(&line[i + m.len()..])),
     })
+}
+
+/// A request as csi-provisioner sends it with `--extra-create-metadata`, from cluster `prod`.
+fn create_for_claim(name: &str, params: &[(&str, &str)]) -> CreateVolume {
+    let mut req = create(name, params);
+    req.cluster = ClusterId::new("prod").unwrap();
+    req.common.k8s = K8sMeta {
+        pv_name: Some(name.to_owned()),
+        pvc_name: Some(format!("claim.{name}")),
+        pvc_namespace: Some("shop".to_owned()),
+    };
+    req
+}
+
+#[tokio::test]
+async fn buckets_and_prefixes_carry_the_marker_and_another_clusters_are_refused() {
+    let Some(env) = Env::start() else { return };
+    let c = &env.controller;
+    let backend = BackendName::new("objects").unwrap();
+    let prod = ClusterId::new("prod").unwrap();
+
+    // Mode bucket: the marker is in the bucket's tags.
+    c.create_volume(&create_for_claim("pvc-m1", &[]))
+        .await
+        .unwrap();
+    let bucket = bucket_for_request("everest", "pvc-m1");
+    let tags: BTreeMap<String, String> = env
+        .admin
+        .get_bucket_tagging()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap()
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    let Owner::Ours(mark) = Marker::owner(&tags, &prod, &backend) else {
+        panic!("bucket {bucket} is not marked as prod's: {tags:?}");
+    };
+    assert!(mark.is_for_pv("pvc-m1"));
+    assert_eq!(mark.pvc_name, Some(marker::encode("claim.pvc-m1")));
+    assert_eq!(mark.pvc_namespace.as_deref(), Some("shop"));
+
+    // Mode prefix: the marker is the metadata of the prefix's marker object.
+    env.admin
+        .create_bucket()
+        .bucket("shared-marks")
+        .send()
+        .await
+        .unwrap();
+    let shared = [
+        ("everest.io/obs-mode", "prefix"),
+        ("everest.io/obs-bucket", "shared-marks"),
+    ];
+    c.create_volume(&create_for_claim("pvc-m2", &shared))
+        .await
+        .unwrap();
+    let meta: BTreeMap<String, String> = env
+        .admin
+        .head_object()
+        .bucket("shared-marks")
+        .key("pvc-m2/")
+        .send()
+        .await
+        .unwrap()
+        .metadata()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let Owner::Ours(mark) = Marker::owner(&meta, &prod, &backend) else {
+        panic!("prefix pvc-m2/ is not marked as prod's: {meta:?}");
+    };
+    assert!(mark.is_for_pv("pvc-m2"));
+
+    // The same name from another cluster (one cloud account, two clusters, one bucket_prefix)
+    // is not taken over: ALREADY_EXISTS naming whose it is.
+    for (name, params) in [("pvc-m1", &[][..]), ("pvc-m2", &shared[..])] {
+        let mut other = create_for_claim(name, params);
+        other.cluster = ClusterId::new("staging").unwrap();
+        assert_code(
+            c.create_volume(&other).await,
+            Code::AlreadyExists,
+            "of cluster prod",
+        );
+    }
 }

@@ -13,11 +13,13 @@ use everest_backend::backend::{
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
+use everest_backend::marker::{Marker, Owner};
 use everest_backend::secrets::Secrets;
 use everest_backend::{BackendName, Error, Result};
 
 use crate::config::SfsConfig;
 use crate::dirs::{DirAttrs, Directories};
+use crate::marks;
 use crate::params::{ModeParams, Modes, SubdirParams};
 use crate::shares::Shares;
 use crate::volume::{DirVolume, FileVolume, OnDelete};
@@ -92,10 +94,64 @@ impl SfsController {
             uid: params.uid,
             gid: params.gid,
         };
-        let made = self.dirs()?.make_dir(&[vol.path.as_str()], attrs).await?;
+        let dirs = self.dirs()?;
+        self.claim_dir(dirs.as_ref(), req, &vol).await?;
+        let made = dirs.make_dir(&[vol.path.as_str()], attrs).await?;
         tracing::debug!(volume = %vol, made, "directory volume ready");
         // Capacity is recorded, not enforced: a directory has no size of its own.
         self.to_csi(&vol, req.capacity.required_bytes)
+    }
+
+    /// Makes sure the mark of `vol` is this request's before its directory is made (see
+    /// [`marks`]): an existing mark must be this cluster's and instance's; without one, a
+    /// directory already there is someone else's, and otherwise the mark is written only if
+    /// no concurrent call wrote it first (then that one is read and checked).
+    async fn claim_dir(
+        &self,
+        dirs: &dyn Directories,
+        req: &CreateVolume,
+        vol: &DirVolume,
+    ) -> Result<()> {
+        let mark_name = marks::mark_name(&vol.path);
+        let mark = [marks::MARK_DIR, mark_name.as_str()];
+        let content = marks::render(&req.marker(&self.name).to_tags());
+        // Twice at most: a mark that a racing call wrote between the read and the write is
+        // read on the second round.
+        for _ in 0..2 {
+            match dirs.read_file(&mark).await? {
+                Some(found) => {
+                    return match Marker::owner(&marks::parse(&found), &req.cluster, &self.name) {
+                        Owner::Ours(_) => Ok(()),
+                        Owner::Elsewhere(m) => Err(Error::AlreadyExists(format!(
+                            "volume {}: directory {} belongs to Everest backend {} of cluster {}, not to {} of cluster {}; choose another volume name",
+                            req.name, vol.path, m.backend, m.cluster, self.name, req.cluster
+                        ))),
+                        Owner::Foreign => Err(Error::AlreadyExists(format!(
+                            "volume {}: {}/{mark_name} on the NFS server is not a mark Everest wrote; remove it by hand",
+                            req.name,
+                            marks::MARK_DIR
+                        ))),
+                    };
+                }
+                None => {
+                    if dirs.exists(&[vol.path.as_str()]).await? {
+                        return Err(Error::AlreadyExists(format!(
+                            "volume {}: directory {} already exists on the NFS server and Everest did not make it; choose another volume name, or provision it statically",
+                            req.name, vol.path
+                        )));
+                    }
+                    dirs.make_dir(&[marks::MARK_DIR], marks::MARK_DIR_ATTRS)
+                        .await?;
+                    if dirs.write_file(&mark, &content, true).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Err(Error::Aborted(format!(
+            "volume {}: the mark of directory {} keeps changing; retry",
+            req.name, vol.path
+        )))
     }
 
     fn to_csi(&self, vol: &DirVolume, capacity_bytes: u64) -> Result<Volume> {
@@ -157,10 +213,22 @@ impl ControllerBackend for SfsController {
             FileVolume::Share(share) => self.shares()?.delete(&share).await,
             FileVolume::Dir(vol) => {
                 let path: Vec<&str> = vol.components().collect();
+                let dirs = self.dirs()?;
+                let mark_name = marks::mark_name(&vol.path);
+                let mark = [marks::MARK_DIR, mark_name.as_str()];
+                // The mark goes (or moves) after its directory, so an interrupted delete is
+                // still recognised as Everest's when it is retried.
                 match vol.on_delete {
                     OnDelete::Retain => Ok(()),
-                    OnDelete::Delete => self.dirs()?.remove_tree(&path).await,
-                    OnDelete::Archive => self.dirs()?.rename(&path, &archived(&vol.path)).await,
+                    OnDelete::Delete => {
+                        dirs.remove_tree(&path).await?;
+                        dirs.remove_tree(&mark).await
+                    }
+                    OnDelete::Archive => {
+                        let to = archived(&vol.path);
+                        dirs.rename(&path, &to).await?;
+                        dirs.rename(&mark, &marks::mark_name(&to)).await
+                    }
                 }
             }
         }
@@ -227,6 +295,8 @@ mod tests {
     struct MemDirs {
         dirs: Mutex<BTreeMap<String, DirAttrs>>,
         plain_files: Mutex<Vec<String>>,
+        /// Files written by the controller (the marks), by path.
+        files: Mutex<BTreeMap<String, Vec<u8>>>,
     }
 
     #[async_trait]
@@ -248,14 +318,38 @@ mod tests {
         }
         async fn remove_tree(&self, path: &[&str]) -> Result<()> {
             self.dirs.lock().unwrap().remove(&path.join("/"));
+            self.files.lock().unwrap().remove(&path.join("/"));
             Ok(())
         }
         async fn rename(&self, path: &[&str], new_name: &str) -> Result<()> {
+            let mut to = path[..path.len() - 1].to_vec();
+            to.push(new_name);
             let mut d = self.dirs.lock().unwrap();
             if let Some(a) = d.remove(&path.join("/")) {
-                d.insert(new_name.to_owned(), a);
+                d.insert(to.join("/"), a);
+            }
+            let mut f = self.files.lock().unwrap();
+            if let Some(c) = f.remove(&path.join("/")) {
+                f.insert(to.join("/"), c);
             }
             Ok(())
+        }
+        async fn write_file(&self, path: &[&str], content: &[u8], exclusive: bool) -> Result<bool> {
+            let mut files = self.files.lock().unwrap();
+            if exclusive && files.contains_key(&path.join("/")) {
+                return Ok(false);
+            }
+            files.insert(path.join("/"), content.to_vec());
+            Ok(true)
+        }
+        async fn exists(&self, path: &[&str]) -> Result<bool> {
+            let p = path.join("/");
+            Ok(self.dirs.lock().unwrap().contains_key(&p)
+                || self.files.lock().unwrap().contains_key(&p)
+                || self.plain_files.lock().unwrap().contains(&p))
+        }
+        async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>> {
+            Ok(self.files.lock().unwrap().get(&path.join("/")).cloned())
         }
         async fn check(&self) -> Result<()> {
             Ok(())
@@ -304,7 +398,8 @@ mod tests {
         c.delete_volume("d~pvc-1", &Secrets::default())
             .await
             .unwrap();
-        assert!(dirs.dirs.lock().unwrap().is_empty());
+        assert!(!dirs.dirs.lock().unwrap().contains_key("pvc-1"));
+        assert!(dirs.files.lock().unwrap().is_empty(), "the mark went too");
         // Deleting again, or an ID that is not ours: success.
         c.delete_volume("d~pvc-1", &Secrets::default())
             .await
@@ -329,6 +424,55 @@ mod tests {
             .await
             .unwrap();
         assert!(dirs.dirs.lock().unwrap().contains_key("archived-pvc-3"));
+        // Marks follow their directories: kept, moved with the archive.
+        let files: Vec<String> = dirs.files.lock().unwrap().keys().cloned().collect();
+        assert_eq!(files, [".everest/archived-pvc-3", ".everest/pvc-2"]);
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_marked_beside_itself_and_only_its_own_is_taken() {
+        let (dirs, c) = controller();
+        let mut req = create("pvc-m", &[]);
+        req.common.k8s.pvc_name = Some("data".into());
+        c.create_volume(&req).await.unwrap();
+        let mark = dirs.files.lock().unwrap()[".everest/pvc-m"].clone();
+        let tags = marks::parse(&mark);
+        let m = Marker::read(&tags).expect("a marker");
+        assert_eq!((m.cluster.as_str(), m.backend.as_str()), ("default", "nfs"));
+        assert_eq!(m.pvc_name.as_deref(), Some("data"));
+        // Out of the pods' reach: not inside the volume's directory, and private.
+        assert_eq!(dirs.dirs.lock().unwrap()[".everest"].mode, 0o700);
+        // Again: the same volume.
+        c.create_volume(&req).await.unwrap();
+
+        // Another cluster asking for the same name: refused, its mark left as it was.
+        let mut other = req.clone();
+        other.cluster = everest_backend::marker::ClusterId::new("staging").unwrap();
+        let err = c.create_volume(&other).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("of cluster default"), "{err}");
+        assert_eq!(dirs.files.lock().unwrap()[".everest/pvc-m"], mark);
+
+        // A directory someone made by hand, unmarked: not claimed, and no mark is left on it.
+        dirs.dirs.lock().unwrap().insert(
+            "pvc-hand".into(),
+            DirAttrs {
+                mode: 0o777,
+                uid: None,
+                gid: None,
+            },
+        );
+        let err = c.create_volume(&create("pvc-hand", &[])).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("Everest did not make it"), "{err}");
+        assert!(!dirs.files.lock().unwrap().contains_key(".everest/pvc-hand"));
+        // A file in the mark's place that is not a mark: refused, not overwritten.
+        dirs.files
+            .lock()
+            .unwrap()
+            .insert(".everest/pvc-junk".into(), b"junk".to_vec());
+        let err = c.create_volume(&create("pvc-junk", &[])).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
     }
 
     #[tokio::test]

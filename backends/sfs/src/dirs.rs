@@ -14,6 +14,8 @@ use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::tokio::TokioConnector;
 use nfs3_client::{Nfs3Connection, Nfs3ConnectionBuilder};
 
+mod files;
+
 /// Who owns a new directory and its permission bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirAttrs {
@@ -62,9 +64,22 @@ pub trait Directories: Send + Sync + Debug {
     async fn remove_tree(&self, path: &[&str]) -> Result<()>;
     /// Renames the last component of `path` to `new_name` in the same parent; gone is success.
     async fn rename(&self, path: &[&str], new_name: &str) -> Result<()>;
+    /// Writes `content` as the whole of the regular file `path` (its parent must exist),
+    /// made with mode 0600 when new. With `exclusive`, only a new file is written: `false`
+    /// when it exists already (the server decides, so of racing callers exactly one wins).
+    async fn write_file(&self, path: &[&str], content: &[u8], exclusive: bool) -> Result<bool>;
+    /// Whether anything named `path` exists.
+    async fn exists(&self, path: &[&str]) -> Result<bool>;
+    /// The content of the regular file `path` (at most [`MAX_FILE`] bytes); `None` when it
+    /// does not exist.
+    async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>>;
     /// Whether the server answers (mounts the export and finds the base directory).
     async fn check(&self) -> Result<()>;
 }
+
+/// Most bytes [`Directories::read_file`] reads: the files it serves (volume marks) are a few
+/// hundred bytes, and a bound keeps a replaced file from filling the controller's memory.
+pub const MAX_FILE: u32 = 64 * 1024;
 
 /// Deepest tree [`Directories::remove_tree`] walks: volumes are not that deep, and a bound
 /// keeps a hostile or looping tree from running the controller out of stack.
@@ -465,6 +480,36 @@ impl Directories for Nfs3Directories {
             renamed
         })
         .await
+    }
+
+    async fn write_file(&self, path: &[&str], content: &[u8], exclusive: bool) -> Result<bool> {
+        let (mut conn, base) = self.connect().await?;
+        let written = self
+            .write_file_on(&mut conn, base, path, content, exclusive)
+            .await;
+        self.release(conn).await;
+        written
+    }
+
+    async fn exists(&self, path: &[&str]) -> Result<bool> {
+        let (mut conn, base) = self.connect().await?;
+        let found = match self.parent(&mut conn, base, path).await {
+            Ok(Some(parent)) => {
+                let last = path.last().copied().unwrap_or_default();
+                lookup(&mut conn, &parent, last).await.map(|f| f.is_some())
+            }
+            Ok(None) => Ok(false),
+            Err(e) => Err(e),
+        };
+        self.release(conn).await;
+        found
+    }
+
+    async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>> {
+        let (mut conn, base) = self.connect().await?;
+        let read = self.read_file_on(&mut conn, base, path).await;
+        self.release(conn).await;
+        read
     }
 
     async fn check(&self) -> Result<()> {

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod controller;
 pub mod dirs;
+pub mod marks;
 pub mod node;
 pub mod params;
 pub mod shares;
@@ -108,7 +109,7 @@ pub fn controller_from_config(
             .map_err(|e| {
                 Error::InvalidArgument(format!("backend {name} (kind sfs): mode share: {e}"))
             })?;
-            Some(shares::Shares::new(client, share, name.as_str()))
+            Some(shares::Shares::new(client, share, name.clone()))
         }
         None => None,
     };

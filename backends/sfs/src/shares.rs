@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use everest_backend::backend::{CreateVolume, Expanded, Volume};
 use everest_backend::capacity::{CapacityRange, GIB};
-use everest_backend::{Error, Result};
+use everest_backend::marker::{Marker, Owner, SFS_TURBO_TAGS};
+use everest_backend::{BackendName, Error, Result};
 
 use crate::EXPORT_CONTEXT_KEY;
 use crate::config::ShareConfig;
@@ -18,8 +19,8 @@ use crate::turbo::{
 };
 use crate::volume::{OnDelete, ShareVolume};
 
-/// The description of every share Everest creates. The API does not show it back, so it cannot
-/// tell Everest's shares from others of the same name: that needs tags (a later change).
+/// The description of every share Everest creates, for people reading the console. The API
+/// does not show it back: what tells Everest's shares apart is the marker in the share's tags.
 const DESCRIPTION: &str = "Kubernetes volume provisioned by Everest: ";
 
 /// The SFS Turbo side of one `sfs` instance.
@@ -27,8 +28,8 @@ const DESCRIPTION: &str = "Kubernetes volume provisioned by Everest: ";
 pub struct Shares {
     client: ShareClient,
     config: ShareConfig,
-    /// The instance name, for messages.
-    backend: String,
+    /// The instance name, for messages and the marker.
+    backend: BackendName,
 }
 
 /// The share name for a CreateVolume name: the name itself when the API takes it (4–64
@@ -51,11 +52,33 @@ pub fn share_name(request_name: &str) -> String {
 
 impl Shares {
     /// Shares through `client`, placed as `config` says.
-    pub fn new(client: ShareClient, config: ShareConfig, backend: &str) -> Self {
+    pub fn new(client: ShareClient, config: ShareConfig, backend: BackendName) -> Self {
         Self {
             client,
             config,
-            backend: backend.to_owned(),
+            backend,
+        }
+    }
+
+    /// Marks the share as Everest's, or checks the mark a found share carries. SFS Turbo takes
+    /// tags only after a share exists, so a controller that died between the two calls leaves
+    /// an unmarked share under the volume's own name: that one is taken as ours and marked now
+    /// (the name is `pvc-<uid>`, which nobody else picks). A share marked by another cluster or
+    /// instance is never taken.
+    async fn mark(&self, req: &CreateVolume, id: &str, name: &str) -> Result<()> {
+        let found = self.client.tags(id).await?.unwrap_or_default();
+        match Marker::owner(&found, &req.cluster, &self.backend) {
+            Owner::Elsewhere(m) => Err(Error::AlreadyExists(format!(
+                "share {name} ({id}) belongs to Everest backend {} of cluster {}, not to {} of cluster {}; choose another volume name",
+                m.backend, m.cluster, self.backend, req.cluster
+            ))),
+            Owner::Ours(m) if m == req.marker(&self.backend) => Ok(()),
+            Owner::Ours(_) | Owner::Foreign => {
+                let tags = req
+                    .marker(&self.backend)
+                    .with_user_tags(&BTreeMap::new(), &SFS_TURBO_TAGS)?;
+                Ok(self.client.add_tags(id, &tags).await?)
+            }
         }
     }
 
@@ -78,14 +101,26 @@ impl Shares {
         let id = match existing {
             Some(share) if share.is_failed() => {
                 // A creation that failed and was not cleaned up (the controller died waiting):
-                // it holds no data, so remove it; the provisioner's retry creates it anew.
+                // it holds no data, so remove it; the provisioner's retry creates it anew. Not
+                // one another cluster's Everest made, though: that one is left to it.
+                let found = self.client.tags(&share.id).await?.unwrap_or_default();
+                if let Owner::Elsewhere(m) = Marker::owner(&found, &req.cluster, &self.backend) {
+                    return Err(Error::AlreadyExists(format!(
+                        "share {name} ({}) belongs to Everest backend {} of cluster {}; choose another volume name",
+                        share.id, m.backend, m.cluster
+                    )));
+                }
                 self.client.delete(&share.id).await?;
                 return Err(Error::Unavailable(format!(
                     "share {name} ({}) had failed (status {}) and is being deleted; CreateVolume will create it anew when retried",
                     share.id, share.status
                 )));
             }
-            Some(share) => reuse(&name, share, &req.capacity, &share_type)?,
+            Some(share) => {
+                let id = reuse(&name, share, &req.capacity, &share_type)?;
+                self.mark(req, &id, &name).await?;
+                id
+            }
             None => {
                 let mut metadata = BTreeMap::new();
                 if let Some(key) = &params.crypt_key_id {
@@ -105,7 +140,11 @@ impl Shares {
                     metadata,
                 };
                 match self.client.create(&new).await {
-                    Ok(accepted) => accepted.id,
+                    // Marked at once, so the window in which it is unmarked stays short.
+                    Ok(accepted) => {
+                        self.mark(req, &accepted.id, &name).await?;
+                        accepted.id
+                    }
                     // Created meanwhile by a concurrent call for the same name: take that one.
                     Err(e) if e.code() == Some("SFS.TURBO.0009") => {
                         let share = self.client.find_by_name(&name).await?.ok_or_else(|| {
@@ -113,7 +152,9 @@ impl Shares {
                                 "share {name} was being created by another call and is gone again; retry"
                             ))
                         })?;
-                        reuse(&name, share, &req.capacity, &new.share_type)?
+                        let id = reuse(&name, share, &req.capacity, &new.share_type)?;
+                        self.mark(req, &id, &name).await?;
+                        id
                     }
                     Err(e) => return Err(e.into()),
                 }

@@ -111,7 +111,7 @@ pub struct NewShare {
     /// Free text.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub description: String,
-    /// e.g. `crypt_key_id`, and the marker saying Everest made it.
+    /// e.g. `crypt_key_id` (only the keys the API defines: the marker goes in tags).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
 }
@@ -121,6 +121,20 @@ pub struct NewShare {
 pub struct Accepted {
     /// The new share's UUID.
     pub id: String,
+}
+
+/// One share tag on the wire.
+#[derive(Debug, Deserialize, Serialize)]
+struct ShareTag {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    #[serde(default, deserialize_with = "lenient::null_default")]
+    tags: Vec<ShareTag>,
 }
 
 #[derive(Deserialize)]
@@ -211,6 +225,60 @@ impl ShareClient {
                 return Ok(None);
             }
         }
+    }
+
+    /// The share's tags (`GET /v1/{project}/sfs-turbo/{id}/tags`); `None` when the share is gone.
+    pub async fn tags(&self, id: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let call = Call::new(
+            Service::SfsTurbo,
+            "show_share_tags",
+            Method::GET,
+            self.tags_path(id, false),
+        );
+        match self.cloud.execute(&call).await {
+            Ok(reply) => {
+                let list: TagList = reply.json(&call)?;
+                Ok(Some(
+                    list.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+                ))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds `tags` to the share, replacing the values of keys it has (the call is idempotent).
+    pub async fn add_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        let list: Vec<ShareTag> = tags
+            .iter()
+            .map(|(k, v)| ShareTag {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect();
+        let call = Call::new(
+            Service::SfsTurbo,
+            "batch_add_share_tags",
+            Method::POST,
+            self.tags_path(id, true),
+        )
+        .json(&serde_json::json!({"action": "create", "tags": list}))?;
+        self.cloud.execute(&call).await.map(|_| ())
+    }
+
+    /// Tags live beside, not under, `shares`: `/v1/{project}/sfs-turbo/{id}/tags[/action]`.
+    fn tags_path(&self, id: &str, action: bool) -> Vec<String> {
+        let mut path = vec![
+            "v1".to_owned(),
+            self.cloud.project_id().to_owned(),
+            "sfs-turbo".to_owned(),
+            id.to_owned(),
+            "tags".to_owned(),
+        ];
+        if action {
+            path.push("action".to_owned());
+        }
+        path
     }
 
     /// Starts deleting a share; `false` when it is already gone.

@@ -13,6 +13,8 @@ use everest_backend::BackendName;
 use everest_backend::backend::{ControllerBackend, ControllerPublish, CreateVolume};
 use everest_backend::capability::{AccessMode, VolumeCapability};
 use everest_backend::capacity::{CapacityRange, GIB};
+use everest_backend::marker::{self, ClusterId, Marker, Owner};
+use everest_backend::params::K8sMeta;
 use everest_backend::secrets::Secrets;
 use everest_testsupport::nfs::{NfsServer, ShareCloud, skip_unless_nfs_server};
 
@@ -342,4 +344,78 @@ fn faults_on_the_share_api_cost_retries_and_leak_nothing() {
         Vec::<String>::new(),
         "a share leaked"
     );
+}
+
+/// A CreateVolume as csi-provisioner sends it with `--extra-create-metadata`, from `cluster`.
+fn create_for_claim(name: &str, cluster: &str) -> CreateVolume {
+    let mut req = create(name, 1, &[]);
+    req.cluster = ClusterId::new(cluster).unwrap();
+    req.common.k8s = K8sMeta {
+        pv_name: Some(name.to_owned()),
+        pvc_name: Some(format!("claim.{name}")),
+        pvc_namespace: Some("shop".to_owned()),
+    };
+    req
+}
+
+#[test]
+fn a_share_carries_the_marker_and_another_clusters_share_is_not_taken() {
+    if skip_unless_nfs_server() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
+    let cloud = ShareCloud::start(&server, &["--job-latency-ms", "50"]).expect("the emulator");
+    let controller = controller(&cloud, serde_json::json!({}));
+    let api = share_client(&cloud);
+    let backend = BackendName::new("sfs-turbo").unwrap();
+    let prod = ClusterId::new("prod").unwrap();
+    server.block_on_inside(async {
+        let made = controller
+            .create_volume(&create_for_claim("pvc-tagged", "prod"))
+            .await
+            .expect("CreateVolume");
+        let share = api
+            .find_by_name("pvc-tagged")
+            .await
+            .unwrap()
+            .expect("the share");
+        let tags = api
+            .tags(&share.id)
+            .await
+            .unwrap()
+            .expect("the share's tags");
+        let Owner::Ours(mark) = Marker::owner(&tags, &prod, &backend) else {
+            panic!("share {} is not marked as prod's: {tags:?}", share.id);
+        };
+        assert!(mark.is_for_pv("pvc-tagged"), "{mark:?}");
+        assert_eq!(mark.pvc_name, Some(marker::encode("claim.pvc-tagged")));
+        assert_eq!(mark.pvc_namespace.as_deref(), Some("shop"));
+        // The retry of the same request finds its own share and leaves the marker as it is.
+        assert_eq!(
+            controller
+                .create_volume(&create_for_claim("pvc-tagged", "prod"))
+                .await
+                .unwrap(),
+            made
+        );
+        assert_eq!(api.tags(&share.id).await.unwrap().unwrap(), tags);
+
+        // Another cluster sharing the project asks for the same name: refused, not taken over.
+        let err = controller
+            .create_volume(&create_for_claim("pvc-tagged", "staging"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("of cluster prod"), "{err}");
+        assert_eq!(api.tags(&share.id).await.unwrap().unwrap(), tags);
+
+        controller
+            .delete_volume(&made.native_id, &Secrets::default())
+            .await
+            .expect("DeleteVolume");
+        gone(&api, "pvc-tagged").await;
+    });
+    drop(cloud);
+    drop(server);
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use everest_backend::BackendName;
 use everest_backend::backend::CreateVolume;
 use everest_backend::capability::{AccessMode, VolumeCapability};
+use everest_backend::marker::{ClusterId, Marker, Owner};
 use everest_backend::secrets::Secrets;
 use everest_testsupport::nfs::{NfsServer, skip_unless_nfs_server};
 
@@ -16,7 +17,10 @@ const PSEUDO: &str = "/exports";
 
 fn create(name: &str, params: &[(&str, &str)]) -> CreateVolume {
     let cap = VolumeCapability::mount(AccessMode::MultiNodeMultiWriter, &[]);
-    CreateVolume::for_test(name, 1 << 30, cap, params)
+    let mut req = CreateVolume::for_test(name, 1 << 30, cap, params);
+    // As csi-provisioner sends it with --extra-create-metadata.
+    req.common.k8s.pv_name = Some(name.to_owned());
+    req
 }
 
 #[test]
@@ -110,6 +114,15 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
             .create_volume(&create("pvc-old", &[("everest.io/on-delete", "archive")]))
             .await
             .unwrap();
+        // A directory someone made by hand under a volume's name is not taken over.
+        std::fs::create_dir(base.join("pvc-theirs")).unwrap();
+        let err = controller
+            .create_volume(&create("pvc-theirs", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+        assert!(!base.join(".everest/pvc-theirs").exists());
+        std::fs::remove_dir(base.join("pvc-theirs")).unwrap();
         for bad in ["../escape", "a/b", ".hidden"] {
             let err = controller
                 .create_volume(&create(bad, &[]))
@@ -130,6 +143,28 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
     assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
     assert_eq!((meta.uid(), meta.gid()), (1000, 2000));
     assert!(!root.path().join("escape").exists() && !base.join("a").exists());
+
+    // The marker is beside the volume, in a private directory no pod mounts, not in the volume.
+    let marks = base.join(".everest");
+    assert_eq!(
+        std::fs::metadata(&marks).unwrap().permissions().mode() & 0o7777,
+        0o700
+    );
+    let mark = std::fs::read(marks.join("pvc-1")).expect("the mark of pvc-1");
+    let tags = everest_sfs::marks::parse(&mark);
+    let Owner::Ours(m) = Marker::owner(
+        &tags,
+        &ClusterId::default(),
+        &BackendName::new("nfs-home").unwrap(),
+    ) else {
+        panic!("pvc-1 is not marked as this cluster's: {tags:?}");
+    };
+    assert!(m.is_for_pv("pvc-1"), "{m:?}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "the volume's own directory holds nothing of Everest's"
+    );
 
     // A file written into the volume over NFS lands in its directory; a tree under it too.
     let payload = root.path().join("payload.txt");
@@ -164,6 +199,13 @@ fn directories_are_made_written_and_removed_over_nfs_without_a_mount() {
         "retain removed the directory"
     );
     assert!(base.join("archived-pvc-old").is_dir() && !base.join("pvc-old").exists());
+    // Marks go with their directories: removed, kept, or moved with the archive.
+    let mut left: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["archived-pvc-old", "pvc-kept"]);
     assert_eq!(nfs_mounts(), mounts_before, "the controller mounted NFS");
     // Where the kernel has no NFS client at all (these machines), working is itself the proof
     // that no kernel mount was involved.

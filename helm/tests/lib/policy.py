@@ -302,8 +302,15 @@ def cmd_expect(combo, rendered):
     for k in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         if bool(objects(docs, k)) != (k in monitors):
             problems.append(f"{k} should {'' if k in monitors else 'not '}be there")
-    if "default-fstype" in {f.lstrip("-") for f in flags(docs, "csi-provisioner")}:
+    provisioner = {f.lstrip("-") for f in flags(docs, "csi-provisioner")}
+    if "default-fstype" in provisioner:
         problems.append("csi-provisioner has --default-fstype, which overrides every backend's default_fs_type")
+    # Without it the provisioner sends no PV/PVC names, and no volume's marker says whose it is.
+    if "extra-create-metadata" not in provisioner:
+        problems.append("csi-provisioner lacks --extra-create-metadata, so volumes are not tagged with their PV and PVC")
+    toml = "".join(d.get("data", {}).get("everest.toml", "") for d in objects(docs, "ConfigMap").values())
+    if "[controller]" not in toml or "cluster_id = " not in toml:
+        problems.append("the daemon configuration sets no [controller] cluster_id, so markers name the cluster 'default'")
     if problems:
         fail("\n  ".join([f"{combo}: the rendering is not what these values ask for:"] + problems))
     print(f"ok  {combo}: classes {sorted(classes)}, attach={attach}, fsGroupPolicy={fsgroup}, snapshots={snaps}, monitors {sorted(monitors)}")

@@ -114,6 +114,10 @@ pub struct ControllerSection {
     /// The kubeconfig file read when `kubernetes = "kubeconfig"`; only allowed then.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+    /// The cluster named in the marker on every volume this controller creates (see
+    /// `docs/tags.md`); `default` when unset, the release name in the chart.
+    #[serde(default)]
+    pub cluster_id: crate::marker::ClusterId,
 }
 
 /// How the controller reaches the Kubernetes API; it asks it only for the PVC of a CreateVolume
@@ -136,6 +140,7 @@ impl Default for ControllerSection {
             backend_check_seconds: default_backend_check_seconds(),
             kubernetes: KubernetesAccess::default(),
             kubeconfig: None,
+            cluster_id: crate::marker::ClusterId::default(),
         }
     }
 }
@@ -579,6 +584,24 @@ device_wait_seconds = 30
         }
         let (_dir, args) = file("[controller]\nkubernetes = \"incluster\"");
         assert!(ControllerConfig::load(&args, env(&[])).is_err());
+    }
+
+    #[test]
+    fn cluster_id_defaults_and_is_checked() {
+        let cfg = ControllerConfig::load(&CommonArgs::default(), env(&[])).unwrap();
+        assert_eq!(cfg.controller.cluster_id.as_str(), "default");
+        let (_dir, args) = file("[controller]\ncluster_id = \"prod-eu\"");
+        let cfg = ControllerConfig::load(&args, env(&[])).unwrap();
+        assert_eq!(cfg.controller.cluster_id.as_str(), "prod-eu");
+        let cfg = ControllerConfig::load(
+            &CommonArgs::default(),
+            env(&[("EVEREST_CONTROLLER__CLUSTER_ID", "staging")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.controller.cluster_id.as_str(), "staging");
+        let (_dir, args) = file("[controller]\ncluster_id = \"Prod EU\"");
+        let err = ControllerConfig::load(&args, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("cluster ID"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use everest_backend::backend::{
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::{CapacityRange, GIB};
+use everest_backend::marker::EVS_TAGS;
 use everest_backend::params::FSTYPE_KEY;
 use everest_backend::secrets::Secrets;
 use everest_backend::snapshot::{
@@ -445,20 +446,12 @@ impl ControllerBackend for EvsController {
             metadata.insert(ENCRYPTED_KEY.into(), "1".into());
             metadata.insert(CMK_ID_KEY.into(), kms.clone());
         }
-        let mut tags = params.tag_map()?;
-        let k8s = &req.common.k8s;
-        for (key, value) in [
-            ("kubernetes.io/created-for/pv/name", &k8s.pv_name),
-            ("kubernetes.io/created-for/pvc/name", &k8s.pvc_name),
-            (
-                "kubernetes.io/created-for/pvc/namespace",
-                &k8s.pvc_namespace,
-            ),
-        ] {
-            if let Some(v) = value {
-                tags.insert(key.to_owned(), v.clone());
-            }
-        }
+        // Everest's marker (cluster, instance, PV/PVC) and the StorageClass's own tags, within
+        // what the EVS tag API takes; a StorageClass tag it would refuse fails here, by name.
+        let tags = req
+            .marker(&self.name)
+            .with_user_tags(&params.tag_map()?, &EVS_TAGS)
+            .map_err(|e| e.context("StorageClass parameter everest.io/disk-tags"))?;
         let volume_type = match &restore {
             Some(r) => r.volume_type.clone(),
             None => params
