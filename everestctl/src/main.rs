@@ -1,0 +1,137 @@
+//! `everestctl`: the command line. Parsing and printing only; the work is in the library.
+//!
+//! Exit status: 0 when all is well, 1 on an error, 3 when the command finished but something
+//! needs attention (volumes not migrated, attachments that disagree).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use everestctl::cluster::Cluster;
+use everestctl::migration::{self, Options, Snapshot};
+use everestctl::output::{self, Format};
+use everestctl::status::{self, ClusterView};
+use everestctl::targets::{KindValue, Targets};
+use everestctl::{DEFAULT_DRIVER_NAME, Error, apply, cloud};
+
+/// Operate Everest in a cluster: migrate from CCE's FlexVolume drivers, compare the cluster
+/// with the cloud.
+#[derive(Debug, Parser)]
+#[command(name = "everestctl", version)]
+struct Cli {
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// The CSI driver name Everest is registered under.
+    #[arg(long, global = true, default_value = DEFAULT_DRIVER_NAME)]
+    driver_name: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Move volumes from other drivers to Everest.
+    Migrate {
+        #[command(subcommand)]
+        from: MigrateFrom,
+    },
+    /// Volumes and attachments per backend and node, cluster and cloud side by side.
+    Status {
+        /// The daemons' configuration file (the controller's), for the cloud side.
+        #[arg(long, env = "EVEREST_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateFrom {
+    /// PVs of Huawei CCE's FlexVolume drivers (fuxivol, fuxiefs, fuxiobs; fuxinfs is reported).
+    Flexvolume(FlexvolumeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FlexvolumeArgs {
+    /// Carry the plan out (without it, only print it).
+    #[arg(long)]
+    apply: bool,
+    /// The backend instance for a kind, e.g. `evs=evs-default` (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    backend: Vec<KindValue>,
+    /// An Everest StorageClass whose backend instance a kind goes to, e.g. `obs=everest-obs`.
+    #[arg(long, value_delimiter = ',')]
+    storage_class: Vec<KindValue>,
+    /// The Secret (`namespace/name`) with the object storage keys the node stages OBS volumes with.
+    #[arg(long)]
+    obs_secret: Option<String>,
+    /// Migrate claims that running pods use (their pods keep the old mount until restarted).
+    #[arg(long)]
+    force_in_use: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("everestctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command; `Ok(false)` when it finished but something needs attention.
+async fn run(cli: Cli) -> Result<bool, Error> {
+    let cluster = Cluster::connect(cli.kubeconfig.as_deref()).await?;
+    let mut out = std::io::stdout().lock();
+    let mut progress = std::io::stderr();
+    match cli.command {
+        Command::Migrate {
+            from: MigrateFrom::Flexvolume(args),
+        } => {
+            let targets = Targets::resolve(
+                &cluster,
+                &cli.driver_name,
+                &args.backend,
+                &args.storage_class,
+                args.obs_secret.as_deref(),
+            )
+            .await?;
+            let options = Options {
+                driver_name: cli.driver_name.clone(),
+                force_in_use: args.force_in_use,
+            };
+            let mut plan = migration::plan(&Snapshot::read(&cluster).await?, &targets, &options);
+            if args.apply {
+                let done = apply::apply(&cluster, &plan, &mut progress).await?;
+                writeln!(progress, "migrated {done} volume(s)")?;
+                plan = migration::plan(&Snapshot::read(&cluster).await?, &targets, &options);
+            }
+            match cli.output {
+                Format::Json => output::json(&mut out, &plan)?,
+                Format::Table => output::plan_table(&mut out, &plan)?,
+            }
+            Ok(!plan.needs_attention() || !args.apply)
+        }
+        Command::Status { config } => {
+            let cloud = cloud::read(&config, &mut progress).await?;
+            writeln!(progress, "reading the cluster")?;
+            let report = status::compare(
+                &ClusterView::read(&cluster).await?,
+                &cloud,
+                &cli.driver_name,
+            );
+            match cli.output {
+                Format::Json => output::json(&mut out, &report)?,
+                Format::Table => output::status_table(&mut out, &report)?,
+            }
+            Ok(report.disagreements == 0)
+        }
+    }
+}
