@@ -20,8 +20,9 @@ use everestctl::{DEFAULT_DRIVER_NAME, Error, apply, cloud};
 #[derive(Debug, Parser)]
 #[command(name = "everestctl", version)]
 struct Cli {
-    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    /// The kubeconfig to use (default: $KUBECONFIG, which may list several files,
+    /// ~/.kube/config, or in-cluster).
+    #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]

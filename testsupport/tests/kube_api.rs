@@ -138,3 +138,139 @@ async fn missing_objects_and_failures_are_status_objects() {
         Ok(pvc) => panic!("a stopped API served {pvc:?}"),
     }
 }
+
+#[track_caller]
+fn status_of<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(s)) => (s.code, s.reason),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn pv(name: &str) -> k8s_openapi::api::core::v1::PersistentVolume {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name, "finalizers": ["kubernetes.io/pv-protection"]},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "csi": {"driver": "everest.csi.io", "volumeHandle": "v1:evs-default:d1"},
+                 "persistentVolumeReclaimPolicy": "Delete"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn writes_follow_the_api_servers_rules() {
+    use k8s_openapi::api::core::v1::PersistentVolume;
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await.unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(client(&api, &dir).await);
+
+    // Create: the server's fields filled in; a second create of the name is AlreadyExists.
+    let created = pvs.create(&PostParams::default(), &pv("a")).await.unwrap();
+    assert!(created.metadata.uid.is_some() && created.metadata.resource_version.is_some());
+    assert_eq!(
+        status_of(pvs.create(&PostParams::default(), &pv("a")).await),
+        (409, "AlreadyExists".into())
+    );
+    pvs.create(&PostParams::default(), &pv("b")).await.unwrap();
+
+    // List: a PersistentVolumeList whose items carry no kind or apiVersion.
+    let list = pvs.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 2);
+    let raw = reqwest::get(format!("{}/api/v1/persistentvolumes", api.url()))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(raw["kind"], "PersistentVolumeList");
+    assert!(raw["items"][0]["kind"].is_null() && raw["items"][0]["apiVersion"].is_null());
+
+    // Merge patch: a stale resourceVersion is a Conflict, a current one applies.
+    let stale = json!({"metadata": {"resourceVersion": "999"}, "spec": {"persistentVolumeReclaimPolicy": "Retain"}});
+    assert_eq!(
+        status_of(
+            pvs.patch("a", &PatchParams::default(), &Patch::Merge(&stale))
+                .await
+        ),
+        (409, "Conflict".into())
+    );
+    let current = json!({"metadata": {"resourceVersion": created.metadata.resource_version},
+                         "spec": {"persistentVolumeReclaimPolicy": "Retain"}});
+    let patched = pvs
+        .patch("a", &PatchParams::default(), &Patch::Merge(&current))
+        .await
+        .unwrap();
+    assert_eq!(
+        patched
+            .spec
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
+        Some("Retain")
+    );
+
+    // A PV's volume source is immutable.
+    let source = json!({"spec": {"csi": {"driver": "everest.csi.io", "volumeHandle": "v1:evs-default:other"}}});
+    assert_eq!(
+        status_of(
+            pvs.patch("a", &PatchParams::default(), &Patch::Merge(&source))
+                .await
+        ),
+        (422, "Invalid".into())
+    );
+
+    // Delete: a wrong uid precondition is refused; with a finalizer the PV stays, marked,
+    // until a write empties its finalizers.
+    let wrong = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some("not-it".into()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    assert_eq!(
+        status_of(pvs.delete("a", &wrong).await),
+        (409, "Conflict".into())
+    );
+    pvs.delete("a", &DeleteParams::default()).await.unwrap();
+    let marked = pvs.get("a").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    let release = json!({"metadata": {"finalizers": []}});
+    pvs.patch("a", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    assert!(pvs.get_opt("a").await.unwrap().is_none());
+    assert_eq!(
+        api.deleted().len(),
+        1,
+        "only the DELETE whose preconditions held reached it"
+    );
+
+    // Writes cut off after a budget; reads go on.
+    api.fail_writes_after(Some(0));
+    assert_eq!(
+        status_of(pvs.delete("b", &DeleteParams::default()).await),
+        (503, "ServiceUnavailable".into())
+    );
+    assert!(pvs.get("b").await.is_ok());
+    api.fail_writes_after(None);
+
+    // A frozen object takes writes without changing.
+    api.freeze("v1", "PersistentVolume", None, "b");
+    let retain = json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}});
+    let answer = pvs
+        .patch("b", &PatchParams::default(), &Patch::Merge(&retain))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer
+            .spec
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
+        Some("Delete")
+    );
+}
