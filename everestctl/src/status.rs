@@ -285,3 +285,121 @@ fn node_id(node: &Node, driver_name: &str) -> Option<String> {
     let ids: BTreeMap<String, String> = serde_json::from_str(text).ok()?;
     ids.get(driver_name).cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{CloudBackend, CloudDisk};
+    use serde_json::json;
+
+    const DRIVER: &str = "everest.csi.io";
+
+    fn cluster(attachments: &[(&str, bool)]) -> ClusterView {
+        let pv = |name: &str, disk: &str| -> PersistentVolume {
+            serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"csi": {"driver": DRIVER, "volumeHandle": format!("v1:evs-a:{disk}")}}
+            }))
+            .unwrap()
+        };
+        ClusterView {
+            volumes: vec![pv("pv-1", "d1"), pv("pv-2", "d2")],
+            attachments: attachments
+                .iter()
+                .map(|(pv, attached)| {
+                    serde_json::from_value(json!({
+                        "metadata": {"name": format!("csi-{pv}")},
+                        "spec": {"attacher": DRIVER, "nodeName": "n1", "source": {"persistentVolumeName": pv}},
+                        "status": {"attached": attached}
+                    }))
+                    .unwrap()
+                })
+                .collect(),
+            nodes: vec![
+                serde_json::from_value(json!({"metadata": {"name": "n1", "annotations": {
+                    NODE_ID_ANNOTATION: json!({DRIVER: "server-1"}).to_string()}}}))
+                .unwrap(),
+            ],
+        }
+    }
+
+    fn cloud(disks: &[(&str, bool, &[&str])]) -> CloudView {
+        CloudView {
+            backends: vec![CloudBackend {
+                name: "evs-a".into(),
+                kind: "evs".into(),
+                read: true,
+            }],
+            disks: disks
+                .iter()
+                .map(|(id, managed, servers)| CloudDisk {
+                    backend: "evs-a".into(),
+                    id: (*id).into(),
+                    size_gib: 10,
+                    status: "in-use".into(),
+                    managed_by_everest: *managed,
+                    attached_to: servers.iter().map(|s| (*s).to_owned()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn problems(report: &Report) -> Vec<(String, &str, &str)> {
+        report
+            .attachments
+            .iter()
+            .filter(|r| r.problem.is_some())
+            .map(|r| {
+                (
+                    r.volume_handle.clone(),
+                    r.cluster.as_str(),
+                    r.cloud.as_str(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agreement_is_quiet() {
+        let report = compare(
+            &cluster(&[("pv-1", true)]),
+            &cloud(&[("d1", true, &["server-1"]), ("d2", true, &[])]),
+            DRIVER,
+        );
+        assert_eq!(report.disagreements, 0, "{report:#?}");
+        assert_eq!(report.attachments.len(), 1);
+    }
+
+    #[test]
+    fn each_way_of_disagreeing_is_flagged() {
+        let report = compare(
+            &cluster(&[("pv-1", true)]),
+            &cloud(&[("d1", true, &[]), ("d2", false, &["server-1"])]),
+            DRIVER,
+        );
+        assert_eq!(
+            problems(&report),
+            vec![
+                ("v1:evs-a:d1".to_owned(), "attached", "not attached"),
+                ("v1:evs-a:d2".to_owned(), "none", "attached"),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_disagreement() {
+        // An attach in progress; a disk that is not Everest's (a system disk); a disk on a
+        // server that is no node of this cluster.
+        let report = compare(
+            &cluster(&[("pv-1", false)]),
+            &cloud(&[
+                ("d1", true, &[]),
+                ("system-disk", false, &["server-1"]),
+                ("d2", true, &["server-elsewhere"]),
+            ]),
+            DRIVER,
+        );
+        assert_eq!(report.disagreements, 0, "{report:#?}");
+        assert_eq!(report.attachments[0].cluster, "attaching");
+    }
+}

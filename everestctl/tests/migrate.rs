@@ -493,6 +493,26 @@ async fn claims_in_use_by_running_pods_are_refused() {
             "{phase}: a claim in use was touched"
         );
     }
+    // A running pod in another namespace names a claim of the same name, not this one.
+    let fake = Fake::start().await;
+    let mut cluster = one_evs_volume(Some("Running"));
+    for item in cluster["items"].as_array_mut().unwrap() {
+        if item["kind"] == "Pod" {
+            item["metadata"]["namespace"] = json!("other-team");
+        }
+    }
+    fake.load(&cluster);
+    let out = fake.run(&flags(&["--apply"])).await;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_migrated(
+        &fake,
+        EVS_PV,
+        "shop",
+        "mysql-data",
+        EVS_CLAIM_UID,
+        EVS_HANDLE,
+    );
+
     // A pod that finished holds nothing.
     for phase in ["Succeeded", "Failed"] {
         let fake = Fake::start().await;
