@@ -652,7 +652,7 @@ impl ObjectSide {
         moto_server().and(find_binary("everest-mounter")).err()
     }
 
-    fn start() -> Result<Self, Error> {
+    async fn start() -> Result<Self, Error> {
         let server = S3Server::start()?;
         let dir = tempfile::Builder::new()
             .prefix("everest-test-chaos-mounter-")
@@ -681,7 +681,7 @@ impl ObjectSide {
             if Instant::now() > deadline {
                 return Err("everest-mounter made no socket in 30 s".into());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(side)
     }
@@ -781,7 +781,7 @@ async fn node_restarts(
             skipped = Some(why);
             None
         }
-        None => Some(ObjectSide::start()?),
+        None => Some(ObjectSide::start().await?),
     };
     let opts = WorldOptions {
         extra_config: objects
