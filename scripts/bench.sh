@@ -7,8 +7,8 @@
 #   sudo bash scripts/bench.sh            # the published figures (about half an hour on 2 cores)
 #   sudo bash scripts/bench.sh --quick    # a few minutes
 #
-# Needs root and loop devices (the node figures), FUSE (the object figures); installs fio, s3fs
-# and rclone with apt-get, and Garage with cargo, when they are missing.
+# Needs root and loop devices (the node figures), FUSE (the object figures); installs fio, s3fs,
+# rclone and nfs-ganesha with apt-get, and Garage with cargo, when they are missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -21,6 +21,11 @@ for tool in fio s3fs rclone; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
 command -v fusermount >/dev/null || need+=(fuse3)
+# The file figures: nfs-ganesha (with its VFS backend and rpcbind) and the user-space client.
+command -v ganesha.nfsd >/dev/null || need+=(nfs-ganesha)
+dpkg -s nfs-ganesha-vfs >/dev/null 2>&1 || need+=(nfs-ganesha-vfs)
+command -v rpcbind >/dev/null || need+=(rpcbind)
+command -v nfs-ls >/dev/null || need+=(libnfs-utils)
 if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

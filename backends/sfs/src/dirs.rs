@@ -187,6 +187,21 @@ impl Nfs3Directories {
         }
         Ok(Some(dir))
     }
+
+    /// The handle of `path`'s parent, which must exist (NOT_FOUND otherwise).
+    async fn existing_parent(
+        &self,
+        conn: &mut Conn,
+        base: nfs_fh3,
+        path: &[&str],
+    ) -> Result<nfs_fh3> {
+        self.parent(conn, base, path).await?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "the parent of {} does not exist on the NFS server",
+                path.join("/")
+            ))
+        })
+    }
 }
 
 fn name(s: &str) -> filename3<'static> {
@@ -347,12 +362,7 @@ impl Nfs3Directories {
         attrs: DirAttrs,
     ) -> Result<bool> {
         let last = path.last().copied().unwrap_or_default();
-        let Some(parent) = self.parent(conn, base, path).await? else {
-            return Err(Error::NotFound(format!(
-                "the parent of {} does not exist on the NFS server",
-                path.join("/")
-            )));
-        };
+        let parent = self.existing_parent(conn, base, path).await?;
         let existing = |kind: ftype3, found: Option<DirAttrs>| {
             if kind != ftype3::NF3DIR {
                 return Err(Error::AlreadyExists(format!(

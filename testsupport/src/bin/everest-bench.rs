@@ -52,6 +52,10 @@ struct Args {
     /// Size of each fio job's file in MiB (default: 1024, or 128 with --quick).
     #[arg(long)]
     io_size_mib: Option<u64>,
+    /// Only these parts (rpc, cloud, node, io, growth, file); the driver's own time and memory
+    /// are always reported, over what ran.
+    #[arg(long, value_delimiter = ',', value_parser = ["rpc", "cloud", "node", "io", "growth", "file"])]
+    only: Vec<String>,
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -81,6 +85,23 @@ struct Figure {
 }
 
 impl Figure {
+    /// A time against a baseline time (`baseline_is` says what it is).
+    fn time(
+        name: String,
+        ours: Duration,
+        baseline: Duration,
+        baseline_is: &str,
+        goal: &str,
+    ) -> Self {
+        Self {
+            name,
+            ours: ms(ours),
+            baseline: format!("{} ({baseline_is})", ms(baseline)),
+            ratio: ratio(ours, baseline),
+            goal: goal.into(),
+        }
+    }
+
     fn row(&self) -> String {
         // Small ratios (the driver's share of a call that waits on the cloud) keep their digits.
         let ratio = if self.ratio >= 0.1 {
@@ -142,40 +163,56 @@ async fn run(args: &Args) -> Result<String, Error> {
     let mut notes = Vec::new();
     let rss_start = rss_of(&world);
 
+    let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|p| p == part);
     let (rpc, grpc_floor) = rpc_latency(&world, samples).await?;
-    figures.extend(rpc);
-    for daemon in [Daemon::Controller, Daemon::Node] {
-        figures.push(start_to_ready(&world, daemon, rounds).await?);
+    if wanted("rpc") {
+        figures.extend(rpc);
+        for daemon in [Daemon::Controller, Daemon::Node] {
+            figures.push(start_to_ready(&world, daemon, rounds).await?);
+        }
     }
-    figures.extend(single_operations(&world, job).await?);
-    figures.extend(burst(&world, volumes, in_flight, job).await?);
     // As many attaches at once as the node takes (the emulated cloud has one server).
     let most = usize::try_from(world.node_info().await.max_volumes_per_node).unwrap_or(1);
-    figures.extend(attach_burst(&world, most.min(volumes), job).await?);
+    if wanted("cloud") {
+        figures.extend(single_operations(&world, job).await?);
+        figures.extend(burst(&world, volumes, in_flight, job).await?);
+        figures.extend(attach_burst(&world, most.min(volumes), job).await?);
+    }
     let node = !skip_unless_root_and_loop() && have_program("mkfs.ext4");
     let mut growth = Vec::new();
-    if node {
+    if !node {
+        notes.push("node figures skipped: they need root, loop devices and mkfs.ext4".to_owned());
+    }
+    if node && wanted("node") {
         let (stage, stage_figures) =
             stage_against_mkfs_and_mount(&world, rounds, grpc_floor).await?;
         figures.extend(stage_figures);
         let (stats, figure) = stats_against_statvfs(&world, samples, grpc_floor).await?;
         figures.push(figure);
         figures.extend(with_many_mounts(&world, mounts, rounds, samples, stage, stats).await?);
+    }
+    if node && wanted("io") {
         if have_program("fio") {
             figures.extend(io_against_hand_mount(&world, io_size, io_seconds).await?);
         } else {
             notes
                 .push("I/O figures skipped: fio is not installed (apt-get install fio)".to_owned());
         }
+    }
+    if node && wanted("growth") {
         // As many at once as the node takes, at most the burst's width.
         for n in scales {
             growth.push(lifecycles_at_scale(&world, n, in_flight.min(most)).await?);
         }
-    } else {
-        notes.push("node figures skipped: they need root, loop devices and mkfs.ext4".to_owned());
     }
     let rss_end = rss_of(&world);
     let own = driver_time(&world).await?;
+    if wanted("file") {
+        match everest_testsupport::nfs::nfs_server_unavailable() {
+            None => figures.extend(file_figures(job_latency_ms, rounds).await?),
+            Some(why) => notes.push(format!("file figures skipped: {why}")),
+        }
+    }
 
     let world = std::sync::Arc::into_inner(world).ok_or("a task still holds the world")?;
     let leftovers = world.shutdown();
@@ -331,20 +368,20 @@ async fn rpc_latency(world: &World, n: usize) -> Result<(Vec<Figure>, Duration),
     let mut push = |name: &str, mut v: Vec<Duration>| {
         let p50 = quantile(&mut v, 0.5);
         let p99 = quantile(&mut v, 0.99);
-        figures.push(Figure {
-            name: format!("{name} p50 (client-side)"),
-            ours: ms(p50),
-            baseline: format!("{} (bare tonic Probe)", ms(floor50)),
-            ratio: ratio(p50, floor50),
-            goal: "driver adds ≤ 0.3 ms".into(),
-        });
-        figures.push(Figure {
-            name: format!("{name} p99 (client-side)"),
-            ours: ms(p99),
-            baseline: format!("{} (bare tonic Probe)", ms(floor99)),
-            ratio: ratio(p99, floor99),
-            goal: "driver adds ≤ 1 ms".into(),
-        });
+        figures.push(Figure::time(
+            format!("{name} p50 (client-side)"),
+            p50,
+            floor50,
+            "bare tonic Probe",
+            "driver adds ≤ 0.3 ms",
+        ));
+        figures.push(Figure::time(
+            format!("{name} p99 (client-side)"),
+            p99,
+            floor99,
+            "bare tonic Probe",
+            "driver adds ≤ 1 ms",
+        ));
     };
     let identity = world.identity(Daemon::Node).await;
     push(
@@ -399,12 +436,14 @@ async fn single_operations(world: &World, job: Duration) -> Result<Vec<Figure>, 
     }
     Ok(timed
         .into_iter()
-        .map(|(name, d)| Figure {
-            name: format!("{name}, one alone"),
-            ours: ms(d),
-            baseline: format!("{} (the cloud job itself)", ms(job)),
-            ratio: ratio(d, job),
-            goal: "≤ 1.1 ×".into(),
+        .map(|(name, d)| {
+            Figure::time(
+                format!("{name}, one alone"),
+                d,
+                job,
+                "the cloud job itself",
+                "≤ 1.1 ×",
+            )
         })
         .collect())
 }
@@ -524,20 +563,20 @@ async fn burst(
     let deleted = t.elapsed();
     let ideal = job * n.div_ceil(in_flight) as u32;
     Ok(vec![
-        Figure {
-            name: format!("{n} × CreateVolume, {in_flight} in flight"),
-            ours: ms(created),
-            baseline: format!("{} (ideal: ⌈n / in flight⌉ × job)", ms(ideal)),
-            ratio: ratio(created, ideal),
-            goal: "≤ 1.2 ×".into(),
-        },
-        Figure {
-            name: format!("{n} × DeleteVolume, {in_flight} in flight"),
-            ours: ms(deleted),
-            baseline: format!("{} (ideal)", ms(ideal)),
-            ratio: ratio(deleted, ideal),
-            goal: "≤ 1.2 ×".into(),
-        },
+        Figure::time(
+            format!("{n} × CreateVolume, {in_flight} in flight"),
+            created,
+            ideal,
+            "ideal: ⌈n / in flight⌉ × job",
+            "≤ 1.2 ×",
+        ),
+        Figure::time(
+            format!("{n} × DeleteVolume, {in_flight} in flight"),
+            deleted,
+            ideal,
+            "ideal",
+            "≤ 1.2 ×",
+        ),
         Figure {
             name: format!("cloud API calls per created volume ({breakdown})"),
             ours: format!("{:.2}", calls / n as f64),
@@ -689,13 +728,13 @@ async fn stats_against_statvfs(
     let (b, o) = (quantile(&mut base, 0.5) + grpc, quantile(&mut ours, 0.5));
     Ok((
         o,
-        Figure {
-            name: "NodeGetVolumeStats p50 (client-side)".into(),
-            ours: ms(o),
-            baseline: format!("{} (bare gRPC round trip + statvfs of a path)", ms(b)),
-            ratio: ratio(o, b),
-            goal: "≤ 1 ms".into(),
-        },
+        Figure::time(
+            "NodeGetVolumeStats p50 (client-side)".into(),
+            o,
+            b,
+            "bare gRPC round trip + statvfs of a path",
+            "≤ 1 ms",
+        ),
     ))
 }
 
@@ -819,13 +858,13 @@ async fn with_many_mounts(
             ratio: ratio(stage, stage_alone),
             goal: "flat: ≤ 1.1 ×".into(),
         },
-        Figure {
-            name: format!("NodeGetVolumeStats p50 with {mounts} more mounts (client-side)"),
-            ours: ms(stats),
-            baseline: format!("{} (the same without them)", ms(stats_alone)),
-            ratio: ratio(stats, stats_alone),
-            goal: "≤ 1 ms".into(),
-        },
+        Figure::time(
+            format!("NodeGetVolumeStats p50 with {mounts} more mounts (client-side)"),
+            stats,
+            stats_alone,
+            "the same without them",
+            "≤ 1 ms",
+        ),
     ])
 }
 
@@ -1229,20 +1268,20 @@ async fn attach_burst(world: &World, n: usize, job: Duration) -> Result<Vec<Figu
         v.delete().await?;
     }
     Ok(vec![
-        Figure {
-            name: format!("{n} × ControllerPublishVolume at once (one node, its limit)"),
-            ours: ms(attached),
-            baseline: format!("{} (ideal: one job)", ms(job)),
-            ratio: ratio(attached, job),
-            goal: "≤ 1.2 ×".into(),
-        },
-        Figure {
-            name: format!("{n} × ControllerUnpublishVolume at once"),
-            ours: ms(detached),
-            baseline: format!("{} (ideal: one job)", ms(job)),
-            ratio: ratio(detached, job),
-            goal: "≤ 1.2 ×".into(),
-        },
+        Figure::time(
+            format!("{n} × ControllerPublishVolume at once (one node, its limit)"),
+            attached,
+            job,
+            "ideal: one job",
+            "≤ 1.2 ×",
+        ),
+        Figure::time(
+            format!("{n} × ControllerUnpublishVolume at once"),
+            detached,
+            job,
+            "ideal: one job",
+            "≤ 1.2 ×",
+        ),
         Figure {
             name: "cloud API calls per attach".into(),
             ours: format!("{:.2}", calls / n as f64),
@@ -1251,4 +1290,112 @@ async fn attach_burst(world: &World, n: usize, job: Duration) -> Result<Vec<Figu
             goal: "≤ 2.5".into(),
         },
     ])
+}
+
+// ------------------------------------------------------------------ file volumes
+
+/// The export ganesha serves the file figures' directories and shares under.
+const FILE_PSEUDO: &str = "/exports";
+/// The `sfs` backend instance of the file figures.
+const FILES: &str = "files";
+
+/// The `sfs` instance for `server`: directories under `k8s/` of its export (mode `subdir`), and
+/// SFS Turbo shares the emulator makes under `shares/` (mode `share`).
+fn sfs_table(server: &everest_testsupport::NfsServer) -> String {
+    format!(
+        "[backends.{FILES}]\nkind = \"sfs\"\nserver = \"{addr}\"\nexport = \"{FILE_PSEUDO}\"\n\
+         base_dir = \"k8s\"\nproject_id = \"{project}\"\nregion = \"{region}\"\n\
+         credentials_file = \"{{credentials_file}}\"\nsfs_turbo_endpoint = \"{{emulator_url}}\"\n\
+         iam_endpoint = \"{{emulator_url}}\"\navailability_zone = \"emu-az1\"\nvpc_id = \"vpc-1\"\n\
+         subnet_id = \"subnet-1\"\nsecurity_group_id = \"sg-1\"\nallow_insecure_http = true\n",
+        addr = server.address(),
+        project = everest_testsupport::world::PROJECT_ID,
+        region = everest_testsupport::world::REGION,
+    )
+}
+
+/// File volumes' control plane, in a world of their own beside a real nfs-ganesha (the node's
+/// figures need a kernel NFS client, which these machines lack): CreateVolume and DeleteVolume
+/// of a directory volume against a one-shot user-space NFS session (`nfs-ls` of the export:
+/// connect, mount, list), and of a share volume against the emulated SFS Turbo job.
+async fn file_figures(job_latency_ms: u64, rounds: usize) -> Result<Vec<Figure>, Error> {
+    let root = tempfile::Builder::new()
+        .prefix("everest-bench-nfs-")
+        .tempdir()?;
+    for dir in ["k8s", "shares"] {
+        std::fs::create_dir(root.path().join(dir))?;
+    }
+    let server = everest_testsupport::NfsServer::start(root.path(), FILE_PSEUDO)?;
+    let world = World::start_with(WorldOptions {
+        job_latency_ms,
+        temp_prefix: "everest-bench-".into(),
+        netns: Some(server.netns().to_owned()),
+        emulator_extra: vec![
+            "--nfs-export-root".into(),
+            root.path().join("shares").display().to_string(),
+            "--nfs-export-path".into(),
+            format!("{FILE_PSEUDO}/shares"),
+        ],
+        extra_config: sfs_table(&server),
+        ..WorldOptions::default()
+    })
+    .await?;
+    let mut floor = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        server.nfs_ls("")?;
+        floor.push(t.elapsed());
+    }
+    let mut figures = Vec::new();
+    for mode in ["subdir", "share"] {
+        let (mut created, mut deleted) = (Vec::new(), Vec::new());
+        for i in 0..rounds {
+            let mut v = Lifecycle::new(
+                &world,
+                &format!("bench-{mode}-{i}"),
+                mount_cap("", Mode::MultiNodeMultiWriter),
+                "pod-bench",
+            )
+            .await;
+            let t = Instant::now();
+            v.create(
+                1,
+                &[("everest.io/backend", FILES), ("everest.io/sfs-mode", mode)],
+            )
+            .await?;
+            created.push(t.elapsed());
+            let t = Instant::now();
+            v.delete().await?;
+            deleted.push(t.elapsed());
+        }
+        let (created, deleted) = (quantile(&mut created, 0.5), quantile(&mut deleted, 0.5));
+        let (base, base_is, goal) = if mode == "subdir" {
+            (
+                quantile(&mut floor, 0.5),
+                "one nfs-ls of the export: connect, mount, list",
+                "—",
+            )
+        } else {
+            (
+                Duration::from_millis(job_latency_ms),
+                "the SFS Turbo job itself",
+                "≤ 1.1 ×",
+            )
+        };
+        for (call, took) in [("CreateVolume", created), ("DeleteVolume", deleted)] {
+            figures.push(Figure::time(
+                format!("file ({mode}) {call}, one alone (median of {rounds})"),
+                took,
+                base,
+                base_is,
+                goal,
+            ));
+        }
+    }
+    let leftovers = world.shutdown();
+    drop(server);
+    if !leftovers.is_clean() {
+        return Err(format!("the file figures left things behind: {leftovers:?}").into());
+    }
+    Ok(figures)
 }

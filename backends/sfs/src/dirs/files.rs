@@ -20,12 +20,7 @@ impl Nfs3Directories {
         exclusive: bool,
     ) -> Result<bool> {
         let last = path.last().copied().unwrap_or_default();
-        let Some(parent) = self.parent(conn, base, path).await? else {
-            return Err(Error::NotFound(format!(
-                "the parent of {} does not exist on the NFS server",
-                path.join("/")
-            )));
-        };
+        let parent = self.existing_parent(conn, base, path).await?;
         // UNCHECKED with size 0: made if missing, emptied if there, in one call. GUARDED: made
         // only if missing.
         let attrs = sattr3 {
