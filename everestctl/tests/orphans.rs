@@ -76,6 +76,14 @@ async fn orphans_lists_this_clusters_stranded_volumes_and_deletes_them_only_when
     let attached = create(&world, "pvc-attached").await;
     publish(&world, &attached, &node_id).await;
     fake.api.put(pv("pvc-live", &live));
+    // In use too: a PV written by hand under another name that names the disk, and a PV with
+    // the name the marker recorded whose handle was rewritten (an instance renamed).
+    let by_handle = create(&world, "pvc-by-handle").await;
+    fake.api.put(pv("pv-written-by-hand", &by_handle));
+    let by_name = create(&world, "pvc-by-name").await;
+    let rewritten = by_name.replace("v1:evs-default:", "v1:evs-renamed:");
+    assert_ne!(rewritten, by_name);
+    fake.api.put(pv("pvc-by-name", &rewritten));
     // Another cluster's controller, with the same backend instance name and cloud project.
     switch_cluster(&world, OURS, THEIRS).await;
     let theirs = create(&world, "pvc-theirs").await;
@@ -119,13 +127,13 @@ async fn orphans_lists_this_clusters_stranded_volumes_and_deletes_them_only_when
         orphan(&report, "pvc-attached").expect("listed")["attached_to"],
         serde_json::json!([node_id])
     );
-    // Every disk of the project is seen (a node's system disk too); three are ours, one of
+    // Every disk of the project is seen (a node's system disk too); five are ours, three of
     // them in use.
     let evs = &report["backends"][0];
     let count = |key: &str| evs[key].as_u64();
     assert_eq!(
         (count("ours"), count("in_use"), count("orphans")),
-        (Some(3), Some(1), Some(2)),
+        (Some(5), Some(3), Some(2)),
         "{report:#}"
     );
 
@@ -136,7 +144,9 @@ async fn orphans_lists_this_clusters_stranded_volumes_and_deletes_them_only_when
         "{text}"
     );
     assert!(text.contains("default/claim-pvc-stranded"), "{text}");
-    assert!(!text.contains(&live) && !text.contains(&theirs), "{text}");
+    for id in [&live, &by_handle, &by_name, &theirs] {
+        assert!(!text.contains(id.as_str()), "{id} listed:\n{text}");
+    }
     assert!(
         text.contains("1 volume(s) skipped as other clusters'"),
         "{text}"
@@ -184,6 +194,8 @@ async fn orphans_lists_this_clusters_stranded_volumes_and_deletes_them_only_when
     for (what, id) in [
         ("attached", &attached),
         ("live", &live),
+        ("by-handle", &by_handle),
+        ("by-name", &by_name),
         ("theirs", &theirs),
     ] {
         assert!(world.disk(id).await.is_some(), "the {what} disk must stay");
