@@ -1,15 +1,17 @@
-//! The cloud side of `status`: every `evs` backend instance of the daemons' configuration file
-//! (the same file, read the same way, as `everest-controller`), asked for its disks with the
-//! backend's own client. Kinds that attach nothing are listed but not asked.
+//! The cloud side of `status` and `orphans`: every `evs` backend instance of the daemons'
+//! configuration file (the same file, read the same way, as `everest-controller`), asked for its
+//! disks with the backend's own client. Kinds that attach nothing are listed but not asked.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use everest_backend::daemon::config::{CommonArgs, ControllerConfig};
 use everest_evs::api::{EvsClient, VolumeFilter};
 use everest_evs::config::EvsConfig;
 use everest_evs::controller::MANAGED_BY_KEY;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::error::{Error, Result};
 
@@ -20,6 +22,8 @@ pub struct CloudDisk {
     pub backend: String,
     /// The disk ID (the native part of its volume handle).
     pub id: String,
+    /// The disk's name in the cloud.
+    pub name: String,
     /// Size in GiB.
     pub size_gib: u64,
     /// The cloud's status word (`available`, `in-use`, …).
@@ -28,6 +32,20 @@ pub struct CloudDisk {
     pub managed_by_everest: bool,
     /// The servers it is attached to.
     pub attached_to: Vec<String>,
+    /// Its tags, where Everest keeps its marker (see `docs/tags.md`).
+    pub tags: BTreeMap<String, String>,
+    /// When it was created, if the cloud says.
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+/// A time as RFC 3339 in UTC, to the second (`2026-12-03T02:38:00Z`).
+pub fn format_time(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn rfc3339<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    t.as_ref().map(format_time).serialize(s)
 }
 
 /// One configured backend instance.
@@ -67,12 +85,22 @@ impl CloudView {
 /// Reads the configuration at `path` (with the `EVEREST_*` environment, as the daemons do) and
 /// every `evs` instance's disks.
 pub async fn read(path: &Path, progress: &mut dyn Write) -> Result<CloudView> {
+    read_with(&load_config(path)?, progress).await
+}
+
+/// Reads the configuration at `path` as the controller does: the file, then the `EVEREST_*`
+/// environment.
+pub fn load_config(path: &Path) -> Result<ControllerConfig> {
     let args = CommonArgs {
         config: Some(path.to_owned()),
         ..CommonArgs::default()
     };
-    let config = ControllerConfig::load(&args, std::env::vars())
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    ControllerConfig::load(&args, std::env::vars())
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Reads every `evs` instance's disks, with the instances `config` lists.
+pub async fn read_with(config: &ControllerConfig, progress: &mut dyn Write) -> Result<CloudView> {
     let mut view = CloudView::default();
     for (name, backend) in config
         .backends()
@@ -120,6 +148,9 @@ pub async fn read(path: &Path, progress: &mut dyn Write) -> Result<CloudView> {
                     status: v.status.as_str().to_owned(),
                     size_gib: v.size,
                     id: v.id,
+                    name: v.name,
+                    tags: v.tags,
+                    created_at: v.created_at,
                 }
             }));
             match page.next_marker {

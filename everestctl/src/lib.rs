@@ -8,16 +8,23 @@
 //!   was interrupted picks up where it stopped;
 //! - [`apply`]: carrying a plan out, one checked step at a time;
 //! - [`status`]: attachments as the cluster and the cloud see them, and where they disagree;
-//! - [`cloud`]: the cloud side of `status`, read with the daemons' configuration file;
+//! - [`orphans`]: volumes Everest made for this cluster whose PV is gone, by their marker;
+//! - [`deletion`]: deleting those through each backend's own delete, after a confirmation;
+//! - [`cloud`]: the cloud side of `status` and `orphans`, read with the daemons' configuration
+//!   file;
+//! - [`age`]: ages as people write and read them;
 //! - [`cluster`]: the Kubernetes API calls everything above makes;
 //! - [`output`]: tables for people, JSON for programs.
 
+pub mod age;
 pub mod apply;
 pub mod cloud;
 pub mod cluster;
+pub mod deletion;
 pub mod error;
 pub mod flexvolume;
 pub mod migration;
+pub mod orphans;
 pub mod output;
 pub mod status;
 pub mod targets;

@@ -1,22 +1,24 @@
 //! `everestctl`: the command line. Parsing and printing only; the work is in the library.
 //!
 //! Exit status: 0 when all is well, 1 on an error, 3 when the command finished but something
-//! needs attention (volumes not migrated, attachments that disagree).
+//! needs attention (volumes not migrated, attachments that disagree, stranded volumes left).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use everestctl::age::Age;
 use everestctl::cluster::Cluster;
 use everestctl::migration::{self, Options, Snapshot};
+use everestctl::orphans::{self, PvIndex};
 use everestctl::output::{self, Format};
 use everestctl::status::{self, ClusterView};
 use everestctl::targets::{KindValue, Targets};
-use everestctl::{DEFAULT_DRIVER_NAME, Error, apply, cloud};
+use everestctl::{DEFAULT_DRIVER_NAME, Error, apply, cloud, deletion};
 
 /// Operate Everest in a cluster: migrate from CCE's FlexVolume drivers, compare the cluster
-/// with the cloud.
+/// with the cloud, find volumes stranded without a PV.
 #[derive(Debug, Parser)]
 #[command(name = "everestctl", version)]
 struct Cli {
@@ -47,6 +49,25 @@ enum Command {
         #[arg(long, env = "EVEREST_CONFIG")]
         config: PathBuf,
     },
+    /// Backend volumes Everest created for this cluster whose PersistentVolume is gone.
+    Orphans(OrphansArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct OrphansArgs {
+    /// The daemons' configuration file (the controller's): backends, credentials, cluster_id.
+    #[arg(long, env = "EVEREST_CONFIG")]
+    config: PathBuf,
+    /// List only volumes at least this old (e.g. 30m, 1h, 2d; 0 for all): a volume being
+    /// provisioned has no PV for a moment.
+    #[arg(long, default_value = "1h")]
+    min_age: Age,
+    /// Delete the listed volumes through their backend, after a confirmation.
+    #[arg(long)]
+    delete: bool,
+    /// Confirm `--delete` without asking (for scripts).
+    #[arg(long, requires = "delete")]
+    yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,5 +155,74 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             }
             Ok(report.disagreements == 0)
         }
+        Command::Orphans(args) => {
+            let config = cloud::load_config(&args.config)?;
+            let cloud = cloud::read_with(&config, &mut progress).await?;
+            writeln!(progress, "reading the cluster")?;
+            let pvs = PvIndex::new(&cluster.persistent_volumes().await?);
+            let options = orphans::Options {
+                cluster: config.controller.cluster_id.clone(),
+                min_age: args.min_age,
+                now: chrono::Utc::now(),
+            };
+            let mut report = orphans::find(&cloud, &pvs, &options);
+            let print = |out: &mut dyn Write, report: &orphans::Report| match cli.output {
+                Format::Json => output::json(out, report),
+                Format::Table => output::orphans_table(out, report),
+            };
+            if !args.delete || report.orphans.is_empty() {
+                print(&mut out, &report)?;
+                return Ok(!report.needs_attention());
+            }
+            // The list the confirmation is about, before the question (on stderr when stdout
+            // carries the one JSON document).
+            match cli.output {
+                Format::Table => {
+                    print(&mut out, &report)?;
+                    writeln!(out)?;
+                    out.flush()?;
+                }
+                Format::Json => {
+                    for o in &report.orphans {
+                        writeln!(progress, "orphan: {}", o.volume_handle)?;
+                    }
+                }
+            }
+            let count = deletion::deletable(&report);
+            if count > 0 {
+                confirm(count, args.yes)?;
+            } else {
+                writeln!(
+                    progress,
+                    "every listed volume is attached: nothing to delete"
+                )?;
+            }
+            writeln!(progress, "reading the cluster again")?;
+            let pvs = PvIndex::new(&cluster.persistent_volumes().await?);
+            deletion::delete(&config, &mut report, &pvs, &mut progress).await?;
+            print(&mut out, &report)?;
+            Ok(!report.needs_attention())
+        }
+    }
+}
+
+/// The explicit confirmation `--delete` needs: `--yes`, or the count typed back on a terminal.
+/// Without either nothing is deleted.
+fn confirm(count: usize, yes: bool) -> Result<(), Error> {
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(Error::Refused(format!(
+            "--delete would delete {count} volume(s) and needs a confirmation: run it on a terminal and type the number, or add --yes"
+        )));
+    }
+    if deletion::confirm(count, &mut stdin.lock(), &mut std::io::stderr())? {
+        Ok(())
+    } else {
+        Err(Error::Refused(format!(
+            "the answer was not {count}: nothing deleted"
+        )))
     }
 }

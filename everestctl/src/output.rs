@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::migration::{Plan, State};
+use crate::orphans::{self, Report as OrphanReport};
 use crate::status::Report;
 
 /// The output format.
@@ -140,5 +141,133 @@ pub fn status_table(out: &mut dyn Write, report: &Report) -> Result<()> {
     )?;
     writeln!(out)?;
     writeln!(out, "{} disagreement(s)", report.disagreements)?;
+    Ok(())
+}
+
+/// The orphan report as tables: what each instance held, then the stranded volumes (with what
+/// `--delete` did, once it ran), then the counts that were not listed and why.
+pub fn orphans_table(out: &mut dyn Write, report: &OrphanReport) -> Result<()> {
+    let backends: Vec<Vec<String>> = report
+        .backends
+        .iter()
+        .map(|b| {
+            let n = |v: usize| {
+                if b.checked {
+                    v.to_string()
+                } else {
+                    "-".to_owned()
+                }
+            };
+            vec![
+                b.backend.clone(),
+                b.kind.clone(),
+                if b.checked { "yes" } else { "no" }.to_owned(),
+                n(b.volumes),
+                n(b.ours),
+                n(b.in_use),
+                n(b.other_clusters),
+                n(b.too_young + b.age_unknown),
+                n(b.orphans),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "BACKEND",
+            "KIND",
+            "CHECKED",
+            "VOLUMES",
+            "OURS",
+            "IN USE",
+            "OTHER CLUSTERS",
+            "HELD BACK",
+            "ORPHANS",
+        ],
+        &backends,
+    )?;
+    for b in report.unchecked() {
+        writeln!(
+            out,
+            "{} ({}): {}",
+            b.backend,
+            b.kind,
+            or_dash(b.note.as_deref())
+        )?;
+    }
+    writeln!(out)?;
+    let min_age = report.min_age;
+    if report.orphans.is_empty() {
+        writeln!(
+            out,
+            "no orphans of cluster {} older than {min_age}",
+            report.cluster_id
+        )?;
+    } else {
+        let with_outcome = report.orphans.iter().any(|o| o.outcome.is_some());
+        let rows: Vec<Vec<String>> = report
+            .orphans
+            .iter()
+            .map(|o| {
+                let claim = match (&o.pvc_namespace, &o.pvc_name) {
+                    (Some(ns), Some(name)) => format!("{ns}/{name}"),
+                    (None, Some(name)) => name.clone(),
+                    _ => "-".to_owned(),
+                };
+                let attached = if o.attached_to.is_empty() {
+                    "-".to_owned()
+                } else {
+                    o.attached_to.join(",")
+                };
+                let mut row = vec![
+                    o.backend.clone(),
+                    o.volume_handle.to_string(),
+                    orphans::format_size(o.size_bytes),
+                    o.age.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+                    or_dash(o.created_at.as_deref()),
+                    or_dash(o.pv_name.as_deref()),
+                    claim,
+                    attached,
+                ];
+                if with_outcome {
+                    row.push(
+                        o.outcome
+                            .as_ref()
+                            .map_or_else(|| "-".to_owned(), ToString::to_string),
+                    );
+                }
+                row
+            })
+            .collect();
+        let mut headers = vec![
+            "BACKEND", "VOLUME", "SIZE", "AGE", "CREATED", "PV", "CLAIM", "ATTACHED",
+        ];
+        if with_outcome {
+            headers.push("RESULT");
+        }
+        table(out, &headers, &rows)?;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} orphan(s) of cluster {} older than {min_age}",
+            report.orphans.len(),
+            report.cluster_id
+        )?;
+    }
+    if report.other_clusters > 0 {
+        writeln!(
+            out,
+            "{} volume(s) skipped as other clusters'",
+            report.other_clusters
+        )?;
+    }
+    if report.held_back > 0 {
+        writeln!(
+            out,
+            "{} volume(s) without a PV not listed: younger than {min_age} (or of unknown age), \
+             possibly still being provisioned",
+            report.held_back
+        )?;
+    }
     Ok(())
 }

@@ -335,10 +335,13 @@ mod tests {
                 .map(|(id, managed, servers)| CloudDisk {
                     backend: "evs-a".into(),
                     id: (*id).into(),
+                    name: format!("disk-{id}"),
                     size_gib: 10,
                     status: "in-use".into(),
                     managed_by_everest: *managed,
                     attached_to: servers.iter().map(|s| (*s).to_owned()).collect(),
+                    tags: Default::default(),
+                    created_at: None,
                 })
                 .collect(),
         }

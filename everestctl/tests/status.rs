@@ -4,13 +4,9 @@
 
 mod common;
 
-use common::{Fake, describe, stdout_json};
-use everest_testsupport::csi::{GIB, create_request, mount_cap};
-use everest_testsupport::proto as csi;
+use common::{Fake, create, describe, publish, pv, stdout_json};
 use everest_testsupport::{DRIVER_NAME, World, skip_unless_root_and_loop};
 use serde_json::{Value, json};
-
-use csi::volume_capability::access_mode::Mode;
 
 const NODE: &str = "192.168.0.12";
 
@@ -32,27 +28,6 @@ fn node(node_id: &str) -> Value {
     })
 }
 
-fn pv(name: &str, handle: &str) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {
-            "name": name,
-            "annotations": {"pv.kubernetes.io/provisioned-by": DRIVER_NAME},
-            "finalizers": ["kubernetes.io/pv-protection", "external-attacher/everest-csi-io"]
-        },
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "capacity": {"storage": "1Gi"},
-            "csi": {"driver": DRIVER_NAME, "volumeHandle": handle, "fsType": "ext4"},
-            "persistentVolumeReclaimPolicy": "Delete",
-            "storageClassName": "everest-ssd",
-            "volumeMode": "Filesystem"
-        },
-        "status": {"phase": "Bound"}
-    })
-}
-
 /// A VolumeAttachment as csi-attacher leaves it; `attached` is its status.
 fn attachment(pv: &str, attached: bool) -> Value {
     json!({
@@ -66,34 +41,6 @@ fn attachment(pv: &str, attached: bool) -> Value {
         "spec": {"attacher": DRIVER_NAME, "nodeName": NODE, "source": {"persistentVolumeName": pv}},
         "status": {"attached": attached}
     })
-}
-
-async fn create(world: &World, name: &str) -> String {
-    let mut c = world.controller().await;
-    c.create_volume(create_request(
-        name,
-        GIB,
-        mount_cap("ext4", Mode::SingleNodeWriter),
-        &[],
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("create {name}: {e}"))
-    .into_inner()
-    .volume
-    .expect("a volume")
-    .volume_id
-}
-
-async fn publish(world: &World, volume_id: &str, node_id: &str) {
-    let mut c = world.controller().await;
-    c.controller_publish_volume(csi::ControllerPublishVolumeRequest {
-        volume_id: volume_id.into(),
-        node_id: node_id.into(),
-        volume_capability: Some(mount_cap("ext4", Mode::SingleNodeWriter)),
-        ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("publish {volume_id}: {e}"));
 }
 
 /// `(pv, cluster, cloud)` of each row that disagrees, by PV name (rows come sorted by handle,

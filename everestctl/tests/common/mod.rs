@@ -6,8 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use everest_testsupport::KubeApi;
-use serde_json::Value;
+use everest_testsupport::csi::{GIB, create_request, mount_cap};
+use everest_testsupport::proto as csi;
+use everest_testsupport::{DRIVER_NAME, KubeApi, World};
+use serde_json::{Value, json};
+
+use csi::volume_capability::access_mode::Mode;
 
 /// The fake API server and a kubeconfig pointing at it (in a temp dir removed on drop).
 pub struct Fake {
@@ -103,4 +107,56 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// An Everest PV as csi-provisioner writes it, bound, for the volume `handle`.
+pub fn pv(name: &str, handle: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": name,
+            "annotations": {"pv.kubernetes.io/provisioned-by": DRIVER_NAME},
+            "finalizers": ["kubernetes.io/pv-protection", "external-attacher/everest-csi-io"]
+        },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "capacity": {"storage": "1Gi"},
+            "csi": {"driver": DRIVER_NAME, "volumeHandle": handle, "fsType": "ext4"},
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "everest-ssd",
+            "volumeMode": "Filesystem"
+        },
+        "status": {"phase": "Bound"}
+    })
+}
+
+/// Creates a 1 GiB ext4 volume through the world's controller; its volume ID.
+pub async fn create(world: &World, name: &str) -> String {
+    let mut c = world.controller().await;
+    c.create_volume(create_request(
+        name,
+        GIB,
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        &[],
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("create {name}: {e}"))
+    .into_inner()
+    .volume
+    .expect("a volume")
+    .volume_id
+}
+
+/// Attaches a volume to a node through the world's controller.
+pub async fn publish(world: &World, volume_id: &str, node_id: &str) {
+    let mut c = world.controller().await;
+    c.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+        volume_id: volume_id.into(),
+        node_id: node_id.into(),
+        volume_capability: Some(mount_cap("ext4", Mode::SingleNodeWriter)),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("publish {volume_id}: {e}"));
 }
