@@ -286,6 +286,18 @@ async fn broken_input_makes_the_plan_say_why() {
 
 /// Asserts the PV `name` is the migrated CSI PV bound to claim `uid`, and the claim is as
 /// it was but for the record, which is gone.
+/// [`assert_migrated`] for the one EVS volume of [`one_evs_volume`].
+fn assert_evs_migrated(fake: &Fake) {
+    assert_migrated(
+        fake,
+        EVS_PV,
+        "shop",
+        "mysql-data",
+        EVS_CLAIM_UID,
+        EVS_HANDLE,
+    );
+}
+
 fn assert_migrated(fake: &Fake, name: &str, namespace: &str, claim: &str, uid: &str, handle: &str) {
     let pv = fake.pv(name).unwrap_or_else(|| panic!("PV {name} is gone"));
     assert_eq!(pv["spec"]["csi"]["volumeHandle"], handle, "{pv:#}");
@@ -371,14 +383,7 @@ async fn apply_migrates_each_kind_and_keeps_claims_bound() {
     // Forced, the claim in use moves too.
     let forced = fake.run(&flags(&["--apply", "--force-in-use"])).await;
     assert_eq!(forced.status.code(), Some(3), "{}", describe(&forced));
-    assert_migrated(
-        &fake,
-        EVS_PV,
-        "shop",
-        "mysql-data",
-        EVS_CLAIM_UID,
-        "v1:evs-default:0992dbda-6340-470e-a74e-4f0db288ed82",
-    );
+    assert_evs_migrated(&fake);
     assert_only_retain_deleted(&fake);
     let migrated = fake.pv(EVS_PV).unwrap();
     assert_eq!(
@@ -445,14 +450,7 @@ async fn apply_resumes_after_the_api_server_dies_at_any_write() {
             "cut at write {cut}, resumed: {}",
             describe(&resumed)
         );
-        assert_migrated(
-            &fake,
-            EVS_PV,
-            "shop",
-            "mysql-data",
-            EVS_CLAIM_UID,
-            EVS_HANDLE,
-        );
+        assert_evs_migrated(&fake);
         assert_only_retain_deleted(&fake);
         let writes = fake.writes().len();
         let done = fake.run(&flags(&["--apply"])).await;
@@ -469,14 +467,7 @@ async fn apply_resumes_after_the_api_server_dies_at_any_write() {
     fake.api.fail_writes_after(Some(6));
     let out = fake.run(&flags(&["--apply"])).await;
     assert!(out.status.success(), "{}", describe(&out));
-    assert_migrated(
-        &fake,
-        EVS_PV,
-        "shop",
-        "mysql-data",
-        EVS_CLAIM_UID,
-        EVS_HANDLE,
-    );
+    assert_evs_migrated(&fake);
 }
 
 #[tokio::test]
@@ -504,14 +495,7 @@ async fn claims_in_use_by_running_pods_are_refused() {
     fake.load(&cluster);
     let out = fake.run(&flags(&["--apply"])).await;
     assert!(out.status.success(), "{}", describe(&out));
-    assert_migrated(
-        &fake,
-        EVS_PV,
-        "shop",
-        "mysql-data",
-        EVS_CLAIM_UID,
-        EVS_HANDLE,
-    );
+    assert_evs_migrated(&fake);
 
     // A pod that finished holds nothing.
     for phase in ["Succeeded", "Failed"] {
@@ -519,14 +503,7 @@ async fn claims_in_use_by_running_pods_are_refused() {
         fake.load(&one_evs_volume(Some(phase)));
         let out = fake.run(&flags(&["--apply"])).await;
         assert!(out.status.success(), "{phase}: {}", describe(&out));
-        assert_migrated(
-            &fake,
-            EVS_PV,
-            "shop",
-            "mysql-data",
-            EVS_CLAIM_UID,
-            EVS_HANDLE,
-        );
+        assert_evs_migrated(&fake);
     }
 }
 

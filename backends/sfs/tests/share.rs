@@ -31,6 +31,17 @@ fn create(name: &str, gib: u64, params: &[(&str, &str)]) -> CreateVolume {
     CreateVolume::for_test(name, gib * GIB, cap(), &all)
 }
 
+/// A real nfs-ganesha exporting a temp dir, and the emulator making its SFS Turbo shares there
+/// with jobs of `job_latency_ms`. Bound as `let (root, server, cloud) = …`, they are dropped
+/// emulator first, then the server, then the dir.
+fn start_shares(job_latency_ms: &str) -> (tempfile::TempDir, NfsServer, ShareCloud) {
+    let root = tempfile::tempdir().unwrap();
+    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
+    let cloud =
+        ShareCloud::start(&server, &["--job-latency-ms", job_latency_ms]).expect("the emulator");
+    (root, server, cloud)
+}
+
 fn controller(cloud: &ShareCloud, extra: serde_json::Value) -> Arc<dyn ControllerBackend> {
     let mut share = cloud.share_table();
     share
@@ -111,9 +122,7 @@ fn a_share_per_volume_from_create_to_delete_with_data_written_over_nfs() {
     if skip_unless_nfs_server() {
         return;
     }
-    let root = tempfile::tempdir().unwrap();
-    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
-    let cloud = ShareCloud::start(&server, &["--job-latency-ms", "50"]).expect("the emulator");
+    let (root, server, cloud) = start_shares("50");
     let controller = controller(&cloud, serde_json::json!({}));
     let mounts_before = nfs_mounts();
 
@@ -283,9 +292,7 @@ fn faults_on_the_share_api_cost_retries_and_leak_nothing() {
     if skip_unless_nfs_server() {
         return;
     }
-    let root = tempfile::tempdir().unwrap();
-    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
-    let cloud = ShareCloud::start(&server, &["--job-latency-ms", "20"]).expect("the emulator");
+    let (root, server, cloud) = start_shares("20");
     // Enough retries that a 30 % fault rate cannot plausibly exhaust them (0.3^9 per call).
     let controller = controller(
         &cloud,
@@ -363,9 +370,7 @@ fn a_share_carries_the_marker_and_another_clusters_share_is_not_taken() {
     if skip_unless_nfs_server() {
         return;
     }
-    let root = tempfile::tempdir().unwrap();
-    let server = NfsServer::start(root.path(), PSEUDO).expect("start nfs-ganesha");
-    let cloud = ShareCloud::start(&server, &["--job-latency-ms", "50"]).expect("the emulator");
+    let (_root, server, cloud) = start_shares("50");
     let controller = controller(&cloud, serde_json::json!({}));
     let api = share_client(&cloud);
     let backend = BackendName::new("sfs-turbo").unwrap();
