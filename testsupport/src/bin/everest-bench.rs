@@ -274,6 +274,17 @@ async fn run(args: &Args) -> Result<String, Error> {
     Ok(out)
 }
 
+/// A read-write ext4 volume for the pod the bench plays, on its way through the lifecycle.
+async fn ext4_volume<'w>(world: &'w World, name: &str) -> Lifecycle<'w> {
+    Lifecycle::new(
+        world,
+        name,
+        mount_cap("ext4", Mode::SingleNodeWriter),
+        "pod-bench",
+    )
+    .await
+}
+
 /// VmRSS in KiB of the controller and the node (0 if unreadable).
 fn rss_of(world: &World) -> (u64, u64) {
     let pids = world.pids();
@@ -449,13 +460,7 @@ async fn single_operations(world: &World, job: Duration) -> Result<Vec<Figure>, 
 }
 
 async fn one_of_each(world: &World, name: &str) -> Result<Vec<(&'static str, Duration)>, Error> {
-    let mut v = Lifecycle::new(
-        world,
-        name,
-        mount_cap("ext4", Mode::SingleNodeWriter),
-        "pod-bench",
-    )
-    .await;
+    let mut v = ext4_volume(world, name).await;
     let mut timed = Vec::new();
     let t = Instant::now();
     v.create(1, &[]).await?;
@@ -743,13 +748,7 @@ async fn stats_against_statvfs(
 async fn stage_rounds(world: &World, prefix: &str, rounds: usize) -> Result<Vec<Duration>, Error> {
     let mut ours = Vec::new();
     for i in 0..rounds {
-        let mut v = Lifecycle::new(
-            world,
-            &format!("{prefix}-{i}"),
-            mount_cap("ext4", Mode::SingleNodeWriter),
-            "pod-bench",
-        )
-        .await;
+        let mut v = ext4_volume(world, &format!("{prefix}-{i}")).await;
         v.create(10, &[]).await?;
         v.attach().await?;
         let t = Instant::now();
@@ -769,13 +768,7 @@ async fn stage_rounds(world: &World, prefix: &str, rounds: usize) -> Result<Vec<
 
 /// `n` NodeGetVolumeStats of a published 1 GiB volume, one after another.
 async fn stats_samples(world: &World, name: &str, n: usize) -> Result<Vec<Duration>, Error> {
-    let mut v = Lifecycle::new(
-        world,
-        name,
-        mount_cap("ext4", Mode::SingleNodeWriter),
-        "pod-bench",
-    )
-    .await;
+    let mut v = ext4_volume(world, name).await;
     v.bring_up(1).await;
     let samples = time_calls(n, || async { v.stats().await.map(drop) }).await;
     v.unpublish().await?;
@@ -961,13 +954,7 @@ async fn io_against_hand_mount(
     seconds: u64,
 ) -> Result<Vec<Figure>, Error> {
     let hand = HandMount::make(10)?;
-    let mut v = Lifecycle::new(
-        world,
-        "bench-io",
-        mount_cap("ext4", Mode::SingleNodeWriter),
-        "pod-bench",
-    )
-    .await;
+    let mut v = ext4_volume(world, "bench-io").await;
     v.bring_up(10).await;
     let mut figures = Vec::new();
     let jobs = [
@@ -1096,13 +1083,7 @@ async fn lifecycles_at_scale(
         let (sem, world) = (sem.clone(), world.clone());
         tasks.spawn(async move {
             let _permit = sem.acquire().await.expect("open semaphore");
-            let mut v = Lifecycle::new(
-                &world,
-                &format!("bench-scale-{n}-{i}"),
-                mount_cap("ext4", Mode::SingleNodeWriter),
-                "pod-bench",
-            )
-            .await;
+            let mut v = ext4_volume(&world, &format!("bench-scale-{n}-{i}")).await;
             v.create(1, &[]).await?;
             v.attach().await?;
             v.stage().await?;
@@ -1208,13 +1189,7 @@ async fn driver_time(world: &World) -> Result<Vec<Figure>, Error> {
 async fn attach_burst(world: &World, n: usize, job: Duration) -> Result<Vec<Figure>, Error> {
     let mut lives = Vec::new();
     for i in 0..n {
-        let mut v = Lifecycle::new(
-            world,
-            &format!("bench-attach-{i}"),
-            mount_cap("ext4", Mode::SingleNodeWriter),
-            "pod-bench",
-        )
-        .await;
+        let mut v = ext4_volume(world, &format!("bench-attach-{i}")).await;
         v.create(1, &[]).await?;
         lives.push(v);
     }
