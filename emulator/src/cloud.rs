@@ -126,10 +126,19 @@ impl Cloud {
         }
     }
 
-    /// The name of the one server.
+    /// The name of this machine's server.
     pub fn server_name(&self) -> String {
-        let short: String = self.cfg.server_id.chars().take(8).collect();
-        format!("everest-emu-{short}")
+        server_name_of(&self.cfg.server_id)
+    }
+
+    /// Whether `server_id` is a server of this cloud: this machine's, or a remote one.
+    pub fn knows_server(&self, server_id: &str) -> bool {
+        self.is_local(server_id) || self.cfg.remote_servers.iter().any(|s| s == server_id)
+    }
+
+    /// Whether `server_id` is this machine, where attaches have host effects.
+    pub fn is_local(&self, server_id: &str) -> bool {
+        server_id == self.cfg.server_id
     }
 
     /// Re-creates the host side of every attachment after a (re)start.
@@ -141,7 +150,11 @@ impl Cloud {
             .state
             .disks
             .values()
-            .filter(|d| d.attachment.is_some())
+            .filter(|d| {
+                d.attachment
+                    .as_ref()
+                    .is_some_and(|a| self.is_local(&a.server_id))
+            })
             .map(|d| d.id.clone())
             .collect();
         for id in ids {
@@ -194,6 +207,12 @@ impl Cloud {
             }
         }
     }
+}
+
+/// The name of a server, derived from its id.
+pub fn server_name_of(server_id: &str) -> String {
+    let short: String = server_id.chars().take(8).collect();
+    format!("everest-emu-{short}")
 }
 
 fn host_err(e: crate::effects::EffectError) -> ApiError {

@@ -37,7 +37,11 @@ pub struct Config {
     /// The id of the one server (the local machine) disks attach to.
     #[arg(long, default_value = DEFAULT_SERVER_ID)]
     pub server_id: String,
-    /// The zone of that server.
+    /// Another server of the zone disks may attach to (repeat for more): another machine, so
+    /// attaching to it has no effect on this host (no loop device, no by-id link).
+    #[arg(long = "remote-server", value_name = "ID")]
+    pub remote_servers: Vec<String>,
+    /// The zone of the servers.
     #[arg(long, default_value = "emu-az1")]
     pub availability_zone: String,
     /// How long an asynchronous job takes, in milliseconds.
@@ -117,6 +121,7 @@ impl Config {
             project_id: DEFAULT_PROJECT_ID.to_string(),
             region: "emu-region-1".to_string(),
             server_id: DEFAULT_SERVER_ID.to_string(),
+            remote_servers: Vec::new(),
             availability_zone: "emu-az1".to_string(),
             job_latency_ms: 50,
             fault_error_rate: 0.0,

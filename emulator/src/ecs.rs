@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::cloud::Cloud;
+use crate::cloud::{Cloud, server_name_of};
 use crate::errors::{ApiError, FaultCode};
 use crate::jobs;
 use crate::state::{Disk, JobAction};
@@ -38,7 +38,7 @@ fn check_server(cloud: &Cloud, project: &str, server_id: &str) -> Result<(), Api
             format!("project {project} is not known"),
         ));
     }
-    if server_id != cloud.cfg.server_id {
+    if !cloud.knows_server(server_id) {
         return Err(ecs(
             StatusCode::NOT_FOUND,
             "Ecs.0114",
@@ -274,11 +274,11 @@ pub async fn server_handler(
         .collect();
     Ok(Json(json!({"server": {
         "id": server_id,
-        "name": cloud.server_name(),
+        "name": server_name_of(&server_id),
         "status": "ACTIVE",
         "tenant_id": project,
         "OS-EXT-AZ:availability_zone": cloud.cfg.availability_zone,
-        "OS-EXT-SRV-ATTR:hostname": cloud.server_name(),
+        "OS-EXT-SRV-ATTR:hostname": server_name_of(&server_id),
         "OS-EXT-STS:vm_state": "active",
         "os-extended-volumes:volumes_attached": vols,
         "metadata": {},
@@ -304,12 +304,12 @@ pub async fn cloudserver_handler(
         .collect();
     Ok(Json(json!({"server": {
         "id": server_id,
-        "name": cloud.server_name(),
+        "name": server_name_of(&server_id),
         "status": "ACTIVE",
         "tenant_id": project,
         "user_id": crate::evs::EMULATOR_USER_ID,
         "OS-EXT-AZ:availability_zone": cloud.cfg.availability_zone,
-        "OS-EXT-SRV-ATTR:hostname": cloud.server_name(),
+        "OS-EXT-SRV-ATTR:hostname": server_name_of(&server_id),
         "OS-EXT-STS:vm_state": "active",
         "OS-EXT-STS:power_state": 1,
         "os-extended-volumes:volumes_attached": vols,

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use crate::cloud::{Cloud, Inner};
+use crate::cloud::{Cloud, Inner, server_name_of};
 use crate::errors::ApiError;
 use crate::state::{Attachment, Disk, Job, JobAction, JobStatus, job_time};
 
@@ -205,16 +205,21 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
             }
         }
         JobAction::AttachVolume { server_id, device } => {
-            let made = fx.attach_loop(&image).and_then(|dev| {
-                match fx.create_link(&cloud.link_path(id), &dev) {
-                    Ok(()) => Ok(dev),
-                    Err(e) => {
-                        // Do not leak the loop device when the link cannot be made.
-                        let _ = fx.detach_loop(&dev);
-                        Err(e)
+            // A remote server is another machine: the disk appears there, not here.
+            let made = if cloud.is_local(server_id) {
+                fx.attach_loop(&image).and_then(|dev| {
+                    match fx.create_link(&cloud.link_path(id), &dev) {
+                        Ok(()) => Ok(Some(dev)),
+                        Err(e) => {
+                            // Do not leak the loop device when the link cannot be made.
+                            let _ = fx.detach_loop(&dev);
+                            Err(e)
+                        }
                     }
-                }
-            });
+                })
+            } else {
+                Ok(None)
+            };
             match made {
                 Ok(dev) => {
                     let now = Utc::now();
@@ -222,10 +227,10 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
                         d.attachment = Some(Attachment {
                             attachment_id: uuid::Uuid::new_v4().to_string(),
                             server_id: server_id.clone(),
-                            host_name: cloud.server_name(),
+                            host_name: server_name_of(server_id),
                             device: device.clone(),
                             attached_at: now,
-                            loop_device: Some(dev),
+                            loop_device: dev,
                         });
                     }
                     set_status(inner, id, "in-use");
@@ -258,6 +263,13 @@ fn apply(cloud: &Cloud, inner: &mut Inner, job: &Job) -> Result<(), String> {
                 }
                 d.updated_at = Utc::now();
             }
+            Ok(())
+        }
+        JobAction::DetachVolume { server_id } if !cloud.is_local(server_id) => {
+            if let Some(d) = inner.state.disks.get_mut(id) {
+                d.attachment = None;
+            }
+            set_status(inner, id, "available");
             Ok(())
         }
         JobAction::DetachVolume { .. } => {

@@ -479,3 +479,56 @@ fn credentials_rotate_on_reload_and_a_bad_file_keeps_the_old_ones() {
     assert!(w.cloud.reload_credentials().is_err());
     assert!(w.cloud.creds().secret_key("NEW").is_some());
 }
+
+/// A remote server is another machine of the zone: disks attach to it and detach from it as
+/// the cloud sees it, with no loop device or link on this host, and its own 24-disk limit.
+#[test]
+fn remote_servers_take_disks_without_host_effects() {
+    const R: &str = "7d0e4a1c-0b9f-4c55-8e21-5a6f3c2d9e10";
+    let w = world_with(|c| c.remote_servers = vec![R.to_owned()]);
+    let ids: Vec<String> = (0..25).map(|_| available_disk(&w)).collect();
+    let attach = |id: &str| format!(r#"{{"volumeAttachment":{{"volumeId":"{id}"}}}}"#);
+    for id in &ids[..24] {
+        let job = ecs::attach_volume(&w.cloud, P, R, attach(id).as_bytes()).unwrap();
+        jobs::complete(&w.cloud, &job);
+        assert_eq!(job_status(&w, &job), JobStatus::Success);
+        assert_eq!(status(&w, id), "in-use");
+    }
+    assert!(w.fx.host().loops.is_empty() && w.fx.host().links.is_empty());
+    let att = w.cloud.lock().state.disks[&ids[0]]
+        .attachment
+        .clone()
+        .unwrap();
+    assert_eq!((att.server_id.as_str(), att.loop_device), (R, None));
+    assert_eq!(
+        err_code(ecs::attach_volume(
+            &w.cloud,
+            P,
+            R,
+            attach(&ids[24]).as_bytes()
+        )),
+        "Ecs.0104"
+    );
+    // This machine's server has slots of its own, and its attaches have effects.
+    let job = ecs::attach_volume(&w.cloud, P, S, attach(&ids[24]).as_bytes()).unwrap();
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(w.fx.host().loops.len(), 1);
+    // Restarting re-creates this machine's attachments only.
+    w.cloud.reconcile_attachments().unwrap();
+    assert_eq!(w.fx.host().loops.len(), 1);
+
+    let job = ecs::detach_volume(&w.cloud, P, R, &ids[0]).unwrap();
+    jobs::complete(&w.cloud, &job);
+    assert_eq!(job_status(&w, &job), JobStatus::Success);
+    assert_eq!(status(&w, &ids[0]), "available");
+    assert_eq!(w.fx.host().loops.len(), 1);
+    assert_eq!(
+        err_code(ecs::attach_volume(
+            &w.cloud,
+            P,
+            "not-a-server",
+            attach(&ids[0]).as_bytes()
+        )),
+        "Ecs.0114"
+    );
+}

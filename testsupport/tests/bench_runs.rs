@@ -26,6 +26,8 @@ fn a_tiny_benchmark_run_reports_every_figure() {
             "20",
             "--scales",
             "2,4",
+            "--attaches",
+            "6",
             "--io-seconds",
             "1",
             "--io-size-mib",

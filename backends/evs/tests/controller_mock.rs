@@ -56,6 +56,15 @@ struct Cloud {
     fail_extends: bool,
     /// Accepted creates fail in the cloud: the disk shows `error`, its job `FAIL`.
     fail_creates: bool,
+    /// Accepted attaches and detaches fail in the cloud: the disk stays as it was, the job
+    /// says `FAIL`.
+    fail_attaches: bool,
+    fail_detaches: bool,
+    /// Accepted attaches start late: the disk shows no change for this many reads (its job
+    /// `RUNNING`), then is `in-use` on the server.
+    attach_delay: usize,
+    /// Attaches that have not started yet: reads left, and the server.
+    late: BTreeMap<String, (usize, String)>,
     /// Create answers carry only the job, as older clouds answer (no `volume_ids`).
     creates_name_no_disk: bool,
     /// A snapshot of this disk appears right after the driver's first look for snapshots
@@ -70,6 +79,15 @@ struct Cloud {
 impl Cloud {
     /// A read of disk `id`: a disk being deleted shows `deleting` a few times, then is gone.
     fn read(&mut self, id: &str) -> Option<Value> {
+        if let Some((left, server)) = self.late.get_mut(id) {
+            if *left == 0 {
+                let server = server.clone();
+                self.late.remove(id);
+                attach(self.disks.get_mut(id)?, &server);
+            } else {
+                *left -= 1;
+            }
+        }
         if let Some((left, server)) = self.attaching.get_mut(id) {
             if *left == 0 {
                 let server = server.clone();
@@ -276,6 +294,18 @@ async fn handle(
                                  "entities": {"volume_id": volume}}),
                 );
             }
+            let ecs_failed = (c.fail_attaches && id.starts_with("job-attach-"))
+                || (c.fail_detaches && id.starts_with("job-detach-"));
+            if ecs_failed {
+                return ok(
+                    json!({"job_id": id, "job_type": "attachVolume", "status": "FAIL",
+                                 "error_code": "Ecs.0104", "fail_reason": "no free disk slot",
+                                 "entities": {"server_id": "server-1"}}),
+                );
+            }
+            if volume.as_ref().is_some_and(|v| c.late.contains_key(v)) {
+                return ok(json!({"job_id": id, "job_type": "attachVolume", "status": "RUNNING"}));
+            }
             ok(job(id, volume.as_deref().unwrap_or_default()))
         }
         (
@@ -292,6 +322,9 @@ async fn handle(
         ) => {
             if !c.servers.iter().any(|s| s == server) {
                 return not_found("Ecs.0114");
+            }
+            if c.fail_detaches {
+                return ok(json!({"job_id": format!("job-detach-{id}")}));
             }
             if let Some(d) = c.disks.get_mut(*id) {
                 d["attachments"] = json!([]);
@@ -313,10 +346,18 @@ async fn handle(
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
+            if !c.servers.contains(&server) {
+                return not_found("Ecs.0114");
+            }
+            let (fail, delay) = (c.fail_attaches, c.attach_delay);
             let Some(d) = c.disks.get_mut(&id) else {
                 return not_found("EVS.5404");
             };
-            attach(d, &server);
+            if delay > 0 {
+                c.late.insert(id.clone(), (delay, server));
+            } else if !fail {
+                attach(d, &server);
+            }
             ok(json!({"job_id": format!("job-attach-{id}")}))
         }
         _ => not_found("APIGW.0101"),
@@ -922,5 +963,116 @@ async fn a_create_answer_without_disk_ids_waits_on_the_job() {
     assert_eq!(
         job_polls(&mock),
         vec!["/evs/v1/p1/jobs/job-create-disk-new-1"]
+    );
+}
+
+/// Attaches and detaches watch the disk through the shared poller, not their ECS job, and no
+/// server is read: the attach call itself says when the node does not exist.
+#[tokio::test]
+async fn attach_and_detach_wait_on_the_disk_not_the_job() {
+    let mock = Mock::start(
+        vec![disk("disk-w", "pvc-w", "available", 10)],
+        &["server-1"],
+    )
+    .await;
+    let c = mock.controller();
+    let ctx = c
+        .publish(&publish_request("disk-w", "server-1"))
+        .await
+        .unwrap();
+    assert!(!ctx.is_empty());
+    c.unpublish("disk-w", Some("server-1")).await.unwrap();
+    assert_eq!(mock.disk("disk-w").unwrap()["status"], "available");
+    assert_eq!(job_polls(&mock), Vec::<String>::new());
+    let servers_read = mock
+        .seen()
+        .iter()
+        .filter(|s| s.path.contains("/servers/"))
+        .count();
+    assert_eq!(servers_read, 0);
+}
+
+#[tokio::test]
+async fn publish_to_a_node_ecs_does_not_know_is_not_found() {
+    let mock = Mock::start(vec![disk("disk-x", "pvc-x", "available", 10)], &[]).await;
+    let err = mock
+        .controller()
+        .publish(&publish_request("disk-x", "server-gone"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    assert!(err.to_string().contains("server-gone"), "{err}");
+    assert_eq!(mock.disk("disk-x").unwrap()["status"], "available");
+}
+
+/// An attach job that fails puts the disk back: the wait reads the job once and reports the
+/// cloud's reason instead of waiting for the timeout.
+#[tokio::test]
+async fn a_failed_attach_reports_its_jobs_reason_at_once() {
+    let mock = Mock::start(
+        vec![disk("disk-y", "pvc-y", "available", 10)],
+        &["server-1"],
+    )
+    .await;
+    mock.cloud.lock().unwrap().fail_attaches = true;
+    let started = std::time::Instant::now();
+    let err = mock
+        .controller()
+        .publish(&publish_request("disk-y", "server-1"))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("Ecs.0104") && text.contains("no free disk slot"),
+        "{text}"
+    );
+    assert_eq!(job_polls(&mock), vec!["/ecs/v1/p1/jobs/job-attach-disk-y"]);
+    // The job timeout is 5 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// An attach the cloud has not started when the disk is first looked at (the disk still
+/// `available`): its job says it is running, so the wait goes on until the disk is attached.
+#[tokio::test]
+async fn an_attach_that_starts_late_is_waited_for() {
+    let mock = Mock::start(
+        vec![disk("disk-z", "pvc-z", "available", 10)],
+        &["server-1"],
+    )
+    .await;
+    mock.cloud.lock().unwrap().attach_delay = 3;
+    let ctx = mock
+        .controller()
+        .publish(&publish_request("disk-z", "server-1"))
+        .await
+        .unwrap();
+    assert!(!ctx.is_empty());
+    assert_eq!(mock.disk("disk-z").unwrap()["status"], "in-use");
+    let polls = job_polls(&mock);
+    assert!(!polls.is_empty() && polls.len() <= 3, "{polls:?}");
+}
+
+#[tokio::test]
+async fn a_failed_detach_reports_its_jobs_reason_at_once() {
+    let mut d = disk("disk-v", "pvc-v", "in-use", 10);
+    attach(&mut d, "server-1");
+    let mock = Mock::start(vec![d], &["server-1"]).await;
+    mock.cloud.lock().unwrap().fail_detaches = true;
+    let started = std::time::Instant::now();
+    let err = mock
+        .controller()
+        .unpublish("disk-v", Some("server-1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no free disk slot"), "{err}");
+    assert_eq!(job_polls(&mock), vec!["/ecs/v1/p1/jobs/job-detach-disk-v"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
     );
 }

@@ -28,12 +28,14 @@ use crate::capabilities::{check_capability, storage_class_fs_type};
 use crate::config::EvsConfig;
 use crate::params::EvsParams;
 
+mod effect;
 mod existing;
 mod modify;
 mod naming;
 mod placement;
 mod snapshots;
 
+use effect::Effect;
 use existing::{is_failed_create, stuck_in_error};
 
 /// Metadata key holding the CSI request name a disk was created for (the idempotency key).
@@ -177,6 +179,23 @@ impl EvsController {
             .await
             .map(Some)
             .map_err(attempted)
+    }
+
+    /// Starts attaching the disk to the node (→ the ECS job). A node ECS does not know is
+    /// NOT_FOUND, as CSI wants; the attach call says so, so no separate server read is needed.
+    async fn start_attach(&self, disk_id: &str, node_id: &str) -> Result<JobId> {
+        self.client
+            .attach_volume(node_id, disk_id)
+            .await
+            .map_err(|e| {
+                if e.code()
+                    .is_some_and(|c| c.eq_ignore_ascii_case(SERVER_GONE_CODE))
+                {
+                    Error::NotFound(format!("node {node_id} is not a server of this project"))
+                } else {
+                    Error::from(e).context(format!("attaching disk {disk_id} to node {node_id}"))
+                }
+            })
     }
 
     /// Sends one create with `token` and waits until the disk is usable; `None` when the disk
@@ -529,14 +548,7 @@ impl ControllerBackend for EvsController {
 
     async fn publish(&self, req: &ControllerPublish) -> Result<BTreeMap<String, String>> {
         check_capability(&req.capability)?;
-        let disk = self.get(&req.native_id).await?;
-        if self.client.get_server(&req.node_id).await?.is_none() {
-            return Err(Error::NotFound(format!(
-                "node {} is not a server of this project",
-                req.node_id
-            )));
-        }
-        let mut disk = disk;
+        let mut disk = self.get(&req.native_id).await?;
         // An attach in flight lists no attachment yet, so where it is going is unknown: wait
         // for it to land (never longer than the job timeout), then decide with the answer.
         if disk.status == VolumeStatus::Attaching && disk.attachments.is_empty() {
@@ -546,6 +558,7 @@ impl ControllerBackend for EvsController {
                 })
                 .await?;
         }
+        let mut jobs = Vec::new();
         if let Some(a) = disk.attachments.iter().find(|a| a.server_id == req.node_id) {
             if disk.status == VolumeStatus::InUse {
                 return Ok(Self::publish_context(&disk, a));
@@ -566,24 +579,31 @@ impl ControllerBackend for EvsController {
                     disk.status.as_str()
                 )));
             }
-            self.run_job(
-                Service::Ecs,
-                &format!("attaching disk {} to node {}", disk.id, req.node_id),
-                async {
-                    self.client
-                        .attach_volume(&req.node_id, &disk.id)
-                        .await
-                        .map(Some)
-                },
-            )
-            .await?;
+            jobs.push(self.start_attach(&disk.id, &req.node_id).await?);
         }
         let node = req.node_id.clone();
+        let doing = format!("attaching disk {} to node {}", disk.id, req.node_id);
         let attached = self
-            .settle(&disk.id, "attached", move |v| {
-                v.status == VolumeStatus::InUse && v.attachments.iter().any(|a| a.server_id == node)
+            .await_effect(&disk.id, "attached", &doing, jobs, move |v| match v {
+                None => Effect::Failed("the disk disappeared".into()),
+                Some(v)
+                    if v.status == VolumeStatus::InUse
+                        && v.attachments.iter().any(|a| a.server_id == node) =>
+                {
+                    Effect::Landed
+                }
+                Some(v) if v.status.is_error() => {
+                    Effect::Failed(format!("status {}", v.status.as_str()))
+                }
+                Some(v) if v.status == VolumeStatus::Available && v.attachments.is_empty() => {
+                    Effect::Unseen
+                }
+                Some(_) => Effect::Underway,
             })
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!("disk {} disappeared while being attached", disk.id))
+            })?;
         let attachment = attached
             .attachments
             .iter()
@@ -603,12 +623,11 @@ impl ControllerBackend for EvsController {
             .map(|a| a.server_id.clone())
             .filter(|s| node_id.is_none_or(|n| n == s))
             .collect();
+        let mut jobs = Vec::new();
         if disk.status != VolumeStatus::Detaching {
             let mut gone = Vec::new();
             for node in &nodes {
-                let what = format!("detaching disk {disk_id} from node {node}");
-                let started = self.client.detach_volume(node, disk_id).await;
-                match started {
+                match self.client.detach_volume(node, disk_id).await {
                     // The server no longer exists: nothing is attached to a deleted node, and
                     // CSI wants OK when the node cannot be found, or the VolumeAttachment (and
                     // with it the disk) stays stuck forever.
@@ -619,9 +638,11 @@ impl ControllerBackend for EvsController {
                         tracing::warn!(disk = %disk_id, node = %node, "node is gone; counting the disk as detached from it");
                         gone.push(node.clone());
                     }
-                    started => {
-                        self.run_job(Service::Ecs, &what, async { started }).await?;
+                    Err(e) => {
+                        return Err(Error::from(e)
+                            .context(format!("detaching disk {disk_id} from node {node}")));
                     }
+                    Ok(job) => jobs.extend(job),
                 }
             }
             // The cloud may list a deleted server's attachment for a while; do not wait on it.
@@ -629,17 +650,22 @@ impl ControllerBackend for EvsController {
         }
         if !nodes.is_empty() {
             let detached = nodes.clone();
-            self.wait_until(disk_id, "detached", move |v| match v {
-                None => VolumeWait::Done,
+            let doing = format!("detaching disk {disk_id} from {}", nodes.join(", "));
+            self.await_effect(disk_id, "detached", &doing, jobs, move |v| match v {
+                None => Effect::Landed,
                 Some(v)
                     if v.attachments
                         .iter()
                         .any(|a| detached.contains(&a.server_id)) =>
                 {
-                    VolumeWait::Pending
+                    if v.status == VolumeStatus::InUse {
+                        Effect::Unseen
+                    } else {
+                        Effect::Underway
+                    }
                 }
-                Some(v) if v.status == VolumeStatus::Detaching => VolumeWait::Pending,
-                Some(_) => VolumeWait::Done,
+                Some(v) if v.status == VolumeStatus::Detaching => Effect::Underway,
+                Some(_) => Effect::Landed,
             })
             .await?;
             tracing::debug!(disk = %disk_id, nodes = ?nodes, "detached disk");
