@@ -121,7 +121,8 @@ pub fn encode(value: &str) -> String {
 }
 
 /// What DeleteVolume does with a volume's data, as the marker records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeletePolicy {
     /// Removes it.
     Delete,
