@@ -15,19 +15,38 @@ use std::sync::Arc;
 
 use everest_backend::ControllerBackend;
 use everest_backend::daemon::config::ControllerConfig;
+use everest_backend::marker::DeletePolicy;
 use everest_backend::registry::Registry;
 use everest_backend::secrets::Secrets;
 
 use crate::error::{Error, Result};
 use crate::orphans::{Orphan, Outcome, PvIndex, Report};
 
-/// The orphans `--delete` would delete: the listed ones that are not attached.
+/// The orphans `--delete` would delete or archive: the listed ones that are not attached and
+/// whose policy lets them go.
 pub fn deletable(report: &Report) -> usize {
     report
         .orphans
         .iter()
-        .filter(|o| o.attached_to.is_empty())
+        .filter(|o| o.attached_to.is_empty() && policy_lets_go(o).is_ok())
         .count()
+}
+
+/// What the policy the marker recorded allows: `Ok` with the outcome a successful delete
+/// has, or `Err` with the outcome instead of a delete. Data is never lost by a guess: a
+/// volume whose marker records no policy is not deleted.
+fn policy_lets_go(orphan: &Orphan) -> std::result::Result<Outcome, Outcome> {
+    match orphan.on_delete {
+        Some(DeletePolicy::Delete) => Ok(Outcome::Deleted),
+        Some(DeletePolicy::Archive) => Ok(Outcome::Archived),
+        Some(DeletePolicy::Retain) => Err(Outcome::Retained),
+        None => Err(Outcome::Refused(
+            "its marker records no delete policy (it was made before Everest recorded one), and \
+             the policy it was made with may have been retain or archive; check its data and \
+             delete it by hand if it is not needed"
+                .into(),
+        )),
+    }
 }
 
 /// Asks on `prompt` for the number of volumes to delete and reads the answer from `input`:
@@ -78,21 +97,27 @@ async fn delete_one(
             orphan.attached_to.join(", ")
         ));
     }
-    if pvs.holds(&orphan.volume_handle, orphan.pv_name.as_deref()) {
+    let handles = std::iter::once(&orphan.volume_handle).chain(&orphan.aliases);
+    if pvs.holds_any(handles, orphan.pv_name.as_deref()) {
         return Outcome::Kept("a PersistentVolume names it since it was listed".into());
     }
+    let done = match policy_lets_go(orphan) {
+        Ok(done) => done,
+        Err(instead) => return instead,
+    };
     let backend = match registry.for_volume(&orphan.volume_handle) {
         Ok(b) => b,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     // Secrets: DeleteVolume gets the StorageClass's provisioner secrets, which no longer
     // exist for a stranded volume; the kinds listed here delete with the instance's own
-    // credentials file.
+    // credentials file. The handle carries the recorded policy, so the backend's own delete
+    // deletes or archives it by the same rules as DeleteVolume.
     match backend
         .delete_volume(orphan.volume_handle.native(), &Secrets::default())
         .await
     {
-        Ok(()) => Outcome::Deleted,
+        Ok(()) => done,
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
@@ -124,6 +149,69 @@ fn registry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn orphan(on_delete: Option<DeletePolicy>) -> Orphan {
+        Orphan {
+            backend: "files".into(),
+            kind: "sfs".into(),
+            volume_handle: "v1:files:d~pvc-1".parse().unwrap(),
+            name: "pvc-1".into(),
+            size_bytes: None,
+            on_delete,
+            aliases: vec!["v1:files:r~pvc-1".parse().unwrap()],
+            created_at: None,
+            age: None,
+            pv_name: Some("pvc-1".into()),
+            pvc_name: None,
+            pvc_namespace: None,
+            attached_to: Vec::new(),
+            outcome: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_recorded_policy_decides_before_any_backend_is_asked() {
+        // No backend is configured: a delete that reached one would fail, not pass.
+        let registry: Registry<dyn ControllerBackend> = Registry::new(None);
+        let pvs = PvIndex::default();
+        let retained = delete_one(&registry, &orphan(Some(DeletePolicy::Retain)), &pvs).await;
+        assert_eq!(retained, Outcome::Retained);
+        let unknown = delete_one(&registry, &orphan(None), &pvs).await;
+        assert!(
+            matches!(&unknown, Outcome::Refused(why) if why.contains("no delete policy")),
+            "{unknown}"
+        );
+        let asked = delete_one(&registry, &orphan(Some(DeletePolicy::Delete)), &pvs).await;
+        assert!(matches!(asked, Outcome::Failed(_)), "{asked}");
+        // A PV naming the volume under another policy's handle keeps it.
+        let pv: k8s_openapi::api::core::v1::PersistentVolume =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "static"},
+                "spec": {"csi": {"driver": "everest.csi.io", "volumeHandle": "v1:files:r~pvc-1"}}
+            }))
+            .unwrap();
+        let kept = delete_one(
+            &registry,
+            &orphan(Some(DeletePolicy::Delete)),
+            &PvIndex::new(&[pv]),
+        )
+        .await;
+        assert!(matches!(kept, Outcome::Kept(_)), "{kept}");
+        let report = Report {
+            cluster_id: "prod".into(),
+            min_age: crate::age::Age::from_secs(0),
+            backends: Vec::new(),
+            orphans: vec![
+                orphan(Some(DeletePolicy::Delete)),
+                orphan(Some(DeletePolicy::Archive)),
+                orphan(Some(DeletePolicy::Retain)),
+                orphan(None),
+            ],
+            other_clusters: 0,
+            held_back: 0,
+        };
+        assert_eq!(deletable(&report), 2);
+    }
 
     #[test]
     fn only_the_number_typed_back_confirms() {

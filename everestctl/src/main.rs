@@ -157,7 +157,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
         }
         Command::Orphans(args) => {
             let config = cloud::load_config(&args.config)?;
-            let cloud = cloud::read_with(&config, &mut progress).await?;
+            let cloud = cloud::read_with(&config, cloud::Reach::Everything, &mut progress).await?;
             writeln!(progress, "reading the cluster")?;
             let pvs = PvIndex::new(&cluster.persistent_volumes().await?);
             let options = orphans::Options {
@@ -194,7 +194,7 @@ async fn run(cli: Cli) -> Result<bool, Error> {
             } else {
                 writeln!(
                     progress,
-                    "every listed volume is attached: nothing to delete"
+                    "every listed volume is attached, retained, or of unknown delete policy: nothing to delete"
                 )?;
             }
             writeln!(progress, "reading the cluster again")?;

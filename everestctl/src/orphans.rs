@@ -18,13 +18,13 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use everest_backend::marker::{self, ClusterId, Marker, Owner};
+use everest_backend::marker::{self, ClusterId, DeletePolicy, Marker, Owner};
 use everest_backend::{BackendName, VolumeId};
 use k8s_openapi::api::core::v1::PersistentVolume;
 use serde::{Serialize, Serializer};
 
 use crate::age::Age;
-use crate::cloud::{CloudDisk, CloudView, format_time};
+use crate::cloud::{CloudBackend, CloudDisk, CloudView, format_time};
 
 const GIB: u64 = 1 << 30;
 
@@ -56,7 +56,18 @@ impl PvIndex {
     /// Whether a PV names the volume `id`, or has the PV name `pv_name` (as the marker stores
     /// it) that the volume was created for.
     pub fn holds(&self, id: &VolumeId, pv_name: Option<&str>) -> bool {
-        self.handles.contains(id) || pv_name.is_some_and(|n| self.names.contains(n))
+        self.holds_any(std::iter::once(id), pv_name)
+    }
+
+    /// [`PvIndex::holds`] for a volume that several handles name (the same directory with
+    /// each delete policy): a PV naming it in any form is using it.
+    pub fn holds_any<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a VolumeId>,
+        pv_name: Option<&str>,
+    ) -> bool {
+        ids.into_iter().any(|id| self.handles.contains(id))
+            || pv_name.is_some_and(|n| self.names.contains(n))
     }
 }
 
@@ -82,6 +93,8 @@ pub struct BackendCheck {
     pub checked: bool,
     /// Why the instance was not checked.
     pub note: Option<String>,
+    /// Whether it was asked and the asking failed (`note` says how).
+    pub failed: bool,
     /// Volumes the cloud listed through it.
     pub volumes: usize,
     /// Of those, marked by this cluster for this instance.
@@ -110,10 +123,16 @@ pub struct Orphan {
     /// The volume handle a PV of it would have had.
     #[serde(serialize_with = "display")]
     pub volume_handle: VolumeId,
-    /// Its name in the cloud.
+    /// Its name in the cloud (share name, directory, bucket, `bucket/prefix`).
     pub name: String,
-    /// Its size.
-    pub size_bytes: u64,
+    /// Its size, where the service has one.
+    pub size_bytes: Option<u64>,
+    /// What `--delete` does with it, by its backend's rules and its marker: `delete`,
+    /// `archive`, `retain`; `None` when the marker records no policy (never deleted).
+    pub on_delete: Option<DeletePolicy>,
+    /// The other handles that name it (with another policy), for the PV check.
+    #[serde(skip)]
+    pub aliases: Vec<VolumeId>,
     /// When it was created, if the cloud says.
     pub created_at: Option<String>,
     /// Its age in seconds, when known.
@@ -136,6 +155,10 @@ pub struct Orphan {
 pub enum Outcome {
     /// The backend deleted it.
     Deleted,
+    /// The backend archived it (kept under another name), as its policy says.
+    Archived,
+    /// Not deleted: its policy is to keep it.
+    Retained,
     /// Not deleted, by rule (it is attached); the reason says what to do.
     Refused(String),
     /// Not deleted: a PV names it since it was listed.
@@ -148,6 +171,8 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Deleted => f.write_str("deleted"),
+            Outcome::Archived => f.write_str("archived"),
+            Outcome::Retained => f.write_str("retained, not deleted (its delete policy is retain)"),
             Outcome::Refused(why) => write!(f, "refused: {why}"),
             Outcome::Kept(why) => write!(f, "kept: {why}"),
             Outcome::Failed(why) => write!(f, "failed: {why}"),
@@ -192,11 +217,16 @@ fn min_age_seconds<S: Serializer>(age: &Age, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Report {
-    /// Whether something is left for the operator: an orphan not deleted.
+    /// Whether something is left for the operator: an orphan not dealt with as its policy
+    /// says (deleted, archived, or retained on purpose), or an instance that could not be read.
     pub fn needs_attention(&self) -> bool {
-        self.orphans
-            .iter()
-            .any(|o| o.outcome != Some(Outcome::Deleted))
+        self.backends.iter().any(|b| b.failed)
+            || self.orphans.iter().any(|o| {
+                !matches!(
+                    o.outcome,
+                    Some(Outcome::Deleted | Outcome::Archived | Outcome::Retained)
+                )
+            })
     }
 
     /// Instances whose volumes were not listed.
@@ -205,12 +235,11 @@ impl Report {
     }
 }
 
-/// Why an instance of `kind` is not listed.
-fn not_checked(kind: &str) -> String {
-    match kind {
-        "sfs" => "not checked: SFS Turbo shares and NFS subdirectories are not listed yet".into(),
-        "obs" => "not checked: buckets and prefixes are not listed yet".into(),
-        other => format!("not checked: everestctl does not list {other} volumes"),
+/// Why the instance `b` is not listed.
+fn not_checked(b: &CloudBackend) -> String {
+    match &b.error {
+        Some(e) => format!("not checked: {e}"),
+        None => format!("not checked: everestctl does not list {} volumes", b.kind),
     }
 }
 
@@ -225,7 +254,8 @@ pub fn find(cloud: &CloudView, pvs: &PvIndex, opts: &Options) -> Report {
             backend: b.name.clone(),
             kind: b.kind.clone(),
             checked: b.read,
-            note: (!b.read).then(|| not_checked(&b.kind)),
+            note: (!b.read).then(|| not_checked(b)),
+            failed: b.error.is_some(),
             volumes: 0,
             ours: 0,
             in_use: 0,
@@ -261,7 +291,16 @@ pub fn find(cloud: &CloudView, pvs: &PvIndex, opts: &Options) -> Report {
             let Ok(id) = VolumeId::new(name.clone(), &disk.id) else {
                 continue;
             };
-            if pvs.holds(&id, mark.pv_name.as_deref()) {
+            // Aliases that do not parse cannot be in a PV's handle either.
+            let aliases: Vec<VolumeId> = disk
+                .aliases
+                .iter()
+                .filter_map(|a| VolumeId::new(name.clone(), a).ok())
+                .collect();
+            if pvs.holds_any(
+                std::iter::once(&id).chain(&aliases),
+                mark.pv_name.as_deref(),
+            ) {
                 check.in_use += 1;
                 continue;
             }
@@ -280,7 +319,7 @@ pub fn find(cloud: &CloudView, pvs: &PvIndex, opts: &Options) -> Report {
                 _ => {}
             }
             check.orphans += 1;
-            orphans.push(orphan(&b.kind, id, disk, age, mark));
+            orphans.push(orphan(&b.kind, id, aliases, disk, age, mark));
         }
         backends.push(check);
     }
@@ -295,13 +334,22 @@ pub fn find(cloud: &CloudView, pvs: &PvIndex, opts: &Options) -> Report {
     }
 }
 
-fn orphan(kind: &str, id: VolumeId, disk: &CloudDisk, age: Option<Age>, m: Marker) -> Orphan {
+fn orphan(
+    kind: &str,
+    id: VolumeId,
+    aliases: Vec<VolumeId>,
+    disk: &CloudDisk,
+    age: Option<Age>,
+    m: Marker,
+) -> Orphan {
     Orphan {
         backend: disk.backend.clone(),
         kind: kind.to_owned(),
         volume_handle: id,
         name: disk.name.clone(),
-        size_bytes: disk.size_gib.saturating_mul(GIB),
+        size_bytes: disk.size_bytes,
+        on_delete: disk.on_delete,
+        aliases,
         created_at: disk.created_at.as_ref().map(format_time),
         age,
         pv_name: m.pv_name,
@@ -353,12 +401,14 @@ mod tests {
             backend: "evs-a".into(),
             id: id.into(),
             name: id.into(),
-            size_gib: 10,
+            size_bytes: Some(10 * GIB),
             status: "available".into(),
             managed_by_everest: true,
             attached_to: Vec::new(),
             tags,
             created_at: Some(now() - Duration::seconds(age_secs)),
+            aliases: Vec::new(),
+            on_delete: Some(DeletePolicy::Delete),
         }
     }
 
@@ -369,11 +419,13 @@ mod tests {
                     name: "evs-a".into(),
                     kind: "evs".into(),
                     read: true,
+                    error: None,
                 },
                 CloudBackend {
                     name: "files".into(),
                     kind: "sfs".into(),
                     read: false,
+                    error: Some("backend files: listing its volumes: NFS server down".into()),
                 },
             ],
             disks,
@@ -419,7 +471,7 @@ mod tests {
         assert_eq!(listed(&report), vec!["v1:evs-a:stranded"]);
         let o = &report.orphans[0];
         assert_eq!(o.age, Some(Age::from_secs(5 * 3600)));
-        assert_eq!(o.size_bytes, 10 * GIB);
+        assert_eq!(o.size_bytes, Some(10 * GIB));
         assert_eq!(o.pv_name.as_deref(), Some("pvc-gone"));
         assert_eq!(o.pvc_name.as_deref(), Some("claim-pvc-gone"));
         assert_eq!(o.created_at.as_deref(), Some("2026-12-02T21:00:00Z"));
@@ -470,6 +522,20 @@ mod tests {
     }
 
     #[test]
+    fn a_pv_naming_the_volume_with_another_policy_keeps_it_off_the_list() {
+        let mut dir = disk("d~data", marked("prod", "evs-a", "pvc-dir"), 5 * HOUR);
+        dir.aliases = vec!["r~data".into(), "a~data".into()];
+        dir.on_delete = Some(DeletePolicy::Delete);
+        let view = cloud(vec![dir]);
+        // A static PV written by hand with the keeping form of the same directory.
+        let pvs = PvIndex::new(&[pv("static-data", "v1:evs-a:r~data")]);
+        assert!(find(&view, &pvs, &opts(0)).orphans.is_empty());
+        let listed = find(&view, &PvIndex::default(), &opts(0));
+        assert_eq!(listed.orphans[0].aliases.len(), 2);
+        assert_eq!(listed.orphans[0].on_delete, Some(DeletePolicy::Delete));
+    }
+
+    #[test]
     fn the_minimum_age_holds_back_young_and_undated_volumes() {
         let mut undated = disk("undated", marked("prod", "evs-a", "pvc-u"), 0);
         undated.created_at = None;
@@ -486,7 +552,8 @@ mod tests {
         );
         let all = find(&view, &PvIndex::default(), &opts(0));
         assert_eq!(all.orphans.len(), 3);
-        assert!(!find(&cloud(vec![]), &PvIndex::default(), &opts(0)).needs_attention());
+        // An instance that could not be read needs attention even with nothing listed.
+        assert!(find(&cloud(vec![]), &PvIndex::default(), &opts(0)).needs_attention());
     }
 
     #[test]
@@ -499,7 +566,22 @@ mod tests {
         assert_eq!(v["orphans"][0]["volume_handle"], "v1:evs-a:d1");
         assert_eq!(v["orphans"][0]["age_seconds"], 90);
         assert_eq!(v["orphans"][0]["outcome"], "deleted");
+        assert_eq!(v["orphans"][0]["on_delete"], "delete");
+        assert!(v["orphans"][0].get("aliases").is_none());
+        // Only the unreadable instance is left to look at.
+        assert!(report.needs_attention());
+        report.backends.retain(|b| !b.failed);
         assert!(!report.needs_attention());
+        for (outcome, done) in [
+            (Outcome::Archived, true),
+            (Outcome::Retained, true),
+            (Outcome::Refused("x".into()), false),
+            (Outcome::Kept("x".into()), false),
+            (Outcome::Failed("x".into()), false),
+        ] {
+            report.orphans[0].outcome = Some(outcome.clone());
+            assert_eq!(report.needs_attention(), !done, "{outcome}");
+        }
         assert_eq!(format_size(10 * GIB), "10Gi");
         assert_eq!(format_size(1000), "1000B");
     }

@@ -221,13 +221,17 @@ pub fn orphans_table(out: &mut dyn Write, report: &OrphanReport) -> Result<()> {
                 };
                 let mut row = vec![
                     o.backend.clone(),
+                    o.kind.clone(),
                     o.volume_handle.to_string(),
-                    orphans::format_size(o.size_bytes),
+                    o.size_bytes
+                        .map_or_else(|| "-".to_owned(), orphans::format_size),
                     o.age.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                     or_dash(o.created_at.as_deref()),
                     or_dash(o.pv_name.as_deref()),
                     claim,
                     attached,
+                    o.on_delete
+                        .map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
                 ];
                 if with_outcome {
                     row.push(
@@ -240,7 +244,16 @@ pub fn orphans_table(out: &mut dyn Write, report: &OrphanReport) -> Result<()> {
             })
             .collect();
         let mut headers = vec![
-            "BACKEND", "VOLUME", "SIZE", "AGE", "CREATED", "PV", "CLAIM", "ATTACHED",
+            "BACKEND",
+            "KIND",
+            "VOLUME",
+            "SIZE",
+            "AGE",
+            "CREATED",
+            "PV",
+            "CLAIM",
+            "ATTACHED",
+            "ON DELETE",
         ];
         if with_outcome {
             headers.push("RESULT");

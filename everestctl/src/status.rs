@@ -329,6 +329,7 @@ mod tests {
                 name: "evs-a".into(),
                 kind: "evs".into(),
                 read: true,
+                error: None,
             }],
             disks: disks
                 .iter()
@@ -336,12 +337,14 @@ mod tests {
                     backend: "evs-a".into(),
                     id: (*id).into(),
                     name: format!("disk-{id}"),
-                    size_gib: 10,
+                    size_bytes: Some(10 << 30),
                     status: "in-use".into(),
                     managed_by_everest: *managed,
                     attached_to: servers.iter().map(|s| (*s).to_owned()).collect(),
                     tags: Default::default(),
                     created_at: None,
+                    aliases: Vec::new(),
+                    on_delete: None,
                 })
                 .collect(),
         }

@@ -190,6 +190,30 @@ pub struct ListedVolume {
     pub abnormal: Option<String>,
 }
 
+/// A resource a backend instance found with its owner's mark (or without one, where the kind
+/// lists every resource), for `everestctl orphans`: what it is, how old, and how DeleteVolume
+/// would take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkedVolume {
+    /// The native ID that deletes it as the marker's policy says; the keeping (retain) form
+    /// when the marker records no policy, so that no ID deletes what the policy does not say.
+    pub native_id: String,
+    /// Every other native ID that names the same resource (with another policy): a PV naming
+    /// it in any of these forms is using it.
+    pub aliases: Vec<String>,
+    /// Its name where it lives (share name, directory, bucket, `bucket/prefix`).
+    pub name: String,
+    /// Its size, where the service has one.
+    pub size_bytes: Option<u64>,
+    /// When it was made, where the service says.
+    pub created_at: Option<std::time::SystemTime>,
+    /// Its tags or mark, where the marker ([`crate::marker`]) is read from; empty for a
+    /// resource Everest did not mark.
+    pub tags: BTreeMap<String, String>,
+    /// What DeleteVolume does with it, by the marker; `None` when the marker does not say.
+    pub on_delete: Option<crate::marker::DeletePolicy>,
+}
+
 /// One page of ListVolumes.
 #[derive(Debug, Clone, Default)]
 pub struct VolumePage {
@@ -256,6 +280,14 @@ pub trait ControllerBackend: Send + Sync + Debug {
     ) -> Result<VolumePage>;
     /// Checks that the backend's service answers.
     async fn probe(&self) -> Result<()>;
+    /// Every resource of this instance's kind the instance can see, with its tags or mark
+    /// (`everestctl orphans` decides which are stranded). Kinds that cannot list say so.
+    async fn marked_volumes(&self) -> Result<Vec<MarkedVolume>> {
+        Err(crate::Error::InvalidArgument(format!(
+            "{:?} backends do not list their volumes by marker",
+            self.kind()
+        )))
+    }
     /// Changes a volume in place to what the mutable `parameters` (a VolumeAttributesClass)
     /// say; a parameter that cannot change is INVALID_ARGUMENT naming it. Already so is success.
     async fn modify_volume(

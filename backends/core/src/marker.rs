@@ -35,6 +35,10 @@ pub const PV_NAME_KEY: &str = "everest-pv-name";
 pub const PVC_NAME_KEY: &str = "everest-pvc-name";
 /// The namespace of that PVC, when the provisioner said.
 pub const PVC_NAMESPACE_KEY: &str = "everest-pvc-namespace";
+/// What DeleteVolume does with it (`delete`, `retain`, `archive`), for the kinds whose policy
+/// lives in the volume handle (file, object): the handle goes with the PV, and `everestctl
+/// orphans` must still honour the policy. Block volumes have one policy and do not write it.
+pub const ON_DELETE_KEY: &str = "everest-on-delete";
 /// Every marker key starts with this; user tags may not (they could forge or hide a marker).
 pub const RESERVED_PREFIX: &str = "everest-";
 
@@ -114,6 +118,46 @@ pub fn encode(value: &str) -> String {
         .collect();
     let digest = hex::encode(Sha256::digest(value.as_bytes()));
     format!("{prefix}{HASH_SEPARATOR}{}", &digest[..HASH_HEX])
+}
+
+/// What DeleteVolume does with a volume's data, as the marker records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeletePolicy {
+    /// Removes it.
+    Delete,
+    /// Leaves it as it is.
+    Retain,
+    /// Keeps it under another name (`archived-<name>`).
+    Archive,
+}
+
+impl DeletePolicy {
+    /// The word the marker stores (and StorageClasses use).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeletePolicy::Delete => "delete",
+            DeletePolicy::Retain => "retain",
+            DeletePolicy::Archive => "archive",
+        }
+    }
+
+    /// The policy `word` names; `None` for any other word (a marker written by a later
+    /// version, or changed by hand, has an unknown policy, never a guessed one).
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "delete" => Some(DeletePolicy::Delete),
+            "retain" => Some(DeletePolicy::Retain),
+            "archive" => Some(DeletePolicy::Archive),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeletePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What one API accepts as tags on one resource.
@@ -207,6 +251,9 @@ pub struct Marker {
     pub pvc_name: Option<String>,
     /// The PVC namespace, encoded, when known.
     pub pvc_namespace: Option<String>,
+    /// The delete policy, for kinds that record one; `None` also for a marker written before
+    /// the key existed (or with a word this version does not know).
+    pub on_delete: Option<DeletePolicy>,
 }
 
 /// Whose a resource is, by its marker.
@@ -229,7 +276,14 @@ impl Marker {
             pv_name: k8s.pv_name.as_deref().map(encode),
             pvc_name: k8s.pvc_name.as_deref().map(encode),
             pvc_namespace: k8s.pvc_namespace.as_deref().map(encode),
+            on_delete: None,
         }
+    }
+
+    /// The same marker recording the delete policy `policy`.
+    pub fn with_on_delete(mut self, policy: DeletePolicy) -> Self {
+        self.on_delete = Some(policy);
+        self
     }
 
     /// The marker as key/value pairs, for tags or metadata.
@@ -248,6 +302,9 @@ impl Marker {
                 tags.insert(key.to_owned(), v.clone());
             }
         }
+        if let Some(p) = self.on_delete {
+            tags.insert(ON_DELETE_KEY.to_owned(), p.as_str().to_owned());
+        }
         tags
     }
 
@@ -264,6 +321,7 @@ impl Marker {
             pv_name: get(PV_NAME_KEY),
             pvc_name: get(PVC_NAME_KEY),
             pvc_namespace: get(PVC_NAMESPACE_KEY),
+            on_delete: tags.get(ON_DELETE_KEY).and_then(|w| DeletePolicy::parse(w)),
         })
     }
 
@@ -431,10 +489,34 @@ mod tests {
     }
 
     #[test]
+    fn the_delete_policy_round_trips_and_an_old_or_odd_one_is_unknown() {
+        let (cluster, backend) = here();
+        let plain = Marker::new(&cluster, &backend, &k8s("pvc-1", "data", "shop"));
+        for policy in [
+            DeletePolicy::Delete,
+            DeletePolicy::Retain,
+            DeletePolicy::Archive,
+        ] {
+            let m = plain.clone().with_on_delete(policy);
+            let tags = m.to_tags();
+            assert_eq!(tags[ON_DELETE_KEY], policy.as_str());
+            assert_eq!(Marker::read(&tags).unwrap().on_delete, Some(policy));
+        }
+        // A marker written before the key existed: the policy is unknown, not a default.
+        let old = plain.to_tags();
+        assert!(!old.contains_key(ON_DELETE_KEY));
+        assert_eq!(Marker::read(&old).unwrap().on_delete, None);
+        let mut odd = old.clone();
+        odd.insert(ON_DELETE_KEY.into(), "Delete".into());
+        assert_eq!(Marker::read(&odd).unwrap().on_delete, None);
+    }
+
+    #[test]
     fn the_marker_fits_every_api() {
         let (cluster, backend) = here();
         let long = "n".repeat(253);
-        let m = Marker::new(&cluster, &backend, &k8s(&long, &long, &long));
+        let m = Marker::new(&cluster, &backend, &k8s(&long, &long, &long))
+            .with_on_delete(DeletePolicy::Archive);
         for limits in [EVS_TAGS, SFS_TURBO_TAGS, S3_TAGS] {
             let tags = m.with_user_tags(&BTreeMap::new(), &limits).unwrap();
             for (k, v) in &tags {

@@ -9,11 +9,11 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use everest_backend::backend::{
     BackendKind, Capabilities, ControllerBackend, ControllerPublish, CreateVolume, Expanded,
-    ListedVolume, Volume, VolumePage, unsupported,
+    ListedVolume, MarkedVolume, Volume, VolumePage, unsupported,
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
-use everest_backend::marker::{self, Marker, Owner};
+use everest_backend::marker::{self, DeletePolicy, Marker, Owner};
 use everest_backend::secrets::Secrets;
 use everest_backend::{BackendName, Error, Result, VolumeId};
 
@@ -21,8 +21,11 @@ use crate::config::ObsConfig;
 use crate::credentials::S3Keys;
 use crate::mounter::Mounter;
 use crate::params::{Mode, ObsParams};
-use crate::s3::S3;
-use crate::volume::{ObsVolume, OnDelete, bucket_for_request, prefix_for_request, short_hash};
+use crate::s3::{S3, mark_bucket};
+use crate::volume::{
+    ObsVolume, OnDelete, bucket_for_request, check_bucket_name, check_prefix, prefix_for_request,
+    short_hash,
+};
 use crate::{CAPABILITIES, check_capability, context};
 
 /// The marker key that says Everest made a bucket or prefix: what DeleteVolume requires before
@@ -281,7 +284,11 @@ impl ObsController {
     /// (3 of the 50 tags beyond the marker, values far below 256 characters) and, lowercase
     /// and ASCII, object metadata as well.
     fn mark(&self, req: &CreateVolume, plan: &Plan) -> BTreeMap<String, String> {
-        let mut tags = req.marker(&self.name).to_tags();
+        // The policy goes in the mark too: the volume ID that carries it goes with the PV.
+        let mut tags = req
+            .marker(&self.name)
+            .with_on_delete(plan.volume.on_delete.policy())
+            .to_tags();
         tags.insert(PARAMS_TAG.to_owned(), plan.fingerprint.clone());
         tags.insert(
             CAPACITY_TAG.to_owned(),
@@ -400,6 +407,91 @@ impl ObsController {
     }
 }
 
+impl ObsController {
+    /// The buckets and prefixes these keys can see that carry an Everest marker, for
+    /// `everestctl orphans`. Prefix volumes are looked for one level down in every bucket that
+    /// is not itself a bucket volume (a bucket volume's keys are a pod's data).
+    async fn marked(&self) -> Result<Vec<MarkedVolume>> {
+        let c = self.client(&Secrets::default())?;
+        let marks = mark_bucket(&self.config.bucket_prefix);
+        let mut found = Vec::new();
+        for (bucket, created) in self.s3.list_buckets(&c).await? {
+            if bucket == marks || check_bucket_name(&bucket).is_err() {
+                continue;
+            }
+            let tags = match self.s3.bucket_mark(&c, &bucket).await {
+                Ok(tags) => tags,
+                // Owned by these keys but closed to them: not a bucket Everest made.
+                Err(Error::PermissionDenied(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if Marker::read(&tags).is_some() {
+                found.push(marked(bucket, None, tags, created));
+                continue;
+            }
+            for key in self.s3.top_prefixes(&c, &bucket).await? {
+                let prefix = key.trim_end_matches('/');
+                if check_prefix(prefix).is_err() {
+                    continue;
+                }
+                let Some((meta, modified)) = self.s3.object_head(&c, &bucket, &key).await? else {
+                    continue;
+                };
+                if Marker::read(&meta).is_some() {
+                    found.push(marked(
+                        bucket.clone(),
+                        Some(prefix.to_owned()),
+                        meta,
+                        modified,
+                    ));
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A marked bucket or prefix as `everestctl orphans` sees it: its ID carries the policy its
+/// mark records, or the keeping one when the mark records none.
+fn marked(
+    bucket: String,
+    prefix: Option<String>,
+    tags: BTreeMap<String, String>,
+    created_at: Option<std::time::SystemTime>,
+) -> MarkedVolume {
+    let recorded = Marker::read(&tags).and_then(|m| m.on_delete);
+    let on_delete = match recorded {
+        Some(DeletePolicy::Delete) => OnDelete::Delete,
+        _ => OnDelete::Retain,
+    };
+    let other = match on_delete {
+        OnDelete::Delete => OnDelete::Retain,
+        OnDelete::Retain => OnDelete::Delete,
+    };
+    let id = |on_delete| {
+        ObsVolume {
+            on_delete,
+            bucket: bucket.clone(),
+            prefix: prefix.clone(),
+        }
+        .to_string()
+    };
+    let name = match &prefix {
+        Some(p) => format!("{bucket}/{p}"),
+        None => bucket.clone(),
+    };
+    MarkedVolume {
+        native_id: id(on_delete),
+        aliases: vec![id(other)],
+        name,
+        // S3 has no size to report; the capacity in the mark is what was asked, not used.
+        size_bytes: None,
+        created_at,
+        tags,
+        on_delete: recorded,
+    }
+}
+
 /// Mode `d` on something Everest did not make (a hand-written volumeHandle): refuse, naming the
 /// way out, rather than delete another's data or pretend it is gone.
 fn not_made_by_us(vol: &ObsVolume, what: &str) -> Error {
@@ -496,6 +588,10 @@ impl ControllerBackend for ObsController {
 
     async fn list_volumes(&self, _token: Option<&str>, _max: u32) -> Result<VolumePage> {
         Err(unsupported(&self.name, "ListVolumes"))
+    }
+
+    async fn marked_volumes(&self) -> Result<Vec<MarkedVolume>> {
+        self.marked().await
     }
 
     async fn probe(&self) -> Result<()> {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
+use std::time::SystemTime;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
@@ -344,17 +345,80 @@ impl S3 {
         bucket: &str,
         key: &str,
     ) -> Result<Option<BTreeMap<String, String>>> {
+        Ok(self.object_head(c, bucket, key).await?.map(|(m, _)| m))
+    }
+
+    /// The user metadata of the object `key` and when it was last written, or `None` when
+    /// there is no such object.
+    pub async fn object_head(
+        &self,
+        c: &Client,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<(BTreeMap<String, String>, Option<SystemTime>)>> {
         match self
             .observed("HeadObject", c.head_object().bucket(bucket).key(key).send())
             .await
         {
-            Ok(out) => Ok(Some(
+            Ok(out) => Ok(Some((
                 out.metadata()
                     .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                     .unwrap_or_default(),
-            )),
+                out.last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+            ))),
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(s3_error(format_args!("HeadObject {bucket}/{key}"), e)),
+        }
+    }
+
+    /// Every bucket these keys own, with its creation time when the service says.
+    pub async fn list_buckets(&self, c: &Client) -> Result<Vec<(String, Option<SystemTime>)>> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let call = c.list_buckets().set_continuation_token(token.take()).send();
+            let page = self
+                .observed("ListBuckets", call)
+                .await
+                .map_err(|e| s3_error("ListBuckets", e))?;
+            all.extend(page.buckets().iter().filter_map(|b| {
+                let created = b
+                    .creation_date()
+                    .and_then(|t| SystemTime::try_from(*t).ok());
+                Some((b.name()?.to_owned(), created))
+            }));
+            match page.continuation_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// The first-level prefixes of a bucket (`name/`), as a `/`-delimited listing shows them.
+    pub async fn top_prefixes(&self, c: &Client, bucket: &str) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let call = c
+                .list_objects_v2()
+                .bucket(bucket)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send();
+            let page = self
+                .observed("ListObjectsV2", call)
+                .await
+                .map_err(|e| s3_error(format_args!("ListObjectsV2 {bucket}"), e))?;
+            all.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_owned)),
+            );
+            match page.next_continuation_token() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return Ok(all),
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use everest_backend::Error;
+use everest_backend::marker::DeletePolicy;
 use sha2::{Digest, Sha256};
 
 /// What DeleteVolume does with the volume's data.
@@ -22,6 +23,14 @@ pub enum OnDelete {
 }
 
 impl OnDelete {
+    /// The policy as the marker records it.
+    pub fn policy(self) -> DeletePolicy {
+        match self {
+            OnDelete::Delete => DeletePolicy::Delete,
+            OnDelete::Retain => DeletePolicy::Retain,
+        }
+    }
+
     fn letter(self) -> char {
         match self {
             OnDelete::Delete => 'd',

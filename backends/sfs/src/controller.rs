@@ -9,11 +9,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use everest_backend::backend::{
     BackendKind, Capabilities, ControllerBackend, ControllerPublish, CreateVolume, Expanded,
-    ListedVolume, Volume, VolumePage, unsupported,
+    ListedVolume, MarkedVolume, Volume, VolumePage, unsupported,
 };
 use everest_backend::capability::VolumeCapability;
 use everest_backend::capacity::CapacityRange;
-use everest_backend::marker::{Marker, Owner};
+use everest_backend::marker::{DeletePolicy, Marker, Owner};
 use everest_backend::secrets::Secrets;
 use everest_backend::{BackendName, Error, Result};
 
@@ -114,7 +114,11 @@ impl SfsController {
     ) -> Result<()> {
         let mark_name = marks::mark_name(&vol.path);
         let mark = [marks::MARK_DIR, mark_name.as_str()];
-        let content = marks::render(&req.marker(&self.name).to_tags());
+        // The policy goes in the mark too: the volume ID that carries it goes with the PV.
+        let marker = req
+            .marker(&self.name)
+            .with_on_delete(vol.on_delete.policy());
+        let content = marks::render(&marker.to_tags());
         // Twice at most: a mark that a racing call wrote between the read and the write is
         // read on the second round.
         for _ in 0..2 {
@@ -154,6 +158,55 @@ impl SfsController {
         )))
     }
 
+    /// The directory volumes of the marks in `<base_dir>/.everest`, with the mark's time as
+    /// their creation time (the mark is written just before its directory).
+    async fn marked_dirs(&self, dirs: &dyn Directories) -> Result<Vec<MarkedVolume>> {
+        let mut found = Vec::new();
+        for file in dirs.read_files(&[marks::MARK_DIR]).await? {
+            let path = marks::unflatten(&file.name);
+            let tags = marks::parse(&file.content);
+            let recorded = Marker::read(&tags).and_then(|m| m.on_delete);
+            // An archived volume is data kept on purpose: never deleted, nor archived again.
+            let archived = path
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(ARCHIVED));
+            let on_delete = match recorded {
+                _ if archived => OnDelete::Retain,
+                Some(p) => OnDelete::from_policy(p),
+                None => OnDelete::Retain,
+            };
+            let id = |on_delete| DirVolume {
+                on_delete,
+                path: path.clone(),
+            };
+            // A mark name that cannot name a volume directory was not written by Everest.
+            if id(on_delete).to_string().parse::<DirVolume>().is_err() {
+                continue;
+            }
+            let aliases = [OnDelete::Delete, OnDelete::Retain, OnDelete::Archive]
+                .into_iter()
+                .filter(|p| *p != on_delete)
+                .map(|p| id(p).to_string())
+                .collect();
+            found.push(MarkedVolume {
+                native_id: id(on_delete).to_string(),
+                aliases,
+                name: path.clone(),
+                // A directory has no size of its own.
+                size_bytes: None,
+                created_at: file.modified,
+                tags,
+                on_delete: if archived {
+                    Some(DeletePolicy::Retain)
+                } else {
+                    recorded
+                },
+            });
+        }
+        Ok(found)
+    }
+
     fn to_csi(&self, vol: &DirVolume, capacity_bytes: u64) -> Result<Volume> {
         Ok(Volume {
             native_id: vol.to_string(),
@@ -168,10 +221,13 @@ impl SfsController {
     }
 }
 
+/// What an archived directory's name starts with.
+const ARCHIVED: &str = "archived-";
+
 /// The name an archived directory gets.
 fn archived(path: &str) -> String {
     let last = path.rsplit('/').next().unwrap_or(path);
-    format!("archived-{last}")
+    format!("{ARCHIVED}{last}")
 }
 
 #[async_trait]
@@ -271,6 +327,17 @@ impl ControllerBackend for SfsController {
         Err(unsupported(&self.name, "ListVolumes"))
     }
 
+    async fn marked_volumes(&self) -> Result<Vec<MarkedVolume>> {
+        let mut found = Vec::new();
+        if let Some(dirs) = &self.dirs {
+            found.extend(self.marked_dirs(dirs.as_ref()).await?);
+        }
+        if let Some(shares) = &self.shares {
+            found.extend(shares.marked().await?);
+        }
+        Ok(found)
+    }
+
     async fn probe(&self) -> Result<()> {
         if let Some(dirs) = &self.dirs {
             dirs.check().await?;
@@ -289,6 +356,7 @@ mod tests {
     use everest_backend::capability::AccessMode;
 
     use super::*;
+    use crate::dirs::DirFile;
 
     /// Directories in memory: path → attributes; `files` under a path make it non-empty.
     #[derive(Debug, Default)]
@@ -350,6 +418,23 @@ mod tests {
         }
         async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>> {
             Ok(self.files.lock().unwrap().get(&path.join("/")).cloned())
+        }
+        async fn read_files(&self, path: &[&str]) -> Result<Vec<DirFile>> {
+            let dir = format!("{}/", path.join("/"));
+            Ok(self
+                .files
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|(p, content)| {
+                    let name = p.strip_prefix(&dir).filter(|n| !n.contains('/'))?;
+                    Some(DirFile {
+                        name: name.to_owned(),
+                        content: content.clone(),
+                        modified: None,
+                    })
+                })
+                .collect())
         }
         async fn check(&self) -> Result<()> {
             Ok(())
@@ -427,6 +512,50 @@ mod tests {
         // Marks follow their directories: kept, moved with the archive.
         let files: Vec<String> = dirs.files.lock().unwrap().keys().cloned().collect();
         assert_eq!(files, [".everest/archived-pvc-3", ".everest/pvc-2"]);
+    }
+
+    #[tokio::test]
+    async fn marked_directories_are_listed_with_the_policy_their_mark_records() {
+        let (dirs, c) = controller();
+        for (name, policy) in [
+            ("pvc-d", "delete"),
+            ("pvc-r", "retain"),
+            ("pvc-a", "archive"),
+        ] {
+            c.create_volume(&create(name, &[("everest.io/on-delete", policy)]))
+                .await
+                .unwrap();
+        }
+        c.delete_volume("a~pvc-a", &Secrets::default())
+            .await
+            .unwrap();
+        // A mark written before the policy was recorded.
+        dirs.files.lock().unwrap().insert(
+            ".everest/pvc-old".into(),
+            b"everest-backend=nfs\neverest-cluster=default\neverest-created-by=everest\n".to_vec(),
+        );
+        let mut found: Vec<(String, Option<DeletePolicy>, Vec<String>)> = c
+            .marked_volumes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.native_id, v.on_delete, v.aliases))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let ids: Vec<(&str, Option<DeletePolicy>)> =
+            found.iter().map(|(id, p, _)| (id.as_str(), *p)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("d~pvc-d", Some(DeletePolicy::Delete)),
+                // Archived already: kept, never archived again.
+                ("r~archived-pvc-a", Some(DeletePolicy::Retain)),
+                // Unknown policy: listed under the form that deletes nothing.
+                ("r~pvc-old", None),
+                ("r~pvc-r", Some(DeletePolicy::Retain)),
+            ]
+        );
+        assert_eq!(found[0].2, ["r~pvc-d", "a~pvc-d"]);
     }
 
     #[tokio::test]

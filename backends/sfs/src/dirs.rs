@@ -73,9 +73,27 @@ pub trait Directories: Send + Sync + Debug {
     /// The content of the regular file `path` (at most [`MAX_FILE`] bytes); `None` when it
     /// does not exist.
     async fn read_file(&self, path: &[&str]) -> Result<Option<Vec<u8>>>;
+    /// Every regular file directly in the directory `path`, with its content (each at most
+    /// [`MAX_FILE`] bytes) and modification time; none when the directory does not exist.
+    async fn read_files(&self, path: &[&str]) -> Result<Vec<DirFile>>;
     /// Whether the server answers (mounts the export and finds the base directory).
     async fn check(&self) -> Result<()>;
 }
+
+/// A regular file read by [`Directories::read_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirFile {
+    /// Its name in the directory.
+    pub name: String,
+    /// Its content.
+    pub content: Vec<u8>,
+    /// When it was last written, when the server says.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// Most entries [`Directories::read_files`] reads in one directory (the marks of as many
+/// volumes), so a directory filled by mistake cannot hold the controller for long.
+pub const MAX_FILES: usize = 100_000;
 
 /// Most bytes [`Directories::read_file`] reads: the files it serves (volume marks) are a few
 /// hundred bytes, and a bound keeps a replaced file from filling the controller's memory.
@@ -520,6 +538,16 @@ impl Directories for Nfs3Directories {
         let read = self.read_file_on(&mut conn, base, path).await;
         self.release(conn).await;
         read
+    }
+
+    async fn read_files(&self, path: &[&str]) -> Result<Vec<DirFile>> {
+        outside(async {
+            let (mut conn, base) = self.connect().await?;
+            let read = self.read_files_on(&mut conn, base, path).await;
+            self.release(conn).await;
+            read
+        })
+        .await
     }
 
     async fn check(&self) -> Result<()> {

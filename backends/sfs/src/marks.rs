@@ -28,6 +28,11 @@ pub fn mark_name(path: &str) -> String {
     path.replace('/', "~")
 }
 
+/// The volume directory path of the mark file `name` (what [`mark_name`] flattened).
+pub fn unflatten(name: &str) -> String {
+    name.replace('~', "/")
+}
+
 /// The file's content: `key=value` lines in key order.
 pub fn render(tags: &BTreeMap<String, String>) -> Vec<u8> {
     tags.iter()
@@ -72,5 +77,6 @@ mod tests {
         assert_eq!(Marker::read(&parse(b"hello\nworld")), None);
         assert_eq!(Marker::read(&parse(&[0xff, 0xfe])), None);
         assert_eq!(mark_name("team/pvc-1"), "team~pvc-1");
+        assert_eq!(unflatten(&mark_name("team/pvc-1")), "team/pvc-1");
     }
 }

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use everest_backend::backend::{CreateVolume, Expanded, Volume};
+use everest_backend::backend::{CreateVolume, Expanded, MarkedVolume, Volume};
 use everest_backend::capacity::{CapacityRange, GIB};
-use everest_backend::marker::{Marker, Owner, SFS_TURBO_TAGS};
+use everest_backend::marker::{DeletePolicy, Marker, Owner, SFS_TURBO_TAGS};
 use everest_backend::{BackendName, Error, Result};
 
 use crate::EXPORT_CONTEXT_KEY;
@@ -65,18 +65,24 @@ impl Shares {
     /// an unmarked share under the volume's own name: that one is taken as ours and marked now
     /// (the name is `pvc-<uid>`, which nobody else picks). A share marked by another cluster or
     /// instance is never taken.
-    async fn mark(&self, req: &CreateVolume, id: &str, name: &str) -> Result<()> {
+    async fn mark(
+        &self,
+        req: &CreateVolume,
+        id: &str,
+        name: &str,
+        on_delete: OnDelete,
+    ) -> Result<()> {
         let found = self.client.tags(id).await?.unwrap_or_default();
+        // The policy goes in the marker too: the volume ID that carries it goes with the PV.
+        let want = req.marker(&self.backend).with_on_delete(on_delete.policy());
         match Marker::owner(&found, &req.cluster, &self.backend) {
             Owner::Elsewhere(m) => Err(Error::AlreadyExists(format!(
                 "share {name} ({id}) belongs to Everest backend {} of cluster {}, not to {} of cluster {}; choose another volume name",
                 m.backend, m.cluster, self.backend, req.cluster
             ))),
-            Owner::Ours(m) if m == req.marker(&self.backend) => Ok(()),
+            Owner::Ours(m) if m == want => Ok(()),
             Owner::Ours(_) | Owner::Foreign => {
-                let tags = req
-                    .marker(&self.backend)
-                    .with_user_tags(&BTreeMap::new(), &SFS_TURBO_TAGS)?;
+                let tags = want.with_user_tags(&BTreeMap::new(), &SFS_TURBO_TAGS)?;
                 Ok(self.client.add_tags(id, &tags).await?)
             }
         }
@@ -118,7 +124,7 @@ impl Shares {
             }
             Some(share) => {
                 let id = reuse(&name, share, &req.capacity, &share_type)?;
-                self.mark(req, &id, &name).await?;
+                self.mark(req, &id, &name, on_delete).await?;
                 id
             }
             None => {
@@ -142,7 +148,7 @@ impl Shares {
                 match self.client.create(&new).await {
                     // Marked at once, so the window in which it is unmarked stays short.
                     Ok(accepted) => {
-                        self.mark(req, &accepted.id, &name).await?;
+                        self.mark(req, &accepted.id, &name, on_delete).await?;
                         accepted.id
                     }
                     // Created meanwhile by a concurrent call for the same name: take that one.
@@ -153,7 +159,7 @@ impl Shares {
                             ))
                         })?;
                         let id = reuse(&name, share, &req.capacity, &new.share_type)?;
-                        self.mark(req, &id, &name).await?;
+                        self.mark(req, &id, &name, on_delete).await?;
                         id
                     }
                     Err(e) => return Err(e.into()),
@@ -311,6 +317,49 @@ impl Shares {
             )
             .await
             .map_err(Error::from)
+    }
+
+    /// Every share of the project with its tags (for `everestctl orphans`); shares being
+    /// deleted are left out. A share's native ID carries the policy its marker records (the
+    /// keeping form when it records none).
+    pub async fn marked(&self) -> Result<Vec<MarkedVolume>> {
+        let mut found = Vec::new();
+        for share in self.client.list_all().await? {
+            if share.status == status::DELETED {
+                continue;
+            }
+            // Gone between the list and this call: nothing to report.
+            let Some(tags) = self.client.tags(&share.id).await? else {
+                continue;
+            };
+            let recorded = Marker::read(&tags).and_then(|m| m.on_delete);
+            // A share is deleted or kept; an archive policy never reaches a share's marker.
+            let on_delete = match recorded {
+                Some(DeletePolicy::Delete) => OnDelete::Delete,
+                _ => OnDelete::Retain,
+            };
+            let id = |on_delete| {
+                ShareVolume {
+                    on_delete,
+                    id: share.id.clone(),
+                }
+                .to_string()
+            };
+            let other = match on_delete {
+                OnDelete::Delete => OnDelete::Retain,
+                _ => OnDelete::Delete,
+            };
+            found.push(MarkedVolume {
+                native_id: id(on_delete),
+                aliases: vec![id(other)],
+                name: share.name.clone(),
+                size_bytes: Some(share.size.saturating_mul(GIB)),
+                created_at: share.created(),
+                tags,
+                on_delete: recorded,
+            });
+        }
+        Ok(found)
     }
 
     /// Whether the API answers with these credentials.

@@ -69,6 +69,10 @@ pub struct Share {
     /// Where it lives.
     #[serde(default, deserialize_with = "lenient::null_default")]
     pub availability_zone: String,
+    /// When it was made, as the API writes it (`2016-05-25T02:42:10`, UTC; see
+    /// [`Share::created`]).
+    #[serde(default, deserialize_with = "lenient::null_default")]
+    pub created_at: String,
     /// Its free-form metadata (the marker Everest leaves, among others).
     #[serde(default, deserialize_with = "lenient::string_map")]
     pub metadata: BTreeMap<String, String>,
@@ -78,6 +82,19 @@ impl Share {
     /// Whether it can be mounted.
     pub fn is_available(&self) -> bool {
         self.status == status::AVAILABLE
+    }
+
+    /// When it was made; `None` when the API did not say or said it in a form not known here.
+    /// The API writes UTC without a zone, with or without fractions of a second; a zone, when
+    /// present, is honoured.
+    pub fn created(&self) -> Option<std::time::SystemTime> {
+        let t = self.created_at.trim();
+        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+            return Some(at.into());
+        }
+        chrono::NaiveDateTime::parse_from_str(t.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()
+            .map(|at| at.and_utc().into())
     }
 
     /// Whether it ended in a state it cannot leave (creation failed, failed, deleted).
@@ -205,26 +222,50 @@ impl ShareClient {
     pub async fn find_by_name(&self, name: &str) -> Result<Option<Share>> {
         let mut offset = 0;
         loop {
-            let mut call = Call::new(
-                Service::SfsTurbo,
-                "list_shares",
-                Method::GET,
-                self.path(&["detail"]),
-            );
-            call.query = vec![
-                ("limit".into(), PAGE.to_string()),
-                ("offset".into(), offset.to_string()),
-            ];
-            let page: ShareList = self.cloud.execute(&call).await?.json(&call)?;
-            let seen = page.shares.len() as u64;
-            if let Some(share) = page.shares.into_iter().find(|s| s.name == name) {
+            let (shares, next) = self.list_page(offset).await?;
+            if let Some(share) = shares.into_iter().find(|s| s.name == name) {
                 return Ok(Some(share));
             }
-            offset += seen;
-            if seen == 0 || offset >= page.count {
-                return Ok(None);
+            match next {
+                Some(n) => offset = n,
+                None => return Ok(None),
             }
         }
+    }
+
+    /// Every share of the project, page by page.
+    pub async fn list_all(&self) -> Result<Vec<Share>> {
+        let mut all = Vec::new();
+        let mut offset = 0;
+        loop {
+            let (shares, next) = self.list_page(offset).await?;
+            all.extend(shares);
+            match next {
+                Some(n) => offset = n,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One page of `GET /v1/{project}/sfs-turbo/shares/detail?limit&offset`, and the offset of
+    /// the next page when there is one.
+    async fn list_page(&self, offset: u64) -> Result<(Vec<Share>, Option<u64>)> {
+        let mut call = Call::new(
+            Service::SfsTurbo,
+            "list_shares",
+            Method::GET,
+            self.path(&["detail"]),
+        );
+        call.query = vec![
+            ("limit".into(), PAGE.to_string()),
+            ("offset".into(), offset.to_string()),
+        ];
+        let page: ShareList = self.cloud.execute(&call).await?.json(&call)?;
+        let seen = page.shares.len() as u64;
+        let next = offset + seen;
+        // An empty page ends the walk even if `count` says more (shares deleted meanwhile).
+        let more = seen > 0 && next < page.count;
+        Ok((page.shares, more.then_some(next)))
     }
 
     /// The share's tags (`GET /v1/{project}/sfs-turbo/{id}/tags`); `None` when the share is gone.
@@ -389,6 +430,28 @@ mod tests {
         assert_eq!(s.metadata["a"], "1");
         let failed: Share = serde_json::from_str(r#"{"id":"y","status":"303"}"#).unwrap();
         assert!(failed.is_failed() && !failed.is_available());
+        assert_eq!(failed.created(), None);
+    }
+
+    #[test]
+    fn creation_times_read_in_the_apis_forms() {
+        let at = |t: &str| {
+            let s: Share =
+                serde_json::from_value(serde_json::json!({"id": "x", "created_at": t})).unwrap();
+            s.created().map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+            })
+        };
+        // 2016-05-25T02:42:10Z
+        assert_eq!(at("2016-05-25T02:42:10"), Some(1_464_144_130.0));
+        assert_eq!(at("2016-05-25T02:42:10.5"), Some(1_464_144_130.5));
+        assert_eq!(at("2016-05-25T02:42:10Z"), Some(1_464_144_130.0));
+        assert_eq!(at("2016-05-25T04:42:10+02:00"), Some(1_464_144_130.0));
+        for bad in ["", "yesterday", "2016-05-25"] {
+            assert_eq!(at(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

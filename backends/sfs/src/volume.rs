@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use everest_backend::Error;
+use everest_backend::marker::DeletePolicy;
 
 /// What DeleteVolume does with the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,24 @@ pub enum OnDelete {
 }
 
 impl OnDelete {
+    /// The policy as the marker records it.
+    pub fn policy(self) -> DeletePolicy {
+        match self {
+            OnDelete::Delete => DeletePolicy::Delete,
+            OnDelete::Retain => DeletePolicy::Retain,
+            OnDelete::Archive => DeletePolicy::Archive,
+        }
+    }
+
+    /// The policy a marker records.
+    pub fn from_policy(policy: DeletePolicy) -> Self {
+        match policy {
+            DeletePolicy::Delete => OnDelete::Delete,
+            DeletePolicy::Retain => OnDelete::Retain,
+            DeletePolicy::Archive => OnDelete::Archive,
+        }
+    }
+
     fn letter(self) -> char {
         match self {
             OnDelete::Delete => 'd',

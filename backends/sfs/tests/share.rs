@@ -396,6 +396,8 @@ fn a_share_carries_the_marker_and_another_clusters_share_is_not_taken() {
         assert!(mark.is_for_pv("pvc-tagged"), "{mark:?}");
         assert_eq!(mark.pvc_name, Some(marker::encode("claim.pvc-tagged")));
         assert_eq!(mark.pvc_namespace.as_deref(), Some("shop"));
+        // The policy the volume ID carries is recorded too, for when the PV is gone.
+        assert_eq!(mark.on_delete, Some(marker::DeletePolicy::Delete));
         // The retry of the same request finds its own share and leaves the marker as it is.
         assert_eq!(
             controller
