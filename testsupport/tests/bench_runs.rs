@@ -63,6 +63,7 @@ fn a_tiny_benchmark_run_reports_every_figure() {
         "NodeStageVolume: the driver's own time",
         "× ControllerPublishVolume at once",
         "cloud API calls per attach",
+        "cloud API calls per detach",
         "the same against every step it runs, by hand",
         "CreateVolume: the driver's own time",
         "file (subdir) CreateVolume, one alone",
@@ -79,7 +80,10 @@ fn a_tiny_benchmark_run_reports_every_figure() {
             .unwrap_or_else(|| panic!("no ratio in {row:?}"));
         assert!(ratio.is_finite() && ratio > 0.0, "{row}");
     }
-    assert!(report.contains("Resident memory"), "{report}");
+    assert!(
+        report.contains("Resident memory") && report.contains("KiB its own"),
+        "{report}"
+    );
     // The growth table: one row per scale, each with a finite ratio against the first.
     for volumes in ["2", "4"] {
         let row = report

@@ -256,7 +256,7 @@ async fn run(args: &Args) -> Result<String, Error> {
         out.push('\n');
     }
     out.push_str(&format!(
-        "\nResident memory (VmRSS): controller {} KiB at start, {} KiB at the end; node {} KiB at start, {} KiB at the end.\n",
+        "\nResident memory (VmRSS; its own: RssAnon, the rest is the executable's pages from the page cache): controller {} at start, {} at the end; node {} at start, {} at the end.\n",
         rss_start.0, rss_end.0, rss_start.1, rss_end.1
     ));
     out.push_str(
@@ -275,7 +275,7 @@ async fn run(args: &Args) -> Result<String, Error> {
         out.push_str("| volumes | wall time | per volume | ratio | cloud calls per volume | controller RSS after | node RSS after |\n|---|---|---|---|---|---|---|\n");
         for s in &growth {
             out.push_str(&format!(
-                "| {} | {} | {} | {:.2} | {:.2} | {} KiB | {} KiB |\n",
+                "| {} | {} | {} | {:.2} | {:.2} | {} | {} |\n",
                 s.volumes,
                 ms(s.wall),
                 ms(per(s)),
@@ -301,19 +301,42 @@ async fn ext4_volume<'w>(world: &'w World, name: &str) -> Lifecycle<'w> {
 }
 
 /// VmRSS in KiB of the controller and the node (0 if unreadable).
-fn rss_of(world: &World) -> (u64, u64) {
+/// A daemon's resident memory in KiB: in all (VmRSS), and of that its own (RssAnon: heap and
+/// stacks); the rest is the executable's pages mapped from the page cache (RssFile), shared
+/// with every copy of the binary and given back under memory pressure.
+#[derive(Clone, Copy, Default)]
+struct Resident {
+    all: u64,
+    own: u64,
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} KiB ({} KiB its own)", self.all, self.own)
+    }
+}
+
+/// The controller's and the node's resident memory.
+fn rss_of(world: &World) -> (Resident, Resident) {
     let pids = world.pids();
-    let rss = |pid: Option<&u32>| -> u64 {
-        pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            })
-            .unwrap_or(0)
+    let resident = |pid: Option<&u32>| -> Resident {
+        let status = pid
+            .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Resident {
+            all: field("VmRSS:"),
+            own: field("RssAnon:"),
+        }
     };
     // pids(): emulator, controller, node.
-    (rss(pids.get(1)), rss(pids.get(2)))
+    (resident(pids.get(1)), resident(pids.get(2)))
 }
 
 // ------------------------------------------------------------------ P1: RPC latency
@@ -1088,7 +1111,7 @@ struct Scale {
     at_once: usize,
     wall: Duration,
     calls: f64,
-    rss: (u64, u64),
+    rss: (Resident, Resident),
 }
 
 /// `n` volumes each through the whole lifecycle (create, attach, stage, publish, unpublish,
