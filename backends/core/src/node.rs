@@ -169,12 +169,12 @@ pub async fn unmount_and_remove(host: &dyn Host, path: &HostPath) -> Result<()> 
 
 /// Unmounts everything stacked on `path`; nothing mounted there is success.
 pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
-    // Unmount until the kernel shows nothing at the path: a retried publish may have stacked mounts.
-    for _ in 0..16 {
-        if mounts_at(host, path.as_path()).await?.is_empty() {
+    // Unmount until the kernel says nothing is mounted there: a retried publish may have
+    // stacked mounts. The unmount itself answers that, so the mount table is never read.
+    for _ in 0..=16 {
+        if !host.unmount(path.as_path()).await? {
             return Ok(());
         }
-        host.unmount(path.as_path()).await?;
     }
     Err(Error::Internal(format!(
         "{path} still has mounts after 16 unmounts; something keeps mounting there"
@@ -235,8 +235,10 @@ pub async fn filesystem_usage(
             });
         }
     };
-    let abnormal = (mount.super_options.iter().any(|o| o == "ro")
-        && !mount.mount_options.iter().any(|o| o == "ro"))
+    // statvfs shows read-only when the mount or its superblock is: under a mount not asked to
+    // be read-only, that is the superblock, which the kernel flips without a mount-table
+    // event, so the (possibly cached) entry's superblock options cannot tell.
+    let abnormal = (stats.read_only && !mount.mount_options.iter().any(|o| o == "ro"))
     .then(|| {
         "the filesystem was remounted read-only by the kernel (I/O or filesystem errors); check dmesg on the node".to_owned()
     });
@@ -405,17 +407,17 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        // The kernel remounted the filesystem read-only under a read-write mount.
-        let mut remounted = mount.clone();
-        remounted.super_options.push("ro".into());
-        match filesystem_usage(&host, &remounted, &target).await.unwrap() {
+        // The kernel remounted the filesystem read-only under a read-write mount: the entry
+        // read before does not show it (no mount-table event), statvfs does.
+        host.set_superblock_read_only(target.as_path());
+        match filesystem_usage(&host, &mount, &target).await.unwrap() {
             VolumeUsage::Filesystem { abnormal, .. } => {
                 assert!(abnormal.unwrap().contains("read-only"));
             }
             other => panic!("unexpected {other:?}"),
         }
         // A read-only mount asked for is healthy.
-        let mut asked = remounted.clone();
+        let mut asked = mount.clone();
         asked.mount_options.push("ro".into());
         match filesystem_usage(&host, &asked, &target).await.unwrap() {
             VolumeUsage::Filesystem { abnormal, .. } => assert!(abnormal.is_none()),

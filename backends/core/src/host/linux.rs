@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::command::{CommandKind, HostSettings, blocking, failed};
-use super::{
-    FsStats, FuseMount, Host, HostError, MountEntry, mounts_at, parse_mountinfo_bytes, sysfs,
-};
+use super::{FsStats, FuseMount, Host, HostError, MountTable, mounts_at, sysfs};
+
+mod kernel;
 
 /// The Linux implementation of [`Host`].
 #[derive(Debug, Clone, Default)]
 pub struct LinuxHost {
     settings: HostSettings,
+    /// Shared by clones: one node, one mount namespace, one table.
+    mounts: std::sync::Arc<kernel::MountCache>,
 }
 
 impl LinuxHost {
@@ -37,7 +39,10 @@ impl LinuxHost {
 
     /// A host that runs its tools with `settings`.
     pub fn new(settings: HostSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            mounts: std::sync::Arc::default(),
+        }
     }
 
     /// Runs a call on the filesystem (stat, mkdir, sysfs…) with the query time limit: a path on
@@ -108,12 +113,17 @@ fn xfs_info_data_bytes(text: &str) -> Option<u64> {
 
 #[async_trait]
 impl Host for LinuxHost {
-    async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
-        self.limited("read /proc/self/mountinfo".to_owned(), async {
-            let bytes = tokio::fs::read("/proc/self/mountinfo")
+    async fn mounts(&self) -> Result<MountTable, HostError> {
+        if let Some(table) = self.mounts.unchanged() {
+            return Ok(table);
+        }
+        // Reading and parsing is the driver's own time (as it was with tokio::fs), so this
+        // hop is not `blocking`, which would count it as the kernel's.
+        let cache = std::sync::Arc::clone(&self.mounts);
+        self.limited("read /proc/self/mountinfo".to_owned(), async move {
+            tokio::task::spawn_blocking(move || cache.read())
                 .await
-                .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
-            Ok(parse_mountinfo_bytes(&bytes))
+                .map_err(|e| HostError::new("read /proc/self/mountinfo", e.to_string()))?
         })
         .await
     }
@@ -273,34 +283,23 @@ impl Host for LinuxHost {
         target: &Path,
         read_only: bool,
     ) -> Result<(), HostError> {
-        let target = path_str(target)?;
-        self.run(
-            CommandKind::Mount,
-            "mount",
-            &["--bind", path_str(source)?, target],
+        let (source, target) = (source.to_owned(), target.to_owned());
+        blocking(
+            format!("mount --bind {} {}", source.display(), target.display()),
+            self.settings.timeout(CommandKind::Mount),
+            move || kernel::bind(&source, &target, read_only),
         )
-        .await?;
-        if read_only {
-            // A bind mount ignores "ro" on the first call; it takes a remount to make it read-only.
-            if let Err(e) = self
-                .run(
-                    CommandKind::Mount,
-                    "mount",
-                    &["-o", "remount,bind,ro", target],
-                )
-                .await
-            {
-                let _ = self.run(CommandKind::Mount, "umount", &[target]).await;
-                return Err(e);
-            }
-        }
-        Ok(())
+        .await
     }
 
-    async fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        self.run(CommandKind::Mount, "umount", &[path_str(target)?])
-            .await
-            .map(drop)
+    async fn unmount(&self, target: &Path) -> Result<bool, HostError> {
+        let owned = target.to_owned();
+        blocking(
+            format!("umount {}", target.display()),
+            self.settings.timeout(CommandKind::Mount),
+            move || kernel::unmount(&owned),
+        )
+        .await
     }
 
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError> {

@@ -1,6 +1,8 @@
 //! Parsing `/proc/self/mountinfo`: the kernel is the node's only source of truth for mounts.
 
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,37 @@ impl MountEntry {
     /// Whether this mount (or its superblock) is read-only.
     pub fn is_read_only(&self) -> bool {
         self.mount_options.iter().any(|o| o == "ro") || self.super_options.iter().any(|o| o == "ro")
+    }
+}
+
+/// The mount table at one moment, oldest mount first: cheap to clone and share, so one read of
+/// the kernel's table can serve every lookup of a call (and every call until the table changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountTable(Arc<[MountEntry]>);
+
+impl MountTable {
+    /// The mounts at exactly `path`, oldest first.
+    pub fn at<'a>(&'a self, path: &'a Path) -> impl DoubleEndedIterator<Item = &'a MountEntry> {
+        self.0.iter().filter(move |m| m.mount_point == path)
+    }
+
+    /// The newest mount at exactly `path`: what a process opening the path reaches.
+    pub fn newest_at(&self, path: &Path) -> Option<&MountEntry> {
+        self.0.iter().rev().find(|m| m.mount_point == path)
+    }
+}
+
+impl From<Vec<MountEntry>> for MountTable {
+    fn from(entries: Vec<MountEntry>) -> Self {
+        Self(entries.into())
+    }
+}
+
+impl Deref for MountTable {
+    type Target = [MountEntry];
+
+    fn deref(&self) -> &[MountEntry] {
+        &self.0
     }
 }
 
