@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
@@ -50,7 +51,13 @@ impl MountCache {
     }
 
     /// The table, read again if it changed (or was never read): blocking, for the blocking pool.
-    pub(super) fn read(&self) -> Result<MountTable, HostError> {
+    /// Also answers how long the kernel took to write it out (the read, not the parse).
+    pub(super) fn read(&self) -> (Result<MountTable, HostError>, Duration) {
+        let mut kernel = Duration::ZERO;
+        (self.read_timing(&mut kernel), kernel)
+    }
+
+    fn read_timing(&self, kernel: &mut Duration) -> Result<MountTable, HostError> {
         let mut cached = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Cached { file, table } = &mut *cached;
         let file = match file {
@@ -64,9 +71,12 @@ impl MountCache {
         }
         *table = None;
         let mut bytes = Vec::with_capacity(64 * 1024);
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.read_to_end(&mut bytes))
-            .map_err(|e| failed("read", e))?;
+        let started = Instant::now();
+        let read = file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut bytes));
+        *kernel = started.elapsed();
+        read.map_err(|e| failed("read", e))?;
         let fresh = MountTable::from(parse_mountinfo_bytes(&bytes));
         *table = Some(fresh.clone());
         Ok(fresh)
