@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::backend::VolumeUsage;
 use crate::error::{Error, Result};
-use crate::host::{Host, MountEntry, mounts_at};
+use crate::host::{Host, MountEntry};
 use crate::paths::HostPath;
 
 /// How a volume is published into a pod.
@@ -184,15 +184,19 @@ pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
 /// The newest mount at `path`, or NOT_FOUND: a path that does not exist or holds no mount holds
 /// no volume (what NodeGetVolumeStats and NodeExpandVolume owe the CO for it).
 pub async fn mount_at(host: &dyn Host, volume: &str, path: &HostPath) -> Result<MountEntry> {
+    // The table first: a mount there proves the path exists, so only an unmounted path (the
+    // rare answer) costs the look at the filesystem that says which error it is.
+    if let Some(mount) = host.mounts().await?.newest_at(path.as_path()) {
+        return Ok(mount.clone());
+    }
     if !host.exists(path.as_path()).await? {
         return Err(Error::NotFound(format!(
             "volume path {path} of volume {volume} does not exist"
         )));
     }
-    mounts_at(host, path.as_path())
-        .await?
-        .pop()
-        .ok_or_else(|| Error::NotFound(format!("volume {volume} is not mounted at {path}")))
+    Err(Error::NotFound(format!(
+        "volume {volume} is not mounted at {path}"
+    )))
 }
 
 /// [`mount_at`], refusing a mount whose filesystem type does not start with `fs_type` (`nfs`,
