@@ -1,6 +1,7 @@
 //! Parsing `/proc/self/mountinfo`: the kernel is the node's only source of truth for mounts.
 
-use std::ops::Deref;
+use std::collections::HashMap;
+use std::ops::{Deref, Range};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ impl MountEntry {
 /// The mount table at one moment, oldest mount first: cheap to clone and share, so one read of
 /// the kernel's table can serve every lookup of a call (and every call until the table changes).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MountTable(Arc<[MountEntry]>);
+pub struct MountTable(Arc<Vec<MountEntry>>);
 
 impl MountTable {
     /// The mounts at exactly `path`, oldest first.
@@ -49,7 +50,57 @@ impl MountTable {
 
 impl From<Vec<MountEntry>> for MountTable {
     fn from(entries: Vec<MountEntry>) -> Self {
-        Self(entries.into())
+        Self(Arc::new(entries))
+    }
+}
+
+/// A table with the bytes it was parsed from and each entry's line in them, so that parsing
+/// the next read takes back the entry of every line that did not change: after one mount
+/// more or less, a node with hundreds of mounts parses one line, not all of them.
+#[derive(Debug)]
+pub(crate) struct ParsedTable {
+    bytes: Vec<u8>,
+    lines: Vec<Range<usize>>,
+    table: MountTable,
+}
+
+impl ParsedTable {
+    /// Parses `bytes`, reusing what `previous` parsed where a line is the same. Its entries can
+    /// be taken back only when no caller still holds its table; otherwise all is parsed.
+    pub(crate) fn parse(bytes: Vec<u8>, previous: Option<ParsedTable>) -> Self {
+        let old_bytes;
+        let mut known: HashMap<&[u8], MountEntry> = HashMap::new();
+        if let Some(old) = previous
+            && let Ok(entries) = Arc::try_unwrap(old.table.0)
+        {
+            old_bytes = old.bytes;
+            known.reserve(entries.len());
+            for (line, entry) in old.lines.into_iter().zip(entries) {
+                known.insert(&old_bytes[line], entry);
+            }
+        }
+        let mut lines = Vec::new();
+        let mut entries = Vec::new();
+        let mut start = 0;
+        for line in bytes.split(|b| *b == b'\n') {
+            let range = start..start + line.len();
+            start = range.end + 1;
+            // Lines are unique (each begins with its mount's ID), so each is taken back once.
+            if let Some(entry) = known.remove(line).or_else(|| parse_line(line)) {
+                lines.push(range);
+                entries.push(entry);
+            }
+        }
+        Self {
+            bytes,
+            lines,
+            table: entries.into(),
+        }
+    }
+
+    /// The table.
+    pub(crate) fn table(&self) -> &MountTable {
+        &self.table
     }
 }
 
@@ -153,6 +204,40 @@ bogus line
         );
         assert!(m[2].is_read_only());
         assert!(!m[1].is_read_only());
+    }
+}
+
+#[cfg(test)]
+mod reuse {
+    use super::*;
+
+    /// Lines a table is drawn from: mounts, a remount of one of them, and a bad line.
+    const POOL: &[&str] = &[
+        "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,errors=remount-ro",
+        "98 22 7:3 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:50 - xfs /dev/loop3 rw,attr2",
+        "98 22 7:3 / /var/lib/kubelet/plugins/x/globalmount ro,relatime shared:50 - xfs /dev/loop3 ro,attr2",
+        "99 22 7:3 / /var/lib/kubelet/pods/p/volumes/v\\040x/mount ro,relatime - xfs /dev/loop3 rw",
+        "100 22 0:5 /loop4 /var/lib/kubelet/plugins/volumeDevices/a rw - devtmpfs udev rw",
+        "bogus line",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn a_parse_reusing_the_last_one_equals_a_fresh_parse(
+            first in proptest::collection::vec(0..POOL.len(), 0..8),
+            second in proptest::collection::vec(0..POOL.len(), 0..8),
+            held: bool,
+        ) {
+            let text = |picks: &[usize]| picks.iter().map(|i| format!("{}\n", POOL[*i])).collect::<String>();
+            let (first, second) = (text(&first), text(&second));
+            let old = ParsedTable::parse(first.clone().into_bytes(), None);
+            proptest::prop_assert_eq!(&**old.table(), &parse_mountinfo(&first));
+            // A caller still holding the old table makes the parse start afresh.
+            let holder = held.then(|| old.table().clone());
+            let new = ParsedTable::parse(second.clone().into_bytes(), Some(old));
+            proptest::prop_assert_eq!(&**new.table(), &parse_mountinfo(&second));
+            drop(holder);
+        }
     }
 }
 

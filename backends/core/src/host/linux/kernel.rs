@@ -12,7 +12,8 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, UnmountFlags};
 
-use super::super::{HostError, MountTable, parse_mountinfo_bytes};
+use super::super::mountinfo::ParsedTable;
+use super::super::{HostError, MountTable};
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 
@@ -32,8 +33,11 @@ pub(super) struct MountCache {
 #[derive(Debug, Default)]
 struct Cached {
     file: Option<File>,
-    /// `None` once a poll has reported a change: it must be read before it is answered again.
-    table: Option<MountTable>,
+    /// The last table read, kept after a change too: the next parse reuses its unchanged lines.
+    parsed: Option<ParsedTable>,
+    /// Whether `parsed` is still the kernel's table; false once a poll reported a change, so
+    /// it is read again before it is answered.
+    fresh: bool,
 }
 
 impl MountCache {
@@ -41,13 +45,17 @@ impl MountCache {
     /// and the poll (which never sleeps with a zero timeout) reports no change.
     pub(super) fn unchanged(&self) -> Option<MountTable> {
         let mut cached = self.state.try_lock().ok()?;
-        let Cached { file, table } = &mut *cached;
-        let file = file.as_ref()?;
-        if table.is_some() && changed(file) {
+        let Cached {
+            file,
+            parsed,
+            fresh,
+        } = &mut *cached;
+        let (file, parsed) = (file.as_ref()?, parsed.as_ref()?);
+        if *fresh && changed(file) {
             // Consumed by this poll: remembered here, so no later caller answers the old table.
-            *table = None;
+            *fresh = false;
         }
-        table.clone()
+        fresh.then(|| parsed.table().clone())
     }
 
     /// The table, read again if it changed (or was never read): blocking, for the blocking pool.
@@ -59,17 +67,22 @@ impl MountCache {
 
     fn read_timing(&self, kernel: &mut Duration) -> Result<MountTable, HostError> {
         let mut cached = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let Cached { file, table } = &mut *cached;
+        let Cached {
+            file,
+            parsed,
+            fresh,
+        } = &mut *cached;
         let file = match file {
             Some(f) => f,
             None => file.insert(File::open(MOUNTINFO).map_err(|e| failed("open", e))?),
         };
-        if let Some(t) = table
+        if let Some(p) = parsed
+            && *fresh
             && !changed(file)
         {
-            return Ok(t.clone());
+            return Ok(p.table().clone());
         }
-        *table = None;
+        *fresh = false;
         let mut bytes = Vec::with_capacity(64 * 1024);
         let started = Instant::now();
         let read = file
@@ -77,9 +90,10 @@ impl MountCache {
             .and_then(|_| file.read_to_end(&mut bytes));
         *kernel = started.elapsed();
         read.map_err(|e| failed("read", e))?;
-        let fresh = MountTable::from(parse_mountinfo_bytes(&bytes));
-        *table = Some(fresh.clone());
-        Ok(fresh)
+        let previous = parsed.take();
+        let now = parsed.insert(ParsedTable::parse(bytes, previous));
+        *fresh = true;
+        Ok(now.table().clone())
     }
 }
 
