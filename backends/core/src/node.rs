@@ -171,7 +171,7 @@ pub async fn unmount_and_remove(host: &dyn Host, path: &HostPath) -> Result<()> 
 pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
     // Unmount until the kernel says nothing is mounted there: a retried publish may have
     // stacked mounts. The unmount itself answers that, so the mount table is never read.
-    for _ in 0..=16 {
+    for _ in 0..16 {
         if !host.unmount(path.as_path()).await? {
             return Ok(());
         }

@@ -152,6 +152,8 @@ pub(super) fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), 
 
 /// `umount target` without following a symlink at `target`; `false` when nothing is mounted
 /// there (EINVAL: not a mount point, which a symlink never is) or the path does not exist.
+/// EINVAL's other meanings cannot arise here: the flags are valid, and a mount locked against
+/// unmounting exists only in a user namespace below the node's (which runs in the host's).
 pub(super) fn unmount(target: &Path) -> Result<bool, HostError> {
     match rustix::mount::unmount(target, UnmountFlags::NOFOLLOW) {
         Ok(()) => Ok(true),
