@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::backend::VolumeUsage;
 use crate::error::{Error, Result};
-use crate::host::{Host, MountEntry, mounts_at};
+use crate::host::{Host, MountEntry};
 use crate::paths::HostPath;
 
 /// How a volume is published into a pod.
@@ -169,12 +169,12 @@ pub async fn unmount_and_remove(host: &dyn Host, path: &HostPath) -> Result<()> 
 
 /// Unmounts everything stacked on `path`; nothing mounted there is success.
 pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
-    // Unmount until the kernel shows nothing at the path: a retried publish may have stacked mounts.
+    // Unmount until the kernel says nothing is mounted there: a retried publish may have
+    // stacked mounts. The unmount itself answers that, so the mount table is never read.
     for _ in 0..16 {
-        if mounts_at(host, path.as_path()).await?.is_empty() {
+        if !host.unmount(path.as_path()).await? {
             return Ok(());
         }
-        host.unmount(path.as_path()).await?;
     }
     Err(Error::Internal(format!(
         "{path} still has mounts after 16 unmounts; something keeps mounting there"
@@ -184,15 +184,19 @@ pub async fn unmount_all(host: &dyn Host, path: &HostPath) -> Result<()> {
 /// The newest mount at `path`, or NOT_FOUND: a path that does not exist or holds no mount holds
 /// no volume (what NodeGetVolumeStats and NodeExpandVolume owe the CO for it).
 pub async fn mount_at(host: &dyn Host, volume: &str, path: &HostPath) -> Result<MountEntry> {
+    // The table first: a mount there proves the path exists, so only an unmounted path (the
+    // rare answer) costs the look at the filesystem that says which error it is.
+    if let Some(mount) = host.mounts().await?.newest_at(path.as_path()) {
+        return Ok(mount.clone());
+    }
     if !host.exists(path.as_path()).await? {
         return Err(Error::NotFound(format!(
             "volume path {path} of volume {volume} does not exist"
         )));
     }
-    mounts_at(host, path.as_path())
-        .await?
-        .pop()
-        .ok_or_else(|| Error::NotFound(format!("volume {volume} is not mounted at {path}")))
+    Err(Error::NotFound(format!(
+        "volume {volume} is not mounted at {path}"
+    )))
 }
 
 /// [`mount_at`], refusing a mount whose filesystem type does not start with `fs_type` (`nfs`,
@@ -235,8 +239,10 @@ pub async fn filesystem_usage(
             });
         }
     };
-    let abnormal = (mount.super_options.iter().any(|o| o == "ro")
-        && !mount.mount_options.iter().any(|o| o == "ro"))
+    // statvfs shows read-only when the mount or its superblock is: under a mount not asked to
+    // be read-only, that is the superblock, which the kernel flips without a mount-table
+    // event, so the (possibly cached) entry's superblock options cannot tell.
+    let abnormal = (stats.read_only && !mount.mount_options.iter().any(|o| o == "ro"))
     .then(|| {
         "the filesystem was remounted read-only by the kernel (I/O or filesystem errors); check dmesg on the node".to_owned()
     });
@@ -405,17 +411,17 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        // The kernel remounted the filesystem read-only under a read-write mount.
-        let mut remounted = mount.clone();
-        remounted.super_options.push("ro".into());
-        match filesystem_usage(&host, &remounted, &target).await.unwrap() {
+        // The kernel remounted the filesystem read-only under a read-write mount: the entry
+        // read before does not show it (no mount-table event), statvfs does.
+        host.set_superblock_read_only(target.as_path());
+        match filesystem_usage(&host, &mount, &target).await.unwrap() {
             VolumeUsage::Filesystem { abnormal, .. } => {
                 assert!(abnormal.unwrap().contains("read-only"));
             }
             other => panic!("unexpected {other:?}"),
         }
         // A read-only mount asked for is healthy.
-        let mut asked = remounted.clone();
+        let mut asked = mount.clone();
         asked.mount_options.push("ro".into());
         match filesystem_usage(&host, &asked, &target).await.unwrap() {
             VolumeUsage::Filesystem { abnormal, .. } => assert!(abnormal.is_none()),

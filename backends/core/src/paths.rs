@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use crate::error::Error;
 
 /// The directory tree the node plugin may create, mount on and remove under (e.g. `/var/lib/kubelet`).
 #[derive(Debug, Clone)]
-pub struct AllowedRoot(PathBuf);
+pub struct AllowedRoot(PathBuf, Arc<OnceLock<PathBuf>>);
 
 impl AllowedRoot {
     /// Wraps an absolute, normal root directory.
@@ -20,7 +21,7 @@ impl AllowedRoot {
                 root.display()
             )));
         }
-        Ok(Self(root))
+        Ok(Self(root, Arc::default()))
     }
 
     /// The root itself.
@@ -80,7 +81,7 @@ impl AllowedRoot {
         field: &str,
         usage: PathUse,
     ) -> Result<(), Error> {
-        let root = host.resolve_existing(&self.0).await?;
+        let root = self.resolved(host).await?;
         // Under the root (checked), so there is a parent.
         let parent = path.as_path().parent().unwrap_or(&self.0);
         let real = host.resolve_existing(parent).await.map_err(|e| {
@@ -104,6 +105,25 @@ impl AllowedRoot {
             )));
         }
         Ok(())
+    }
+}
+
+impl AllowedRoot {
+    /// Where the root itself really is, resolved once it exists and then kept. Keeping it is
+    /// safe: the root and its ancestors are the host's own directories, which only the host's
+    /// administrator can swap for a link (and who needs no link to reach anything). What
+    /// confinement guards against is a link planted under the root, through a pod's volume or
+    /// subPath, and every path under the root is still resolved on every call. Until the root
+    /// exists it is resolved each time, so one made (or linked) after start counts as it ends up.
+    async fn resolved(&self, host: &dyn crate::host::Host) -> Result<PathBuf, Error> {
+        if let Some(root) = self.1.get() {
+            return Ok(root.clone());
+        }
+        let root = host.resolve_existing(&self.0).await?;
+        if host.exists(&root).await? {
+            let _ = self.1.set(root.clone());
+        }
+        Ok(root)
     }
 }
 

@@ -580,20 +580,23 @@ impl NodeBackend for EvsNode {
             Some(mount)
         };
         // The device the path uses: the bound node itself (raw block), or the mount's source.
-        let source = mount
-            .as_ref()
-            .map_or_else(|| path.to_owned(), |m| PathBuf::from(&m.source));
-        let used = match self.host.device_number(&source).await {
-            Ok(n) => Some(n),
-            Err(_) if raw_block => None,
-            // A mount whose source node is gone (hot-unplugged) still shows its number.
-            Err(_) => mount.as_ref().map(|m| m.device_number.clone()),
+        // Asked only when it decides something: a mount is matched by its own number.
+        let used = async || {
+            let source = mount
+                .as_ref()
+                .map_or_else(|| path.to_owned(), |m| PathBuf::from(&m.source));
+            match self.host.device_number(&source).await {
+                Ok(n) => Some(n),
+                Err(_) if raw_block => None,
+                // A mount whose source node is gone (hot-unplugged) still shows its number.
+                Err(_) => mount.as_ref().map(|m| m.device_number.clone()),
+            }
         };
         let current = self.current_device_number(disk).await?;
-        let ours = match (&current, &used, &mount) {
-            (Some(c), Some(_), Some(m)) => is_mount_of(self.host.as_ref(), m, c).await?,
-            (Some(c), Some(u), None) => c == u,
-            _ => false,
+        let ours = match (&current, &mount) {
+            (Some(c), Some(m)) => is_mount_of(self.host.as_ref(), m, c).await?,
+            (Some(c), None) => used().await.is_some_and(|u| &u == c),
+            (None, _) => false,
         };
         if ours {
             return match mount {
@@ -605,7 +608,7 @@ impl NodeBackend for EvsNode {
             };
         }
         // Not found as this disk's device: ask what names the used device still has.
-        let names = match &used {
+        let names = match &used().await {
             Some(n) => self.host.links_to(self.by_id_dir(), n).await?,
             None => Vec::new(),
         };

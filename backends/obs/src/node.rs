@@ -386,14 +386,14 @@ impl NodeBackend for ObsNode {
         // Ours: FUSE mounts of our mounters whose credentials file is in our runtime dir.
         let fs_types = [Mounter::S3fs.fs_type(), Mounter::Rclone.fs_type()];
         let mut ours = Vec::new();
-        for m in self.host.mounts().await? {
+        for m in self.host.mounts().await?.iter() {
             if fs_types.contains(&m.fs_type.as_str())
                 && self
                     .host
                     .exists(&self.credentials_file_of(&m.mount_point))
                     .await?
             {
-                ours.push(m);
+                ours.push(m.clone());
             }
         }
         let supervised = match &self.supervisor {

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{FsStats, FuseMount, Host, HostError, MountEntry};
+use super::{FsStats, FuseMount, Host, HostError, MountEntry, MountTable};
 
 /// A simulated block device.
 #[derive(Debug, Clone, Default)]
@@ -246,6 +246,24 @@ impl FakeHost {
         self.state().calls.clone()
     }
 
+    /// Makes the filesystem mounted at `path` read-only under its mounts, as the kernel does
+    /// after errors (`errors=remount-ro`): its superblock options only.
+    pub fn set_superblock_read_only(&self, path: &Path) {
+        let mut s = self.state();
+        let Some(device) = s
+            .mounts
+            .iter()
+            .rev()
+            .find(|m| m.mount_point == path)
+            .map(|m| m.device_number.clone())
+        else {
+            return;
+        };
+        for m in s.mounts.iter_mut().filter(|m| m.device_number == device) {
+            m.super_options = vec!["ro".into()];
+        }
+    }
+
     /// The current mount table.
     pub fn mount_table(&self) -> Vec<MountEntry> {
         self.state().mounts.clone()
@@ -306,8 +324,8 @@ fn bound_device(s: &State, path: &Path) -> Option<PathBuf> {
 
 #[async_trait]
 impl Host for FakeHost {
-    async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
-        Ok(self.state().mounts.clone())
+    async fn mounts(&self) -> Result<MountTable, HostError> {
+        Ok(self.state().mounts.clone().into())
     }
 
     async fn mount_table_readable(&self) -> Result<(), HostError> {
@@ -453,15 +471,15 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn unmount(&self, target: &Path) -> Result<(), HostError> {
+    async fn unmount(&self, target: &Path) -> Result<bool, HostError> {
         self.record(format!("umount {}", target.display()))?;
         let mut s = self.state();
         match s.mounts.iter().rposition(|m| m.mount_point == target) {
             Some(i) => {
                 s.mounts.remove(i);
-                Ok(())
+                Ok(true)
             }
-            None => Err(HostError::new("umount", "not mounted")),
+            None => Ok(false),
         }
     }
 

@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::command::{CommandKind, HostSettings, blocking, failed};
-use super::{
-    FsStats, FuseMount, Host, HostError, MountEntry, mounts_at, parse_mountinfo_bytes, sysfs,
-};
+use super::{FsStats, FuseMount, Host, HostError, MountTable, mounts_at, sysfs};
+
+mod kernel;
 
 /// The Linux implementation of [`Host`].
 #[derive(Debug, Clone, Default)]
 pub struct LinuxHost {
     settings: HostSettings,
+    /// Shared by clones: one node, one mount namespace, one table.
+    mounts: std::sync::Arc<kernel::MountCache>,
 }
 
 impl LinuxHost {
@@ -37,7 +39,10 @@ impl LinuxHost {
 
     /// A host that runs its tools with `settings`.
     pub fn new(settings: HostSettings) -> Self {
-        Self { settings }
+        Self {
+            settings,
+            mounts: std::sync::Arc::default(),
+        }
     }
 
     /// Runs a call on the filesystem (stat, mkdir, sysfs…) with the query time limit: a path on
@@ -51,6 +56,18 @@ impl LinuxHost {
         tokio::time::timeout(limit, call)
             .await
             .unwrap_or_else(|_| Err(HostError::timed_out(what, limit)))
+    }
+
+    /// A call on the filesystem (stat, mkdir, remove…), whole on the blocking pool, under the
+    /// query time limit: a path on a dead mount can hang in the kernel, and the RPC must still
+    /// answer. One hop per call, however many system calls it makes, and their time is the
+    /// kernel's (as `statvfs`'s is), not the driver's.
+    async fn fs_call<T: Send + 'static>(
+        &self,
+        what: String,
+        call: impl FnOnce() -> Result<T, HostError> + Send + 'static,
+    ) -> Result<T, HostError> {
+        blocking(what, self.settings.timeout(CommandKind::Query), call).await
     }
 
     async fn run(
@@ -108,12 +125,18 @@ fn xfs_info_data_bytes(text: &str) -> Option<u64> {
 
 #[async_trait]
 impl Host for LinuxHost {
-    async fn mounts(&self) -> Result<Vec<MountEntry>, HostError> {
-        self.limited("read /proc/self/mountinfo".to_owned(), async {
-            let bytes = tokio::fs::read("/proc/self/mountinfo")
+    async fn mounts(&self) -> Result<MountTable, HostError> {
+        if let Some(table) = self.mounts.unchanged() {
+            return Ok(table);
+        }
+        // The kernel writing the table out is its time; parsing it is the driver's own.
+        let cache = std::sync::Arc::clone(&self.mounts);
+        self.limited("read /proc/self/mountinfo".to_owned(), async move {
+            let (table, kernel) = tokio::task::spawn_blocking(move || cache.read())
                 .await
-                .map_err(|e| io_err("read", Path::new("/proc/self/mountinfo"), e))?;
-            Ok(parse_mountinfo_bytes(&bytes))
+                .map_err(|e| HostError::new("read /proc/self/mountinfo", e.to_string()))?;
+            crate::outside::add(kernel);
+            table
         })
         .await
     }
@@ -273,34 +296,23 @@ impl Host for LinuxHost {
         target: &Path,
         read_only: bool,
     ) -> Result<(), HostError> {
-        let target = path_str(target)?;
-        self.run(
-            CommandKind::Mount,
-            "mount",
-            &["--bind", path_str(source)?, target],
+        let (source, target) = (source.to_owned(), target.to_owned());
+        blocking(
+            format!("mount --bind {} {}", source.display(), target.display()),
+            self.settings.timeout(CommandKind::Mount),
+            move || kernel::bind(&source, &target, read_only),
         )
-        .await?;
-        if read_only {
-            // A bind mount ignores "ro" on the first call; it takes a remount to make it read-only.
-            if let Err(e) = self
-                .run(
-                    CommandKind::Mount,
-                    "mount",
-                    &["-o", "remount,bind,ro", target],
-                )
-                .await
-            {
-                let _ = self.run(CommandKind::Mount, "umount", &[target]).await;
-                return Err(e);
-            }
-        }
-        Ok(())
+        .await
     }
 
-    async fn unmount(&self, target: &Path) -> Result<(), HostError> {
-        self.run(CommandKind::Mount, "umount", &[path_str(target)?])
-            .await
-            .map(drop)
+    async fn unmount(&self, target: &Path) -> Result<bool, HostError> {
+        let owned = target.to_owned();
+        blocking(
+            format!("umount {}", target.display()),
+            self.settings.timeout(CommandKind::Mount),
+            move || kernel::unmount(&owned),
+        )
+        .await
     }
 
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError> {
@@ -485,14 +497,13 @@ impl Host for LinuxHost {
     }
 
     async fn device_number(&self, device: &Path) -> Result<String, HostError> {
-        self.limited(format!("stat {}", device.display()), async {
+        let owned = device.to_owned();
+        self.fs_call(format!("stat {}", device.display()), move || {
             use std::os::unix::fs::MetadataExt;
-            let meta = tokio::fs::metadata(device)
-                .await
-                .map_err(|e| io_err("stat", device, e))?;
+            let meta = std::fs::metadata(&owned).map_err(|e| io_err("stat", &owned, e))?;
             if !meta.file_type().is_block_device() {
                 return Err(HostError::new(
-                    format!("stat {}", device.display()),
+                    format!("stat {}", owned.display()),
                     "not a block device",
                 ));
             }
@@ -520,15 +531,14 @@ impl Host for LinuxHost {
     }
 
     async fn resolve_device(&self, link: &Path) -> Result<Option<PathBuf>, HostError> {
-        self.limited(format!("resolve {}", link.display()), async {
-            let target = match tokio::fs::canonicalize(link).await {
+        let link = link.to_owned();
+        self.fs_call(format!("resolve {}", link.display()), move || {
+            let target = match std::fs::canonicalize(&link) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io_err("resolve", link, e)),
+                Err(e) => return Err(io_err("resolve", &link, e)),
             };
-            let meta = tokio::fs::metadata(&target)
-                .await
-                .map_err(|e| io_err("stat", &target, e))?;
+            let meta = std::fs::metadata(&target).map_err(|e| io_err("stat", &target, e))?;
             if meta.file_type().is_block_device() {
                 Ok(Some(target))
             } else {
@@ -582,13 +592,15 @@ impl Host for LinuxHost {
     }
 
     async fn is_block_device(&self, path: &Path) -> Result<bool, HostError> {
-        self.limited(format!("stat {}", path.display()), async {
-            match tokio::fs::metadata(path).await {
+        let owned = path.to_owned();
+        self.fs_call(
+            format!("stat {}", path.display()),
+            move || match std::fs::metadata(&owned) {
                 Ok(m) => Ok(m.file_type().is_block_device()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(io_err("stat", path, e)),
-            }
-        })
+                Err(e) => Err(io_err("stat", &owned, e)),
+            },
+        )
         .await
     }
 
@@ -625,49 +637,49 @@ impl Host for LinuxHost {
     }
 
     async fn is_symlink(&self, path: &Path) -> Result<bool, HostError> {
-        self.limited(format!("stat {}", path.display()), async {
+        let owned = path.to_owned();
+        self.fs_call(format!("stat {}", path.display()), move || {
             // A symlink's own inode lives in its parent's filesystem: lstat of one never asks
             // a mounted filesystem, so an error here (a dead FUSE or NFS mount at the path)
             // means a mount point, not a link.
-            Ok(tokio::fs::symlink_metadata(path)
-                .await
-                .is_ok_and(|m| m.file_type().is_symlink()))
+            Ok(std::fs::symlink_metadata(&owned).is_ok_and(|m| m.file_type().is_symlink()))
         })
         .await
     }
 
     async fn exists(&self, path: &Path) -> Result<bool, HostError> {
-        self.limited(format!("stat {}", path.display()), async {
-            match tokio::fs::symlink_metadata(path).await {
+        let owned = path.to_owned();
+        self.fs_call(
+            format!("stat {}", path.display()),
+            move || match std::fs::symlink_metadata(&owned) {
                 Ok(_) => Ok(true),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(io_err("stat", path, e)),
-            }
-        })
+                Err(e) => Err(io_err("stat", &owned, e)),
+            },
+        )
         .await
     }
 
     async fn make_dir(&self, path: &Path) -> Result<(), HostError> {
-        self.limited(format!("mkdir {}", path.display()), async {
-            tokio::fs::create_dir_all(path)
-                .await
-                .map_err(|e| io_err("mkdir", path, e))
+        let owned = path.to_owned();
+        self.fs_call(format!("mkdir {}", path.display()), move || {
+            std::fs::create_dir_all(&owned).map_err(|e| io_err("mkdir", &owned, e))
         })
         .await
     }
 
     async fn make_file(&self, path: &Path) -> Result<(), HostError> {
-        self.limited(format!("create {}", path.display()), async {
-            if let Some(parent) = path.parent() {
-                self.make_dir(parent).await?;
+        let owned = path.to_owned();
+        self.fs_call(format!("create {}", path.display()), move || {
+            if let Some(parent) = owned.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_err("mkdir", parent, e))?;
             }
-            tokio::fs::OpenOptions::new()
+            std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(path)
-                .await
+                .open(&owned)
                 .map(drop)
-                .map_err(|e| io_err("create", path, e))
+                .map_err(|e| io_err("create", &owned, e))
         })
         .await
     }
@@ -688,21 +700,22 @@ impl Host for LinuxHost {
     }
 
     async fn remove_path(&self, path: &Path) -> Result<(), HostError> {
-        self.limited(format!("remove {}", path.display()), async {
-            let meta = match tokio::fs::symlink_metadata(path).await {
+        let owned = path.to_owned();
+        self.fs_call(format!("remove {}", path.display()), move || {
+            let meta = match std::fs::symlink_metadata(&owned) {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(io_err("stat", path, e)),
+                Err(e) => return Err(io_err("stat", &owned, e)),
             };
             let result = if meta.is_dir() {
-                tokio::fs::remove_dir(path).await
+                std::fs::remove_dir(&owned)
             } else {
-                tokio::fs::remove_file(path).await
+                std::fs::remove_file(&owned)
             };
             match result {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_err("remove", path, e)),
+                Err(e) => Err(io_err("remove", &owned, e)),
             }
         })
         .await

@@ -25,7 +25,7 @@ pub use command::{CommandKind, HostSettings};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::{FakeDevice, FakeHost};
 pub use linux::LinuxHost;
-pub use mountinfo::{MountEntry, parse_mountinfo, parse_mountinfo_bytes};
+pub use mountinfo::{MountEntry, MountTable, parse_mountinfo, parse_mountinfo_bytes};
 
 /// A host operation that failed: which command or call, and what it said.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -99,8 +99,10 @@ pub struct FuseMount {
 /// The machine as the node plugin sees it.
 #[async_trait]
 pub trait Host: Send + Sync + std::fmt::Debug {
-    /// The parsed `/proc/self/mountinfo`.
-    async fn mounts(&self) -> Result<Vec<MountEntry>, HostError>;
+    /// The parsed `/proc/self/mountinfo`, as the kernel shows it now. The real host reads and
+    /// parses it again only when the kernel says it changed (see [`LinuxHost`]), so a caller
+    /// holds one table per call and passes it down rather than asking twice.
+    async fn mounts(&self) -> Result<MountTable, HostError>;
     /// Whether the mount table can be read at all: its first line, without reading and parsing
     /// every mount (what a Probe asks, many times a minute, on a node with hundreds of mounts).
     async fn mount_table_readable(&self) -> Result<(), HostError>;
@@ -138,8 +140,10 @@ pub trait Host: Send + Sync + std::fmt::Debug {
         target: &Path,
         read_only: bool,
     ) -> Result<(), HostError>;
-    /// Unmounts `target`.
-    async fn unmount(&self, target: &Path) -> Result<(), HostError>;
+    /// Unmounts the newest mount at `target`, never following a symlink at `target` itself;
+    /// `false` when nothing is mounted there (or the path does not exist), so a caller can
+    /// unmount until nothing is left without reading the mount table.
+    async fn unmount(&self, target: &Path) -> Result<bool, HostError>;
     /// The filesystem type on `device`, or `None` when it is blank (probes the device itself).
     async fn filesystem_of(&self, device: &Path) -> Result<Option<String>, HostError>;
     /// Creates a filesystem of `fs_type` on `device`.
@@ -203,12 +207,7 @@ pub trait Host: Send + Sync + std::fmt::Debug {
 
 /// The mount entries whose mount point is exactly `path`, newest last.
 pub async fn mounts_at(host: &dyn Host, path: &Path) -> Result<Vec<MountEntry>, HostError> {
-    Ok(host
-        .mounts()
-        .await?
-        .into_iter()
-        .filter(|m| m.mount_point == path)
-        .collect())
+    Ok(host.mounts().await?.at(path).cloned().collect())
 }
 
 /// A mount being replaced (a FUSE mount whose mounter died): what its binds show in mountinfo,
@@ -238,7 +237,7 @@ impl LostMount {
         let all = host.mounts().await?;
         // Only the newest mount at each point is what a process opening it reaches.
         let mut newest: Vec<&MountEntry> = Vec::new();
-        for m in &all {
+        for m in all.iter() {
             newest.retain(|n| n.mount_point != m.mount_point);
             newest.push(m);
         }

@@ -1,6 +1,9 @@
 //! Parsing `/proc/self/mountinfo`: the kernel is the node's only source of truth for mounts.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::ops::{Deref, Range};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +31,87 @@ impl MountEntry {
     }
 }
 
+/// The mount table at one moment, oldest mount first: cheap to clone and share, so one read of
+/// the kernel's table can serve every lookup of a call (and every call until the table changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountTable(Arc<Vec<MountEntry>>);
+
+impl MountTable {
+    /// The mounts at exactly `path`, oldest first.
+    pub fn at<'a>(&'a self, path: &'a Path) -> impl DoubleEndedIterator<Item = &'a MountEntry> {
+        self.0.iter().filter(move |m| m.mount_point == path)
+    }
+
+    /// The newest mount at exactly `path`: what a process opening the path reaches.
+    pub fn newest_at(&self, path: &Path) -> Option<&MountEntry> {
+        self.0.iter().rev().find(|m| m.mount_point == path)
+    }
+}
+
+impl From<Vec<MountEntry>> for MountTable {
+    fn from(entries: Vec<MountEntry>) -> Self {
+        Self(Arc::new(entries))
+    }
+}
+
+/// A table with the bytes it was parsed from and each entry's line in them, so that parsing
+/// the next read takes back the entry of every line that did not change: after one mount
+/// more or less, a node with hundreds of mounts parses one line, not all of them.
+#[derive(Debug)]
+pub(crate) struct ParsedTable {
+    bytes: Vec<u8>,
+    lines: Vec<Range<usize>>,
+    table: MountTable,
+}
+
+impl ParsedTable {
+    /// Parses `bytes`, reusing what `previous` parsed where a line is the same. Its entries can
+    /// be taken back only when no caller still holds its table; otherwise all is parsed.
+    pub(crate) fn parse(bytes: Vec<u8>, previous: Option<ParsedTable>) -> Self {
+        let old_bytes;
+        let mut known: HashMap<&[u8], MountEntry> = HashMap::new();
+        if let Some(old) = previous
+            && let Ok(entries) = Arc::try_unwrap(old.table.0)
+        {
+            old_bytes = old.bytes;
+            known.reserve(entries.len());
+            for (line, entry) in old.lines.into_iter().zip(entries) {
+                known.insert(&old_bytes[line], entry);
+            }
+        }
+        let mut lines = Vec::new();
+        let mut entries = Vec::new();
+        let mut start = 0;
+        for line in bytes.split(|b| *b == b'\n') {
+            let range = start..start + line.len();
+            start = range.end + 1;
+            // Lines are unique (each begins with its mount's ID), so each is taken back once.
+            if let Some(entry) = known.remove(line).or_else(|| parse_line(line)) {
+                lines.push(range);
+                entries.push(entry);
+            }
+        }
+        Self {
+            bytes,
+            lines,
+            table: entries.into(),
+        }
+    }
+
+    /// The table.
+    pub(crate) fn table(&self) -> &MountTable {
+        &self.table
+    }
+}
+
+impl Deref for MountTable {
+    type Target = [MountEntry];
+
+    fn deref(&self) -> &[MountEntry] {
+        &self.0
+    }
+}
+
 /// Parses mountinfo text; malformed lines are skipped rather than failing the whole read.
 pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     parse_mountinfo_bytes(text.as_bytes())
@@ -44,22 +128,27 @@ pub fn parse_mountinfo_bytes(bytes: &[u8]) -> Vec<MountEntry> {
 
 fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let at = line.windows(3).position(|w| w == b" - ")?;
-    let (left, right) = (&line[..at], &line[at + 3..]);
-    let l: Vec<&[u8]> = left.split(|b| *b == b' ').collect();
-    let r: Vec<&[u8]> = right.split(|b| *b == b' ').collect();
-    if l.len() < 6 || r.len() < 3 {
-        return None;
-    }
+    // Fields taken one by one, never collected: the table is parsed whole on a node with
+    // hundreds of mounts, and each allocation saved counts once per mount.
+    let mut left = line[..at].split(|b| *b == b' ');
+    let mut right = line[at + 3..].split(|b| *b == b' ');
+    let device_number = left.nth(2)?;
+    let (root, mount_point, mount_options) = (left.next()?, left.next()?, left.next()?);
+    let (fs_type, source, super_options) = (right.next()?, right.next()?, right.next()?);
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let list = |b: &[u8]| text(b).split(',').map(str::to_owned).collect();
+    let list = |b: &[u8]| {
+        b.split(|c| *c == b',')
+            .map(|o| String::from_utf8_lossy(o).into_owned())
+            .collect()
+    };
     Some(MountEntry {
-        device_number: text(l[2]),
-        root: path(unescape(l[3])),
-        mount_point: path(unescape(l[4])),
-        mount_options: list(l[5]),
-        fs_type: text(r[0]),
-        source: text(&unescape(r[1])),
-        super_options: list(r[2]),
+        device_number: text(device_number),
+        root: path(unescape(root)),
+        mount_point: path(unescape(mount_point)),
+        mount_options: list(mount_options),
+        fs_type: text(fs_type),
+        source: text(&unescape(source)),
+        super_options: list(super_options),
     })
 }
 
@@ -115,6 +204,40 @@ bogus line
         );
         assert!(m[2].is_read_only());
         assert!(!m[1].is_read_only());
+    }
+}
+
+#[cfg(test)]
+mod reuse {
+    use super::*;
+
+    /// Lines a table is drawn from: mounts, a remount of one of them, and a bad line.
+    const POOL: &[&str] = &[
+        "22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,errors=remount-ro",
+        "98 22 7:3 / /var/lib/kubelet/plugins/x/globalmount rw,relatime shared:50 - xfs /dev/loop3 rw,attr2",
+        "98 22 7:3 / /var/lib/kubelet/plugins/x/globalmount ro,relatime shared:50 - xfs /dev/loop3 ro,attr2",
+        "99 22 7:3 / /var/lib/kubelet/pods/p/volumes/v\\040x/mount ro,relatime - xfs /dev/loop3 rw",
+        "100 22 0:5 /loop4 /var/lib/kubelet/plugins/volumeDevices/a rw - devtmpfs udev rw",
+        "bogus line",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn a_parse_reusing_the_last_one_equals_a_fresh_parse(
+            first in proptest::collection::vec(0..POOL.len(), 0..8),
+            second in proptest::collection::vec(0..POOL.len(), 0..8),
+            held: bool,
+        ) {
+            let text = |picks: &[usize]| picks.iter().map(|i| format!("{}\n", POOL[*i])).collect::<String>();
+            let (first, second) = (text(&first), text(&second));
+            let old = ParsedTable::parse(first.clone().into_bytes(), None);
+            proptest::prop_assert_eq!(&**old.table(), &parse_mountinfo(&first));
+            // A caller still holding the old table makes the parse start afresh.
+            let holder = held.then(|| old.table().clone());
+            let new = ParsedTable::parse(second.clone().into_bytes(), Some(old));
+            proptest::prop_assert_eq!(&**new.table(), &parse_mountinfo(&second));
+            drop(holder);
+        }
     }
 }
 

@@ -161,3 +161,78 @@ async fn kernel_filesystems_come_from_proc_and_a_kernel_without_nfs_is_refused_b
         "a refused stage made the staging directory"
     );
 }
+
+#[tokio::test]
+async fn binds_unmounts_and_the_mount_table_follow_the_kernel() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        everest_testsupport::skip("not root: bind mounts need root");
+        return;
+    }
+    let host = LinuxHost::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target, link) = (
+        dir.path().join("source"),
+        dir.path().join("target"),
+        dir.path().join("link"),
+    );
+    for d in [&source, &target] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::fs::write(source.join("file"), b"x").unwrap();
+    let before = host.mounts().await.unwrap();
+    assert!(before.newest_at(&target).is_none());
+    // Asked again with no change in between, the same table comes back.
+    assert_eq!(host.mounts().await.unwrap(), before);
+
+    host.bind_mount(&source, &target, true).await.unwrap();
+    // The bind shows at once: the table is read again after a change.
+    let table = host.mounts().await.unwrap();
+    let bound = table
+        .newest_at(&target)
+        .expect("the bind shows in the table");
+    assert!(bound.is_read_only());
+    assert!(host.fs_stats(&target).await.unwrap().read_only);
+    assert!(std::fs::write(target.join("other"), b"y").is_err());
+    assert!(target.join("file").exists());
+
+    // A symlink at the path is never followed: nothing is mounted at the link itself.
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(!host.unmount(&link).await.unwrap());
+    assert!(host.mounts().await.unwrap().newest_at(&target).is_some());
+
+    // Stacked binds come off one by one; then nothing is mounted, also for a missing path.
+    host.bind_mount(&source, &target, false).await.unwrap();
+    assert_eq!(host.mounts().await.unwrap().at(&target).count(), 2);
+    assert!(host.unmount(&target).await.unwrap());
+    assert!(host.unmount(&target).await.unwrap());
+    assert!(!host.unmount(&target).await.unwrap());
+    assert!(!host.unmount(&dir.path().join("missing")).await.unwrap());
+    assert!(host.mounts().await.unwrap().newest_at(&target).is_none());
+    assert!(!target.join("file").exists());
+}
+
+#[tokio::test]
+async fn a_read_only_bind_keeps_its_source_nosuid_nodev_noexec() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        everest_testsupport::skip("not root: mounts need root");
+        return;
+    }
+    let host = LinuxHost::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (source, target) = (dir.path().join("source"), dir.path().join("target"));
+    for d in [&source, &target] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let opts = ["nosuid", "nodev", "noexec"].map(str::to_owned);
+    host.mount(Path::new("tmpfs"), &source, "tmpfs", &opts)
+        .await
+        .unwrap();
+    host.bind_mount(&source, &target, true).await.unwrap();
+    let flags = rustix::fs::statvfs(&target).unwrap().f_flag;
+    use rustix::fs::StatVfsMountFlags as F;
+    let kept = F::RDONLY | F::NOSUID | F::NODEV | F::NOEXEC;
+    let ok = flags.contains(kept);
+    assert!(host.unmount(&target).await.unwrap());
+    assert!(host.unmount(&source).await.unwrap());
+    assert!(ok, "{flags:?}");
+}
