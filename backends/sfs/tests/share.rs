@@ -293,10 +293,13 @@ fn faults_on_the_share_api_cost_retries_and_leak_nothing() {
         return;
     }
     let (root, server, cloud) = start_shares("20");
-    // Enough retries that a 30 % fault rate cannot plausibly exhaust them (0.3^9 per call).
+    // Enough retries that the faults below cannot plausibly exhaust them: a call fails with
+    // 0.3 (throttled) + 0.7 × 0.3 (server error) = 0.51, so 21 attempts all fail with
+    // 0.51^21 < 1e-6 per call. With 9 attempts (0.51^9 = 0.002 per call, a few dozen calls)
+    // this test failed in a few per cent of runs.
     let controller = controller(
         &cloud,
-        serde_json::json!({"max_retries": 8, "retry_base_ms": 5, "retry_cap_ms": 40}),
+        serde_json::json!({"max_retries": 20, "retry_base_ms": 5, "retry_cap_ms": 40}),
     );
     server.block_on_inside(async {
         // Every creation fails: CreateVolume is UNAVAILABLE (the provisioner retries) and the
