@@ -123,6 +123,28 @@ async fn run(fake: &Fake, config: &Path, extra: &[&str]) -> std::process::Output
     fake.run(&args).await
 }
 
+/// `orphans --delete --yes` of every listed volume; the report. It exits 3: the volume whose
+/// marker records no policy is always left.
+async fn delete_all(fake: &Fake, config: &Path) -> Value {
+    let args = ["--min-age", "0", "--delete", "--yes", "-o", "json"];
+    let out = run(fake, config, &args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the unknown one is left: {}",
+        describe(&out)
+    );
+    stdout_json(&out)
+}
+
+/// What `--delete` did with the volume made for `pv`.
+fn outcome_of(report: &Value, pv: &str) -> String {
+    orphan(report, pv)["outcome"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Rewrites a subdir mark as a controller before the policy key wrote it.
 fn strip_policy_line(mark: &Path) {
     let text = std::fs::read_to_string(mark).expect("read the mark");
@@ -290,25 +312,8 @@ fn file_orphans_are_listed_and_deleted_archived_or_kept_by_their_recorded_policy
             "{text}"
         );
 
-        let out = run(
-            &fake,
-            &config,
-            &["--min-age", "0", "--delete", "--yes", "-o", "json"],
-        )
-        .await;
-        assert_eq!(
-            out.status.code(),
-            Some(3),
-            "the unknown one is left: {}",
-            describe(&out)
-        );
-        let report = stdout_json(&out);
-        let outcome = |pv: &str| {
-            orphan(&report, pv)["outcome"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        };
+        let report = delete_all(&fake, &config).await;
+        let outcome = |pv: &str| outcome_of(&report, pv);
         assert_eq!(outcome("pvc-del"), "deleted");
         assert_eq!(outcome("pvc-arch"), "archived");
         assert!(
@@ -519,20 +524,8 @@ async fn object_orphans_are_listed_and_deleted_or_kept_by_their_recorded_policy(
         (&Value::Null, &json!(format!("v1:objects:r~{old_bucket}")))
     );
 
-    let out = run(
-        &fake,
-        &config,
-        &["--min-age", "0", "--delete", "--yes", "-o", "json"],
-    )
-    .await;
-    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
-    let report = stdout_json(&out);
-    let outcome = |pv: &str| {
-        orphan(&report, pv)["outcome"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let report = delete_all(&fake, &config).await;
+    let outcome = |pv: &str| outcome_of(&report, pv);
     assert_eq!(outcome("pvc-del"), "deleted");
     assert_eq!(outcome("pvc-p-del"), "deleted");
     assert!(
