@@ -10,6 +10,8 @@
 //! - other annotations are none of Everest's business and are ignored;
 //! - the API server unreachable or answering an error gives UNAVAILABLE (the provisioner
 //!   retries), never a volume made with the class's settings instead of the claim's;
+//! - the API server refusing the controller (401, 403: credentials or RBAC) gives
+//!   FAILED_PRECONDITION naming the fix, final for the reason below;
 //! - a claim that does not exist gives FAILED_PRECONDITION, a final answer: csi-provisioner
 //!   keeps retrying calls that failed UNAVAILABLE or ABORTED even after the claim is deleted,
 //!   and a deleted claim will never appear again.
@@ -300,6 +302,15 @@ impl ClaimReader {
             Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
                 return Err(Error::FailedPrecondition(format!(
                     "PVC {claim} does not exist (deleted while it was being provisioned?); no volume was made"
+                )));
+            }
+            // Refused credentials or missing RBAC: final (as a gone claim), since no retry
+            // mends it and an UNAVAILABLE would keep the provisioner calling after the claim is
+            // deleted; while the claim exists the provisioner retries anyway.
+            Ok(Err(kube::Error::Api(status))) if matches!(status.code, 401 | 403) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "the Kubernetes API refused to let the controller read PVC {claim} (HTTP {} {}: {}): its credentials must be valid and allow `get` on persistentvolumeclaims (docs/annotations.md, RBAC); no volume was made",
+                    status.code, status.reason, status.message
                 )));
             }
             Ok(Err(kube::Error::Api(status))) => {

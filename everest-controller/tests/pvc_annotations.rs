@@ -282,14 +282,20 @@ async fn api_failures_are_retryable_and_make_no_disk_and_a_gone_claim_is_final()
     ));
 
     // Errors the client would retry by default (503) are not retried: one GET per call.
-    for code in [500, 503, 403] {
+    // Refused credentials and missing RBAC are final and name the fix.
+    for (code, want, words) in [
+        (500, Code::Unavailable, "retry later"),
+        (503, Code::Unavailable, "retry later"),
+        (401, Code::FailedPrecondition, "persistentvolumeclaims"),
+        (403, Code::FailedPrecondition, "persistentvolumeclaims"),
+    ] {
         api.fail_with(Some(code));
         let before = api.requests().len();
         fails(
             c.create_volume(request("pvc-data", "team-d", "data", &class))
                 .await,
-            Code::Unavailable,
-            &["team-d/data", "no volume was made"],
+            want,
+            &["team-d/data", "no volume was made", words],
         );
         assert_eq!(
             api.requests().len(),
@@ -331,8 +337,8 @@ async fn api_failures_are_retryable_and_make_no_disk_and_a_gone_claim_is_final()
         Code::Unavailable,
         &["team-d/data", "no volume was made"],
     );
-    // Three failures and the missing claim; the anonymous request asked nothing.
-    assert_eq!(requests, 4, "{requests} requests");
+    // Four failures and the missing claim; the anonymous request asked nothing.
+    assert_eq!(requests, 5, "{requests} requests");
     assert!(
         world.disks().await.is_empty(),
         "a disk was made without the claim's settings"
