@@ -300,7 +300,6 @@ async fn ext4_volume<'w>(world: &'w World, name: &str) -> Lifecycle<'w> {
     .await
 }
 
-/// VmRSS in KiB of the controller and the node (0 if unreadable).
 /// A daemon's resident memory in KiB: in all (VmRSS), and of that its own (RssAnon: heap and
 /// stacks); the rest is the executable's pages mapped from the page cache (RssFile), shared
 /// with every copy of the binary and given back under memory pressure.
@@ -316,7 +315,7 @@ impl std::fmt::Display for Resident {
     }
 }
 
-/// The controller's and the node's resident memory.
+/// The controller's and the node's resident memory (0 where unreadable).
 fn rss_of(world: &World) -> (Resident, Resident) {
     let pids = world.pids();
     let resident = |pid: Option<&u32>| -> Resident {
