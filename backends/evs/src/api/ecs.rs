@@ -1,4 +1,4 @@
-//! ECS: attaching and detaching disks, and what a server looks like.
+//! ECS: attaching and detaching disks, and the disks a server holds.
 
 use reqwest::Method;
 use serde::Deserialize;
@@ -11,40 +11,6 @@ use everest_cloud::{Call, Service};
 
 /// The ECS code for "this disk is not attached to this server".
 pub const NOT_ATTACHED_CODE: &str = "Ecs.0111";
-
-/// A server, as far as attaching disks cares.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Server {
-    /// The server (ECS) id; the CSI node id.
-    pub id: String,
-    /// Its name.
-    #[serde(default, deserialize_with = "lenient::null_default")]
-    pub name: String,
-    /// e.g. `ACTIVE`, `SHUTOFF`.
-    #[serde(default, deserialize_with = "lenient::null_default")]
-    pub status: String,
-    /// Its zone.
-    #[serde(
-        rename = "OS-EXT-AZ:availability_zone",
-        default,
-        deserialize_with = "lenient::null_default"
-    )]
-    pub availability_zone: String,
-    /// The disks attached to it.
-    #[serde(
-        rename = "os-extended-volumes:volumes_attached",
-        default,
-        deserialize_with = "lenient::null_default"
-    )]
-    pub volumes_attached: Vec<AttachedVolume>,
-}
-
-/// A disk in a server's description.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AttachedVolume {
-    /// The disk id.
-    pub id: String,
-}
 
 /// A disk as the server's `block_device` call describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -109,11 +75,6 @@ pub struct BlockDevices {
     pub attachable_quantity: Option<AttachableQuantity>,
 }
 
-#[derive(Deserialize)]
-struct ServerEnvelope {
-    server: Server,
-}
-
 impl EvsClient {
     fn cloudservers_path(&self, server_id: &str, rest: &[&str]) -> Vec<String> {
         let mut path = vec![
@@ -165,26 +126,6 @@ impl EvsClient {
         }
     }
 
-    /// Reads a server; `None` when it does not exist (the node is gone).
-    pub async fn get_server(&self, server_id: &str) -> Result<Option<Server>> {
-        let call = Call::new(
-            Service::Ecs,
-            "get_server",
-            Method::GET,
-            vec![
-                "v2.1".to_owned(),
-                self.project_id().to_owned(),
-                "servers".to_owned(),
-                server_id.to_owned(),
-            ],
-        );
-        match self.transport().execute(&call).await {
-            Ok(reply) => Ok(Some(reply.json::<ServerEnvelope>(&call)?.server)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// A server's attached disks and remaining attach slots.
     pub async fn block_devices(&self, server_id: &str) -> Result<BlockDevices> {
         let call = Call::new(
@@ -202,17 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_and_block_devices_decode() {
-        let s: ServerEnvelope = serde_json::from_str(
-            r#"{"server":{"id":"s1","name":"node-1","status":"ACTIVE",
-                "OS-EXT-AZ:availability_zone":"az1",
-                "os-extended-volumes:volumes_attached":[{"id":"v1","delete_on_termination":"false"}],
-                "flavor":{"id":"c6.large"}}}"#,
-        )
-        .unwrap();
-        assert_eq!(s.server.availability_zone, "az1");
-        assert_eq!(s.server.volumes_attached[0].id, "v1");
-
+    fn block_devices_decode() {
         let b: BlockDevices = serde_json::from_str(
             r#"{"volumeAttachments":[{"id":"v1","serverId":"s1","volumeId":"v1","device":"/dev/vdb",
                 "bus":"virtio","pciAddress":"0000:02:01.0","size":40,"bootIndex":null}],

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use ecs::{AttachableQuantity, AttachedVolume, BlockDevice, BlockDevices, Server};
+pub use ecs::{AttachableQuantity, BlockDevice, BlockDevices};
 pub use everest_cloud::{
     ApiError, CloudClient, CloudConfig, Credentials, Error, ErrorClass, Result, Service,
     TransportKind, UNNAMED_BACKEND, config, describe_metrics, error, read_credentials_file, sign,
