@@ -30,8 +30,10 @@ impl EvsController {
     /// learns; `doing` says what was attempted, for errors.
     ///
     /// When a look shows no sign of `jobs`, each is read once: a failed one ends the wait with
-    /// the cloud's reason, one not started yet lets it go on, and once all have succeeded the
-    /// disk alone is waited on (a listing may lag its job).
+    /// the cloud's reason, one not started yet lets it go on after a pause (the first poll
+    /// interval, so a job the cloud keeps queued is not asked about in a tight loop), and once
+    /// all have succeeded the disk alone is waited on (a listing may lag its job). Waits after
+    /// the first go by another name, so the pace learned for `kind` stays the whole length.
     pub(super) async fn await_effect(
         &self,
         disk_id: &str,
@@ -42,6 +44,7 @@ impl EvsController {
     ) -> Result<Option<Volume>> {
         let effect = Arc::new(effect);
         let deadline = Instant::now() + self.config.backend.job_timeout();
+        let mut wait_kind = kind.to_owned();
         loop {
             let unseen = Arc::new(AtomicBool::new(false));
             let (look, seen_nothing, asking) = (effect.clone(), unseen.clone(), !jobs.is_empty());
@@ -57,12 +60,22 @@ impl EvsController {
             let left = deadline.saturating_duration_since(Instant::now());
             let looked = self
                 .client
-                .wait_for_volume(kind, disk_id, verdict, left)
+                .wait_for_volume(&wait_kind, disk_id, verdict, left)
                 .await;
             match looked {
                 Ok(seen) => return Ok(seen),
                 Err(_) if unseen.load(Ordering::Relaxed) => {
-                    jobs = self.unfinished(jobs, doing).await?;
+                    let asked = tokio::time::timeout_at(deadline, self.unfinished(jobs, doing));
+                    jobs = asked.await.map_err(|_| {
+                        Error::DeadlineExceeded(format!(
+                            "{doing}: its job did not end within the job timeout"
+                        ))
+                    })??;
+                    if !jobs.is_empty() {
+                        let pause = self.config.cloud.job_poll_initial;
+                        tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                    }
+                    wait_kind = format!("{kind}, after a look at its job");
                 }
                 Err(e) => {
                     return Err(

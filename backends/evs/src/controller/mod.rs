@@ -585,7 +585,8 @@ impl ControllerBackend for EvsController {
         let doing = format!("attaching disk {} to node {}", disk.id, req.node_id);
         let attached = self
             .await_effect(&disk.id, "attached", &doing, jobs, move |v| match v {
-                None => Effect::Failed("the disk disappeared".into()),
+                // Gone: the wait ends, and the answer below is NOT_FOUND.
+                None => Effect::Landed,
                 Some(v)
                     if v.status == VolumeStatus::InUse
                         && v.attachments.iter().any(|a| a.server_id == node) =>
