@@ -12,6 +12,7 @@ use std::path::Path;
 use chrono::{DateTime, SecondsFormat, Utc};
 use everest_backend::BackendName;
 use everest_backend::ControllerBackend;
+use everest_backend::capacity::GIB;
 use everest_backend::daemon::config::{CommonArgs, ControllerConfig};
 use everest_backend::marker::DeletePolicy;
 use everest_backend::registry::BackendConfig;
@@ -242,5 +243,3 @@ async fn read_disks(name: &BackendName, backend: &BackendConfig) -> Result<Vec<C
         }
     }
 }
-
-const GIB: u64 = 1 << 30;

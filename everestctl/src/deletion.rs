@@ -55,7 +55,7 @@ fn policy_lets_go(orphan: &Orphan) -> std::result::Result<Outcome, Outcome> {
 pub fn confirm(count: usize, input: &mut dyn BufRead, prompt: &mut dyn Write) -> Result<bool> {
     write!(
         prompt,
-        "delete {count} volume(s) and their data? type {count} to confirm: "
+        "delete (or archive, as their policy says) {count} volume(s)? type {count} to confirm: "
     )?;
     prompt.flush()?;
     let mut answer = String::new();

@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
+use everest_backend::capacity::GIB;
 use everest_backend::marker::{self, ClusterId, DeletePolicy, Marker, Owner};
 use everest_backend::{BackendName, VolumeId};
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -25,8 +26,6 @@ use serde::{Serialize, Serializer};
 
 use crate::age::Age;
 use crate::cloud::{CloudBackend, CloudDisk, CloudView, format_time};
-
-const GIB: u64 = 1 << 30;
 
 /// What the cluster's PersistentVolumes say is in use.
 #[derive(Debug, Clone, Default)]
@@ -53,14 +52,9 @@ impl PvIndex {
         Self { handles, names }
     }
 
-    /// Whether a PV names the volume `id`, or has the PV name `pv_name` (as the marker stores
-    /// it) that the volume was created for.
-    pub fn holds(&self, id: &VolumeId, pv_name: Option<&str>) -> bool {
-        self.holds_any(std::iter::once(id), pv_name)
-    }
-
-    /// [`PvIndex::holds`] for a volume that several handles name (the same directory with
-    /// each delete policy): a PV naming it in any form is using it.
+    /// Whether a PV names the volume by any of `ids` (one volume has a handle per delete
+    /// policy), or has the PV name `pv_name` (as the marker stores it) that the volume was
+    /// created for.
     pub fn holds_any<'a>(
         &self,
         ids: impl IntoIterator<Item = &'a VolumeId>,
@@ -159,7 +153,8 @@ pub enum Outcome {
     Archived,
     /// Not deleted: its policy is to keep it.
     Retained,
-    /// Not deleted, by rule (it is attached); the reason says what to do.
+    /// Not deleted, by rule (it is attached, or its marker records no delete policy); the
+    /// reason says what to do.
     Refused(String),
     /// Not deleted: a PV names it since it was listed.
     Kept(String),

@@ -284,8 +284,6 @@ async fn broken_input_makes_the_plan_say_why() {
     assert!(String::from_utf8_lossy(&twice.stderr).contains("more than once"));
 }
 
-/// Asserts the PV `name` is the migrated CSI PV bound to claim `uid`, and the claim is as
-/// it was but for the record, which is gone.
 /// [`assert_migrated`] for the one EVS volume of [`one_evs_volume`].
 fn assert_evs_migrated(fake: &Fake) {
     assert_migrated(
@@ -298,6 +296,8 @@ fn assert_evs_migrated(fake: &Fake) {
     );
 }
 
+/// Asserts the PV `name` is the migrated CSI PV bound to claim `uid`, and the claim is as
+/// it was but for the record, which is gone.
 fn assert_migrated(fake: &Fake, name: &str, namespace: &str, claim: &str, uid: &str, handle: &str) {
     let pv = fake.pv(name).unwrap_or_else(|| panic!("PV {name} is gone"));
     assert_eq!(pv["spec"]["csi"]["volumeHandle"], handle, "{pv:#}");

@@ -343,7 +343,7 @@ impl Marker {
         self.cluster == encode(cluster.as_str()) && self.backend == encode(backend.as_str())
     }
 
-    /// Whether it was written for the PV `name` (what `orphans` asks of every PV it knows).
+    /// Whether it was written for the PV `name`.
     pub fn is_for_pv(&self, name: &str) -> bool {
         self.pv_name.as_deref() == Some(encode(name).as_str())
     }

@@ -84,17 +84,10 @@ impl Share {
         self.status == status::AVAILABLE
     }
 
-    /// When it was made; `None` when the API did not say or said it in a form not known here.
-    /// The API writes UTC without a zone, with or without fractions of a second; a zone, when
-    /// present, is honoured.
+    /// When it was made; `None` when the API did not say or said it in a form not known here
+    /// (the cloud's timestamp forms, as [`lenient::parse_timestamp`] reads them).
     pub fn created(&self) -> Option<std::time::SystemTime> {
-        let t = self.created_at.trim();
-        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
-            return Some(at.into());
-        }
-        chrono::NaiveDateTime::parse_from_str(t.trim_end_matches('Z'), "%Y-%m-%dT%H:%M:%S%.f")
-            .ok()
-            .map(|at| at.and_utc().into())
+        lenient::parse_timestamp(&self.created_at).map(Into::into)
     }
 
     /// Whether it ended in a state it cannot leave (creation failed, failed, deleted).
